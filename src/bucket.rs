@@ -1,0 +1,187 @@
+//! I/O against the object store: reads with size limits, create-once writes of
+//! content-addressed objects, and listing of change files. Keys come from [`Layout`].
+
+use crate::error::{Error, Result};
+use crate::ids::{ChangeHash, RepoId};
+use crate::layout::{ChangeName, Layout};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Default number of requests in flight for fan-out (fetching changes, uploading blobs).
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Format version written into the repository marker.
+pub const REPO_FORMAT_VERSION: u32 = 1;
+const MARKER_FORMAT: &str = "crzarr";
+const MAX_MARKER_BYTES: u64 = 64 << 10;
+
+/// Contents of `.crdt/repo.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Marker {
+    /// Always `"crzarr"`.
+    pub format: String,
+    /// Format version of the bucket layout.
+    pub format_version: u32,
+    /// The repository id (a ULID).
+    pub repo_id: String,
+}
+
+/// A change file seen in a listing.
+#[derive(Clone, Debug)]
+pub struct ListedChange {
+    /// What its name says.
+    pub name: ChangeName,
+    /// Its full key.
+    pub key: Path,
+    /// Size reported by the store.
+    pub size: u64,
+}
+
+/// A file that was skipped, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Bucket key.
+    pub key: String,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// One repository location: a store and a layout.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) layout: Layout,
+}
+
+/// Whether a create-once write made the object or found it already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Written now.
+    New,
+    /// Already present with the same content.
+    Existing,
+}
+
+impl Bucket {
+    /// A bucket over `store` with the repository at `prefix`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Bucket { store, layout: Layout::new(prefix) }
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// GETs an object; `Ok(None)` if it does not exist. Refuses objects over `limit`.
+    pub async fn get(&self, key: &Path, limit: u64) -> Result<Option<Bytes>> {
+        let res = match self.store.get_opts(key, GetOptions::default()).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(key.as_ref(), e)),
+        };
+        if res.meta.size > limit {
+            return Err(Error::TooLarge { key: key.to_string(), size: res.meta.size, limit });
+        }
+        let bytes = res.bytes().await.map_err(|e| Error::store(key.as_ref(), e))?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::TooLarge { key: key.to_string(), size: bytes.len() as u64, limit });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Writes an immutable object once. If it already exists, its content must hash
+    /// to the same value (a lost reply to a landed create is reported as
+    /// `AlreadyExists` by S3 clients that retry).
+    pub async fn put_once(&self, key: &Path, bytes: Bytes) -> Result<Created> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(key, PutPayload::from(bytes.clone()), opts).await {
+            Ok(_) => Ok(Created::New),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.get(key, bytes.len() as u64).await?;
+                match existing {
+                    Some(e) if blake3::hash(&e) == blake3::hash(&bytes) => Ok(Created::Existing),
+                    _ => Err(Error::corrupt(key.as_ref(), "an object with different content already exists at this content-addressed key")),
+                }
+            }
+            Err(e) => Err(Error::store(key.as_ref(), e)),
+        }
+    }
+
+    /// Writes a content-addressed blob. Overwriting identical bytes is harmless, so no
+    /// existence check is needed (one request, and a damaged copy gets repaired).
+    pub async fn put_blob(&self, key: &Path, bytes: Bytes) -> Result<()> {
+        self.store
+            .put_opts(key, PutPayload::from(bytes), PutOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::store(key.as_ref(), e))
+    }
+
+    /// Reads the repository marker; `Ok(None)` if absent.
+    pub async fn read_marker(&self) -> Result<Option<RepoId>> {
+        let key = self.layout.marker();
+        let Some(bytes) = self.get(&key, MAX_MARKER_BYTES).await? else { return Ok(None) };
+        let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(key.as_ref(), format!("not a crzarr marker: {e}")))?;
+        if m.format != MARKER_FORMAT {
+            return Err(Error::corrupt(key.as_ref(), format!("unknown format {:?}", m.format)));
+        }
+        if m.format_version != REPO_FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion { key: key.to_string(), found: m.format_version, supported: REPO_FORMAT_VERSION });
+        }
+        m.repo_id.parse().map(Some).map_err(|e: String| Error::corrupt(key.as_ref(), e))
+    }
+
+    /// Writes the marker for `id` unless one exists; returns the id now in force.
+    pub async fn write_marker(&self, id: RepoId) -> Result<RepoId> {
+        let m = Marker { format: MARKER_FORMAT.into(), format_version: REPO_FORMAT_VERSION, repo_id: id.to_string() };
+        let mut text = serde_json::to_vec_pretty(&m).unwrap_or_default();
+        text.push(b'\n');
+        let key = self.layout.marker();
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&key, PutPayload::from(text), opts).await {
+            Ok(_) => Ok(id),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.read_marker().await?.ok_or_else(|| Error::corrupt(key.as_ref(), "marker vanished"))
+            }
+            Err(e) => Err(Error::store(key.as_ref(), e)),
+        }
+    }
+
+    /// Lists `.crdt/ops/`: change files sorted by name, and anything else found there.
+    pub async fn list_changes(&self) -> Result<(Vec<ListedChange>, Vec<Problem>)> {
+        let dir = self.layout.ops_dir();
+        let metas: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(dir.as_ref(), e))?;
+        let mut changes = Vec::with_capacity(metas.len());
+        let mut problems = Vec::new();
+        for m in metas {
+            match self.layout.parse_change_key(&m.location) {
+                Ok(name) => changes.push(ListedChange { name, key: m.location, size: m.size }),
+                Err(reason) => problems.push(Problem { key: m.location.to_string(), error: format!("foreign file: {reason}") }),
+            }
+        }
+        // Store listing order is not trusted: sort on the client.
+        changes.sort_by_key(|c| c.name.hash);
+        Ok((changes, problems))
+    }
+
+    /// The key of a change file.
+    pub fn change_key(&self, hash: ChangeHash, name: &ChangeName) -> Path {
+        debug_assert_eq!(hash, name.hash);
+        self.layout.change(name)
+    }
+}

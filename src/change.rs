@@ -1,0 +1,392 @@
+//! Changes: the immutable, content-addressed unit of the log, and their one canonical
+//! encoding (a 5-byte prefix, then MessagePack by rmp-serde).
+//!
+//! Decoding is strict: size and count limits, re-encoding must reproduce the exact
+//! input (so there is one encoding per change and no trailing bytes), and every
+//! structural rule that does not depend on other changes is checked here.
+
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crate::key;
+use serde::{Deserialize, Serialize};
+
+/// First four bytes of every change file.
+pub const CHANGE_MAGIC: &[u8; 4] = b"CRZC";
+/// Change format version written and read by this build.
+pub const CHANGE_VERSION: u8 = 1;
+/// Largest change file accepted (bytes).
+pub const MAX_CHANGE_BYTES: u64 = 64 << 20;
+/// Most ops in one change.
+pub const MAX_OPS: usize = 4_000_000;
+/// Most dependencies of one change.
+pub const MAX_DEPS: usize = 4096;
+/// Most observed entries one op may supersede.
+pub const MAX_OBSERVED: usize = 1024;
+/// Largest chunk stored inline in a change file; larger chunks go to blobs.
+pub const INLINE_MAX: usize = 4096;
+/// Largest metadata document or attribute value (bytes of JSON text).
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+/// Largest commit message (bytes).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// Most array dimensions.
+pub const MAX_NDIM: usize = 64;
+
+/// A reference to an op: in this change (`Local`) or in an earlier one (`Change`).
+/// Nodes are named by the op that created them (their *incarnation*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OpRef {
+    /// Op number `n` of the change that holds this reference.
+    #[serde(rename = "l")]
+    Local(u32),
+    /// Op number `n` of the change with this hash.
+    #[serde(rename = "c")]
+    Change(ChangeHash, u32),
+}
+
+/// Bytes of a chunk: a content-addressed blob, or inline for small chunks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkData {
+    /// Stored at `.crdt/blobs/<hash>`.
+    #[serde(rename = "b")]
+    Blob {
+        /// blake3 of the bytes.
+        hash: BlobHash,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// Held in the change file itself (at most [`INLINE_MAX`] bytes).
+    #[serde(rename = "i")]
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// New size of one array dimension, superseding the sizes the writer saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DimSize {
+    /// Dimension index.
+    pub dim: u32,
+    /// New size.
+    pub size: u64,
+    /// Size entries this one supersedes.
+    pub observed: Vec<OpRef>,
+}
+
+/// One operation. `observed` lists the register entries the writer saw and replaces;
+/// entries it did not see stay live and are merged by the rules in `spec/merge.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a group incarnation at `path`.
+    #[serde(rename = "cg")]
+    CreateGroup {
+        /// Node path (`""` is the root).
+        path: String,
+        /// Initial attributes: key and JSON text.
+        attributes: Vec<(String, String)>,
+    },
+    /// Create an array incarnation at `path`.
+    #[serde(rename = "ca")]
+    CreateArray {
+        /// Node path.
+        path: String,
+        /// The array's `zarr.json` as canonical JSON, without `attributes`.
+        metadata: String,
+        /// Initial attributes: key and JSON text.
+        attributes: Vec<(String, String)>,
+    },
+    /// Set one attribute of a node.
+    #[serde(rename = "sa")]
+    SetAttr {
+        /// Target incarnation.
+        node: OpRef,
+        /// Attribute name.
+        key: String,
+        /// JSON text.
+        value: String,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
+    /// Delete one attribute of a node.
+    #[serde(rename = "da")]
+    DeleteAttr {
+        /// Target incarnation.
+        node: OpRef,
+        /// Attribute name.
+        key: String,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
+    /// Resize an array, per dimension.
+    #[serde(rename = "rs")]
+    Resize {
+        /// Target incarnation.
+        node: OpRef,
+        /// Changed dimensions, ascending and unique.
+        dims: Vec<DimSize>,
+    },
+    /// Write one chunk.
+    #[serde(rename = "sc")]
+    SetChunk {
+        /// Target array incarnation.
+        node: OpRef,
+        /// Chunk key relative to the array (`c/0/1`).
+        key: String,
+        /// The bytes.
+        data: ChunkData,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
+    /// Delete one chunk (reads then give the fill value).
+    #[serde(rename = "dc")]
+    DeleteChunk {
+        /// Target array incarnation.
+        node: OpRef,
+        /// Chunk key relative to the array.
+        key: String,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
+    /// Delete the listed incarnations (a node and the subtree the writer saw).
+    #[serde(rename = "dn")]
+    DeleteNode {
+        /// Path of the subtree root, for humans and logs.
+        path: String,
+        /// Incarnations removed.
+        incarnations: Vec<OpRef>,
+    },
+}
+
+impl Op {
+    /// Every op reference this op holds (target and observed).
+    pub fn refs(&self) -> Vec<OpRef> {
+        match self {
+            Op::CreateGroup { .. } | Op::CreateArray { .. } => Vec::new(),
+            Op::SetAttr { node, observed, .. }
+            | Op::DeleteAttr { node, observed, .. }
+            | Op::SetChunk { node, observed, .. }
+            | Op::DeleteChunk { node, observed, .. } => {
+                std::iter::once(*node).chain(observed.iter().copied()).collect()
+            }
+            Op::Resize { node, dims } => std::iter::once(*node)
+                .chain(dims.iter().flat_map(|d| d.observed.iter().copied()))
+                .collect(),
+            Op::DeleteNode { incarnations, .. } => incarnations.clone(),
+        }
+    }
+
+    /// The incarnation this op edits, if it edits one.
+    pub fn target(&self) -> Option<OpRef> {
+        match self {
+            Op::SetAttr { node, .. }
+            | Op::DeleteAttr { node, .. }
+            | Op::SetChunk { node, .. }
+            | Op::DeleteChunk { node, .. }
+            | Op::Resize { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
+/// One atomic commit: a header and an ordered list of ops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Repository this change belongs to.
+    pub repo: RepoId,
+    /// Writer.
+    pub actor: ActorId,
+    /// Writer's sequence number, from 1.
+    pub seq: u64,
+    /// Hashes of the heads the writer had seen, ascending and unique.
+    pub deps: Vec<ChangeHash>,
+    /// Hybrid logical clock stamp, greater than every dependency's.
+    pub hlc: Hlc,
+    /// Writer's wall clock at commit (milliseconds since the Unix epoch); informative.
+    pub wall_ms: u64,
+    /// Optional commit message.
+    pub message: Option<String>,
+    /// The ops, applied in order, all or nothing.
+    pub ops: Vec<Op>,
+}
+
+impl Change {
+    /// The canonical bytes of this change: the file content.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.ops.len() * 64);
+        out.extend_from_slice(CHANGE_MAGIC);
+        out.push(CHANGE_VERSION);
+        // Serializing plain owned data into a Vec cannot fail.
+        let body = rmp_serde::to_vec(self).unwrap_or_default();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes and verifies a change file. `key` names it in errors; `hash` is the
+    /// hash its name claims, checked against the exact bytes.
+    pub fn decode(key: &str, bytes: &[u8], hash: &ChangeHash) -> Result<Change> {
+        if bytes.len() as u64 > MAX_CHANGE_BYTES {
+            return Err(Error::TooLarge {
+                key: key.into(),
+                size: bytes.len() as u64,
+                limit: MAX_CHANGE_BYTES,
+            });
+        }
+        if ChangeHash::of(bytes) != *hash {
+            return Err(Error::corrupt(key, "content does not match the hash in its name (truncated or altered)"));
+        }
+        Self::decode_unverified(key, bytes)
+    }
+
+    /// Decodes and validates a change without checking its hash.
+    pub fn decode_unverified(key: &str, bytes: &[u8]) -> Result<Change> {
+        if bytes.len() < 5 || &bytes[..4] != CHANGE_MAGIC {
+            return Err(Error::corrupt(key, "not a crzarr change file (bad magic)"));
+        }
+        if bytes[4] != CHANGE_VERSION {
+            return Err(Error::UnsupportedVersion {
+                key: key.into(),
+                found: bytes[4] as u32,
+                supported: CHANGE_VERSION as u32,
+            });
+        }
+        let body = &bytes[5..];
+        let change: Change = rmp_serde::from_slice(body)
+            .map_err(|e| Error::corrupt(key, format!("malformed change: {e}")))?;
+        // One canonical encoding: what we decoded must re-encode to the same bytes.
+        // This also rejects trailing bytes.
+        let again = rmp_serde::to_vec(&change).unwrap_or_default();
+        if again != body {
+            return Err(Error::corrupt(key, "non-canonical encoding or trailing bytes"));
+        }
+        change.validate().map_err(|reason| Error::corrupt(key, reason))?;
+        Ok(change)
+    }
+
+    /// Checks the rules that depend on this change alone.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.seq == 0 {
+            return Err("seq must start at 1".into());
+        }
+        if self.deps.len() > MAX_DEPS {
+            return Err(format!("{} deps exceeds the limit of {MAX_DEPS}", self.deps.len()));
+        }
+        if !self.deps.windows(2).all(|w| w[0] < w[1]) {
+            return Err("deps must be ascending and unique".into());
+        }
+        if self.ops.len() > MAX_OPS {
+            return Err(format!("{} ops exceeds the limit of {MAX_OPS}", self.ops.len()));
+        }
+        if self.message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES) {
+            return Err("message too long".into());
+        }
+        let mut is_create = Vec::with_capacity(self.ops.len());
+        for (i, op) in self.ops.iter().enumerate() {
+            validate_op(op, i, &is_create).map_err(|e| format!("op {i}: {e}"))?;
+            is_create.push(matches!(op, Op::CreateGroup { .. } | Op::CreateArray { .. }));
+        }
+        Ok(())
+    }
+}
+
+fn check_json(text: &str) -> std::result::Result<serde_json::Value, String> {
+    if text.len() > MAX_JSON_BYTES {
+        return Err("JSON text too large".into());
+    }
+    serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+fn check_attrs(attrs: &[(String, String)]) -> std::result::Result<(), String> {
+    let mut names: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err("duplicate attribute".into());
+    }
+    for (k, v) in attrs {
+        check_attr_name(k)?;
+        check_json(v)?;
+    }
+    Ok(())
+}
+
+fn check_attr_name(k: &str) -> std::result::Result<(), String> {
+    if k.len() > key::MAX_KEY_LEN {
+        return Err("attribute name too long".into());
+    }
+    Ok(())
+}
+
+fn check_ref(r: &OpRef, index: usize, is_create: &[bool], must_be_node: bool) -> std::result::Result<(), String> {
+    if let OpRef::Local(n) = r {
+        let n = *n as usize;
+        if n >= index {
+            return Err("local reference to a later op".into());
+        }
+        if must_be_node && !is_create[n] {
+            return Err("local node reference to an op that creates no node".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_observed(obs: &[OpRef], index: usize, is_create: &[bool]) -> std::result::Result<(), String> {
+    if obs.len() > MAX_OBSERVED {
+        return Err("too many observed entries".into());
+    }
+    obs.iter().try_for_each(|r| check_ref(r, index, is_create, false))
+}
+
+fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(), String> {
+    let e = |e: Error| e.to_string();
+    match op {
+        Op::CreateGroup { path, attributes } => {
+            key::check_node_path(path).map_err(e)?;
+            check_attrs(attributes)
+        }
+        Op::CreateArray { path, metadata, attributes } => {
+            key::check_node_path(path).map_err(e)?;
+            let doc = check_json(metadata)?;
+            crate::meta::ArrayMeta::from_stored(&doc)?;
+            check_attrs(attributes)
+        }
+        Op::SetAttr { node, key, value, observed } => {
+            check_ref(node, i, is_create, true)?;
+            check_attr_name(key)?;
+            check_json(value)?;
+            check_observed(observed, i, is_create)
+        }
+        Op::DeleteAttr { node, key, observed } => {
+            check_ref(node, i, is_create, true)?;
+            check_attr_name(key)?;
+            check_observed(observed, i, is_create)
+        }
+        Op::Resize { node, dims } => {
+            check_ref(node, i, is_create, true)?;
+            if dims.is_empty() || dims.len() > MAX_NDIM {
+                return Err("resize must change 1 to 64 dimensions".into());
+            }
+            if !dims.windows(2).all(|w| w[0].dim < w[1].dim) {
+                return Err("resize dimensions must be ascending and unique".into());
+            }
+            dims.iter().try_for_each(|d| check_observed(&d.observed, i, is_create))
+        }
+        Op::SetChunk { node, key, data, observed } => {
+            check_ref(node, i, is_create, true)?;
+            key::check_chunk_key(key).map_err(e)?;
+            if let ChunkData::Inline(b) = data
+                && b.len() > INLINE_MAX
+            {
+                return Err("inline chunk larger than the inline limit".into());
+            }
+            check_observed(observed, i, is_create)
+        }
+        Op::DeleteChunk { node, key, observed } => {
+            check_ref(node, i, is_create, true)?;
+            key::check_chunk_key(key).map_err(e)?;
+            check_observed(observed, i, is_create)
+        }
+        Op::DeleteNode { path, incarnations } => {
+            key::check_node_path(path).map_err(e)?;
+            if incarnations.len() > MAX_OBSERVED * 64 {
+                return Err("too many incarnations".into());
+            }
+            incarnations.iter().try_for_each(|r| check_ref(r, i, is_create, true))
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Typed errors. Every error that concerns an object in the bucket names its key.
+
+use thiserror::Error;
+
+/// Result alias used throughout crzarr.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in crzarr.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The object store failed (network, permissions, missing bucket...).
+    #[error("object store error at {key}: {source}")]
+    Store {
+        /// Bucket key involved.
+        key: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A file in the bucket could not be decoded or failed verification.
+    #[error("{key}: {reason}")]
+    Corrupt {
+        /// Bucket key of the offending file.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file in the bucket is larger than crzarr accepts.
+    #[error("{key}: {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Bucket key of the offending file.
+        key: String,
+        /// Observed size.
+        size: u64,
+        /// Accepted maximum.
+        limit: u64,
+    },
+    /// A file was written by a newer crzarr (or is not ours at all).
+    #[error("{key}: format version {found} is not supported (this build reads version {supported}); upgrade crzarr")]
+    UnsupportedVersion {
+        /// Bucket key of the offending file.
+        key: String,
+        /// Version found in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// No crzarr repository at this location.
+    #[error("no crzarr repository at {location}: run `crzarr init` first")]
+    NotARepo {
+        /// Where we looked.
+        location: String,
+    },
+    /// A change or snapshot belongs to a different repository.
+    #[error("{key}: belongs to repository {found}, not {expected}")]
+    ForeignRepo {
+        /// Bucket key of the offending file.
+        key: String,
+        /// Repo id found.
+        found: String,
+        /// Repo id expected.
+        expected: String,
+    },
+    /// A Zarr key or node path supplied by the user is not acceptable.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The offending key.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// Zarr metadata supplied by the user is not valid Zarr v3.
+    #[error("invalid Zarr metadata for {key:?}: {reason}")]
+    InvalidMetadata {
+        /// The key of the `zarr.json`.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An operation needs a node that the view does not have.
+    #[error("no node at {path:?}")]
+    NoSuchNode {
+        /// Node path.
+        path: String,
+    },
+    /// The view references a blob that is not in the bucket.
+    #[error("chunk {key:?} references blob {blob_key} which is missing from the bucket")]
+    MissingBlob {
+        /// Zarr key of the chunk.
+        key: String,
+        /// Bucket key of the blob.
+        blob_key: String,
+    },
+    /// A limit protecting memory was reached.
+    #[error("limit reached: {0}")]
+    Limit(String),
+    /// Bad command-line or URL input.
+    #[error("{0}")]
+    Usage(String),
+    /// Local I/O error (CLI input files and the like).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn store(key: impl Into<String>, source: object_store::Error) -> Self {
+        Error::Store {
+            key: key.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid_key(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidKey {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid_metadata(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidMetadata {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}

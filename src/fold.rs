@@ -1,0 +1,680 @@
+//! The causal fold: a pure function from a set of changes to CRDT state.
+//!
+//! * A change is applied once all its deps, and every change its ops reference, are
+//!   applied (causal delivery); until then it is *pending*.
+//! * Nodes are *incarnations*, named by the op that created them. Deleting removes
+//!   the incarnations the deleter saw; edits to a removed incarnation are dropped.
+//! * Every attribute, array dimension and chunk is a multi-value register: an op
+//!   removes the entries it observed and adds its own. Live entries that no one has
+//!   observed are concurrent; the view shows the greatest by stamp
+//!   `(hlc, actor, seq, change hash, op index)`, and dimensions show the maximum.
+//!
+//! Applying a change only removes entries named in it and adds its own, so the state
+//! does not depend on delivery order. See `spec/merge.md` for the conflict matrix.
+
+use crate::change::{Change, ChunkData, Op, OpRef};
+use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crate::meta::ArrayMeta;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+
+/// Most changes held pending (waiting for deps) at once.
+pub const MAX_PENDING_CHANGES: usize = 100_000;
+/// Most bytes of change files held pending at once.
+pub const MAX_PENDING_BYTES: u64 = 1 << 30;
+
+/// Identity of one op inside the fold: index of its change and op number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Stamp {
+    pub(crate) change: u32,
+    pub(crate) op: u32,
+}
+
+/// A chunk register value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkVal {
+    Blob { hash: BlobHash, len: u64 },
+    Inline(Box<[u8]>),
+    Deleted,
+}
+
+/// A multi-value register: its live (unobserved) entries. Almost always one.
+#[derive(Clone, Debug)]
+pub(crate) enum Register<V> {
+    One([(Stamp, V); 1]),
+    Many(Vec<(Stamp, V)>),
+}
+
+impl<V> Register<V> {
+    fn new(s: Stamp, v: V) -> Self {
+        Register::One([(s, v)])
+    }
+
+    pub(crate) fn entries(&self) -> &[(Stamp, V)] {
+        match self {
+            Register::One(a) => a,
+            Register::Many(v) => v,
+        }
+    }
+
+    /// Removes observed entries; returns true if the register became empty.
+    fn remove_observed(&mut self, observed: &[Stamp]) -> bool {
+        if observed.is_empty() {
+            return false;
+        }
+        match self {
+            Register::One([(s, _)]) => observed.contains(s),
+            Register::Many(v) => {
+                v.retain(|(s, _)| !observed.contains(s));
+                v.is_empty()
+            }
+        }
+    }
+
+    fn push(self, s: Stamp, val: V) -> Self {
+        match self {
+            Register::One([e]) => Register::Many(vec![e, (s, val)]),
+            Register::Many(mut v) => {
+                if v.is_empty() {
+                    Register::new(s, val)
+                } else {
+                    v.push((s, val));
+                    Register::Many(v)
+                }
+            }
+        }
+    }
+}
+
+/// Writes `(s, val)` into `map[key]` after removing observed entries.
+fn register_write<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, Register<V>>,
+    key: K,
+    s: Stamp,
+    val: V,
+    observed: &[Stamp],
+) {
+    match map.remove(&key) {
+        Some(mut reg) => {
+            let empty = reg.remove_observed(observed);
+            let reg = if empty { Register::new(s, val) } else { reg.push(s, val) };
+            map.insert(key, reg);
+        }
+        None => {
+            map.insert(key, Register::new(s, val));
+        }
+    }
+}
+
+fn register_remove<K: std::hash::Hash + Eq + ?Sized, Q, V>(map: &mut HashMap<Q, Register<V>>, key: &K, observed: &[Stamp])
+where
+    Q: std::borrow::Borrow<K> + std::hash::Hash + Eq,
+{
+    if let Some(reg) = map.get_mut(key)
+        && reg.remove_observed(observed)
+    {
+        map.remove(key);
+    }
+}
+
+/// What an incarnation is.
+#[derive(Clone, Debug)]
+pub(crate) enum NodeKind {
+    Group,
+    Array(Box<ArrayMeta>),
+}
+
+/// One node incarnation and its registers.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub(crate) path: Box<str>,
+    pub(crate) kind: NodeKind,
+    pub(crate) deleted: bool,
+    pub(crate) attrs: HashMap<Box<str>, Register<Option<Box<str>>>>,
+    pub(crate) dims: Vec<Option<Register<u64>>>,
+    pub(crate) chunks: HashMap<Box<str>, Register<ChunkVal>>,
+}
+
+impl Node {
+    fn ndim(&self) -> Option<usize> {
+        match &self.kind {
+            NodeKind::Array(m) => Some(m.ndim()),
+            NodeKind::Group => None,
+        }
+    }
+}
+
+/// What the fold remembers of an applied change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeInfo {
+    /// Its hash.
+    pub hash: ChangeHash,
+    /// Writer.
+    pub actor: ActorId,
+    /// Writer's sequence number.
+    pub seq: u64,
+    /// Clock stamp.
+    pub hlc: Hlc,
+    /// Writer's wall clock at commit.
+    pub wall_ms: u64,
+    /// Commit message.
+    pub message: Option<String>,
+    /// Dependencies.
+    pub deps: Vec<ChangeHash>,
+    /// Number of ops.
+    pub ops: u32,
+}
+
+/// A change waiting for dependencies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingChange {
+    /// Its hash.
+    pub hash: ChangeHash,
+    /// Writer.
+    pub actor: ActorId,
+    /// Writer's sequence number.
+    pub seq: u64,
+    /// Changes it needs that are not applied.
+    pub missing: Vec<ChangeHash>,
+}
+
+/// Two different changes claiming the same writer and sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    /// The writer.
+    pub actor: ActorId,
+    /// The sequence number claimed twice.
+    pub seq: u64,
+    /// The distinct changes, ascending.
+    pub changes: Vec<ChangeHash>,
+}
+
+/// A change whose content is invalid given its causal past; never applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedChange {
+    /// Its hash.
+    pub hash: ChangeHash,
+    /// Why.
+    pub reason: String,
+}
+
+/// What happened to a change handed to [`Fold::insert`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Applied, along with this many pending changes it unblocked.
+    Applied {
+        /// Pending changes applied as a consequence.
+        unblocked: usize,
+    },
+    /// Waiting for dependencies.
+    Pending,
+    /// Already known (applied, pending or rejected).
+    Duplicate,
+    /// Invalid against its causal past.
+    Rejected(String),
+    /// The pending queue is full.
+    QueueFull,
+}
+
+struct Waiting {
+    change: Change,
+    size: u64,
+    missing: usize,
+}
+
+/// The CRDT state of one repository: applied changes, pending ones, and nodes.
+pub struct Fold {
+    repo: RepoId,
+    infos: Vec<ChangeInfo>,
+    index: HashMap<ChangeHash, u32>,
+    heads: std::collections::BTreeSet<ChangeHash>,
+    pub(crate) nodes: HashMap<Stamp, Node>,
+    /// Live incarnations by path.
+    pub(crate) by_path: BTreeMap<Box<str>, Vec<Stamp>>,
+    pending: HashMap<ChangeHash, Waiting>,
+    pending_bytes: u64,
+    waiters: HashMap<ChangeHash, Vec<ChangeHash>>,
+    rejected: HashMap<ChangeHash, String>,
+    claims: HashMap<(ActorId, u64), Vec<ChangeHash>>,
+}
+
+impl Fold {
+    /// An empty fold for repository `repo`.
+    pub fn new(repo: RepoId) -> Self {
+        Fold {
+            repo,
+            infos: Vec::new(),
+            index: HashMap::new(),
+            heads: Default::default(),
+            nodes: HashMap::new(),
+            by_path: BTreeMap::new(),
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            waiters: HashMap::new(),
+            rejected: HashMap::new(),
+            claims: HashMap::new(),
+        }
+    }
+
+    /// Folds a set of changes (any order, duplicates allowed).
+    pub fn from_changes(repo: RepoId, changes: impl IntoIterator<Item = (ChangeHash, Change)>) -> Self {
+        let mut f = Fold::new(repo);
+        for (h, c) in changes {
+            f.insert(h, c, 0);
+        }
+        f
+    }
+
+    /// The repository this fold belongs to.
+    pub fn repo(&self) -> RepoId {
+        self.repo
+    }
+
+    /// Whether a change is applied.
+    pub fn contains(&self, hash: &ChangeHash) -> bool {
+        self.index.contains_key(hash)
+    }
+
+    /// Whether a change is known in any state (applied, pending, rejected).
+    pub fn knows(&self, hash: &ChangeHash) -> bool {
+        self.index.contains_key(hash) || self.pending.contains_key(hash) || self.rejected.contains_key(hash)
+    }
+
+    /// Number of applied changes.
+    pub fn len(&self) -> usize {
+        self.infos.len()
+    }
+
+    /// Whether no change is applied.
+    pub fn is_empty(&self) -> bool {
+        self.infos.is_empty()
+    }
+
+    /// Applied changes with no applied successor, ascending.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.heads.iter().copied().collect()
+    }
+
+    /// Clock stamp of an applied change.
+    pub fn hlc_of(&self, hash: &ChangeHash) -> Option<Hlc> {
+        self.index.get(hash).map(|&i| self.infos[i as usize].hlc)
+    }
+
+    /// Applied changes in a deterministic causal order (ascending stamp).
+    pub fn log(&self) -> Vec<&ChangeInfo> {
+        let mut v: Vec<&ChangeInfo> = self.infos.iter().collect();
+        v.sort_by(|a, b| (a.hlc, a.actor, a.seq, a.hash).cmp(&(b.hlc, b.actor, b.seq, b.hash)));
+        v
+    }
+
+    /// Changes waiting for dependencies, ascending by hash.
+    pub fn pending(&self) -> Vec<PendingChange> {
+        let mut v: Vec<PendingChange> = self
+            .pending
+            .iter()
+            .map(|(h, w)| {
+                let mut missing: Vec<ChangeHash> =
+                    required(&w.change).into_iter().filter(|d| !self.index.contains_key(d)).collect();
+                missing.sort();
+                missing.dedup();
+                PendingChange { hash: *h, actor: w.change.actor, seq: w.change.seq, missing }
+            })
+            .collect();
+        v.sort_by_key(|p| p.hash);
+        v
+    }
+
+    /// Writers that claimed one sequence number for two different changes.
+    pub fn forks(&self) -> Vec<Fork> {
+        let mut v: Vec<Fork> = self
+            .claims
+            .iter()
+            .filter(|(_, hs)| hs.len() > 1)
+            .map(|((a, s), hs)| {
+                let mut changes = hs.clone();
+                changes.sort();
+                Fork { actor: *a, seq: *s, changes }
+            })
+            .collect();
+        v.sort_by_key(|f| (f.actor, f.seq));
+        v
+    }
+
+    /// Changes refused as invalid against their causal past.
+    pub fn rejected(&self) -> Vec<RejectedChange> {
+        let mut v: Vec<RejectedChange> = self
+            .rejected
+            .iter()
+            .map(|(h, r)| RejectedChange { hash: *h, reason: r.clone() })
+            .collect();
+        v.sort_by_key(|r| r.hash);
+        v
+    }
+
+    /// Inserts one decoded change. `size` is its encoded size (for the pending bound).
+    /// The caller has verified the hash and that `change.repo` is this repository.
+    pub fn insert(&mut self, hash: ChangeHash, change: Change, size: u64) -> InsertOutcome {
+        if self.knows(&hash) {
+            return InsertOutcome::Duplicate;
+        }
+        let claim = self.claims.entry((change.actor, change.seq)).or_default();
+        if !claim.contains(&hash) {
+            claim.push(hash);
+        }
+        let missing: Vec<ChangeHash> = {
+            let mut m: Vec<ChangeHash> = required(&change).into_iter().filter(|d| !self.index.contains_key(d)).collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        if missing.is_empty() {
+            return match self.apply(hash, change) {
+                Ok(()) => InsertOutcome::Applied { unblocked: self.release(hash) },
+                Err(r) => {
+                    self.rejected.insert(hash, r.clone());
+                    InsertOutcome::Rejected(r)
+                }
+            };
+        }
+        if self.pending.len() >= MAX_PENDING_CHANGES || self.pending_bytes + size > MAX_PENDING_BYTES {
+            return InsertOutcome::QueueFull;
+        }
+        for m in &missing {
+            self.waiters.entry(*m).or_default().push(hash);
+        }
+        self.pending_bytes += size;
+        self.pending.insert(hash, Waiting { change, size, missing: missing.len() });
+        InsertOutcome::Pending
+    }
+
+    /// Applies every pending change unblocked by `first`; returns how many.
+    fn release(&mut self, first: ChangeHash) -> usize {
+        let mut ready = vec![first];
+        let mut count = 0;
+        while let Some(done) = ready.pop() {
+            for w in self.waiters.remove(&done).unwrap_or_default() {
+                let Some(entry) = self.pending.get_mut(&w) else { continue };
+                entry.missing -= 1;
+                if entry.missing > 0 {
+                    continue;
+                }
+                let Some(Waiting { change, size, .. }) = self.pending.remove(&w) else { continue };
+                self.pending_bytes -= size;
+                match self.apply(w, change) {
+                    Ok(()) => {
+                        count += 1;
+                        ready.push(w);
+                    }
+                    Err(r) => {
+                        self.rejected.insert(w, r);
+                    }
+                }
+            }
+        }
+        count
+    }
+
+    fn stamp_of(&self, r: &OpRef, own: u32) -> Result<Stamp, String> {
+        match r {
+            OpRef::Local(n) => Ok(Stamp { change: own, op: *n }),
+            OpRef::Change(h, n) => {
+                let idx = *self.index.get(h).ok_or("reference to a change that is not applied")?;
+                if *n >= self.infos[idx as usize].ops {
+                    return Err(format!("reference to op {n} of {} which has fewer ops", h.short()));
+                }
+                Ok(Stamp { change: idx, op: *n })
+            }
+        }
+    }
+
+    /// Validates against the causal past, then applies all ops; all or nothing.
+    fn apply(&mut self, hash: ChangeHash, change: Change) -> Result<(), String> {
+        let own = self.infos.len() as u32;
+        // Validity depends only on the change and its causal past (all applied now).
+        for d in &change.deps {
+            let dep_hlc = self.hlc_of(d).ok_or("dependency not applied")?;
+            if change.hlc <= dep_hlc {
+                return Err(format!("clock {} not greater than dependency {}'s", change.hlc.0, d.short()));
+            }
+        }
+        let mut local_kinds: Vec<Option<Option<usize>>> = Vec::with_capacity(change.ops.len());
+        for (i, op) in change.ops.iter().enumerate() {
+            for r in op.refs() {
+                self.stamp_of(&r, own)?;
+            }
+            let kind_of = |r: &OpRef| -> Result<Option<usize>, String> {
+                match r {
+                    OpRef::Local(n) => local_kinds
+                        .get(*n as usize)
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| "local node reference to an op that creates no node".to_string()),
+                    OpRef::Change(..) => {
+                        let s = self.stamp_of(r, own)?;
+                        self.nodes.get(&s).map(Node::ndim).ok_or_else(|| "reference to an op that creates no node".into())
+                    }
+                }
+            };
+            if let Some(t) = op.target() {
+                let ndim = kind_of(&t).map_err(|e| format!("op {i}: {e}"))?;
+                match op {
+                    Op::SetChunk { .. } | Op::DeleteChunk { .. } if ndim.is_none() => {
+                        return Err(format!("op {i}: chunk op on a group"));
+                    }
+                    Op::Resize { dims, .. } => {
+                        let n = ndim.ok_or_else(|| format!("op {i}: resize of a group"))?;
+                        if dims.iter().any(|d| d.dim as usize >= n) {
+                            return Err(format!("op {i}: resize of a dimension the array lacks"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Op::DeleteNode { incarnations, .. } = op {
+                for r in incarnations {
+                    kind_of(r).map_err(|e| format!("op {i}: {e}"))?;
+                }
+            }
+            local_kinds.push(match op {
+                Op::CreateGroup { .. } => Some(None),
+                Op::CreateArray { metadata, .. } => {
+                    let doc: serde_json::Value = serde_json::from_str(metadata).map_err(|e| e.to_string())?;
+                    Some(Some(ArrayMeta::from_stored(&doc)?.ndim()))
+                }
+                _ => None,
+            });
+        }
+
+        // Valid: record and apply.
+        for d in &change.deps {
+            self.heads.remove(d);
+        }
+        self.heads.insert(hash);
+        self.index.insert(hash, own);
+        self.infos.push(ChangeInfo {
+            hash,
+            actor: change.actor,
+            seq: change.seq,
+            hlc: change.hlc,
+            wall_ms: change.wall_ms,
+            message: change.message,
+            deps: change.deps,
+            ops: change.ops.len() as u32,
+        });
+        for (i, op) in change.ops.into_iter().enumerate() {
+            let s = Stamp { change: own, op: i as u32 };
+            self.apply_op(s, op);
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, r: &OpRef, own: u32) -> Stamp {
+        // Validated in `apply`.
+        self.stamp_of(r, own).unwrap_or(Stamp { change: u32::MAX, op: u32::MAX })
+    }
+
+    fn resolve_all(&self, rs: &[OpRef], own: u32) -> Vec<Stamp> {
+        rs.iter().map(|r| self.resolve(r, own)).collect()
+    }
+
+    /// Live incarnations at the target's path, target first; empty if it was deleted.
+    fn siblings(&self, target: Stamp) -> Vec<Stamp> {
+        match self.nodes.get(&target) {
+            Some(n) if !n.deleted => {
+                let mut v = vec![target];
+                if let Some(all) = self.by_path.get(&n.path) {
+                    v.extend(all.iter().copied().filter(|s| *s != target));
+                }
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn apply_op(&mut self, s: Stamp, op: Op) {
+        let own = s.change;
+        match op {
+            Op::CreateGroup { path, attributes } => self.create(s, path, NodeKind::Group, attributes, Vec::new()),
+            Op::CreateArray { path, metadata, attributes } => {
+                let meta = serde_json::from_str(&metadata).ok().and_then(|d| ArrayMeta::from_stored(&d).ok());
+                if let Some(meta) = meta {
+                    let dims = meta.shape().iter().map(|&d| Some(Register::new(s, d))).collect();
+                    self.create(s, path, NodeKind::Array(Box::new(meta)), attributes, dims);
+                }
+            }
+            Op::SetAttr { node, key, value, observed } => {
+                self.write_attr(s, node, key, Some(value.into_boxed_str()), &observed);
+            }
+            Op::DeleteAttr { node, key, observed } => self.write_attr(s, node, key, None, &observed),
+            Op::Resize { node, dims } => {
+                let target = self.resolve(&node, own);
+                let sibs = self.siblings(target);
+                for d in dims {
+                    let observed = self.resolve_all(&d.observed, own);
+                    for sib in &sibs {
+                        if let Some(Some(reg)) = self.nodes.get_mut(sib).and_then(|n| n.dims.get_mut(d.dim as usize))
+                            && reg.remove_observed(&observed)
+                            && let Some(n) = self.nodes.get_mut(sib)
+                        {
+                            n.dims[d.dim as usize] = None;
+                        }
+                    }
+                    if let Some(slot) = self.nodes.get_mut(&target).filter(|n| !n.deleted).and_then(|n| n.dims.get_mut(d.dim as usize)) {
+                        *slot = Some(match slot.take() {
+                            Some(reg) => reg.push(s, d.size),
+                            None => Register::new(s, d.size),
+                        });
+                    }
+                }
+            }
+            Op::SetChunk { node, key, data, observed } => {
+                let val = match data {
+                    ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
+                    ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+                };
+                self.write_chunk(s, node, key, val, &observed);
+            }
+            Op::DeleteChunk { node, key, observed } => self.write_chunk(s, node, key, ChunkVal::Deleted, &observed),
+            Op::DeleteNode { incarnations, .. } => {
+                for r in &incarnations {
+                    let t = self.resolve(r, own);
+                    self.delete_node(t);
+                }
+            }
+        }
+    }
+
+    fn create(&mut self, s: Stamp, path: String, kind: NodeKind, attributes: Vec<(String, String)>, dims: Vec<Option<Register<u64>>>) {
+        let attrs = attributes
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_str(), Register::new(s, Some(v.into_boxed_str()))))
+            .collect();
+        let path: Box<str> = path.into_boxed_str();
+        self.by_path.entry(path.clone()).or_default().push(s);
+        self.nodes.insert(s, Node { path, kind, deleted: false, attrs, dims, chunks: HashMap::new() });
+    }
+
+    fn delete_node(&mut self, t: Stamp) {
+        let Some(n) = self.nodes.get_mut(&t) else { return };
+        if n.deleted {
+            return;
+        }
+        n.deleted = true;
+        n.attrs = HashMap::new();
+        n.chunks = HashMap::new();
+        n.dims = Vec::new();
+        let path = n.path.clone();
+        if let Some(v) = self.by_path.get_mut(&path) {
+            v.retain(|x| *x != t);
+            if v.is_empty() {
+                self.by_path.remove(&path);
+            }
+        }
+    }
+
+    fn write_attr(&mut self, s: Stamp, node: OpRef, key: String, val: Option<Box<str>>, observed: &[OpRef]) {
+        let target = self.resolve(&node, s.change);
+        let observed = self.resolve_all(observed, s.change);
+        let sibs = self.siblings(target);
+        if sibs.is_empty() {
+            return; // edit to a deleted incarnation: dropped
+        }
+        for sib in &sibs[1..] {
+            if let Some(n) = self.nodes.get_mut(sib) {
+                register_remove(&mut n.attrs, key.as_str(), &observed);
+            }
+        }
+        if let Some(n) = self.nodes.get_mut(&target) {
+            register_write(&mut n.attrs, key.into_boxed_str(), s, val, &observed);
+        }
+    }
+
+    fn write_chunk(&mut self, s: Stamp, node: OpRef, key: String, val: ChunkVal, observed: &[OpRef]) {
+        let target = self.resolve(&node, s.change);
+        let sibs = self.siblings(target);
+        if sibs.is_empty() {
+            return; // edit to a deleted incarnation: dropped
+        }
+        let observed = if observed.is_empty() { Vec::new() } else { self.resolve_all(observed, s.change) };
+        for sib in &sibs[1..] {
+            if let Some(n) = self.nodes.get_mut(sib) {
+                register_remove(&mut n.chunks, key.as_str(), &observed);
+            }
+        }
+        if let Some(n) = self.nodes.get_mut(&target) {
+            register_write(&mut n.chunks, key.into_boxed_str(), s, val, &observed);
+        }
+    }
+
+    /// Total order of stamps: `(hlc, actor, seq, change hash, op)`.
+    pub(crate) fn cmp_stamp(&self, a: &Stamp, b: &Stamp) -> Ordering {
+        if a.change == b.change {
+            return a.op.cmp(&b.op);
+        }
+        let (x, y) = (&self.infos[a.change as usize], &self.infos[b.change as usize]);
+        (x.hlc, x.actor, x.seq, x.hash, a.op).cmp(&(y.hlc, y.actor, y.seq, y.hash, b.op))
+    }
+
+    /// The applied change and op a stamp names.
+    pub(crate) fn info(&self, s: &Stamp) -> &ChangeInfo {
+        &self.infos[s.change as usize]
+    }
+
+    /// A stamp as an op reference usable in a new change.
+    pub(crate) fn op_ref(&self, s: &Stamp) -> OpRef {
+        OpRef::Change(self.infos[s.change as usize].hash, s.op)
+    }
+}
+
+/// Every change a change needs applied first: its deps and the changes its ops name.
+fn required(change: &Change) -> Vec<ChangeHash> {
+    let mut v = change.deps.clone();
+    for op in &change.ops {
+        for r in op.refs() {
+            if let OpRef::Change(h, _) = r {
+                v.push(h);
+            }
+        }
+    }
+    v
+}

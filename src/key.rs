@@ -1,0 +1,142 @@
+//! Zarr keys and node paths as the view exposes them, and the rules that refuse bad ones.
+//!
+//! A node path is `""` for the root or `a/b` for nested nodes; its metadata lives at
+//! `a/b/zarr.json` (root: `zarr.json`). Chunk keys are relative to their array
+//! (`c/0/1`); the store key is `a/b/c/0/1`.
+
+use crate::error::{Error, Result};
+
+/// File name of a node's metadata document.
+pub const META_FILE: &str = "zarr.json";
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Name reserved for crzarr's own files at the repository root.
+pub const RESERVED_DIR: &str = ".crdt";
+
+/// Checks one segment shared by node names and chunk keys.
+fn check_segment(full: &str, seg: &str) -> Result<()> {
+    if seg.is_empty() {
+        return Err(Error::invalid_key(full, "empty path segment"));
+    }
+    if seg == "." || seg == ".." {
+        return Err(Error::invalid_key(full, "`.` and `..` segments are not allowed"));
+    }
+    if seg.eq_ignore_ascii_case(RESERVED_DIR) {
+        return Err(Error::invalid_key(full, "`.crdt` is reserved for crzarr"));
+    }
+    if seg.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(Error::invalid_key(full, "control characters and `\\` are not allowed"));
+    }
+    Ok(())
+}
+
+/// Validates a store key (no leading or trailing `/`), returning its segments.
+pub fn split_key(key: &str) -> Result<Vec<&str>> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::invalid_key(key, "longer than 1024 bytes"));
+    }
+    if key.starts_with('/') {
+        return Err(Error::invalid_key(key, "absolute keys are not allowed"));
+    }
+    if key.is_empty() {
+        return Err(Error::invalid_key(key, "empty key"));
+    }
+    let segs: Vec<&str> = key.split('/').collect();
+    for s in &segs {
+        check_segment(key, s)?;
+    }
+    Ok(segs)
+}
+
+/// Validates a node path (`""` is the root). Node names also may not start with `__`
+/// (reserved by Zarr v3) nor be `zarr.json`.
+pub fn check_node_path(path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    for s in split_key(path)? {
+        if s.starts_with("__") {
+            return Err(Error::invalid_key(path, "node names starting with `__` are reserved by Zarr"));
+        }
+        if s == META_FILE {
+            return Err(Error::invalid_key(path, "`zarr.json` is not a node name"));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a chunk key relative to its array.
+pub fn check_chunk_key(key: &str) -> Result<()> {
+    for s in split_key(key)? {
+        if s == META_FILE {
+            return Err(Error::invalid_key(key, "`zarr.json` is not a chunk key segment"));
+        }
+    }
+    Ok(())
+}
+
+/// Store key of a node's metadata.
+pub fn meta_key(path: &str) -> String {
+    if path.is_empty() {
+        META_FILE.to_string()
+    } else {
+        format!("{path}/{META_FILE}")
+    }
+}
+
+/// Store key of a chunk.
+pub fn chunk_store_key(array: &str, chunk: &str) -> String {
+    if array.is_empty() {
+        chunk.to_string()
+    } else {
+        format!("{array}/{chunk}")
+    }
+}
+
+/// Parent of a node path; `None` for the root.
+pub fn parent(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        None
+    } else {
+        Some(path.rsplit_once('/').map_or("", |(p, _)| p))
+    }
+}
+
+/// Whether `path` lies in the subtree rooted at `root` (inclusive).
+pub fn in_subtree(root: &str, path: &str) -> bool {
+    root.is_empty()
+        || path == root
+        || (path.len() > root.len() && path.starts_with(root) && path.as_bytes()[root.len()] == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_traversal_and_reserved() {
+        for bad in ["", "/a", "a//b", "a/../b", "..", "./a", ".crdt/ops/x", "a/.CRDT", "a/b/", "a\\b"] {
+            assert!(split_key(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_node_path("a/__b").is_err());
+        assert!(check_node_path("a/zarr.json").is_err());
+        assert!(check_chunk_key("c/zarr.json").is_err());
+        assert!(split_key(&"a".repeat(1025)).is_err());
+        assert_eq!(split_key("a/b/c").unwrap(), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(meta_key(""), "zarr.json");
+        assert_eq!(meta_key("a/b"), "a/b/zarr.json");
+        assert_eq!(parent("a/b"), Some("a"));
+        assert_eq!(parent("a"), Some(""));
+        assert_eq!(parent(""), None);
+        assert!(in_subtree("a", "a/b"));
+        assert!(in_subtree("a", "a"));
+        assert!(!in_subtree("a", "ab"));
+        assert!(in_subtree("", "x"));
+    }
+}

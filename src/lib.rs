@@ -1,0 +1,11 @@
+pub mod bucket;
+pub mod change;
+pub mod error;
+pub mod fold;
+pub mod ids;
+pub mod key;
+pub mod layout;
+pub mod meta;
+pub mod repo;
+pub mod session;
+pub mod view;

@@ -1,0 +1,243 @@
+//! Zarr v3 node metadata: parsing what writers give us, and rendering `zarr.json`
+//! deterministically (sorted keys, fixed formatting).
+
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+
+const ARRAY_FIELDS: &[&str] = &[
+    "zarr_format",
+    "node_type",
+    "shape",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "fill_value",
+    "codecs",
+    "attributes",
+    "storage_transformers",
+    "dimension_names",
+];
+const ARRAY_REQUIRED: &[&str] = &[
+    "shape",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "fill_value",
+    "codecs",
+];
+const GROUP_FIELDS: &[&str] = &["zarr_format", "node_type", "attributes"];
+/// Written by zarr-python into groups; crzarr never stores or emits it because
+/// zarr-python trusts it over the real hierarchy.
+const CONSOLIDATED: &str = "consolidated_metadata";
+
+/// A node's metadata as written by a client, split the way crzarr stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeDoc {
+    /// A group.
+    Group {
+        /// Its attributes.
+        attributes: Map<String, Value>,
+    },
+    /// An array.
+    Array {
+        /// The metadata without `attributes`, keys sorted.
+        meta: ArrayMeta,
+        /// Its attributes.
+        attributes: Map<String, Value>,
+    },
+}
+
+/// Array metadata without attributes: everything that fixes an incarnation's identity
+/// except its shape, which is a mergeable register.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArrayMeta {
+    doc: Map<String, Value>,
+    shape: Vec<u64>,
+}
+
+impl ArrayMeta {
+    /// Validates stored (canonical, attribute-free) array metadata.
+    pub fn from_stored(doc: &Value) -> std::result::Result<ArrayMeta, String> {
+        let obj = doc.as_object().ok_or("array metadata is not a JSON object")?;
+        if obj.contains_key("attributes") {
+            return Err("stored array metadata must not hold attributes".into());
+        }
+        check_common(obj, "array", ARRAY_FIELDS)?;
+        for f in ARRAY_REQUIRED {
+            if !obj.contains_key(*f) {
+                return Err(format!("missing required field `{f}`"));
+            }
+        }
+        let shape = parse_shape(&obj["shape"])?;
+        if let Some(names) = obj.get("dimension_names")
+            && !names.is_null()
+            && names.as_array().is_none_or(|a| a.len() != shape.len())
+        {
+            return Err("`dimension_names` must list one entry per dimension".into());
+        }
+        if !obj["codecs"].is_array() {
+            return Err("`codecs` must be an array".into());
+        }
+        Ok(ArrayMeta { doc: obj.clone(), shape })
+    }
+
+    /// The shape it was created with.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Canonical JSON text (sorted keys, compact), as stored in a create op.
+    pub fn to_canonical(&self) -> String {
+        let mut v = Value::Object(self.doc.clone());
+        v.sort_all_objects();
+        v.to_string()
+    }
+
+    /// Whether two metadata documents describe the same array apart from shape.
+    pub fn same_layout(&self, other: &ArrayMeta) -> bool {
+        let strip = |m: &Map<String, Value>| {
+            let mut m = m.clone();
+            m.remove("shape");
+            m
+        };
+        self.ndim() == other.ndim() && strip(&self.doc) == strip(&other.doc)
+    }
+
+    /// Renders `zarr.json` with a given shape and attributes.
+    pub fn render(&self, shape: &[u64], attributes: Map<String, Value>) -> Vec<u8> {
+        let mut doc = self.doc.clone();
+        doc.insert("shape".into(), Value::from(shape.to_vec()));
+        doc.insert("attributes".into(), Value::Object(attributes));
+        render_doc(doc)
+    }
+}
+
+/// Renders a group's `zarr.json`.
+pub fn render_group(attributes: Map<String, Value>) -> Vec<u8> {
+    let mut doc = Map::new();
+    doc.insert("zarr_format".into(), Value::from(3));
+    doc.insert("node_type".into(), Value::from("group"));
+    doc.insert("attributes".into(), Value::Object(attributes));
+    render_doc(doc)
+}
+
+fn render_doc(doc: Map<String, Value>) -> Vec<u8> {
+    let mut v = Value::Object(doc);
+    v.sort_all_objects();
+    let mut out = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+fn parse_shape(v: &Value) -> std::result::Result<Vec<u64>, String> {
+    let arr = v.as_array().ok_or("`shape` must be an array")?;
+    if arr.len() > crate::change::MAX_NDIM {
+        return Err("too many dimensions".into());
+    }
+    arr.iter()
+        .map(|d| d.as_u64().ok_or_else(|| "`shape` entries must be non-negative integers".to_string()))
+        .collect()
+}
+
+fn check_common(obj: &Map<String, Value>, node_type: &str, known: &[&str]) -> std::result::Result<(), String> {
+    if obj.get("zarr_format") != Some(&Value::from(3)) {
+        return Err("`zarr_format` must be 3".into());
+    }
+    if obj.get("node_type").and_then(Value::as_str) != Some(node_type) {
+        return Err(format!("`node_type` must be \"{node_type}\""));
+    }
+    for (k, v) in obj {
+        if known.contains(&k.as_str()) {
+            continue;
+        }
+        // Zarr v3: an unknown field is allowed only if it says it may be ignored.
+        let ignorable = v.get("must_understand") == Some(&Value::Bool(false));
+        if !ignorable {
+            return Err(format!("unknown field `{k}` without `\"must_understand\": false`"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a client's `zarr.json` for the node at `key`.
+pub fn parse_node_doc(key: &str, bytes: &[u8]) -> Result<NodeDoc> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid_metadata(key, format!("not JSON: {e}")))?;
+    let Value::Object(mut obj) = v else {
+        return Err(Error::invalid_metadata(key, "not a JSON object"));
+    };
+    let attributes = match obj.remove("attributes") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(Error::invalid_metadata(key, "`attributes` must be an object")),
+    };
+    match obj.get("node_type").and_then(Value::as_str) {
+        Some("group") => {
+            obj.remove(CONSOLIDATED);
+            check_common(&obj, "group", GROUP_FIELDS).map_err(|r| Error::invalid_metadata(key, r))?;
+            Ok(NodeDoc::Group { attributes })
+        }
+        Some("array") => {
+            let meta = ArrayMeta::from_stored(&Value::Object(obj))
+                .map_err(|r| Error::invalid_metadata(key, r))?;
+            Ok(NodeDoc::Array { meta, attributes })
+        }
+        _ => Err(Error::invalid_metadata(key, "`node_type` must be \"group\" or \"array\"")),
+    }
+}
+
+/// Canonical JSON text of a value (sorted keys, compact).
+pub fn canonical_json(v: &Value) -> String {
+    let mut v = v.clone();
+    v.sort_all_objects();
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn array_json() -> Value {
+        serde_json::json!({
+            "zarr_format": 3, "node_type": "array", "shape": [4, 4], "data_type": "int32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 2]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "attributes": {"units": "m"}
+        })
+    }
+
+    #[test]
+    fn parses_and_renders_array() {
+        let doc = parse_node_doc("a/zarr.json", array_json().to_string().as_bytes()).unwrap();
+        let NodeDoc::Array { meta, attributes } = doc else { panic!("not an array") };
+        assert_eq!(meta.shape(), &[4, 4]);
+        assert_eq!(attributes["units"], "m");
+        let out: Value = serde_json::from_slice(&meta.render(&[8, 4], attributes)).unwrap();
+        let mut expect = array_json();
+        expect["shape"] = serde_json::json!([8, 4]);
+        assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn refuses_invalid_metadata() {
+        let mut missing = array_json();
+        missing.as_object_mut().unwrap().remove("codecs");
+        let mut unknown = array_json();
+        unknown["bogus"] = serde_json::json!(1);
+        let mut ignorable = array_json();
+        ignorable["ext"] = serde_json::json!({"must_understand": false});
+        for (v, ok) in [(missing, false), (unknown, false), (ignorable, true)] {
+            assert_eq!(parse_node_doc("k", v.to_string().as_bytes()).is_ok(), ok, "{v}");
+        }
+        assert!(parse_node_doc("k", b"[1]").is_err());
+        assert!(parse_node_doc("k", br#"{"zarr_format":2,"node_type":"group"}"#).is_err());
+        let g = parse_node_doc("k", br#"{"zarr_format":3,"node_type":"group","consolidated_metadata":null}"#).unwrap();
+        assert_eq!(g, NodeDoc::Group { attributes: Map::new() });
+    }
+}

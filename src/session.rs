@@ -1,0 +1,553 @@
+//! The write session: stages Zarr-store writes as ops and commits them as one change.
+//!
+//! Writes have a Zarr store's meaning: setting `a/b/zarr.json` creates or updates node
+//! `a/b`; setting `a/b/c/0/1` writes a chunk of array `a/b`; deleting `a/b/zarr.json`
+//! or the prefix `a/b/` deletes node `a/b` and its subtree.
+
+use crate::change::{Change, ChunkData, DimSize, INLINE_MAX, Op, OpRef};
+use crate::error::{Error, Result};
+use crate::fold::Stamp;
+use crate::ids::{BlobHash, ChangeHash, Hlc, now_millis};
+use crate::key::{self, META_FILE};
+use crate::meta::{self, ArrayMeta, NodeDoc};
+use crate::repo::Repo;
+use crate::view::NodeType;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Debug)]
+struct Handle {
+    target: OpRef,
+    array: Option<ArrayMeta>,
+    /// Incarnations merged at this path in the view (empty for nodes made here).
+    members: Vec<Stamp>,
+}
+
+#[derive(Clone, Debug)]
+struct NodeState {
+    attrs: Map<String, Value>,
+    shape: Option<Vec<u64>>,
+}
+
+/// Staged writes against one [`Repo`], committed atomically by [`WriteSession::commit`].
+pub struct WriteSession<'r> {
+    repo: &'r mut Repo,
+    ops: Vec<Op>,
+    blobs: BTreeMap<BlobHash, Bytes>,
+    created: BTreeMap<String, (u32, Option<ArrayMeta>)>,
+    deleted: Vec<String>,
+    state: HashMap<OpRef, NodeState>,
+    chunk_ops: HashMap<(OpRef, String), usize>,
+    attr_ops: HashMap<(OpRef, String), usize>,
+    resize_op: HashMap<OpRef, usize>,
+    prepared: Option<(Change, Bytes)>,
+}
+
+impl<'r> WriteSession<'r> {
+    pub(crate) fn new(repo: &'r mut Repo) -> Self {
+        WriteSession {
+            repo,
+            ops: Vec::new(),
+            blobs: BTreeMap::new(),
+            created: BTreeMap::new(),
+            deleted: Vec::new(),
+            state: HashMap::new(),
+            chunk_ops: HashMap::new(),
+            attr_ops: HashMap::new(),
+            resize_op: HashMap::new(),
+            prepared: None,
+        }
+    }
+
+    /// Number of ops staged.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn push(&mut self, op: Op) -> usize {
+        self.prepared = None;
+        self.ops.push(op);
+        self.ops.len() - 1
+    }
+
+    fn refs(&self, stamps: impl IntoIterator<Item = Stamp>) -> Vec<OpRef> {
+        stamps.into_iter().map(|s| self.repo.fold().op_ref(&s)).collect()
+    }
+
+    /// The node a path shows, counting what this session staged.
+    fn node_at(&self, path: &str) -> Option<Handle> {
+        if let Some((idx, array)) = self.created.get(path) {
+            return Some(Handle { target: OpRef::Local(*idx), array: array.clone(), members: Vec::new() });
+        }
+        if self.deleted.iter().any(|d| key::in_subtree(d, path)) {
+            return None;
+        }
+        let view = self.repo.view();
+        let node = view.nodes.get(path)?;
+        let winner = node.winner?;
+        let array = match node.node_type {
+            NodeType::Array => Some(view.array_meta(self.repo.fold(), path)?.clone()),
+            NodeType::Group => None,
+            NodeType::ImplicitGroup => return None,
+        };
+        Some(Handle { target: self.repo.fold().op_ref(&winner), array, members: node.members.clone() })
+    }
+
+    fn node_state(&mut self, h: &Handle, path: &str) -> NodeState {
+        if let Some(s) = self.state.get(&h.target) {
+            return s.clone();
+        }
+        let fold = self.repo.fold();
+        let view = self.repo.view();
+        let s = NodeState {
+            attrs: view.attributes(fold, path).unwrap_or_default(),
+            shape: view.shape(fold, path),
+        };
+        self.state.insert(h.target, s.clone());
+        s
+    }
+
+    fn check_ancestors(&self, path: &str) -> Result<()> {
+        let mut up = key::parent(path);
+        while let Some(a) = up {
+            if self.node_at(a).is_some_and(|h| h.array.is_some()) {
+                return Err(Error::invalid_key(key::meta_key(path), format!("cannot put a node inside array {a:?}")));
+            }
+            up = key::parent(a);
+        }
+        Ok(())
+    }
+
+    /// Sets a store key: a `zarr.json` creates or updates a node, anything else
+    /// writes a chunk of the array it lies in.
+    pub fn set(&mut self, store_key: &str, value: impl Into<Bytes>) -> Result<()> {
+        key::split_key(store_key)?;
+        let value: Bytes = value.into();
+        if let Some(path) = meta_path(store_key) {
+            key::check_node_path(path)?;
+            let doc = meta::parse_node_doc(store_key, &value)?;
+            return self.put_node(path, doc);
+        }
+        let (arr, chunk) = self
+            .split_chunk(store_key)
+            .ok_or_else(|| Error::invalid_key(store_key, "not a zarr.json and not inside any array"))?;
+        self.set_chunk(&arr, &chunk, value)
+    }
+
+    /// Deletes a store key: a `zarr.json` deletes the node and its subtree, a chunk
+    /// key deletes the chunk. Deleting what is not there does nothing.
+    pub fn delete(&mut self, store_key: &str) -> Result<()> {
+        key::split_key(store_key)?;
+        if let Some(path) = meta_path(store_key) {
+            key::check_node_path(path)?;
+            self.delete_node(path);
+            return Ok(());
+        }
+        if let Some((arr, chunk)) = self.split_chunk(store_key) {
+            self.delete_chunk(&arr, &chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every key under `prefix`: a node path deletes that subtree, a prefix
+    /// inside an array deletes the chunks under it, `""` deletes everything.
+    pub fn delete_prefix(&mut self, prefix: &str) -> Result<()> {
+        let p = prefix.strip_suffix('/').unwrap_or(prefix);
+        if p.is_empty() {
+            self.delete_node("");
+            return Ok(());
+        }
+        key::split_key(p)?;
+        if self.delete_node(p) {
+            return Ok(());
+        }
+        if let Some((arr, rest)) = self.split_chunk(p) {
+            let under = format!("{rest}/");
+            let mut keys: Vec<String> = self.repo.view().chunk_keys(self.repo.fold(), &arr);
+            if let Some(h) = self.node_at(&arr) {
+                keys.extend(self.chunk_ops.keys().filter(|(t, _)| *t == h.target).map(|(_, k)| k.clone()));
+            }
+            keys.sort();
+            keys.dedup();
+            for k in keys.into_iter().filter(|k| k.starts_with(&under) || *k == rest) {
+                self.delete_chunk(&arr, &k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn split_chunk(&self, store_key: &str) -> Option<(String, String)> {
+        let mut end = store_key.len();
+        while let Some(pos) = store_key[..end].rfind('/') {
+            let arr = &store_key[..pos];
+            if self.node_at(arr).is_some_and(|h| h.array.is_some()) {
+                return Some((arr.to_string(), store_key[pos + 1..].to_string()));
+            }
+            end = pos;
+        }
+        if self.node_at("").is_some_and(|h| h.array.is_some()) {
+            return Some((String::new(), store_key.to_string()));
+        }
+        None
+    }
+
+    /// Creates a group (or updates the attributes of the group already there).
+    pub fn create_group(&mut self, path: &str, attributes: Map<String, Value>) -> Result<()> {
+        key::check_node_path(path)?;
+        self.put_node(path, NodeDoc::Group { attributes })
+    }
+
+    /// Creates an array from its full Zarr v3 metadata (with or without attributes).
+    pub fn create_array(&mut self, path: &str, metadata: &Value) -> Result<()> {
+        key::check_node_path(path)?;
+        let doc = meta::parse_node_doc(&key::meta_key(path), metadata.to_string().as_bytes())?;
+        self.put_node(path, doc)
+    }
+
+    fn put_node(&mut self, path: &str, doc: NodeDoc) -> Result<()> {
+        self.check_ancestors(path)?;
+        let existing = self.node_at(path);
+        let (new_array, attrs, shape) = match &doc {
+            NodeDoc::Group { attributes } => (None, attributes.clone(), None),
+            NodeDoc::Array { meta, attributes } => (Some(meta.clone()), attributes.clone(), Some(meta.shape().to_vec())),
+        };
+        if let Some(h) = existing {
+            let same = match (&h.array, &new_array) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_layout(b),
+                _ => false,
+            };
+            if same {
+                return self.update_node(&h, path, attrs, shape);
+            }
+            // A different node replaces this one: a new incarnation. An array has
+            // no children, so replacing anything with an array clears the subtree.
+            if new_array.is_some() {
+                self.delete_node(path);
+            } else {
+                self.delete_incarnations_at(path);
+            }
+        }
+        let attributes: Vec<(String, String)> = attrs.iter().map(|(k, v)| (k.clone(), meta::canonical_json(v))).collect();
+        let op = match &new_array {
+            None => Op::CreateGroup { path: path.to_string(), attributes },
+            Some(m) => Op::CreateArray { path: path.to_string(), metadata: m.to_canonical(), attributes },
+        };
+        let idx = self.push(op) as u32;
+        self.created.insert(path.to_string(), (idx, new_array));
+        self.state.insert(OpRef::Local(idx), NodeState { attrs, shape });
+        Ok(())
+    }
+
+    fn update_node(&mut self, h: &Handle, path: &str, attrs: Map<String, Value>, shape: Option<Vec<u64>>) -> Result<()> {
+        let cur = self.node_state(h, path);
+        for (k, v) in &attrs {
+            if cur.attrs.get(k) != Some(v) {
+                self.write_attr(h, path, k, Some(v.clone()));
+            }
+        }
+        for k in cur.attrs.keys() {
+            if !attrs.contains_key(k) {
+                self.write_attr(h, path, k, None);
+            }
+        }
+        if let (Some(new), Some(old)) = (shape, cur.shape)
+            && new != old
+        {
+            self.write_shape(h, path, &new)?;
+        }
+        Ok(())
+    }
+
+    fn write_attr(&mut self, h: &Handle, path: &str, name: &str, value: Option<Value>) {
+        let mut st = self.node_state(h, path);
+        match &value {
+            Some(v) => st.attrs.insert(name.to_string(), v.clone()),
+            None => st.attrs.remove(name),
+        };
+        self.state.insert(h.target, st);
+        let slot = (h.target, name.to_string());
+        let observed = match self.attr_ops.get(&slot) {
+            Some(&i) => match &self.ops[i] {
+                Op::SetAttr { observed, .. } | Op::DeleteAttr { observed, .. } => observed.clone(),
+                _ => Vec::new(),
+            },
+            None => self.observed_attr(h, name),
+        };
+        let op = match value {
+            Some(v) => Op::SetAttr { node: h.target, key: name.to_string(), value: meta::canonical_json(&v), observed },
+            None => Op::DeleteAttr { node: h.target, key: name.to_string(), observed },
+        };
+        match self.attr_ops.get(&slot) {
+            Some(&i) => {
+                self.prepared = None;
+                self.ops[i] = op;
+            }
+            None => {
+                let i = self.push(op);
+                self.attr_ops.insert(slot, i);
+            }
+        }
+    }
+
+    fn observed_attr(&self, h: &Handle, name: &str) -> Vec<OpRef> {
+        if let OpRef::Local(i) = h.target {
+            let set_by_create = match &self.ops[i as usize] {
+                Op::CreateGroup { attributes, .. } | Op::CreateArray { attributes, .. } => attributes.iter().any(|(k, _)| k == name),
+                _ => false,
+            };
+            return if set_by_create { vec![h.target] } else { Vec::new() };
+        }
+        let fold = self.repo.fold();
+        let stamps = h.members.iter().filter_map(|m| fold.nodes.get(m)?.attrs.get(name)).flat_map(|r| r.entries().iter().map(|e| e.0));
+        self.refs(stamps.collect::<Vec<_>>())
+    }
+
+    fn write_shape(&mut self, h: &Handle, path: &str, shape: &[u64]) -> Result<()> {
+        let mut st = self.node_state(h, path);
+        let old = st.shape.clone().unwrap_or_default();
+        if old.len() != shape.len() {
+            return Err(Error::invalid_metadata(key::meta_key(path), format!("shape has {} dimensions, the array has {}", shape.len(), old.len())));
+        }
+        st.shape = Some(shape.to_vec());
+        self.state.insert(h.target, st);
+        let mut dims: BTreeMap<u32, DimSize> = match self.resize_op.get(&h.target) {
+            Some(&i) => match &self.ops[i] {
+                Op::Resize { dims, .. } => dims.iter().map(|d| (d.dim, d.clone())).collect(),
+                _ => BTreeMap::new(),
+            },
+            None => BTreeMap::new(),
+        };
+        for (d, (&new, &was)) in shape.iter().zip(old.iter()).enumerate() {
+            let d = d as u32;
+            if let Some(entry) = dims.get_mut(&d) {
+                entry.size = new;
+            } else if new != was {
+                let observed = self.observed_dim(h, d as usize);
+                dims.insert(d, DimSize { dim: d, size: new, observed });
+            }
+        }
+        let op = Op::Resize { node: h.target, dims: dims.into_values().collect() };
+        match self.resize_op.get(&h.target) {
+            Some(&i) => {
+                self.prepared = None;
+                self.ops[i] = op;
+            }
+            None => {
+                let i = self.push(op);
+                self.resize_op.insert(h.target, i);
+            }
+        }
+        Ok(())
+    }
+
+    fn observed_dim(&self, h: &Handle, d: usize) -> Vec<OpRef> {
+        if let OpRef::Local(_) = h.target {
+            return vec![h.target];
+        }
+        let fold = self.repo.fold();
+        let stamps: Vec<Stamp> = h
+            .members
+            .iter()
+            .filter_map(|m| fold.nodes.get(m)?.dims.get(d)?.as_ref())
+            .flat_map(|r| r.entries().iter().map(|e| e.0))
+            .collect();
+        self.refs(stamps)
+    }
+
+    fn array_handle(&self, path: &str) -> Result<Handle> {
+        match self.node_at(path) {
+            Some(h) if h.array.is_some() => Ok(h),
+            Some(_) => Err(Error::invalid_key(key::meta_key(path), "is a group, not an array")),
+            None => Err(Error::NoSuchNode { path: path.to_string() }),
+        }
+    }
+
+    fn group_or_array(&self, path: &str) -> Result<Handle> {
+        self.node_at(path).ok_or_else(|| Error::NoSuchNode { path: path.to_string() })
+    }
+
+    /// Sets one attribute of the node at `path`.
+    pub fn set_attr(&mut self, path: &str, name: &str, value: Value) -> Result<()> {
+        let h = self.group_or_array(path)?;
+        self.write_attr(&h, path, name, Some(value));
+        Ok(())
+    }
+
+    /// Deletes one attribute of the node at `path`.
+    pub fn delete_attr(&mut self, path: &str, name: &str) -> Result<()> {
+        let h = self.group_or_array(path)?;
+        self.write_attr(&h, path, name, None);
+        Ok(())
+    }
+
+    /// Resizes the array at `path`. Only the dimensions that change are written, so
+    /// a concurrent resize of another dimension is not undone.
+    pub fn resize(&mut self, path: &str, shape: &[u64]) -> Result<()> {
+        let h = self.array_handle(path)?;
+        self.write_shape(&h, path, shape)
+    }
+
+    /// Writes one chunk (`chunk` is relative to the array, like `c/0/1`).
+    pub fn set_chunk(&mut self, array: &str, chunk: &str, bytes: Bytes) -> Result<()> {
+        key::check_chunk_key(chunk)?;
+        let h = self.array_handle(array)?;
+        let data = if bytes.len() <= INLINE_MAX {
+            ChunkData::Inline(bytes.to_vec())
+        } else {
+            let hash = BlobHash::of(&bytes);
+            let len = bytes.len() as u64;
+            self.blobs.insert(hash, bytes);
+            ChunkData::Blob { hash, len }
+        };
+        self.write_chunk(&h, chunk, Some(data));
+        Ok(())
+    }
+
+    /// Deletes one chunk; reads then give the fill value.
+    pub fn delete_chunk(&mut self, array: &str, chunk: &str) -> Result<()> {
+        key::check_chunk_key(chunk)?;
+        let h = self.array_handle(array)?;
+        let slot = (h.target, chunk.to_string());
+        let exists = self.chunk_ops.contains_key(&slot) || (!h.members.is_empty() && self.repo.view().chunk(self.repo.fold(), array, chunk).is_some());
+        if exists {
+            self.write_chunk(&h, chunk, None);
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, h: &Handle, chunk: &str, data: Option<ChunkData>) {
+        let slot = (h.target, chunk.to_string());
+        let prior = self.chunk_ops.get(&slot).copied();
+        let observed = match prior {
+            Some(i) => match &self.ops[i] {
+                Op::SetChunk { observed, .. } | Op::DeleteChunk { observed, .. } => observed.clone(),
+                _ => Vec::new(),
+            },
+            None if h.members.is_empty() => Vec::new(),
+            None => {
+                let fold = self.repo.fold();
+                let stamps: Vec<Stamp> = h
+                    .members
+                    .iter()
+                    .filter_map(|m| fold.nodes.get(m)?.chunks.get(chunk))
+                    .flat_map(|r| r.entries().iter().map(|e| e.0))
+                    .collect();
+                self.refs(stamps)
+            }
+        };
+        let op = match data {
+            Some(data) => Op::SetChunk { node: h.target, key: chunk.to_string(), data, observed },
+            None => Op::DeleteChunk { node: h.target, key: chunk.to_string(), observed },
+        };
+        match prior {
+            Some(i) => {
+                self.prepared = None;
+                self.ops[i] = op;
+            }
+            None => {
+                let i = self.push(op);
+                self.chunk_ops.insert(slot, i);
+            }
+        }
+    }
+
+    /// Incarnations at exactly `path` (view and staged), deleted without the subtree.
+    fn delete_incarnations_at(&mut self, path: &str) {
+        let mut incs: Vec<OpRef> = Vec::new();
+        if !self.deleted.iter().any(|d| key::in_subtree(d, path))
+            && let Some(stamps) = self.repo.fold().by_path.get(path)
+        {
+            incs.extend(self.refs(stamps.clone()));
+        }
+        if let Some((idx, _)) = self.created.remove(path) {
+            incs.push(OpRef::Local(idx));
+        }
+        if !incs.is_empty() {
+            self.push(Op::DeleteNode { path: path.to_string(), incarnations: incs });
+        }
+    }
+
+    /// Deletes the node at `path` and everything under it that this session can see.
+    /// Returns whether there was anything to delete.
+    fn delete_node(&mut self, path: &str) -> bool {
+        let mut incs: Vec<OpRef> = Vec::new();
+        if !self.deleted.iter().any(|d| key::in_subtree(d, path)) {
+            let fold = self.repo.fold();
+            let stamps: Vec<Stamp> = fold
+                .by_path
+                .range::<str, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
+                .take_while(|(p, _)| path.is_empty() || p.starts_with(path))
+                .filter(|(p, _)| key::in_subtree(path, p))
+                .flat_map(|(_, v)| v.iter().copied())
+                .collect();
+            incs.extend(self.refs(stamps));
+        }
+        let local: Vec<String> = self.created.keys().filter(|p| key::in_subtree(path, p)).cloned().collect();
+        for p in local {
+            if let Some((idx, _)) = self.created.remove(&p) {
+                incs.push(OpRef::Local(idx));
+            }
+        }
+        if incs.is_empty() {
+            return false;
+        }
+        self.push(Op::DeleteNode { path: path.to_string(), incarnations: incs });
+        self.deleted.push(path.to_string());
+        true
+    }
+
+    /// Publishes the staged ops as one change: blobs first, then the change file.
+    /// Returns `Ok(None)` when nothing was staged. On error the session keeps the
+    /// prepared change, and calling `commit` again retries the very same bytes.
+    pub async fn commit(&mut self, message: Option<&str>) -> Result<Option<ChangeHash>> {
+        if self.ops.is_empty() {
+            return Ok(None);
+        }
+        if self.prepared.is_none() {
+            let fold = self.repo.fold();
+            let deps = fold.heads();
+            let hlc = Hlc::next(now_millis(), deps.iter().filter_map(|d| fold.hlc_of(d)));
+            let repo = self.repo.id();
+            let (actor, seq) = self.repo.next_change_header();
+            let change = Change {
+                repo,
+                actor,
+                seq,
+                deps,
+                hlc,
+                wall_ms: now_millis(),
+                message: message.map(str::to_string),
+                ops: self.ops.clone(),
+            };
+            let bytes = Bytes::from(change.encode());
+            self.prepared = Some((change, bytes));
+        }
+        let Some((change, bytes)) = &self.prepared else { return Ok(None) };
+        let hash = self.repo.publish(change, bytes, &self.blobs).await?;
+        self.ops.clear();
+        self.blobs.clear();
+        self.created.clear();
+        self.deleted.clear();
+        self.state.clear();
+        self.chunk_ops.clear();
+        self.attr_ops.clear();
+        self.resize_op.clear();
+        self.prepared = None;
+        Ok(Some(hash))
+    }
+}
+
+fn meta_path(store_key: &str) -> Option<&str> {
+    if store_key == META_FILE {
+        Some("")
+    } else {
+        store_key.strip_suffix("/zarr.json")
+    }
+}

@@ -1,0 +1,457 @@
+//! The Zarr v3 view of a fold: which node each path shows, its rendered `zarr.json`,
+//! chunk lookup, key listings and the conflicts the merge rules resolved.
+
+use crate::fold::{ChunkVal, Fold, NodeKind, Stamp};
+use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc};
+use crate::key;
+use crate::meta::{self, ArrayMeta};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where a chunk's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkRef {
+    /// In `.crdt/blobs/<hash>`.
+    Blob {
+        /// blake3 of the bytes.
+        hash: BlobHash,
+        /// Length.
+        len: u64,
+    },
+    /// In the change file.
+    Inline(Vec<u8>),
+}
+
+/// One key of the view and what it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A node's rendered `zarr.json`.
+    Metadata(Vec<u8>),
+    /// A chunk.
+    Chunk(ChunkRef),
+}
+
+/// What a path shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeType {
+    /// A group someone created.
+    Group,
+    /// An array.
+    Array,
+    /// A group shown only because a descendant exists (Zarr needs every ancestor).
+    ImplicitGroup,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ResolvedNode {
+    pub(crate) node_type: NodeType,
+    /// Winning incarnation (none for implicit groups).
+    pub(crate) winner: Option<Stamp>,
+    /// Incarnations merged into this node, winner first.
+    pub(crate) members: Vec<Stamp>,
+}
+
+/// What a conflict was about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum ConflictTarget {
+    /// Concurrent creates of different nodes at one path, or a node under an array.
+    Node,
+    /// One attribute.
+    Attribute(String),
+    /// One chunk.
+    Chunk,
+}
+
+/// One side of a resolved conflict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictSide {
+    /// Change that wrote it.
+    pub change: ChangeHash,
+    /// Its writer.
+    pub actor: ActorId,
+    /// Writer's sequence number.
+    pub seq: u64,
+    /// Clock stamp.
+    pub hlc: Hlc,
+    /// Op number in the change.
+    pub op: u32,
+    /// Short description of the value.
+    pub value: String,
+}
+
+/// A concurrent overwrite the merge rules resolved: the winner the view shows and
+/// the losers it does not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// Store key concerned (`a/zarr.json` for nodes and attributes, the chunk key for chunks).
+    pub key: String,
+    /// What it was about.
+    pub target: ConflictTarget,
+    /// The value shown.
+    pub winner: ConflictSide,
+    /// Values not shown.
+    pub losers: Vec<ConflictSide>,
+}
+
+/// The resolved hierarchy of a fold.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub(crate) nodes: BTreeMap<String, ResolvedNode>,
+    node_conflicts: Vec<(String, Stamp, Vec<Stamp>)>,
+}
+
+fn kind_of<'a>(fold: &'a Fold, s: &Stamp) -> Option<&'a NodeKind> {
+    fold.nodes.get(s).map(|n| &n.kind)
+}
+
+fn array_meta<'a>(fold: &'a Fold, s: &Stamp) -> Option<&'a ArrayMeta> {
+    match kind_of(fold, s) {
+        Some(NodeKind::Array(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn max_entry<'a, V>(fold: &Fold, entries: impl Iterator<Item = &'a (Stamp, V)>) -> Option<&'a (Stamp, V)>
+where
+    V: 'a,
+{
+    entries.max_by(|a, b| fold.cmp_stamp(&a.0, &b.0))
+}
+
+impl View {
+    /// Resolves the hierarchy: for each path, which incarnations it shows.
+    pub fn build(fold: &Fold) -> View {
+        let mut candidates: BTreeMap<String, ResolvedNode> = BTreeMap::new();
+        let mut node_conflicts = Vec::new();
+        for (path, incs) in &fold.by_path {
+            let Some(&winner) = incs.iter().max_by(|a, b| fold.cmp_stamp(a, b)) else { continue };
+            let (members, losers): (Vec<Stamp>, Vec<Stamp>) = match array_meta(fold, &winner) {
+                None => incs.iter().partition(|s| matches!(kind_of(fold, s), Some(NodeKind::Group))),
+                Some(wm) => incs.iter().partition(|s| array_meta(fold, s).is_some_and(|m| m.same_layout(wm))),
+            };
+            let mut members: Vec<Stamp> = members;
+            members.sort_by(|a, b| fold.cmp_stamp(b, a));
+            if !losers.is_empty() {
+                node_conflicts.push((path.to_string(), winner, losers));
+            }
+            let node_type = if array_meta(fold, &winner).is_some() { NodeType::Array } else { NodeType::Group };
+            candidates.insert(path.to_string(), ResolvedNode { node_type, winner: Some(winner), members });
+        }
+        // A node under an array is not part of a valid hierarchy: hide it, report it.
+        let mut nodes = BTreeMap::new();
+        for (path, node) in &candidates {
+            let mut up = key::parent(path);
+            let mut shadow = None;
+            while let Some(a) = up {
+                if let Some(anc) = candidates.get(a)
+                    && anc.node_type == NodeType::Array
+                {
+                    shadow = anc.winner;
+                }
+                up = key::parent(a);
+            }
+            match (shadow, node.winner) {
+                (Some(arr), Some(_)) => node_conflicts.push((path.clone(), arr, node.members.clone())),
+                _ => {
+                    nodes.insert(path.clone(), node.clone());
+                }
+            }
+        }
+        // Every ancestor of a shown node must exist: show missing ones as empty groups.
+        let shown: Vec<String> = nodes.keys().cloned().collect();
+        for path in shown {
+            let mut up = key::parent(&path);
+            while let Some(a) = up {
+                nodes.entry(a.to_string()).or_insert(ResolvedNode {
+                    node_type: NodeType::ImplicitGroup,
+                    winner: None,
+                    members: Vec::new(),
+                });
+                up = key::parent(a);
+            }
+        }
+        View { nodes, node_conflicts }
+    }
+
+    /// Node paths shown, sorted.
+    pub fn node_paths(&self) -> impl Iterator<Item = &str> {
+        self.nodes.keys().map(String::as_str)
+    }
+
+    /// What `path` shows, if anything.
+    pub fn node_type(&self, path: &str) -> Option<NodeType> {
+        self.nodes.get(path).map(|n| n.node_type.clone())
+    }
+
+    /// Merged attributes of a shown node.
+    pub fn attributes(&self, fold: &Fold, path: &str) -> Option<Map<String, Value>> {
+        let node = self.nodes.get(path)?;
+        let mut keys = BTreeSet::new();
+        for m in &node.members {
+            if let Some(n) = fold.nodes.get(m) {
+                keys.extend(n.attrs.keys().map(|k| &**k));
+            }
+        }
+        let mut out = Map::new();
+        for k in keys {
+            let entries = node.members.iter().filter_map(|m| fold.nodes.get(m)?.attrs.get(k)).flat_map(|r| r.entries());
+            if let Some((_, Some(v))) = max_entry(fold, entries) {
+                out.insert(k.to_string(), serde_json::from_str(v).unwrap_or(Value::Null));
+            }
+        }
+        Some(out)
+    }
+
+    /// Current shape of a shown array: per dimension, the largest live size.
+    pub fn shape(&self, fold: &Fold, path: &str) -> Option<Vec<u64>> {
+        let node = self.nodes.get(path)?;
+        let meta = array_meta(fold, node.winner.as_ref()?)?;
+        let mut shape = vec![0u64; meta.ndim()];
+        let mut seen = vec![false; meta.ndim()];
+        for m in &node.members {
+            let Some(n) = fold.nodes.get(m) else { continue };
+            for (d, reg) in n.dims.iter().enumerate().take(shape.len()) {
+                for (_, size) in reg.iter().flat_map(|r| r.entries()) {
+                    shape[d] = shape[d].max(*size);
+                    seen[d] = true;
+                }
+            }
+        }
+        for d in 0..shape.len() {
+            if !seen[d] {
+                shape[d] = meta.shape()[d];
+            }
+        }
+        Some(shape)
+    }
+
+    /// Array metadata of the winning incarnation at `path`.
+    pub(crate) fn array_meta<'a>(&self, fold: &'a Fold, path: &str) -> Option<&'a ArrayMeta> {
+        array_meta(fold, self.nodes.get(path)?.winner.as_ref()?)
+    }
+
+    /// Rendered `zarr.json` of a shown node.
+    pub fn metadata(&self, fold: &Fold, path: &str) -> Option<Vec<u8>> {
+        let node = self.nodes.get(path)?;
+        let attrs = self.attributes(fold, path)?;
+        match node.node_type {
+            NodeType::Array => {
+                let meta = self.array_meta(fold, path)?;
+                Some(meta.render(&self.shape(fold, path)?, attrs))
+            }
+            NodeType::Group | NodeType::ImplicitGroup => Some(meta::render_group(attrs)),
+        }
+    }
+
+    /// The winning live entry of chunk `chunk` of the array at `path` (deleted: `None`).
+    pub fn chunk(&self, fold: &Fold, path: &str, chunk: &str) -> Option<ChunkRef> {
+        let node = self.nodes.get(path)?;
+        if node.node_type != NodeType::Array {
+            return None;
+        }
+        let entries = node.members.iter().filter_map(|m| fold.nodes.get(m)?.chunks.get(chunk)).flat_map(|r| r.entries());
+        match &max_entry(fold, entries)?.1 {
+            ChunkVal::Blob { hash, len } => Some(ChunkRef::Blob { hash: *hash, len: *len }),
+            ChunkVal::Inline(b) => Some(ChunkRef::Inline(b.to_vec())),
+            ChunkVal::Deleted => None,
+        }
+    }
+
+    /// Chunk keys (relative) of a shown array that are not deleted, sorted.
+    pub fn chunk_keys(&self, fold: &Fold, path: &str) -> Vec<String> {
+        let Some(node) = self.nodes.get(path) else { return Vec::new() };
+        if node.node_type != NodeType::Array {
+            return Vec::new();
+        }
+        let mut keys: BTreeSet<&str> = BTreeSet::new();
+        for m in &node.members {
+            if let Some(n) = fold.nodes.get(m) {
+                keys.extend(n.chunks.keys().map(|k| &**k));
+            }
+        }
+        keys.into_iter().filter(|k| self.chunk(fold, path, k).is_some()).map(str::to_string).collect()
+    }
+
+    /// Splits a store key into (array path, chunk key) when it names a chunk of a shown array.
+    pub fn split_chunk_key<'k>(&self, store_key: &'k str) -> Option<(&'k str, &'k str)> {
+        // The deepest shown array whose path prefixes the key owns it.
+        let mut end = store_key.len();
+        while let Some(pos) = store_key[..end].rfind('/') {
+            let (arr, rest) = (&store_key[..pos], &store_key[pos + 1..]);
+            if self.nodes.get(arr).is_some_and(|n| n.node_type == NodeType::Array) {
+                return Some((arr, rest));
+            }
+            end = pos;
+        }
+        // Chunks of a root array.
+        if self.nodes.get("").is_some_and(|n| n.node_type == NodeType::Array) {
+            return Some(("", store_key));
+        }
+        None
+    }
+
+    /// What the view serves at a store key.
+    pub fn get(&self, fold: &Fold, store_key: &str) -> Option<Entry> {
+        if store_key == key::META_FILE {
+            return self.metadata(fold, "").map(Entry::Metadata);
+        }
+        if let Some(path) = store_key.strip_suffix("/zarr.json") {
+            return self.metadata(fold, path).map(Entry::Metadata);
+        }
+        let (arr, chunk) = self.split_chunk_key(store_key)?;
+        self.chunk(fold, arr, chunk).map(Entry::Chunk)
+    }
+
+    /// Every key of the view, sorted.
+    pub fn keys(&self, fold: &Fold) -> Vec<String> {
+        let mut out = Vec::new();
+        for path in self.nodes.keys() {
+            out.push(key::meta_key(path));
+            for c in self.chunk_keys(fold, path) {
+                out.push(key::chunk_store_key(path, &c));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Keys starting with `prefix`, sorted.
+    pub fn keys_with_prefix(&self, fold: &Fold, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for path in self.nodes.keys() {
+            let node_key_prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+            // Keys of this node all start with `path/` (or anything, at the root).
+            let relevant = node_key_prefix.starts_with(prefix) || prefix.starts_with(&node_key_prefix);
+            if !relevant {
+                continue;
+            }
+            let mk = key::meta_key(path);
+            if mk.starts_with(prefix) {
+                out.push(mk);
+            }
+            for c in self.chunk_keys(fold, path) {
+                let k = key::chunk_store_key(path, &c);
+                if k.starts_with(prefix) {
+                    out.push(k);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Keys directly under `prefix` (which is empty or ends with `/`) and the
+    /// sub-prefixes (ending with `/`) below it, both sorted.
+    pub fn list_dir(&self, fold: &Fold, prefix: &str) -> (Vec<String>, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut dirs = BTreeSet::new();
+        for k in self.keys_with_prefix(fold, prefix) {
+            let rest = &k[prefix.len()..];
+            match rest.split_once('/') {
+                Some((first, _)) => {
+                    dirs.insert(format!("{prefix}{first}/"));
+                }
+                None => keys.push(k),
+            }
+        }
+        (keys, dirs.into_iter().collect())
+    }
+
+    /// Every key with what it serves: two replicas with the same changes give equal maps.
+    pub fn entries(&self, fold: &Fold) -> BTreeMap<String, Entry> {
+        self.keys(fold)
+            .into_iter()
+            .filter_map(|k| {
+                let e = self.get(fold, &k)?;
+                Some((k, e))
+            })
+            .collect()
+    }
+
+    /// Every concurrent overwrite resolved in the current state, sorted by key.
+    pub fn conflicts(&self, fold: &Fold) -> Vec<Conflict> {
+        let side = |s: &Stamp, value: String| {
+            let info = fold.info(s);
+            ConflictSide { change: info.hash, actor: info.actor, seq: info.seq, hlc: info.hlc, op: s.op, value }
+        };
+        let describe_node = |s: &Stamp| match fold.nodes.get(s).map(|n| &n.kind) {
+            Some(NodeKind::Array(m)) => format!("array {}", m.to_canonical()),
+            _ => "group".to_string(),
+        };
+        let mut out = Vec::new();
+        for (path, winner, losers) in &self.node_conflicts {
+            out.push(Conflict {
+                key: key::meta_key(path),
+                target: ConflictTarget::Node,
+                winner: side(winner, describe_node(winner)),
+                losers: losers.iter().map(|l| side(l, describe_node(l))).collect(),
+            });
+        }
+        for (path, node) in &self.nodes {
+            let mut attr_keys = BTreeSet::new();
+            let mut chunk_keys = BTreeSet::new();
+            for m in &node.members {
+                if let Some(n) = fold.nodes.get(m) {
+                    attr_keys.extend(n.attrs.keys().map(|k| &**k));
+                    chunk_keys.extend(n.chunks.iter().filter(|(_, r)| r.entries().len() > 1).map(|(k, _)| &**k));
+                }
+            }
+            // Chunks can also conflict across merged incarnations.
+            if node.members.len() > 1 {
+                for m in &node.members {
+                    if let Some(n) = fold.nodes.get(m) {
+                        chunk_keys.extend(n.chunks.keys().map(|k| &**k));
+                    }
+                }
+            }
+            for k in attr_keys {
+                let mut entries: Vec<&(Stamp, Option<Box<str>>)> =
+                    node.members.iter().filter_map(|m| fold.nodes.get(m)?.attrs.get(k)).flat_map(|r| r.entries()).collect();
+                if entries.len() > 1 {
+                    entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
+                    let d = |v: &Option<Box<str>>| v.as_deref().map_or("(deleted)".to_string(), |s| truncate(s, 80));
+                    out.push(Conflict {
+                        key: key::meta_key(path),
+                        target: ConflictTarget::Attribute(k.to_string()),
+                        winner: side(&entries[0].0, d(&entries[0].1)),
+                        losers: entries[1..].iter().map(|e| side(&e.0, d(&e.1))).collect(),
+                    });
+                }
+            }
+            for k in chunk_keys {
+                let mut entries: Vec<&(Stamp, ChunkVal)> =
+                    node.members.iter().filter_map(|m| fold.nodes.get(m)?.chunks.get(k)).flat_map(|r| r.entries()).collect();
+                if entries.len() > 1 {
+                    entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
+                    let d = |v: &ChunkVal| match v {
+                        ChunkVal::Blob { hash, len } => format!("blob {} ({len} bytes)", hash.short()),
+                        ChunkVal::Inline(b) => format!("inline ({} bytes)", b.len()),
+                        ChunkVal::Deleted => "(deleted)".to_string(),
+                    };
+                    out.push(Conflict {
+                        key: key::chunk_store_key(path, k),
+                        target: ConflictTarget::Chunk,
+                        winner: side(&entries[0].0, d(&entries[0].1)),
+                        losers: entries[1..].iter().map(|e| side(&e.0, d(&e.1))).collect(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.key, &a.target).cmp(&(&b.key, &b.target)));
+        out
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
