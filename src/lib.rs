@@ -1,5 +1,73 @@
+//! # crzarr: Conflict-free Replicated Zarr
+//!
+//! A Zarr v3 store kept as an operation-based CRDT log inside any object store.
+//! Writers append immutable, content-addressed *change* files under `.crdt/ops/`
+//! with no locks and no conditional writes beyond create-once; readers fold the
+//! change DAG into a Zarr v3 view. Replicas holding the same changes show the same
+//! view, byte for byte.
+//!
+//! The modules follow the data's path:
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`ids`] | hashes, actor and repo ids, hybrid logical clocks |
+//! | [`key`], [`meta`] | Zarr keys and node metadata: validation and rendering |
+//! | [`change`] | a change and its one canonical, strictly decoded encoding |
+//! | [`layout`] | every bucket key, built in one place |
+//! | [`bucket`] | I/O over `object_store`: limits, create-once writes, listing |
+//! | [`fold`] | the causal fold: a pure function from a set of changes to state |
+//! | [`view`] | the Zarr view of a fold: `zarr.json`, chunks, listings, conflicts |
+//! | [`session`] | staging Zarr-store writes as ops and committing them |
+//! | [`repo`] | a repository handle: open, refresh, read, commit |
+//! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
+//! | [`testing`] | a request-counting store for tests and benchmarks |
+//!
+//! The normative format and merge rules are in `spec/`.
+//!
+//! # Example
+//!
+//! ```
+//! use crzarr::repo::Repo;
+//! use object_store::memory::InMemory;
+//! use std::sync::Arc;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> crzarr::error::Result<()> {
+//! let bucket = Arc::new(InMemory::new());
+//! let mut laptop = Repo::init(bucket.clone(), "dataset").await?;
+//! let mut cluster = Repo::open(bucket.clone(), "dataset").await?;
+//!
+//! // Two writers, no coordination: each commits one change.
+//! let mut s = laptop.session();
+//! s.create_group("", Default::default())?;
+//! s.set("temp/zarr.json", serde_json::json!({
+//!     "zarr_format": 3, "node_type": "array", "shape": [4], "data_type": "uint8",
+//!     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2]}},
+//!     "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+//!     "fill_value": 0, "codecs": [{"name": "bytes"}]
+//! }).to_string())?;
+//! s.set("temp/c/0", vec![1u8, 2])?;
+//! s.commit(Some("create temp")).await?;
+//!
+//! cluster.refresh().await?;
+//! let mut s = cluster.session();
+//! s.set("temp/c/1", vec![3u8, 4])?;
+//! s.set_attr("temp", "units", "K".into())?;
+//! s.commit(None).await?;
+//!
+//! laptop.refresh().await?;
+//! assert_eq!(laptop.list(), ["temp/c/0", "temp/c/1", "temp/zarr.json", "zarr.json"]);
+//! assert_eq!(laptop.get("temp/c/1").await?.as_deref(), Some(&[3u8, 4][..]));
+//! assert_eq!(laptop.list(), cluster.list());
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
 pub mod bucket;
 pub mod change;
+pub mod connect;
 pub mod error;
 pub mod fold;
 pub mod ids;
@@ -8,4 +76,9 @@ pub mod layout;
 pub mod meta;
 pub mod repo;
 pub mod session;
+pub mod testing;
 pub mod view;
+
+pub use error::{Error, Result};
+pub use repo::Repo;
+pub use session::WriteSession;
