@@ -104,11 +104,11 @@ impl Repo {
         }
         let todo: Vec<ListedChange> = listed.into_iter().filter(|c| !self.seen.contains(&c.name.hash)).collect();
         report.fetched = todo.len();
-        let bucket = &self.bucket;
         let id = self.id;
-        let results: Vec<(ListedChange, Result<Option<Change>>)> = futures::stream::iter(todo)
-            .map(|c| async move {
-                let r = fetch_change(bucket, id, &c).await;
+        let fetches: Vec<(Bucket, ListedChange)> = todo.into_iter().map(|c| (self.bucket.clone(), c)).collect();
+        let results: Vec<(ListedChange, Result<Option<Change>>)> = futures::stream::iter(fetches)
+            .map(|(bucket, c)| async move {
+                let r = fetch_change(&bucket, id, &c).await;
                 (c, r)
             })
             .buffer_unordered(self.concurrency)
@@ -275,9 +275,11 @@ impl Repo {
                 bytes.len()
             )));
         }
-        let bucket = &self.bucket;
-        let uploads: Vec<Result<()>> = futures::stream::iter(blobs.iter())
-            .map(|(h, b)| async move { bucket.put_blob(&bucket.layout.blob(h), b.clone()).await })
+        // Owned items keep the future `Send` (borrowed ones defeat the compiler's proof).
+        let uploads: Vec<(Bucket, object_store::path::Path, Bytes)> =
+            blobs.iter().map(|(h, b)| (self.bucket.clone(), self.bucket.layout.blob(h), b.clone())).collect();
+        let uploads: Vec<Result<()>> = futures::stream::iter(uploads)
+            .map(|(bucket, key, b)| async move { bucket.put_blob(&key, b).await })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
