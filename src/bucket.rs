@@ -69,7 +69,10 @@ pub enum Created {
 impl Bucket {
     /// A bucket over `store` with the repository at `prefix`.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
-        Bucket { store, layout: Layout::new(prefix) }
+        Bucket {
+            store,
+            layout: Layout::new(prefix),
+        }
     }
 
     /// The layout.
@@ -90,11 +93,22 @@ impl Bucket {
             Err(e) => return Err(Error::store(key.as_ref(), e)),
         };
         if res.meta.size > limit {
-            return Err(Error::TooLarge { key: key.to_string(), size: res.meta.size, limit });
+            return Err(Error::TooLarge {
+                key: key.to_string(),
+                size: res.meta.size,
+                limit,
+            });
         }
-        let bytes = res.bytes().await.map_err(|e| Error::store(key.as_ref(), e))?;
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| Error::store(key.as_ref(), e))?;
         if bytes.len() as u64 > limit {
-            return Err(Error::TooLarge { key: key.to_string(), size: bytes.len() as u64, limit });
+            return Err(Error::TooLarge {
+                key: key.to_string(),
+                size: bytes.len() as u64,
+                limit,
+            });
         }
         Ok(Some(bytes))
     }
@@ -103,14 +117,24 @@ impl Bucket {
     /// to the same value (a lost reply to a landed create is reported as
     /// `AlreadyExists` by S3 clients that retry).
     pub async fn put_once(&self, key: &Path, bytes: Bytes) -> Result<Created> {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(key, PutPayload::from(bytes.clone()), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(key, PutPayload::from(bytes.clone()), opts)
+            .await
+        {
             Ok(_) => Ok(Created::New),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let existing = self.get(key, bytes.len() as u64).await?;
                 match existing {
                     Some(e) if blake3::hash(&e) == blake3::hash(&bytes) => Ok(Created::Existing),
-                    _ => Err(Error::corrupt(key.as_ref(), "an object with different content already exists at this content-addressed key")),
+                    _ => Err(Error::corrupt(
+                        key.as_ref(),
+                        "an object with different content already exists at this content-addressed key",
+                    )),
                 }
             }
             Err(e) => Err(Error::store(key.as_ref(), e)),
@@ -130,29 +154,54 @@ impl Bucket {
     /// Reads the repository marker; `Ok(None)` if absent.
     pub async fn read_marker(&self) -> Result<Option<RepoId>> {
         let key = self.layout.marker();
-        let Some(bytes) = self.get(&key, MAX_MARKER_BYTES).await? else { return Ok(None) };
-        let m: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(key.as_ref(), format!("not a crzarr marker: {e}")))?;
+        let Some(bytes) = self.get(&key, MAX_MARKER_BYTES).await? else {
+            return Ok(None);
+        };
+        let m: Marker = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(key.as_ref(), format!("not a crzarr marker: {e}")))?;
         if m.format != MARKER_FORMAT {
-            return Err(Error::corrupt(key.as_ref(), format!("unknown format {:?}", m.format)));
+            return Err(Error::corrupt(
+                key.as_ref(),
+                format!("unknown format {:?}", m.format),
+            ));
         }
         if m.format_version != REPO_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion { key: key.to_string(), found: m.format_version, supported: REPO_FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                key: key.to_string(),
+                found: m.format_version,
+                supported: REPO_FORMAT_VERSION,
+            });
         }
-        m.repo_id.parse().map(Some).map_err(|e: String| Error::corrupt(key.as_ref(), e))
+        m.repo_id
+            .parse()
+            .map(Some)
+            .map_err(|e: String| Error::corrupt(key.as_ref(), e))
     }
 
     /// Writes the marker for `id` unless one exists; returns the id now in force.
     pub async fn write_marker(&self, id: RepoId) -> Result<RepoId> {
-        let m = Marker { format: MARKER_FORMAT.into(), format_version: REPO_FORMAT_VERSION, repo_id: id.to_string() };
+        let m = Marker {
+            format: MARKER_FORMAT.into(),
+            format_version: REPO_FORMAT_VERSION,
+            repo_id: id.to_string(),
+        };
         let mut text = serde_json::to_vec_pretty(&m).unwrap_or_default();
         text.push(b'\n');
         let key = self.layout.marker();
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&key, PutPayload::from(text), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&key, PutPayload::from(text), opts)
+            .await
+        {
             Ok(_) => Ok(id),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                self.read_marker().await?.ok_or_else(|| Error::corrupt(key.as_ref(), "marker vanished"))
-            }
+            Err(object_store::Error::AlreadyExists { .. }) => self
+                .read_marker()
+                .await?
+                .ok_or_else(|| Error::corrupt(key.as_ref(), "marker vanished")),
             Err(e) => Err(Error::store(key.as_ref(), e)),
         }
     }
@@ -170,8 +219,15 @@ impl Bucket {
         let mut problems = Vec::new();
         for m in metas {
             match self.layout.parse_change_key(&m.location) {
-                Ok(name) => changes.push(ListedChange { name, key: m.location, size: m.size }),
-                Err(reason) => problems.push(Problem { key: m.location.to_string(), error: format!("foreign file: {reason}") }),
+                Ok(name) => changes.push(ListedChange {
+                    name,
+                    key: m.location,
+                    size: m.size,
+                }),
+                Err(reason) => problems.push(Problem {
+                    key: m.location.to_string(),
+                    error: format!("foreign file: {reason}"),
+                }),
             }
         }
         // Store listing order is not trusted: sort on the client.

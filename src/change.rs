@@ -162,9 +162,9 @@ impl Op {
             Op::SetAttr { node, observed, .. }
             | Op::DeleteAttr { node, observed, .. }
             | Op::SetChunk { node, observed, .. }
-            | Op::DeleteChunk { node, observed, .. } => {
-                std::iter::once(*node).chain(observed.iter().copied()).collect()
-            }
+            | Op::DeleteChunk { node, observed, .. } => std::iter::once(*node)
+                .chain(observed.iter().copied())
+                .collect(),
             Op::Resize { node, dims } => std::iter::once(*node)
                 .chain(dims.iter().flat_map(|d| d.observed.iter().copied()))
                 .collect(),
@@ -229,7 +229,10 @@ impl Change {
             });
         }
         if ChangeHash::of(bytes) != *hash {
-            return Err(Error::corrupt(key, "content does not match the hash in its name (truncated or altered)"));
+            return Err(Error::corrupt(
+                key,
+                "content does not match the hash in its name (truncated or altered)",
+            ));
         }
         Self::decode_unverified(key, bytes)
     }
@@ -253,9 +256,14 @@ impl Change {
         // This also rejects trailing bytes.
         let again = rmp_serde::to_vec(&change).unwrap_or_default();
         if again != body {
-            return Err(Error::corrupt(key, "non-canonical encoding or trailing bytes"));
+            return Err(Error::corrupt(
+                key,
+                "non-canonical encoding or trailing bytes",
+            ));
         }
-        change.validate().map_err(|reason| Error::corrupt(key, reason))?;
+        change
+            .validate()
+            .map_err(|reason| Error::corrupt(key, reason))?;
         Ok(change)
     }
 
@@ -265,21 +273,34 @@ impl Change {
             return Err("seq must start at 1".into());
         }
         if self.deps.len() > MAX_DEPS {
-            return Err(format!("{} deps exceeds the limit of {MAX_DEPS}", self.deps.len()));
+            return Err(format!(
+                "{} deps exceeds the limit of {MAX_DEPS}",
+                self.deps.len()
+            ));
         }
         if !self.deps.windows(2).all(|w| w[0] < w[1]) {
             return Err("deps must be ascending and unique".into());
         }
         if self.ops.len() > MAX_OPS {
-            return Err(format!("{} ops exceeds the limit of {MAX_OPS}", self.ops.len()));
+            return Err(format!(
+                "{} ops exceeds the limit of {MAX_OPS}",
+                self.ops.len()
+            ));
         }
-        if self.message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES) {
+        if self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_MESSAGE_BYTES)
+        {
             return Err("message too long".into());
         }
         let mut is_create = Vec::with_capacity(self.ops.len());
         for (i, op) in self.ops.iter().enumerate() {
             validate_op(op, i, &is_create).map_err(|e| format!("op {i}: {e}"))?;
-            is_create.push(matches!(op, Op::CreateGroup { .. } | Op::CreateArray { .. }));
+            is_create.push(matches!(
+                op,
+                Op::CreateGroup { .. } | Op::CreateArray { .. }
+            ));
         }
         Ok(())
     }
@@ -312,7 +333,12 @@ fn check_attr_name(k: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_ref(r: &OpRef, index: usize, is_create: &[bool], must_be_node: bool) -> std::result::Result<(), String> {
+fn check_ref(
+    r: &OpRef,
+    index: usize,
+    is_create: &[bool],
+    must_be_node: bool,
+) -> std::result::Result<(), String> {
     if let OpRef::Local(n) = r {
         let n = *n as usize;
         if n >= index {
@@ -325,11 +351,16 @@ fn check_ref(r: &OpRef, index: usize, is_create: &[bool], must_be_node: bool) ->
     Ok(())
 }
 
-fn check_observed(obs: &[OpRef], index: usize, is_create: &[bool]) -> std::result::Result<(), String> {
+fn check_observed(
+    obs: &[OpRef],
+    index: usize,
+    is_create: &[bool],
+) -> std::result::Result<(), String> {
     if obs.len() > MAX_OBSERVED {
         return Err("too many observed entries".into());
     }
-    obs.iter().try_for_each(|r| check_ref(r, index, is_create, false))
+    obs.iter()
+        .try_for_each(|r| check_ref(r, index, is_create, false))
 }
 
 fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(), String> {
@@ -339,19 +370,32 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             key::check_node_path(path).map_err(e)?;
             check_attrs(attributes)
         }
-        Op::CreateArray { path, metadata, attributes } => {
+        Op::CreateArray {
+            path,
+            metadata,
+            attributes,
+        } => {
             key::check_node_path(path).map_err(e)?;
             let doc = check_json(metadata)?;
             crate::meta::ArrayMeta::from_stored(&doc)?;
             check_attrs(attributes)
         }
-        Op::SetAttr { node, key, value, observed } => {
+        Op::SetAttr {
+            node,
+            key,
+            value,
+            observed,
+        } => {
             check_ref(node, i, is_create, true)?;
             check_attr_name(key)?;
             check_json(value)?;
             check_observed(observed, i, is_create)
         }
-        Op::DeleteAttr { node, key, observed } => {
+        Op::DeleteAttr {
+            node,
+            key,
+            observed,
+        } => {
             check_ref(node, i, is_create, true)?;
             check_attr_name(key)?;
             check_observed(observed, i, is_create)
@@ -364,9 +408,15 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             if !dims.windows(2).all(|w| w[0].dim < w[1].dim) {
                 return Err("resize dimensions must be ascending and unique".into());
             }
-            dims.iter().try_for_each(|d| check_observed(&d.observed, i, is_create))
+            dims.iter()
+                .try_for_each(|d| check_observed(&d.observed, i, is_create))
         }
-        Op::SetChunk { node, key, data, observed } => {
+        Op::SetChunk {
+            node,
+            key,
+            data,
+            observed,
+        } => {
             check_ref(node, i, is_create, true)?;
             key::check_chunk_key(key).map_err(e)?;
             if let ChunkData::Inline(b) = data
@@ -376,7 +426,11 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             }
             check_observed(observed, i, is_create)
         }
-        Op::DeleteChunk { node, key, observed } => {
+        Op::DeleteChunk {
+            node,
+            key,
+            observed,
+        } => {
             check_ref(node, i, is_create, true)?;
             key::check_chunk_key(key).map_err(e)?;
             check_observed(observed, i, is_create)
@@ -386,7 +440,9 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             if incarnations.len() > MAX_OBSERVED * 64 {
                 return Err("too many incarnations".into());
             }
-            incarnations.iter().try_for_each(|r| check_ref(r, i, is_create, true))
+            incarnations
+                .iter()
+                .try_for_each(|r| check_ref(r, i, is_create, true))
         }
     }
 }

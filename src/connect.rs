@@ -44,11 +44,17 @@ pub fn connect(url: &str, create: bool) -> Result<Location> {
             if create {
                 std::fs::create_dir_all(path)?;
             } else if !path.is_dir() {
-                return Err(Error::NotARepo { location: url.to_string() });
+                return Err(Error::NotARepo {
+                    location: url.to_string(),
+                });
             }
             let fs = LocalFileSystem::new_with_prefix(path)
                 .map_err(|e| Error::Usage(format!("{url}: {e}")))?;
-            return Ok(Location { store: Arc::new(fs), prefix: String::new(), url: url.to_string() });
+            return Ok(Location {
+                store: Arc::new(fs),
+                prefix: String::new(),
+                url: url.to_string(),
+            });
         }
         "memory" => Arc::new(InMemory::new()),
         "s3" | "s3a" => Arc::new(
@@ -75,7 +81,11 @@ pub fn connect(url: &str, create: bool) -> Result<Location> {
             )));
         }
     };
-    Ok(Location { store, prefix, url: url.to_string() })
+    Ok(Location {
+        store,
+        prefix,
+        url: url.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ pub enum Error {
         limit: u64,
     },
     /// A file was written by a newer crzarr (or is not ours at all).
-    #[error("{key}: format version {found} is not supported (this build reads version {supported}); upgrade crzarr")]
+    #[error(
+        "{key}: format version {found} is not supported (this build reads version {supported}); upgrade crzarr"
+    )]
     UnsupportedVersion {
         /// Bucket key of the offending file.
         key: String,

@@ -97,7 +97,11 @@ fn register_write<K: std::hash::Hash + Eq, V>(
     match map.remove(&key) {
         Some(mut reg) => {
             let empty = reg.remove_observed(observed);
-            let reg = if empty { Register::new(s, val) } else { reg.push(s, val) };
+            let reg = if empty {
+                Register::new(s, val)
+            } else {
+                reg.push(s, val)
+            };
             map.insert(key, reg);
         }
         None => {
@@ -106,8 +110,11 @@ fn register_write<K: std::hash::Hash + Eq, V>(
     }
 }
 
-fn register_remove<K: std::hash::Hash + Eq + ?Sized, Q, V>(map: &mut HashMap<Q, Register<V>>, key: &K, observed: &[Stamp])
-where
+fn register_remove<K: std::hash::Hash + Eq + ?Sized, Q, V>(
+    map: &mut HashMap<Q, Register<V>>,
+    key: &K,
+    observed: &[Stamp],
+) where
     Q: std::borrow::Borrow<K> + std::hash::Hash + Eq,
 {
     if let Some(reg) = map.get_mut(key)
@@ -257,7 +264,10 @@ impl Fold {
     }
 
     /// Folds a set of changes (any order, duplicates allowed).
-    pub fn from_changes(repo: RepoId, changes: impl IntoIterator<Item = (ChangeHash, Change)>) -> Self {
+    pub fn from_changes(
+        repo: RepoId,
+        changes: impl IntoIterator<Item = (ChangeHash, Change)>,
+    ) -> Self {
         let mut f = Fold::new(repo);
         for (h, c) in changes {
             f.insert(h, c, 0);
@@ -277,7 +287,9 @@ impl Fold {
 
     /// Whether a change is known in any state (applied, pending, rejected).
     pub fn knows(&self, hash: &ChangeHash) -> bool {
-        self.index.contains_key(hash) || self.pending.contains_key(hash) || self.rejected.contains_key(hash)
+        self.index.contains_key(hash)
+            || self.pending.contains_key(hash)
+            || self.rejected.contains_key(hash)
     }
 
     /// Number of applied changes.
@@ -303,7 +315,7 @@ impl Fold {
     /// Applied changes in a deterministic causal order (ascending stamp).
     pub fn log(&self) -> Vec<&ChangeInfo> {
         let mut v: Vec<&ChangeInfo> = self.infos.iter().collect();
-        v.sort_by(|a, b| (a.hlc, a.actor, a.seq, a.hash).cmp(&(b.hlc, b.actor, b.seq, b.hash)));
+        v.sort_by_key(|c| (c.hlc, c.actor, c.seq, c.hash));
         v
     }
 
@@ -313,11 +325,18 @@ impl Fold {
             .pending
             .iter()
             .map(|(h, w)| {
-                let mut missing: Vec<ChangeHash> =
-                    required(&w.change).into_iter().filter(|d| !self.index.contains_key(d)).collect();
+                let mut missing: Vec<ChangeHash> = required(&w.change)
+                    .into_iter()
+                    .filter(|d| !self.index.contains_key(d))
+                    .collect();
                 missing.sort();
                 missing.dedup();
-                PendingChange { hash: *h, actor: w.change.actor, seq: w.change.seq, missing }
+                PendingChange {
+                    hash: *h,
+                    actor: w.change.actor,
+                    seq: w.change.seq,
+                    missing,
+                }
             })
             .collect();
         v.sort_by_key(|p| p.hash);
@@ -333,7 +352,11 @@ impl Fold {
             .map(|((a, s), hs)| {
                 let mut changes = hs.clone();
                 changes.sort();
-                Fork { actor: *a, seq: *s, changes }
+                Fork {
+                    actor: *a,
+                    seq: *s,
+                    changes,
+                }
             })
             .collect();
         v.sort_by_key(|f| (f.actor, f.seq));
@@ -345,7 +368,10 @@ impl Fold {
         let mut v: Vec<RejectedChange> = self
             .rejected
             .iter()
-            .map(|(h, r)| RejectedChange { hash: *h, reason: r.clone() })
+            .map(|(h, r)| RejectedChange {
+                hash: *h,
+                reason: r.clone(),
+            })
             .collect();
         v.sort_by_key(|r| r.hash);
         v
@@ -362,28 +388,42 @@ impl Fold {
             claim.push(hash);
         }
         let missing: Vec<ChangeHash> = {
-            let mut m: Vec<ChangeHash> = required(&change).into_iter().filter(|d| !self.index.contains_key(d)).collect();
+            let mut m: Vec<ChangeHash> = required(&change)
+                .into_iter()
+                .filter(|d| !self.index.contains_key(d))
+                .collect();
             m.sort();
             m.dedup();
             m
         };
         if missing.is_empty() {
             return match self.apply(hash, change) {
-                Ok(()) => InsertOutcome::Applied { unblocked: self.release(hash) },
+                Ok(()) => InsertOutcome::Applied {
+                    unblocked: self.release(hash),
+                },
                 Err(r) => {
                     self.rejected.insert(hash, r.clone());
                     InsertOutcome::Rejected(r)
                 }
             };
         }
-        if self.pending.len() >= MAX_PENDING_CHANGES || self.pending_bytes + size > MAX_PENDING_BYTES {
+        if self.pending.len() >= MAX_PENDING_CHANGES
+            || self.pending_bytes + size > MAX_PENDING_BYTES
+        {
             return InsertOutcome::QueueFull;
         }
         for m in &missing {
             self.waiters.entry(*m).or_default().push(hash);
         }
         self.pending_bytes += size;
-        self.pending.insert(hash, Waiting { change, size, missing: missing.len() });
+        self.pending.insert(
+            hash,
+            Waiting {
+                change,
+                size,
+                missing: missing.len(),
+            },
+        );
         InsertOutcome::Pending
     }
 
@@ -393,12 +433,16 @@ impl Fold {
         let mut count = 0;
         while let Some(done) = ready.pop() {
             for w in self.waiters.remove(&done).unwrap_or_default() {
-                let Some(entry) = self.pending.get_mut(&w) else { continue };
+                let Some(entry) = self.pending.get_mut(&w) else {
+                    continue;
+                };
                 entry.missing -= 1;
                 if entry.missing > 0 {
                     continue;
                 }
-                let Some(Waiting { change, size, .. }) = self.pending.remove(&w) else { continue };
+                let Some(Waiting { change, size, .. }) = self.pending.remove(&w) else {
+                    continue;
+                };
                 self.pending_bytes -= size;
                 match self.apply(w, change) {
                     Ok(()) => {
@@ -416,13 +460,25 @@ impl Fold {
 
     fn stamp_of(&self, r: &OpRef, own: u32) -> Result<Stamp, String> {
         match r {
-            OpRef::Local(n) => Ok(Stamp { change: own, op: *n }),
+            OpRef::Local(n) => Ok(Stamp {
+                change: own,
+                op: *n,
+            }),
             OpRef::Change(h, n) => {
-                let idx = *self.index.get(h).ok_or("reference to a change that is not applied")?;
+                let idx = *self
+                    .index
+                    .get(h)
+                    .ok_or("reference to a change that is not applied")?;
                 if *n >= self.infos[idx as usize].ops {
-                    return Err(format!("reference to op {n} of {} which has fewer ops", h.short()));
+                    return Err(format!(
+                        "reference to op {n} of {} which has fewer ops",
+                        h.short()
+                    ));
                 }
-                Ok(Stamp { change: idx, op: *n })
+                Ok(Stamp {
+                    change: idx,
+                    op: *n,
+                })
             }
         }
     }
@@ -434,7 +490,11 @@ impl Fold {
         for d in &change.deps {
             let dep_hlc = self.hlc_of(d).ok_or("dependency not applied")?;
             if change.hlc <= dep_hlc {
-                return Err(format!("clock {} not greater than dependency {}'s", change.hlc.0, d.short()));
+                return Err(format!(
+                    "clock {} not greater than dependency {}'s",
+                    change.hlc.0,
+                    d.short()
+                ));
             }
         }
         let mut local_kinds: Vec<Option<Option<usize>>> = Vec::with_capacity(change.ops.len());
@@ -442,19 +502,25 @@ impl Fold {
             for r in op.refs() {
                 self.stamp_of(&r, own)?;
             }
-            let kind_of = |r: &OpRef| -> Result<Option<usize>, String> {
-                match r {
-                    OpRef::Local(n) => local_kinds
-                        .get(*n as usize)
-                        .copied()
-                        .flatten()
-                        .ok_or_else(|| "local node reference to an op that creates no node".to_string()),
-                    OpRef::Change(..) => {
-                        let s = self.stamp_of(r, own)?;
-                        self.nodes.get(&s).map(Node::ndim).ok_or_else(|| "reference to an op that creates no node".into())
+            let kind_of =
+                |r: &OpRef| -> Result<Option<usize>, String> {
+                    match r {
+                        OpRef::Local(n) => local_kinds
+                            .get(*n as usize)
+                            .copied()
+                            .flatten()
+                            .ok_or_else(|| {
+                                "local node reference to an op that creates no node".to_string()
+                            }),
+                        OpRef::Change(..) => {
+                            let s = self.stamp_of(r, own)?;
+                            self.nodes
+                                .get(&s)
+                                .map(Node::ndim)
+                                .ok_or_else(|| "reference to an op that creates no node".into())
+                        }
                     }
-                }
-            };
+                };
             if let Some(t) = op.target() {
                 let ndim = kind_of(&t).map_err(|e| format!("op {i}: {e}"))?;
                 match op {
@@ -478,7 +544,8 @@ impl Fold {
             local_kinds.push(match op {
                 Op::CreateGroup { .. } => Some(None),
                 Op::CreateArray { metadata, .. } => {
-                    let doc: serde_json::Value = serde_json::from_str(metadata).map_err(|e| e.to_string())?;
+                    let doc: serde_json::Value =
+                        serde_json::from_str(metadata).map_err(|e| e.to_string())?;
                     Some(Some(ArrayMeta::from_stored(&doc)?.ndim()))
                 }
                 _ => None,
@@ -502,7 +569,10 @@ impl Fold {
             ops: change.ops.len() as u32,
         });
         for (i, op) in change.ops.into_iter().enumerate() {
-            let s = Stamp { change: own, op: i as u32 };
+            let s = Stamp {
+                change: own,
+                op: i as u32,
+            };
             self.apply_op(s, op);
         }
         Ok(())
@@ -510,7 +580,10 @@ impl Fold {
 
     fn resolve(&self, r: &OpRef, own: u32) -> Stamp {
         // Validated in `apply`.
-        self.stamp_of(r, own).unwrap_or(Stamp { change: u32::MAX, op: u32::MAX })
+        self.stamp_of(r, own).unwrap_or(Stamp {
+            change: u32::MAX,
+            op: u32::MAX,
+        })
     }
 
     fn resolve_all(&self, rs: &[OpRef], own: u32) -> Vec<Stamp> {
@@ -534,32 +607,61 @@ impl Fold {
     fn apply_op(&mut self, s: Stamp, op: Op) {
         let own = s.change;
         match op {
-            Op::CreateGroup { path, attributes } => self.create(s, path, NodeKind::Group, attributes, Vec::new()),
-            Op::CreateArray { path, metadata, attributes } => {
-                let meta = serde_json::from_str(&metadata).ok().and_then(|d| ArrayMeta::from_stored(&d).ok());
+            Op::CreateGroup { path, attributes } => {
+                self.create(s, path, NodeKind::Group, attributes, Vec::new())
+            }
+            Op::CreateArray {
+                path,
+                metadata,
+                attributes,
+            } => {
+                let meta = serde_json::from_str(&metadata)
+                    .ok()
+                    .and_then(|d| ArrayMeta::from_stored(&d).ok());
                 if let Some(meta) = meta {
-                    let dims = meta.shape().iter().map(|&d| Some(Register::new(s, d))).collect();
+                    let dims = meta
+                        .shape()
+                        .iter()
+                        .map(|&d| Some(Register::new(s, d)))
+                        .collect();
                     self.create(s, path, NodeKind::Array(Box::new(meta)), attributes, dims);
                 }
             }
-            Op::SetAttr { node, key, value, observed } => {
+            Op::SetAttr {
+                node,
+                key,
+                value,
+                observed,
+            } => {
                 self.write_attr(s, node, key, Some(value.into_boxed_str()), &observed);
             }
-            Op::DeleteAttr { node, key, observed } => self.write_attr(s, node, key, None, &observed),
+            Op::DeleteAttr {
+                node,
+                key,
+                observed,
+            } => self.write_attr(s, node, key, None, &observed),
             Op::Resize { node, dims } => {
                 let target = self.resolve(&node, own);
                 let sibs = self.siblings(target);
                 for d in dims {
                     let observed = self.resolve_all(&d.observed, own);
                     for sib in &sibs {
-                        if let Some(Some(reg)) = self.nodes.get_mut(sib).and_then(|n| n.dims.get_mut(d.dim as usize))
+                        if let Some(Some(reg)) = self
+                            .nodes
+                            .get_mut(sib)
+                            .and_then(|n| n.dims.get_mut(d.dim as usize))
                             && reg.remove_observed(&observed)
                             && let Some(n) = self.nodes.get_mut(sib)
                         {
                             n.dims[d.dim as usize] = None;
                         }
                     }
-                    if let Some(slot) = self.nodes.get_mut(&target).filter(|n| !n.deleted).and_then(|n| n.dims.get_mut(d.dim as usize)) {
+                    if let Some(slot) = self
+                        .nodes
+                        .get_mut(&target)
+                        .filter(|n| !n.deleted)
+                        .and_then(|n| n.dims.get_mut(d.dim as usize))
+                    {
                         *slot = Some(match slot.take() {
                             Some(reg) => reg.push(s, d.size),
                             None => Register::new(s, d.size),
@@ -567,14 +669,23 @@ impl Fold {
                     }
                 }
             }
-            Op::SetChunk { node, key, data, observed } => {
+            Op::SetChunk {
+                node,
+                key,
+                data,
+                observed,
+            } => {
                 let val = match data {
                     ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
                     ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
                 };
                 self.write_chunk(s, node, key, val, &observed);
             }
-            Op::DeleteChunk { node, key, observed } => self.write_chunk(s, node, key, ChunkVal::Deleted, &observed),
+            Op::DeleteChunk {
+                node,
+                key,
+                observed,
+            } => self.write_chunk(s, node, key, ChunkVal::Deleted, &observed),
             Op::DeleteNode { incarnations, .. } => {
                 for r in &incarnations {
                     let t = self.resolve(r, own);
@@ -584,18 +695,42 @@ impl Fold {
         }
     }
 
-    fn create(&mut self, s: Stamp, path: String, kind: NodeKind, attributes: Vec<(String, String)>, dims: Vec<Option<Register<u64>>>) {
+    fn create(
+        &mut self,
+        s: Stamp,
+        path: String,
+        kind: NodeKind,
+        attributes: Vec<(String, String)>,
+        dims: Vec<Option<Register<u64>>>,
+    ) {
         let attrs = attributes
             .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), Register::new(s, Some(v.into_boxed_str()))))
+            .map(|(k, v)| {
+                (
+                    k.into_boxed_str(),
+                    Register::new(s, Some(v.into_boxed_str())),
+                )
+            })
             .collect();
         let path: Box<str> = path.into_boxed_str();
         self.by_path.entry(path.clone()).or_default().push(s);
-        self.nodes.insert(s, Node { path, kind, deleted: false, attrs, dims, chunks: HashMap::new() });
+        self.nodes.insert(
+            s,
+            Node {
+                path,
+                kind,
+                deleted: false,
+                attrs,
+                dims,
+                chunks: HashMap::new(),
+            },
+        );
     }
 
     fn delete_node(&mut self, t: Stamp) {
-        let Some(n) = self.nodes.get_mut(&t) else { return };
+        let Some(n) = self.nodes.get_mut(&t) else {
+            return;
+        };
         if n.deleted {
             return;
         }
@@ -612,7 +747,14 @@ impl Fold {
         }
     }
 
-    fn write_attr(&mut self, s: Stamp, node: OpRef, key: String, val: Option<Box<str>>, observed: &[OpRef]) {
+    fn write_attr(
+        &mut self,
+        s: Stamp,
+        node: OpRef,
+        key: String,
+        val: Option<Box<str>>,
+        observed: &[OpRef],
+    ) {
         let target = self.resolve(&node, s.change);
         let observed = self.resolve_all(observed, s.change);
         let sibs = self.siblings(target);
@@ -629,13 +771,24 @@ impl Fold {
         }
     }
 
-    fn write_chunk(&mut self, s: Stamp, node: OpRef, key: String, val: ChunkVal, observed: &[OpRef]) {
+    fn write_chunk(
+        &mut self,
+        s: Stamp,
+        node: OpRef,
+        key: String,
+        val: ChunkVal,
+        observed: &[OpRef],
+    ) {
         let target = self.resolve(&node, s.change);
         let sibs = self.siblings(target);
         if sibs.is_empty() {
             return; // edit to a deleted incarnation: dropped
         }
-        let observed = if observed.is_empty() { Vec::new() } else { self.resolve_all(observed, s.change) };
+        let observed = if observed.is_empty() {
+            Vec::new()
+        } else {
+            self.resolve_all(observed, s.change)
+        };
         for sib in &sibs[1..] {
             if let Some(n) = self.nodes.get_mut(sib) {
                 register_remove(&mut n.chunks, key.as_str(), &observed);
@@ -651,7 +804,10 @@ impl Fold {
         if a.change == b.change {
             return a.op.cmp(&b.op);
         }
-        let (x, y) = (&self.infos[a.change as usize], &self.infos[b.change as usize]);
+        let (x, y) = (
+            &self.infos[a.change as usize],
+            &self.infos[b.change as usize],
+        );
         (x.hlc, x.actor, x.seq, x.hash, a.op).cmp(&(y.hlc, y.actor, y.seq, y.hash, b.op))
     }
 

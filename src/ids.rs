@@ -190,7 +190,11 @@ pub struct Hlc(pub u64);
 impl Hlc {
     /// The smallest stamp strictly greater than every dependency's and not behind `now_ms`.
     pub fn next(now_ms: u64, deps: impl IntoIterator<Item = Hlc>) -> Hlc {
-        let floor = deps.into_iter().map(|h| h.0.saturating_add(1)).max().unwrap_or(0);
+        let floor = deps
+            .into_iter()
+            .map(|h| h.0.saturating_add(1))
+            .max()
+            .unwrap_or(0);
         Hlc((now_ms << 16).max(floor))
     }
 

@@ -21,13 +21,19 @@ fn check_segment(full: &str, seg: &str) -> Result<()> {
         return Err(Error::invalid_key(full, "empty path segment"));
     }
     if seg == "." || seg == ".." {
-        return Err(Error::invalid_key(full, "`.` and `..` segments are not allowed"));
+        return Err(Error::invalid_key(
+            full,
+            "`.` and `..` segments are not allowed",
+        ));
     }
     if seg.eq_ignore_ascii_case(RESERVED_DIR) {
         return Err(Error::invalid_key(full, "`.crdt` is reserved for crzarr"));
     }
     if seg.chars().any(|c| c.is_control() || c == '\\') {
-        return Err(Error::invalid_key(full, "control characters and `\\` are not allowed"));
+        return Err(Error::invalid_key(
+            full,
+            "control characters and `\\` are not allowed",
+        ));
     }
     Ok(())
 }
@@ -58,7 +64,10 @@ pub fn check_node_path(path: &str) -> Result<()> {
     }
     for s in split_key(path)? {
         if s.starts_with("__") {
-            return Err(Error::invalid_key(path, "node names starting with `__` are reserved by Zarr"));
+            return Err(Error::invalid_key(
+                path,
+                "node names starting with `__` are reserved by Zarr",
+            ));
         }
         if s == META_FILE {
             return Err(Error::invalid_key(path, "`zarr.json` is not a node name"));
@@ -71,7 +80,10 @@ pub fn check_node_path(path: &str) -> Result<()> {
 pub fn check_chunk_key(key: &str) -> Result<()> {
     for s in split_key(key)? {
         if s == META_FILE {
-            return Err(Error::invalid_key(key, "`zarr.json` is not a chunk key segment"));
+            return Err(Error::invalid_key(
+                key,
+                "`zarr.json` is not a chunk key segment",
+            ));
         }
     }
     Ok(())
@@ -108,7 +120,9 @@ pub fn parent(path: &str) -> Option<&str> {
 pub fn in_subtree(root: &str, path: &str) -> bool {
     root.is_empty()
         || path == root
-        || (path.len() > root.len() && path.starts_with(root) && path.as_bytes()[root.len()] == b'/')
+        || (path.len() > root.len()
+            && path.starts_with(root)
+            && path.as_bytes()[root.len()] == b'/')
 }
 
 #[cfg(test)]
@@ -117,7 +131,18 @@ mod tests {
 
     #[test]
     fn refuses_traversal_and_reserved() {
-        for bad in ["", "/a", "a//b", "a/../b", "..", "./a", ".crdt/ops/x", "a/.CRDT", "a/b/", "a\\b"] {
+        for bad in [
+            "",
+            "/a",
+            "a//b",
+            "a/../b",
+            "..",
+            "./a",
+            ".crdt/ops/x",
+            "a/.CRDT",
+            "a/b/",
+            "a\\b",
+        ] {
             assert!(split_key(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_node_path("a/__b").is_err());

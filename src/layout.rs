@@ -117,8 +117,7 @@ impl Layout {
         if rest.next().is_some() {
             return Err("nested directory under .crdt/ops/");
         }
-        ChangeName::parse(file.as_ref())
-            .ok_or("file name is not <hash>-<actor>-<seq>.change")
+        ChangeName::parse(file.as_ref()).ok_or("file name is not <hash>-<actor>-<seq>.change")
     }
 }
 
@@ -148,9 +147,16 @@ mod tests {
         assert_eq!(l.marker().as_ref(), "data/set/.crdt/repo.json");
         let h = BlobHash::of(b"b");
         assert_eq!(l.blob(&h).as_ref(), format!("data/set/.crdt/blobs/{h}"));
-        let n = ChangeName { hash: ChangeHash::of(b"c"), actor: ActorId::generate(), seq: 1 };
+        let n = ChangeName {
+            hash: ChangeHash::of(b"c"),
+            actor: ActorId::generate(),
+            seq: 1,
+        };
         assert_eq!(l.parse_change_key(&l.change(&n)), Ok(n));
-        assert!(l.parse_change_key(&l.ops_dir().join("x").join("y")).is_err());
+        assert!(
+            l.parse_change_key(&l.ops_dir().join("x").join("y"))
+                .is_err()
+        );
         assert_eq!(Layout::new("").marker().as_ref(), ".crdt/repo.json");
     }
 }

@@ -58,7 +58,9 @@ pub struct ArrayMeta {
 impl ArrayMeta {
     /// Validates stored (canonical, attribute-free) array metadata.
     pub fn from_stored(doc: &Value) -> std::result::Result<ArrayMeta, String> {
-        let obj = doc.as_object().ok_or("array metadata is not a JSON object")?;
+        let obj = doc
+            .as_object()
+            .ok_or("array metadata is not a JSON object")?;
         if obj.contains_key("attributes") {
             return Err("stored array metadata must not hold attributes".into());
         }
@@ -78,7 +80,10 @@ impl ArrayMeta {
         if !obj["codecs"].is_array() {
             return Err("`codecs` must be an array".into());
         }
-        Ok(ArrayMeta { doc: obj.clone(), shape })
+        Ok(ArrayMeta {
+            doc: obj.clone(),
+            shape,
+        })
     }
 
     /// The shape it was created with.
@@ -140,11 +145,18 @@ fn parse_shape(v: &Value) -> std::result::Result<Vec<u64>, String> {
         return Err("too many dimensions".into());
     }
     arr.iter()
-        .map(|d| d.as_u64().ok_or_else(|| "`shape` entries must be non-negative integers".to_string()))
+        .map(|d| {
+            d.as_u64()
+                .ok_or_else(|| "`shape` entries must be non-negative integers".to_string())
+        })
         .collect()
 }
 
-fn check_common(obj: &Map<String, Value>, node_type: &str, known: &[&str]) -> std::result::Result<(), String> {
+fn check_common(
+    obj: &Map<String, Value>,
+    node_type: &str,
+    known: &[&str],
+) -> std::result::Result<(), String> {
     if obj.get("zarr_format") != Some(&Value::from(3)) {
         return Err("`zarr_format` must be 3".into());
     }
@@ -158,7 +170,9 @@ fn check_common(obj: &Map<String, Value>, node_type: &str, known: &[&str]) -> st
         // Zarr v3: an unknown field is allowed only if it says it may be ignored.
         let ignorable = v.get("must_understand") == Some(&Value::Bool(false));
         if !ignorable {
-            return Err(format!("unknown field `{k}` without `\"must_understand\": false`"));
+            return Err(format!(
+                "unknown field `{k}` without `\"must_understand\": false`"
+            ));
         }
     }
     Ok(())
@@ -174,12 +188,18 @@ pub fn parse_node_doc(key: &str, bytes: &[u8]) -> Result<NodeDoc> {
     let attributes = match obj.remove("attributes") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,
-        Some(_) => return Err(Error::invalid_metadata(key, "`attributes` must be an object")),
+        Some(_) => {
+            return Err(Error::invalid_metadata(
+                key,
+                "`attributes` must be an object",
+            ));
+        }
     };
     match obj.get("node_type").and_then(Value::as_str) {
         Some("group") => {
             obj.remove(CONSOLIDATED);
-            check_common(&obj, "group", GROUP_FIELDS).map_err(|r| Error::invalid_metadata(key, r))?;
+            check_common(&obj, "group", GROUP_FIELDS)
+                .map_err(|r| Error::invalid_metadata(key, r))?;
             Ok(NodeDoc::Group { attributes })
         }
         Some("array") => {
@@ -187,7 +207,10 @@ pub fn parse_node_doc(key: &str, bytes: &[u8]) -> Result<NodeDoc> {
                 .map_err(|r| Error::invalid_metadata(key, r))?;
             Ok(NodeDoc::Array { meta, attributes })
         }
-        _ => Err(Error::invalid_metadata(key, "`node_type` must be \"group\" or \"array\"")),
+        _ => Err(Error::invalid_metadata(
+            key,
+            "`node_type` must be \"group\" or \"array\"",
+        )),
     }
 }
 
@@ -215,7 +238,9 @@ mod tests {
     #[test]
     fn parses_and_renders_array() {
         let doc = parse_node_doc("a/zarr.json", array_json().to_string().as_bytes()).unwrap();
-        let NodeDoc::Array { meta, attributes } = doc else { panic!("not an array") };
+        let NodeDoc::Array { meta, attributes } = doc else {
+            panic!("not an array")
+        };
         assert_eq!(meta.shape(), &[4, 4]);
         assert_eq!(attributes["units"], "m");
         let out: Value = serde_json::from_slice(&meta.render(&[8, 4], attributes)).unwrap();
@@ -233,11 +258,24 @@ mod tests {
         let mut ignorable = array_json();
         ignorable["ext"] = serde_json::json!({"must_understand": false});
         for (v, ok) in [(missing, false), (unknown, false), (ignorable, true)] {
-            assert_eq!(parse_node_doc("k", v.to_string().as_bytes()).is_ok(), ok, "{v}");
+            assert_eq!(
+                parse_node_doc("k", v.to_string().as_bytes()).is_ok(),
+                ok,
+                "{v}"
+            );
         }
         assert!(parse_node_doc("k", b"[1]").is_err());
         assert!(parse_node_doc("k", br#"{"zarr_format":2,"node_type":"group"}"#).is_err());
-        let g = parse_node_doc("k", br#"{"zarr_format":3,"node_type":"group","consolidated_metadata":null}"#).unwrap();
-        assert_eq!(g, NodeDoc::Group { attributes: Map::new() });
+        let g = parse_node_doc(
+            "k",
+            br#"{"zarr_format":3,"node_type":"group","consolidated_metadata":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            g,
+            NodeDoc::Group {
+                attributes: Map::new()
+            }
+        );
     }
 }

@@ -67,7 +67,9 @@ impl Repo {
                 (m?, l?)
             }
         };
-        let id = id.ok_or_else(|| Error::NotARepo { location: format!("{}/{}", bucket.store, bucket.layout.root()) })?;
+        let id = id.ok_or_else(|| Error::NotARepo {
+            location: format!("{}/{}", bucket.store, bucket.layout.root()),
+        })?;
         let mut repo = Repo {
             bucket,
             id,
@@ -94,18 +96,28 @@ impl Repo {
         self.ingest(listing).await
     }
 
-    async fn ingest(&mut self, (listed, foreign): (Vec<ListedChange>, Vec<Problem>)) -> Result<RefreshReport> {
-        let mut report = RefreshReport { listed: listed.len(), ..Default::default() };
+    async fn ingest(
+        &mut self,
+        (listed, foreign): (Vec<ListedChange>, Vec<Problem>),
+    ) -> Result<RefreshReport> {
+        let mut report = RefreshReport {
+            listed: listed.len(),
+            ..Default::default()
+        };
         for p in foreign {
             if !self.problems.contains_key(&p.key) {
                 self.problems.insert(p.key.clone(), p.error.clone());
                 report.problems.push(p);
             }
         }
-        let todo: Vec<ListedChange> = listed.into_iter().filter(|c| !self.seen.contains(&c.name.hash)).collect();
+        let todo: Vec<ListedChange> = listed
+            .into_iter()
+            .filter(|c| !self.seen.contains(&c.name.hash))
+            .collect();
         report.fetched = todo.len();
         let id = self.id;
-        let fetches: Vec<(Bucket, ListedChange)> = todo.into_iter().map(|c| (self.bucket.clone(), c)).collect();
+        let fetches: Vec<(Bucket, ListedChange)> =
+            todo.into_iter().map(|c| (self.bucket.clone(), c)).collect();
         let results: Vec<(ListedChange, Result<Option<Change>>)> = futures::stream::iter(fetches)
             .map(|(bucket, c)| async move {
                 let r = fetch_change(&bucket, id, &c).await;
@@ -126,7 +138,10 @@ impl Repo {
                 Err(e @ Error::Store { .. }) => return Err(e),
                 Err(e) => {
                     self.seen.insert(c.name.hash);
-                    let p = Problem { key: c.key.to_string(), error: e.to_string() };
+                    let p = Problem {
+                        key: c.key.to_string(),
+                        error: e.to_string(),
+                    };
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
@@ -138,14 +153,20 @@ impl Repo {
             match self.fold.insert(c.name.hash, change, c.size) {
                 InsertOutcome::Applied { unblocked } => report.applied += 1 + unblocked,
                 InsertOutcome::Rejected(reason) => {
-                    let p = Problem { key: c.key.to_string(), error: format!("invalid change: {reason}") };
+                    let p = Problem {
+                        key: c.key.to_string(),
+                        error: format!("invalid change: {reason}"),
+                    };
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
                 InsertOutcome::QueueFull => {
                     // Not kept: fetch it again on a later refresh.
                     self.seen.remove(&c.name.hash);
-                    let p = Problem { key: c.key.to_string(), error: "pending queue is full; will retry".into() };
+                    let p = Problem {
+                        key: c.key.to_string(),
+                        error: "pending queue is full; will retry".into(),
+                    };
                     report.problems.push(p);
                 }
                 InsertOutcome::Pending | InsertOutcome::Duplicate => {}
@@ -193,7 +214,9 @@ impl Repo {
             None => Ok(None),
             Some(Entry::Metadata(b)) => Ok(Some(Bytes::from(b))),
             Some(Entry::Chunk(ChunkRef::Inline(b))) => Ok(Some(Bytes::from(b))),
-            Some(Entry::Chunk(ChunkRef::Blob { hash, len })) => self.get_blob(key, &hash, len).await.map(Some),
+            Some(Entry::Chunk(ChunkRef::Blob { hash, len })) => {
+                self.get_blob(key, &hash, len).await.map(Some)
+            }
         }
     }
 
@@ -203,9 +226,15 @@ impl Repo {
             .bucket
             .get(&blob_key, len)
             .await?
-            .ok_or_else(|| Error::MissingBlob { key: key.into(), blob_key: blob_key.to_string() })?;
+            .ok_or_else(|| Error::MissingBlob {
+                key: key.into(),
+                blob_key: blob_key.to_string(),
+            })?;
         if bytes.len() as u64 != len || BlobHash::of(&bytes) != *hash {
-            return Err(Error::corrupt(blob_key.as_ref(), "blob content does not match its hash"));
+            return Err(Error::corrupt(
+                blob_key.as_ref(),
+                "blob content does not match its hash",
+            ));
         }
         Ok(bytes)
     }
@@ -252,7 +281,13 @@ impl Repo {
 
     /// Files skipped so far (corrupt, foreign, invalid), by key.
     pub fn problems(&self) -> Vec<Problem> {
-        self.problems.iter().map(|(k, e)| Problem { key: k.clone(), error: e.clone() }).collect()
+        self.problems
+            .iter()
+            .map(|(k, e)| Problem {
+                key: k.clone(),
+                error: e.clone(),
+            })
+            .collect()
     }
 
     /// Applied changes in causal order.
@@ -268,7 +303,12 @@ impl Repo {
 
     /// Publishes a prepared change: blobs first (in parallel), then the change file.
     /// The change becomes visible to readers all at once when its file lands.
-    pub(crate) async fn publish(&mut self, change: &Change, bytes: &Bytes, blobs: &BTreeMap<BlobHash, Bytes>) -> Result<ChangeHash> {
+    pub(crate) async fn publish(
+        &mut self,
+        change: &Change,
+        bytes: &Bytes,
+        blobs: &BTreeMap<BlobHash, Bytes>,
+    ) -> Result<ChangeHash> {
         if bytes.len() as u64 > MAX_CHANGE_BYTES {
             return Err(Error::Limit(format!(
                 "change is {} bytes, over the {MAX_CHANGE_BYTES}-byte limit: commit fewer ops at a time",
@@ -276,8 +316,10 @@ impl Repo {
             )));
         }
         // Owned items keep the future `Send` (borrowed ones defeat the compiler's proof).
-        let uploads: Vec<(Bucket, object_store::path::Path, Bytes)> =
-            blobs.iter().map(|(h, b)| (self.bucket.clone(), self.bucket.layout.blob(h), b.clone())).collect();
+        let uploads: Vec<(Bucket, object_store::path::Path, Bytes)> = blobs
+            .iter()
+            .map(|(h, b)| (self.bucket.clone(), self.bucket.layout.blob(h), b.clone()))
+            .collect();
         let uploads: Vec<Result<()>> = futures::stream::iter(uploads)
             .map(|(bucket, key, b)| async move { bucket.put_blob(&key, b).await })
             .buffer_unordered(self.concurrency)
@@ -285,8 +327,14 @@ impl Repo {
             .await;
         uploads.into_iter().collect::<Result<Vec<()>>>()?;
         let hash = ChangeHash::of(bytes);
-        let name = ChangeName { hash, actor: change.actor, seq: change.seq };
-        self.bucket.put_once(&self.bucket.change_key(hash, &name), bytes.clone()).await?;
+        let name = ChangeName {
+            hash,
+            actor: change.actor,
+            seq: change.seq,
+        };
+        self.bucket
+            .put_once(&self.bucket.change_key(hash, &name), bytes.clone())
+            .await?;
         self.seen.insert(hash);
         self.fold.insert(hash, change.clone(), bytes.len() as u64);
         self.view = View::build(&self.fold);
@@ -297,15 +345,28 @@ impl Repo {
 async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<Option<Change>> {
     let key = c.key.to_string();
     if c.size > MAX_CHANGE_BYTES {
-        return Err(Error::TooLarge { key, size: c.size, limit: MAX_CHANGE_BYTES });
+        return Err(Error::TooLarge {
+            key,
+            size: c.size,
+            limit: MAX_CHANGE_BYTES,
+        });
     }
-    let Some(bytes) = bucket.get(&c.key, MAX_CHANGE_BYTES).await? else { return Ok(None) };
+    let Some(bytes) = bucket.get(&c.key, MAX_CHANGE_BYTES).await? else {
+        return Ok(None);
+    };
     let change = Change::decode(&key, &bytes, &c.name.hash)?;
     if change.actor != c.name.actor || change.seq != c.name.seq {
-        return Err(Error::corrupt(key, "actor or seq in the file name does not match its header"));
+        return Err(Error::corrupt(
+            key,
+            "actor or seq in the file name does not match its header",
+        ));
     }
     if change.repo != id {
-        return Err(Error::ForeignRepo { key, found: change.repo.to_string(), expected: id.to_string() });
+        return Err(Error::ForeignRepo {
+            key,
+            found: change.repo.to_string(),
+            expected: id.to_string(),
+        });
     }
     Ok(Some(change))
 }

@@ -77,13 +77,20 @@ impl<'r> WriteSession<'r> {
     }
 
     fn refs(&self, stamps: impl IntoIterator<Item = Stamp>) -> Vec<OpRef> {
-        stamps.into_iter().map(|s| self.repo.fold().op_ref(&s)).collect()
+        stamps
+            .into_iter()
+            .map(|s| self.repo.fold().op_ref(&s))
+            .collect()
     }
 
     /// The node a path shows, counting what this session staged.
     fn node_at(&self, path: &str) -> Option<Handle> {
         if let Some((idx, array)) = self.created.get(path) {
-            return Some(Handle { target: OpRef::Local(*idx), array: array.clone(), members: Vec::new() });
+            return Some(Handle {
+                target: OpRef::Local(*idx),
+                array: array.clone(),
+                members: Vec::new(),
+            });
         }
         if self.deleted.iter().any(|d| key::in_subtree(d, path)) {
             return None;
@@ -96,7 +103,11 @@ impl<'r> WriteSession<'r> {
             NodeType::Group => None,
             NodeType::ImplicitGroup => return None,
         };
-        Some(Handle { target: self.repo.fold().op_ref(&winner), array, members: node.members.clone() })
+        Some(Handle {
+            target: self.repo.fold().op_ref(&winner),
+            array,
+            members: node.members.clone(),
+        })
     }
 
     fn node_state(&mut self, h: &Handle, path: &str) -> NodeState {
@@ -117,7 +128,10 @@ impl<'r> WriteSession<'r> {
         let mut up = key::parent(path);
         while let Some(a) = up {
             if self.node_at(a).is_some_and(|h| h.array.is_some()) {
-                return Err(Error::invalid_key(key::meta_key(path), format!("cannot put a node inside array {a:?}")));
+                return Err(Error::invalid_key(
+                    key::meta_key(path),
+                    format!("cannot put a node inside array {a:?}"),
+                ));
             }
             up = key::parent(a);
         }
@@ -134,9 +148,9 @@ impl<'r> WriteSession<'r> {
             let doc = meta::parse_node_doc(store_key, &value)?;
             return self.put_node(path, doc);
         }
-        let (arr, chunk) = self
-            .split_chunk(store_key)
-            .ok_or_else(|| Error::invalid_key(store_key, "not a zarr.json and not inside any array"))?;
+        let (arr, chunk) = self.split_chunk(store_key).ok_or_else(|| {
+            Error::invalid_key(store_key, "not a zarr.json and not inside any array")
+        })?;
         self.set_chunk(&arr, &chunk, value)
     }
 
@@ -171,11 +185,19 @@ impl<'r> WriteSession<'r> {
             let under = format!("{rest}/");
             let mut keys: Vec<String> = self.repo.view().chunk_keys(self.repo.fold(), &arr);
             if let Some(h) = self.node_at(&arr) {
-                keys.extend(self.chunk_ops.keys().filter(|(t, _)| *t == h.target).map(|(_, k)| k.clone()));
+                keys.extend(
+                    self.chunk_ops
+                        .keys()
+                        .filter(|(t, _)| *t == h.target)
+                        .map(|(_, k)| k.clone()),
+                );
             }
             keys.sort();
             keys.dedup();
-            for k in keys.into_iter().filter(|k| k.starts_with(&under) || *k == rest) {
+            for k in keys
+                .into_iter()
+                .filter(|k| k.starts_with(&under) || *k == rest)
+            {
                 self.delete_chunk(&arr, &k)?;
             }
         }
@@ -215,7 +237,11 @@ impl<'r> WriteSession<'r> {
         let existing = self.node_at(path);
         let (new_array, attrs, shape) = match &doc {
             NodeDoc::Group { attributes } => (None, attributes.clone(), None),
-            NodeDoc::Array { meta, attributes } => (Some(meta.clone()), attributes.clone(), Some(meta.shape().to_vec())),
+            NodeDoc::Array { meta, attributes } => (
+                Some(meta.clone()),
+                attributes.clone(),
+                Some(meta.shape().to_vec()),
+            ),
         };
         if let Some(h) = existing {
             let same = match (&h.array, &new_array) {
@@ -234,18 +260,35 @@ impl<'r> WriteSession<'r> {
                 self.delete_incarnations_at(path);
             }
         }
-        let attributes: Vec<(String, String)> = attrs.iter().map(|(k, v)| (k.clone(), meta::canonical_json(v))).collect();
+        let attributes: Vec<(String, String)> = attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), meta::canonical_json(v)))
+            .collect();
         let op = match &new_array {
-            None => Op::CreateGroup { path: path.to_string(), attributes },
-            Some(m) => Op::CreateArray { path: path.to_string(), metadata: m.to_canonical(), attributes },
+            None => Op::CreateGroup {
+                path: path.to_string(),
+                attributes,
+            },
+            Some(m) => Op::CreateArray {
+                path: path.to_string(),
+                metadata: m.to_canonical(),
+                attributes,
+            },
         };
         let idx = self.push(op) as u32;
         self.created.insert(path.to_string(), (idx, new_array));
-        self.state.insert(OpRef::Local(idx), NodeState { attrs, shape });
+        self.state
+            .insert(OpRef::Local(idx), NodeState { attrs, shape });
         Ok(())
     }
 
-    fn update_node(&mut self, h: &Handle, path: &str, attrs: Map<String, Value>, shape: Option<Vec<u64>>) -> Result<()> {
+    fn update_node(
+        &mut self,
+        h: &Handle,
+        path: &str,
+        attrs: Map<String, Value>,
+        shape: Option<Vec<u64>>,
+    ) -> Result<()> {
         let cur = self.node_state(h, path);
         for (k, v) in &attrs {
             if cur.attrs.get(k) != Some(v) {
@@ -281,8 +324,17 @@ impl<'r> WriteSession<'r> {
             None => self.observed_attr(h, name),
         };
         let op = match value {
-            Some(v) => Op::SetAttr { node: h.target, key: name.to_string(), value: meta::canonical_json(&v), observed },
-            None => Op::DeleteAttr { node: h.target, key: name.to_string(), observed },
+            Some(v) => Op::SetAttr {
+                node: h.target,
+                key: name.to_string(),
+                value: meta::canonical_json(&v),
+                observed,
+            },
+            None => Op::DeleteAttr {
+                node: h.target,
+                key: name.to_string(),
+                observed,
+            },
         };
         match self.attr_ops.get(&slot) {
             Some(&i) => {
@@ -299,13 +351,23 @@ impl<'r> WriteSession<'r> {
     fn observed_attr(&self, h: &Handle, name: &str) -> Vec<OpRef> {
         if let OpRef::Local(i) = h.target {
             let set_by_create = match &self.ops[i as usize] {
-                Op::CreateGroup { attributes, .. } | Op::CreateArray { attributes, .. } => attributes.iter().any(|(k, _)| k == name),
+                Op::CreateGroup { attributes, .. } | Op::CreateArray { attributes, .. } => {
+                    attributes.iter().any(|(k, _)| k == name)
+                }
                 _ => false,
             };
-            return if set_by_create { vec![h.target] } else { Vec::new() };
+            return if set_by_create {
+                vec![h.target]
+            } else {
+                Vec::new()
+            };
         }
         let fold = self.repo.fold();
-        let stamps = h.members.iter().filter_map(|m| fold.nodes.get(m)?.attrs.get(name)).flat_map(|r| r.entries().iter().map(|e| e.0));
+        let stamps = h
+            .members
+            .iter()
+            .filter_map(|m| fold.nodes.get(m)?.attrs.get(name))
+            .flat_map(|r| r.entries().iter().map(|e| e.0));
         self.refs(stamps.collect::<Vec<_>>())
     }
 
@@ -313,7 +375,14 @@ impl<'r> WriteSession<'r> {
         let mut st = self.node_state(h, path);
         let old = st.shape.clone().unwrap_or_default();
         if old.len() != shape.len() {
-            return Err(Error::invalid_metadata(key::meta_key(path), format!("shape has {} dimensions, the array has {}", shape.len(), old.len())));
+            return Err(Error::invalid_metadata(
+                key::meta_key(path),
+                format!(
+                    "shape has {} dimensions, the array has {}",
+                    shape.len(),
+                    old.len()
+                ),
+            ));
         }
         st.shape = Some(shape.to_vec());
         self.state.insert(h.target, st);
@@ -330,10 +399,20 @@ impl<'r> WriteSession<'r> {
                 entry.size = new;
             } else if new != was {
                 let observed = self.observed_dim(h, d as usize);
-                dims.insert(d, DimSize { dim: d, size: new, observed });
+                dims.insert(
+                    d,
+                    DimSize {
+                        dim: d,
+                        size: new,
+                        observed,
+                    },
+                );
             }
         }
-        let op = Op::Resize { node: h.target, dims: dims.into_values().collect() };
+        let op = Op::Resize {
+            node: h.target,
+            dims: dims.into_values().collect(),
+        };
         match self.resize_op.get(&h.target) {
             Some(&i) => {
                 self.prepared = None;
@@ -364,13 +443,20 @@ impl<'r> WriteSession<'r> {
     fn array_handle(&self, path: &str) -> Result<Handle> {
         match self.node_at(path) {
             Some(h) if h.array.is_some() => Ok(h),
-            Some(_) => Err(Error::invalid_key(key::meta_key(path), "is a group, not an array")),
-            None => Err(Error::NoSuchNode { path: path.to_string() }),
+            Some(_) => Err(Error::invalid_key(
+                key::meta_key(path),
+                "is a group, not an array",
+            )),
+            None => Err(Error::NoSuchNode {
+                path: path.to_string(),
+            }),
         }
     }
 
     fn group_or_array(&self, path: &str) -> Result<Handle> {
-        self.node_at(path).ok_or_else(|| Error::NoSuchNode { path: path.to_string() })
+        self.node_at(path).ok_or_else(|| Error::NoSuchNode {
+            path: path.to_string(),
+        })
     }
 
     /// Sets one attribute of the node at `path`.
@@ -415,7 +501,13 @@ impl<'r> WriteSession<'r> {
         key::check_chunk_key(chunk)?;
         let h = self.array_handle(array)?;
         let slot = (h.target, chunk.to_string());
-        let exists = self.chunk_ops.contains_key(&slot) || (!h.members.is_empty() && self.repo.view().chunk(self.repo.fold(), array, chunk).is_some());
+        let exists = self.chunk_ops.contains_key(&slot)
+            || (!h.members.is_empty()
+                && self
+                    .repo
+                    .view()
+                    .chunk(self.repo.fold(), array, chunk)
+                    .is_some());
         if exists {
             self.write_chunk(&h, chunk, None);
         }
@@ -427,7 +519,9 @@ impl<'r> WriteSession<'r> {
         let prior = self.chunk_ops.get(&slot).copied();
         let observed = match prior {
             Some(i) => match &self.ops[i] {
-                Op::SetChunk { observed, .. } | Op::DeleteChunk { observed, .. } => observed.clone(),
+                Op::SetChunk { observed, .. } | Op::DeleteChunk { observed, .. } => {
+                    observed.clone()
+                }
                 _ => Vec::new(),
             },
             None if h.members.is_empty() => Vec::new(),
@@ -443,8 +537,17 @@ impl<'r> WriteSession<'r> {
             }
         };
         let op = match data {
-            Some(data) => Op::SetChunk { node: h.target, key: chunk.to_string(), data, observed },
-            None => Op::DeleteChunk { node: h.target, key: chunk.to_string(), observed },
+            Some(data) => Op::SetChunk {
+                node: h.target,
+                key: chunk.to_string(),
+                data,
+                observed,
+            },
+            None => Op::DeleteChunk {
+                node: h.target,
+                key: chunk.to_string(),
+                observed,
+            },
         };
         match prior {
             Some(i) => {
@@ -470,7 +573,10 @@ impl<'r> WriteSession<'r> {
             incs.push(OpRef::Local(idx));
         }
         if !incs.is_empty() {
-            self.push(Op::DeleteNode { path: path.to_string(), incarnations: incs });
+            self.push(Op::DeleteNode {
+                path: path.to_string(),
+                incarnations: incs,
+            });
         }
     }
 
@@ -489,7 +595,12 @@ impl<'r> WriteSession<'r> {
                 .collect();
             incs.extend(self.refs(stamps));
         }
-        let local: Vec<String> = self.created.keys().filter(|p| key::in_subtree(path, p)).cloned().collect();
+        let local: Vec<String> = self
+            .created
+            .keys()
+            .filter(|p| key::in_subtree(path, p))
+            .cloned()
+            .collect();
         for p in local {
             if let Some((idx, _)) = self.created.remove(&p) {
                 incs.push(OpRef::Local(idx));
@@ -498,7 +609,10 @@ impl<'r> WriteSession<'r> {
         if incs.is_empty() {
             return false;
         }
-        self.push(Op::DeleteNode { path: path.to_string(), incarnations: incs });
+        self.push(Op::DeleteNode {
+            path: path.to_string(),
+            incarnations: incs,
+        });
         self.deleted.push(path.to_string());
         true
     }
@@ -529,7 +643,9 @@ impl<'r> WriteSession<'r> {
             let bytes = Bytes::from(change.encode());
             self.prepared = Some((change, bytes));
         }
-        let Some((change, bytes)) = &self.prepared else { return Ok(None) };
+        let Some((change, bytes)) = &self.prepared else {
+            return Ok(None);
+        };
         let hash = self.repo.publish(change, bytes, &self.blobs).await?;
         self.ops.clear();
         self.blobs.clear();

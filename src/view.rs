@@ -114,7 +114,10 @@ fn array_meta<'a>(fold: &'a Fold, s: &Stamp) -> Option<&'a ArrayMeta> {
     }
 }
 
-fn max_entry<'a, V>(fold: &Fold, entries: impl Iterator<Item = &'a (Stamp, V)>) -> Option<&'a (Stamp, V)>
+fn max_entry<'a, V>(
+    fold: &Fold,
+    entries: impl Iterator<Item = &'a (Stamp, V)>,
+) -> Option<&'a (Stamp, V)>
 where
     V: 'a,
 {
@@ -127,18 +130,35 @@ impl View {
         let mut candidates: BTreeMap<String, ResolvedNode> = BTreeMap::new();
         let mut node_conflicts = Vec::new();
         for (path, incs) in &fold.by_path {
-            let Some(&winner) = incs.iter().max_by(|a, b| fold.cmp_stamp(a, b)) else { continue };
+            let Some(&winner) = incs.iter().max_by(|a, b| fold.cmp_stamp(a, b)) else {
+                continue;
+            };
             let (members, losers): (Vec<Stamp>, Vec<Stamp>) = match array_meta(fold, &winner) {
-                None => incs.iter().partition(|s| matches!(kind_of(fold, s), Some(NodeKind::Group))),
-                Some(wm) => incs.iter().partition(|s| array_meta(fold, s).is_some_and(|m| m.same_layout(wm))),
+                None => incs
+                    .iter()
+                    .partition(|s| matches!(kind_of(fold, s), Some(NodeKind::Group))),
+                Some(wm) => incs
+                    .iter()
+                    .partition(|s| array_meta(fold, s).is_some_and(|m| m.same_layout(wm))),
             };
             let mut members: Vec<Stamp> = members;
             members.sort_by(|a, b| fold.cmp_stamp(b, a));
             if !losers.is_empty() {
                 node_conflicts.push((path.to_string(), winner, losers));
             }
-            let node_type = if array_meta(fold, &winner).is_some() { NodeType::Array } else { NodeType::Group };
-            candidates.insert(path.to_string(), ResolvedNode { node_type, winner: Some(winner), members });
+            let node_type = if array_meta(fold, &winner).is_some() {
+                NodeType::Array
+            } else {
+                NodeType::Group
+            };
+            candidates.insert(
+                path.to_string(),
+                ResolvedNode {
+                    node_type,
+                    winner: Some(winner),
+                    members,
+                },
+            );
         }
         // A node under an array is not part of a valid hierarchy: hide it, report it.
         let mut nodes = BTreeMap::new();
@@ -154,7 +174,9 @@ impl View {
                 up = key::parent(a);
             }
             match (shadow, node.winner) {
-                (Some(arr), Some(_)) => node_conflicts.push((path.clone(), arr, node.members.clone())),
+                (Some(arr), Some(_)) => {
+                    node_conflicts.push((path.clone(), arr, node.members.clone()))
+                }
                 _ => {
                     nodes.insert(path.clone(), node.clone());
                 }
@@ -173,7 +195,10 @@ impl View {
                 up = key::parent(a);
             }
         }
-        View { nodes, node_conflicts }
+        View {
+            nodes,
+            node_conflicts,
+        }
     }
 
     /// Node paths shown, sorted.
@@ -197,9 +222,16 @@ impl View {
         }
         let mut out = Map::new();
         for k in keys {
-            let entries = node.members.iter().filter_map(|m| fold.nodes.get(m)?.attrs.get(k)).flat_map(|r| r.entries());
+            let entries = node
+                .members
+                .iter()
+                .filter_map(|m| fold.nodes.get(m)?.attrs.get(k))
+                .flat_map(|r| r.entries());
             if let Some((_, Some(v))) = max_entry(fold, entries) {
-                out.insert(k.to_string(), serde_json::from_str(v).unwrap_or(Value::Null));
+                out.insert(
+                    k.to_string(),
+                    serde_json::from_str(v).unwrap_or(Value::Null),
+                );
             }
         }
         Some(out)
@@ -252,9 +284,16 @@ impl View {
         if node.node_type != NodeType::Array {
             return None;
         }
-        let entries = node.members.iter().filter_map(|m| fold.nodes.get(m)?.chunks.get(chunk)).flat_map(|r| r.entries());
+        let entries = node
+            .members
+            .iter()
+            .filter_map(|m| fold.nodes.get(m)?.chunks.get(chunk))
+            .flat_map(|r| r.entries());
         match &max_entry(fold, entries)?.1 {
-            ChunkVal::Blob { hash, len } => Some(ChunkRef::Blob { hash: *hash, len: *len }),
+            ChunkVal::Blob { hash, len } => Some(ChunkRef::Blob {
+                hash: *hash,
+                len: *len,
+            }),
             ChunkVal::Inline(b) => Some(ChunkRef::Inline(b.to_vec())),
             ChunkVal::Deleted => None,
         }
@@ -262,7 +301,9 @@ impl View {
 
     /// Chunk keys (relative) of a shown array that are not deleted, sorted.
     pub fn chunk_keys(&self, fold: &Fold, path: &str) -> Vec<String> {
-        let Some(node) = self.nodes.get(path) else { return Vec::new() };
+        let Some(node) = self.nodes.get(path) else {
+            return Vec::new();
+        };
         if node.node_type != NodeType::Array {
             return Vec::new();
         }
@@ -272,7 +313,10 @@ impl View {
                 keys.extend(n.chunks.keys().map(|k| &**k));
             }
         }
-        keys.into_iter().filter(|k| self.chunk(fold, path, k).is_some()).map(str::to_string).collect()
+        keys.into_iter()
+            .filter(|k| self.chunk(fold, path, k).is_some())
+            .map(str::to_string)
+            .collect()
     }
 
     /// Splits a store key into (array path, chunk key) when it names a chunk of a shown array.
@@ -281,13 +325,21 @@ impl View {
         let mut end = store_key.len();
         while let Some(pos) = store_key[..end].rfind('/') {
             let (arr, rest) = (&store_key[..pos], &store_key[pos + 1..]);
-            if self.nodes.get(arr).is_some_and(|n| n.node_type == NodeType::Array) {
+            if self
+                .nodes
+                .get(arr)
+                .is_some_and(|n| n.node_type == NodeType::Array)
+            {
                 return Some((arr, rest));
             }
             end = pos;
         }
         // Chunks of a root array.
-        if self.nodes.get("").is_some_and(|n| n.node_type == NodeType::Array) {
+        if self
+            .nodes
+            .get("")
+            .is_some_and(|n| n.node_type == NodeType::Array)
+        {
             return Some(("", store_key));
         }
         None
@@ -322,9 +374,14 @@ impl View {
     pub fn keys_with_prefix(&self, fold: &Fold, prefix: &str) -> Vec<String> {
         let mut out = Vec::new();
         for path in self.nodes.keys() {
-            let node_key_prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+            let node_key_prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{path}/")
+            };
             // Keys of this node all start with `path/` (or anything, at the root).
-            let relevant = node_key_prefix.starts_with(prefix) || prefix.starts_with(&node_key_prefix);
+            let relevant =
+                node_key_prefix.starts_with(prefix) || prefix.starts_with(&node_key_prefix);
             if !relevant {
                 continue;
             }
@@ -375,7 +432,14 @@ impl View {
     pub fn conflicts(&self, fold: &Fold) -> Vec<Conflict> {
         let side = |s: &Stamp, value: String| {
             let info = fold.info(s);
-            ConflictSide { change: info.hash, actor: info.actor, seq: info.seq, hlc: info.hlc, op: s.op, value }
+            ConflictSide {
+                change: info.hash,
+                actor: info.actor,
+                seq: info.seq,
+                hlc: info.hlc,
+                op: s.op,
+                value,
+            }
         };
         let describe_node = |s: &Stamp| match fold.nodes.get(s).map(|n| &n.kind) {
             Some(NodeKind::Array(m)) => format!("array {}", m.to_canonical()),
@@ -396,7 +460,12 @@ impl View {
             for m in &node.members {
                 if let Some(n) = fold.nodes.get(m) {
                     attr_keys.extend(n.attrs.keys().map(|k| &**k));
-                    chunk_keys.extend(n.chunks.iter().filter(|(_, r)| r.entries().len() > 1).map(|(k, _)| &**k));
+                    chunk_keys.extend(
+                        n.chunks
+                            .iter()
+                            .filter(|(_, r)| r.entries().len() > 1)
+                            .map(|(k, _)| &**k),
+                    );
                 }
             }
             // Chunks can also conflict across merged incarnations.
@@ -408,11 +477,18 @@ impl View {
                 }
             }
             for k in attr_keys {
-                let mut entries: Vec<&(Stamp, Option<Box<str>>)> =
-                    node.members.iter().filter_map(|m| fold.nodes.get(m)?.attrs.get(k)).flat_map(|r| r.entries()).collect();
+                let mut entries: Vec<&(Stamp, Option<Box<str>>)> = node
+                    .members
+                    .iter()
+                    .filter_map(|m| fold.nodes.get(m)?.attrs.get(k))
+                    .flat_map(|r| r.entries())
+                    .collect();
                 if entries.len() > 1 {
                     entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
-                    let d = |v: &Option<Box<str>>| v.as_deref().map_or("(deleted)".to_string(), |s| truncate(s, 80));
+                    let d = |v: &Option<Box<str>>| {
+                        v.as_deref()
+                            .map_or("(deleted)".to_string(), |s| truncate(s, 80))
+                    };
                     out.push(Conflict {
                         key: key::meta_key(path),
                         target: ConflictTarget::Attribute(k.to_string()),
@@ -422,12 +498,18 @@ impl View {
                 }
             }
             for k in chunk_keys {
-                let mut entries: Vec<&(Stamp, ChunkVal)> =
-                    node.members.iter().filter_map(|m| fold.nodes.get(m)?.chunks.get(k)).flat_map(|r| r.entries()).collect();
+                let mut entries: Vec<&(Stamp, ChunkVal)> = node
+                    .members
+                    .iter()
+                    .filter_map(|m| fold.nodes.get(m)?.chunks.get(k))
+                    .flat_map(|r| r.entries())
+                    .collect();
                 if entries.len() > 1 {
                     entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
                     let d = |v: &ChunkVal| match v {
-                        ChunkVal::Blob { hash, len } => format!("blob {} ({len} bytes)", hash.short()),
+                        ChunkVal::Blob { hash, len } => {
+                            format!("blob {} ({len} bytes)", hash.short())
+                        }
                         ChunkVal::Inline(b) => format!("inline ({} bytes)", b.len()),
                         ChunkVal::Deleted => "(deleted)".to_string(),
                     };

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{another, array_meta, backends, Backend};
+use common::{Backend, another, array_meta, backends};
 use crzarr::repo::Repo;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -13,11 +13,23 @@ async fn copy_all(from: &Backend, to: &Backend) {
         let prefix = object_store::path::Path::from(format!("{}/.crdt/{dir}", from.prefix));
         let metas: Vec<_> = from.store.list(Some(&prefix)).try_collect().await.unwrap();
         for m in metas {
-            let rel = m.location.as_ref().strip_prefix(from.prefix.as_str()).unwrap().to_string();
+            let rel = m
+                .location
+                .as_ref()
+                .strip_prefix(from.prefix.as_str())
+                .unwrap()
+                .to_string();
             if dir.is_empty() && !rel.ends_with("repo.json") {
                 continue;
             }
-            let bytes = from.store.get(&m.location).await.unwrap().bytes().await.unwrap();
+            let bytes = from
+                .store
+                .get(&m.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             let dst = object_store::path::Path::from(format!("{}{rel}", to.prefix));
             to.store.put(&dst, PutPayload::from(bytes)).await.unwrap();
         }
@@ -36,16 +48,41 @@ async fn commit_open_refresh_on_every_backend() {
         s.commit(Some("first")).await.unwrap().unwrap();
 
         let mut reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        assert_eq!(reader.list(), ["x/c/0", "x/c/1", "x/zarr.json", "zarr.json"], "{}", b.name);
-        assert_eq!(reader.get("x/c/1").await.unwrap().unwrap().len(), 5000, "{}", b.name);
+        assert_eq!(
+            reader.list(),
+            ["x/c/0", "x/c/1", "x/zarr.json", "zarr.json"],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            reader.get("x/c/1").await.unwrap().unwrap().len(),
+            5000,
+            "{}",
+            b.name
+        );
 
         let mut s = a.session();
         s.delete("x/c/0").unwrap();
         s.commit(None).await.unwrap().unwrap();
         let report = reader.refresh().await.unwrap();
-        assert_eq!((report.listed, report.fetched, report.applied), (2, 1, 1), "{}", b.name);
-        assert_eq!(reader.list(), ["x/c/1", "x/zarr.json", "zarr.json"], "{}", b.name);
-        assert!(reader.problems().is_empty(), "{}: {:?}", b.name, reader.problems());
+        assert_eq!(
+            (report.listed, report.fetched, report.applied),
+            (2, 1, 1),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            reader.list(),
+            ["x/c/1", "x/zarr.json", "zarr.json"],
+            "{}",
+            b.name
+        );
+        assert!(
+            reader.problems().is_empty(),
+            "{}: {:?}",
+            b.name,
+            reader.problems()
+        );
     }
 }
 
@@ -61,7 +98,9 @@ async fn replicas_apart_converge_on_every_backend() {
 
         let other = another(&b);
         copy_all(&b, &other).await;
-        let mut c = Repo::open(other.store.clone(), &other.prefix).await.unwrap();
+        let mut c = Repo::open(other.store.clone(), &other.prefix)
+            .await
+            .unwrap();
 
         let mut s = a.session();
         s.set("x/c/0", vec![3u8; 6000]).unwrap();
@@ -77,11 +116,21 @@ async fn replicas_apart_converge_on_every_backend() {
         copy_all(&other, &b).await;
         a.refresh().await.unwrap();
         c.refresh().await.unwrap();
-        assert_eq!(a.view().entries(a.fold()), c.view().entries(c.fold()), "{}", b.name);
+        assert_eq!(
+            a.view().entries(a.fold()),
+            c.view().entries(c.fold()),
+            "{}",
+            b.name
+        );
         assert_eq!(a.conflicts(), c.conflicts(), "{}", b.name);
         assert_eq!(a.conflicts().len(), 2, "{}", b.name);
         for k in a.list() {
-            assert_eq!(a.get(&k).await.unwrap(), c.get(&k).await.unwrap(), "{}: {k}", b.name);
+            assert_eq!(
+                a.get(&k).await.unwrap(),
+                c.get(&k).await.unwrap(),
+                "{}: {k}",
+                b.name
+            );
         }
     }
 }

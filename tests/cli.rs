@@ -21,7 +21,11 @@ fn crzarr(args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 fn ok(args: &[&str], stdin: Option<&[u8]>) -> String {
     let out = crzarr(args, stdin);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -30,8 +34,15 @@ fn fails(args: &[&str], needle: &str) {
     let out = crzarr(args, None);
     assert_eq!(out.status.code(), Some(1), "{args:?} should fail");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "{args:?}: error should be one line: {err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{args:?}: error should be one line: {err}"
+    );
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{args:?}: {err}"
+    );
 }
 
 const ARRAY: &str = r#"{"zarr_format":3,"node_type":"array","shape":[4],"data_type":"uint8",
@@ -48,21 +59,35 @@ fn edit_and_read_a_repository() {
     let meta = dir.path().join("group.json");
     std::fs::write(&meta, br#"{"zarr_format":3,"node_type":"group"}"#).unwrap();
     ok(&["put", repo, "zarr.json", meta.to_str().unwrap()], None);
-    ok(&["put", repo, "temp/zarr.json", "-", "-m", "make temp"], Some(ARRAY.as_bytes()));
+    ok(
+        &["put", repo, "temp/zarr.json", "-", "-m", "make temp"],
+        Some(ARRAY.as_bytes()),
+    );
     ok(&["put", repo, "temp/c/0", "-"], Some(&[1, 2]));
     ok(&["put", repo, "temp/c/1", "-"], Some(&[3, 4]));
     ok(&["set-attr", repo, "temp", "units", "\"K\""], None);
 
-    assert_eq!(ok(&["ls", repo], None), "temp/c/0\ntemp/c/1\ntemp/zarr.json\nzarr.json\n");
-    let listed: Vec<String> = serde_json::from_str(&ok(&["ls", repo, "temp/c/", "--json"], None)).unwrap();
+    assert_eq!(
+        ok(&["ls", repo], None),
+        "temp/c/0\ntemp/c/1\ntemp/zarr.json\nzarr.json\n"
+    );
+    let listed: Vec<String> =
+        serde_json::from_str(&ok(&["ls", repo, "temp/c/", "--json"], None)).unwrap();
     assert_eq!(listed, ["temp/c/0", "temp/c/1"]);
     assert_eq!(crzarr(&["cat", repo, "temp/c/1"], None).stdout, vec![3, 4]);
-    let meta: serde_json::Value = serde_json::from_str(&ok(&["cat", repo, "temp/zarr.json"], None)).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&ok(&["cat", repo, "temp/zarr.json"], None)).unwrap();
     assert_eq!(meta["attributes"]["units"], "K");
 
     ok(&["rm", repo, "temp/c/0"], None);
-    assert_eq!(ok(&["ls", repo, "temp/"], None), "temp/c/1\ntemp/zarr.json\n");
-    assert_eq!(ok(&["rm", repo, "temp/c/0"], None).trim(), "nothing to commit");
+    assert_eq!(
+        ok(&["ls", repo, "temp/"], None),
+        "temp/c/1\ntemp/zarr.json\n"
+    );
+    assert_eq!(
+        ok(&["rm", repo, "temp/c/0"], None).trim(),
+        "nothing to commit"
+    );
 
     let log: serde_json::Value = serde_json::from_str(&ok(&["log", repo, "--json"], None)).unwrap();
     let changes = log["changes"].as_array().unwrap();
@@ -71,7 +96,8 @@ fn edit_and_read_a_repository() {
     assert!(log["pending"].as_array().unwrap().is_empty());
     assert!(ok(&["log", repo], None).contains("make temp"));
     assert_eq!(ok(&["conflicts", repo], None).trim(), "no conflicts");
-    let conflicts: serde_json::Value = serde_json::from_str(&ok(&["conflicts", repo, "--json"], None)).unwrap();
+    let conflicts: serde_json::Value =
+        serde_json::from_str(&ok(&["conflicts", repo, "--json"], None)).unwrap();
     assert_eq!(conflicts, serde_json::json!([]));
 
     ok(&["rm", repo, "temp/"], None);
@@ -87,7 +113,10 @@ fn errors_are_one_clear_line() {
     ok(&["init", repo], None);
     fails(&["put", repo, "../escape", "/dev/null"], "..");
     fails(&["put", repo, ".crdt/ops/x", "/dev/null"], ".crdt");
-    fails(&["put", repo, "nowhere/c/0", "/dev/null"], "not inside any array");
+    fails(
+        &["put", repo, "nowhere/c/0", "/dev/null"],
+        "not inside any array",
+    );
     fails(&["set-attr", repo, "", "k", "not json"], "not JSON");
     fails(&["set-attr", repo, "missing", "k", "1"], "no node");
     fails(&["cat", repo, "zarr.json"], "no key");
@@ -111,7 +140,17 @@ fn demo_converges() {
 #[test]
 fn help_and_version() {
     assert!(ok(&["--version"], None).starts_with("crzarr "));
-    for cmd in ["init", "put", "rm", "set-attr", "ls", "cat", "log", "conflicts", "demo"] {
+    for cmd in [
+        "init",
+        "put",
+        "rm",
+        "set-attr",
+        "ls",
+        "cat",
+        "log",
+        "conflicts",
+        "demo",
+    ] {
         let h = ok(&[cmd, "--help"], None);
         assert!(h.contains("Example"), "{cmd} --help lacks an example");
     }

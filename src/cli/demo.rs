@@ -26,7 +26,9 @@ fn array_metadata() -> serde_json::Value {
 
 /// A chunk of float32 values, little-endian.
 fn chunk(value: f32) -> Vec<u8> {
-    (0..CHUNK * CHUNK).flat_map(|i| (value + i as f32 * 0.001).to_le_bytes()).collect()
+    (0..CHUNK * CHUNK)
+        .flat_map(|i| (value + i as f32 * 0.001).to_le_bytes())
+        .collect()
 }
 
 /// One line describing how a conflict was resolved.
@@ -38,8 +40,18 @@ pub(crate) fn describe_conflict(c: &Conflict) -> String {
     };
     // The tail of a ULID is random; its head is a timestamp shared by close writers.
     let actor = |a: &crzarr::ids::ActorId| a.to_string()[18..].to_string();
-    let losers: Vec<String> =
-        c.losers.iter().map(|l| format!("{} (writer …{}, change {})", l.value, actor(&l.actor), l.change.short())).collect();
+    let losers: Vec<String> = c
+        .losers
+        .iter()
+        .map(|l| {
+            format!(
+                "{} (writer …{}, change {})",
+                l.value,
+                actor(&l.actor),
+                l.change.short()
+            )
+        })
+        .collect();
     format!(
         "{} {what}: kept {} (writer …{}, change {}) over {}",
         c.key,
@@ -59,15 +71,24 @@ async fn exchange(from: &Bucket, to: &Bucket) -> Result<usize> {
     let mut copied = 0;
     for c in src.into_iter().filter(|c| !have.contains(&c.name.hash)) {
         let key = c.key.to_string();
-        let Some(bytes) = from.get(&c.key, crzarr::change::MAX_CHANGE_BYTES).await? else { continue };
+        let Some(bytes) = from.get(&c.key, crzarr::change::MAX_CHANGE_BYTES).await? else {
+            continue;
+        };
         let change = Change::decode(&key, &bytes, &c.name.hash)?;
         for op in &change.ops {
-            if let Op::SetChunk { data: ChunkData::Blob { hash, len }, .. } = op {
+            if let Op::SetChunk {
+                data: ChunkData::Blob { hash, len },
+                ..
+            } = op
+            {
                 let blob_key = from.layout().blob(hash);
                 let blob = from
                     .get(&blob_key, *len)
                     .await?
-                    .ok_or_else(|| Error::MissingBlob { key: key.clone(), blob_key: blob_key.to_string() })?;
+                    .ok_or_else(|| Error::MissingBlob {
+                        key: key.clone(),
+                        blob_key: blob_key.to_string(),
+                    })?;
                 to.put_blob(&to.layout().blob(hash), blob).await?;
             }
         }
@@ -98,45 +119,74 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     let dir = match dir {
         Some(d) => {
             if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
-                return Err(Error::Usage(format!("{}: directory is not empty; give an empty or new directory", d.display())));
+                return Err(Error::Usage(format!(
+                    "{}: directory is not empty; give an empty or new directory",
+                    d.display()
+                )));
             }
             d
         }
-        None => std::env::temp_dir().join(format!("crzarr-demo-{}", ulid::Ulid::new().to_string().to_lowercase())),
+        None => std::env::temp_dir().join(format!(
+            "crzarr-demo-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        )),
     };
     let path_a = dir.join("laptop-a");
     let path_b = dir.join("laptop-b");
-    println!("crzarr demo: two replicas of one Zarr store on local disk, under {}", dir.display());
+    println!(
+        "crzarr demo: two replicas of one Zarr store on local disk, under {}",
+        dir.display()
+    );
 
     let a_loc = connect(&path_a.to_string_lossy(), true)?;
     let b_loc = connect(&path_b.to_string_lossy(), true)?;
     let mut a = Repo::init(a_loc.store, &a_loc.prefix).await?;
 
-    say("1.", "Laptop A creates a repository: a root group and an 80x80 float32 array `sst` in four 40x40 chunks.");
+    say(
+        "1.",
+        "Laptop A creates a repository: a root group and an 80x80 float32 array `sst` in four 40x40 chunks.",
+    );
     let mut s = a.session();
-    s.create_group("", serde_json::Map::from_iter([("title".to_string(), json!("crzarr demo"))]))?;
+    s.create_group(
+        "",
+        serde_json::Map::from_iter([("title".to_string(), json!("crzarr demo"))]),
+    )?;
     s.create_array("sst", &array_metadata())?;
     for (i, key) in ["c/0/0", "c/0/1", "c/1/0", "c/1/1"].iter().enumerate() {
         s.set_chunk("sst", key, chunk(10.0 + i as f32).into())?;
     }
-    let first = s.commit(Some("create sst")).await?.ok_or_else(|| Error::Usage("nothing committed".into()))?;
-    println!("   One change file, {}…, holds the whole commit; the four chunks went to content-addressed blobs first.", first.short());
+    let first = s
+        .commit(Some("create sst"))
+        .await?
+        .ok_or_else(|| Error::Usage("nothing committed".into()))?;
+    println!(
+        "   One change file, {}…, holds the whole commit; the four chunks went to content-addressed blobs first.",
+        first.short()
+    );
 
-    say("2.", "Laptop B starts as a copy: it receives A's change file and blobs, nothing else.");
+    say(
+        "2.",
+        "Laptop B starts as a copy: it receives A's change file and blobs, nothing else.",
+    );
     let b_bucket = Bucket::new(b_loc.store.clone(), &b_loc.prefix);
     b_bucket.write_marker(a.id()).await?;
     exchange(a.bucket(), &b_bucket).await?;
     let mut b = Repo::open(b_loc.store.clone(), &b_loc.prefix).await?;
     println!("   B shows the same {} keys as A.", b.list().len());
 
-    say("3.", "Both laptops go offline and edit the same array at the same time.");
+    say(
+        "3.",
+        "Both laptops go offline and edit the same array at the same time.",
+    );
     let mut s = a.session();
     s.set_attr("sst", "units", json!("K"))?;
     s.set_chunk("sst", "c/0/0", chunk(280.0).into())?;
     s.resize("sst", &[SIDE + CHUNK, SIDE])?;
     s.set_chunk("sst", "c/2/0", chunk(281.0).into())?;
     s.commit(Some("A: kelvin, more rows")).await?;
-    println!("   A: units = \"K\", rewrites chunk c/0/0, grows the array to 120 rows and fills the new chunk c/2/0.");
+    println!(
+        "   A: units = \"K\", rewrites chunk c/0/0, grows the array to 120 rows and fills the new chunk c/2/0."
+    );
     let mut s = b.session();
     s.set_attr("sst", "units", json!("degC"))?;
     s.set_attr("sst", "source", json!("buoy network"))?;
@@ -144,36 +194,65 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     s.delete_chunk("sst", "c/1/1")?;
     s.resize("sst", &[SIDE, SIDE + CHUNK])?;
     s.commit(Some("B: celsius, more columns")).await?;
-    println!("   B: units = \"degC\", source = \"buoy network\", rewrites chunk c/0/0, deletes c/1/1 and grows to 120 columns.");
-    println!("   Now A and B differ: A has {} keys, B has {}.", a.list().len(), b.list().len());
+    println!(
+        "   B: units = \"degC\", source = \"buoy network\", rewrites chunk c/0/0, deletes c/1/1 and grows to 120 columns."
+    );
+    println!(
+        "   Now A and B differ: A has {} keys, B has {}.",
+        a.list().len(),
+        b.list().len()
+    );
 
-    say("4.", "They reconnect and exchange change files, each copying what it lacks (blobs before the change that uses them).");
+    say(
+        "4.",
+        "They reconnect and exchange change files, each copying what it lacks (blobs before the change that uses them).",
+    );
     let to_b = exchange(a.bucket(), b.bucket()).await?;
     let to_a = exchange(b.bucket(), a.bucket()).await?;
     a.refresh().await?;
     b.refresh().await?;
     println!("   {to_b} change(s) went to B and {to_a} to A. No locks, no coordinator, no rebase.");
 
-    say("5.", "Both replicas now show the same Zarr store, byte for byte:");
+    say(
+        "5.",
+        "Both replicas now show the same Zarr store, byte for byte:",
+    );
     let (da, db) = (view_digest(&a), view_digest(&b));
     println!("   view digest A = {da}, B = {db}");
     if da != db || a.list() != b.list() {
-        return Err(Error::Usage("the replicas did not converge (this is a bug)".into()));
+        return Err(Error::Usage(
+            "the replicas did not converge (this is a bug)".into(),
+        ));
     }
-    let meta: serde_json::Value = serde_json::from_slice(&a.get("sst/zarr.json").await?.unwrap_or_default()).unwrap_or_default();
-    println!("   sst shape {} (both grows kept), attributes {}", meta["shape"], meta["attributes"]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&a.get("sst/zarr.json").await?.unwrap_or_default())
+            .unwrap_or_default();
+    println!(
+        "   sst shape {} (both grows kept), attributes {}",
+        meta["shape"], meta["attributes"]
+    );
     for k in a.list() {
         println!("     {k}");
     }
 
-    say("6.", "Concurrent overwrites were resolved by the same rule everywhere (causal order, then clock, then writer id):");
+    say(
+        "6.",
+        "Concurrent overwrites were resolved by the same rule everywhere (causal order, then clock, then writer id):",
+    );
     let conflicts = a.conflicts();
     if conflicts != b.conflicts() {
-        return Err(Error::Usage("the replicas report different conflicts (this is a bug)".into()));
+        return Err(Error::Usage(
+            "the replicas report different conflicts (this is a bug)".into(),
+        ));
     }
     for c in &conflicts {
         println!("   {}", describe_conflict(c));
     }
-    println!("\nTry it yourself:\n  crzarr ls {}\n  crzarr log {}\n  crzarr conflicts {}", path_a.display(), path_a.display(), path_b.display());
+    println!(
+        "\nTry it yourself:\n  crzarr ls {}\n  crzarr log {}\n  crzarr conflicts {}",
+        path_a.display(),
+        path_a.display(),
+        path_b.display()
+    );
     Ok(())
 }

@@ -21,7 +21,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a repository (or confirm the one already there).
-    #[command(after_help = "Example:\n  crzarr init ./data\n  crzarr init s3://bucket/datasets/sst")]
+    #[command(
+        after_help = "Example:\n  crzarr init ./data\n  crzarr init s3://bucket/datasets/sst"
+    )]
     Init {
         /// Repository URL.
         repo: String,
@@ -30,7 +32,9 @@ enum Command {
         json: bool,
     },
     /// Write one key (a zarr.json or a chunk) from a file or stdin, as one change.
-    #[command(after_help = "Example:\n  crzarr put ./data temp/zarr.json temp.json\n  crzarr put ./data temp/c/0/0 - < chunk.bin")]
+    #[command(
+        after_help = "Example:\n  crzarr put ./data temp/zarr.json temp.json\n  crzarr put ./data temp/c/0/0 - < chunk.bin"
+    )]
     Put {
         /// Repository URL.
         repo: String,
@@ -60,7 +64,10 @@ enum Command {
         json: bool,
     },
     /// Set one attribute of a node to a JSON value.
-    #[command(name = "set-attr", after_help = "Example:\n  crzarr set-attr ./data temp units '\"K\"'\n  crzarr set-attr ./data '' title '\"Sea surface temperature\"'")]
+    #[command(
+        name = "set-attr",
+        after_help = "Example:\n  crzarr set-attr ./data temp units '\"K\"'\n  crzarr set-attr ./data '' title '\"Sea surface temperature\"'"
+    )]
     SetAttr {
         /// Repository URL.
         repo: String,
@@ -125,7 +132,10 @@ enum Command {
 /// Parses arguments, runs the command, maps errors to one line and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -178,13 +188,25 @@ async fn run(cmd: Command) -> Result<()> {
             let loc = connect(&repo, true)?;
             let r = Repo::init(loc.store, &loc.prefix).await?;
             if json {
-                print_json(&json!({"repo": repo, "repo_id": r.id().to_string(), "changes": r.fold().len()}))
+                print_json(
+                    &json!({"repo": repo, "repo_id": r.id().to_string(), "changes": r.fold().len()}),
+                )
             } else {
-                println!("repository {} at {repo} ({} changes)", r.id(), r.fold().len());
+                println!(
+                    "repository {} at {repo} ({} changes)",
+                    r.id(),
+                    r.fold().len()
+                );
                 Ok(())
             }
         }
-        Command::Put { repo, key, file, message, json } => {
+        Command::Put {
+            repo,
+            key,
+            file,
+            message,
+            json,
+        } => {
             let bytes = if file == "-" {
                 let mut b = Vec::new();
                 std::io::stdin().read_to_end(&mut b)?;
@@ -198,7 +220,12 @@ async fn run(cmd: Command) -> Result<()> {
             let h = s.commit(message.as_deref()).await?;
             report_commit(h, json)
         }
-        Command::Rm { repo, key, message, json } => {
+        Command::Rm {
+            repo,
+            key,
+            message,
+            json,
+        } => {
             let mut r = open(&repo).await?;
             let mut s = r.session();
             if key.ends_with('/') || key.is_empty() {
@@ -209,9 +236,19 @@ async fn run(cmd: Command) -> Result<()> {
             let h = s.commit(message.as_deref()).await?;
             report_commit(h, json)
         }
-        Command::SetAttr { repo, node, name, value, message, json } => {
-            let value: serde_json::Value =
-                serde_json::from_str(&value).map_err(|e| Error::Usage(format!("attribute value is not JSON: {e} (quote strings: '\"text\"')")))?;
+        Command::SetAttr {
+            repo,
+            node,
+            name,
+            value,
+            message,
+            json,
+        } => {
+            let value: serde_json::Value = serde_json::from_str(&value).map_err(|e| {
+                Error::Usage(format!(
+                    "attribute value is not JSON: {e} (quote strings: '\"text\"')"
+                ))
+            })?;
             let mut r = open(&repo).await?;
             let mut s = r.session();
             s.set_attr(node.trim_matches('/'), &name, value)?;
@@ -235,7 +272,10 @@ async fn run(cmd: Command) -> Result<()> {
         }
         Command::Cat { repo, key } => {
             let r = open(&repo).await?;
-            let bytes = r.get(&key).await?.ok_or_else(|| Error::Usage(format!("no key {key:?} in the view")))?;
+            let bytes = r
+                .get(&key)
+                .await?
+                .ok_or_else(|| Error::Usage(format!("no key {key:?} in the view")))?;
             std::io::stdout().lock().write_all(&bytes)?;
             Ok(())
         }
@@ -257,14 +297,18 @@ async fn run(cmd: Command) -> Result<()> {
                     .collect();
                 let pending: Vec<_> = pending
                     .iter()
-                    .map(|p| json!({"hash": p.hash.to_hex(), "actor": p.actor.to_string(), "seq": p.seq,
-                        "missing": p.missing.iter().map(|d| d.to_hex()).collect::<Vec<_>>()}))
+                    .map(|p| {
+                        json!({"hash": p.hash.to_hex(), "actor": p.actor.to_string(), "seq": p.seq,
+                        "missing": p.missing.iter().map(|d| d.to_hex()).collect::<Vec<_>>()})
+                    })
                     .collect();
                 let forks: Vec<_> = forks
                     .iter()
                     .map(|f| json!({"actor": f.actor.to_string(), "seq": f.seq, "changes": f.changes.iter().map(|d| d.to_hex()).collect::<Vec<_>>()}))
                     .collect();
-                return print_json(&json!({"changes": changes, "pending": pending, "forks": forks}));
+                return print_json(
+                    &json!({"changes": changes, "pending": pending, "forks": forks}),
+                );
             }
             let mut out = std::io::stdout().lock();
             for c in log {
@@ -281,10 +325,21 @@ async fn run(cmd: Command) -> Result<()> {
             }
             for p in pending {
                 let missing: Vec<String> = p.missing.iter().map(|m| m.short()).collect();
-                writeln!(out, "{}  pending: waiting for {}", p.hash.short(), missing.join(", "))?;
+                writeln!(
+                    out,
+                    "{}  pending: waiting for {}",
+                    p.hash.short(),
+                    missing.join(", ")
+                )?;
             }
             for f in forks {
-                writeln!(out, "fork: actor {} used seq {} for {} different changes", f.actor, f.seq, f.changes.len())?;
+                writeln!(
+                    out,
+                    "fork: actor {} used seq {} for {} different changes",
+                    f.actor,
+                    f.seq,
+                    f.changes.len()
+                )?;
             }
             Ok(())
         }
@@ -321,7 +376,12 @@ pub(crate) fn format_millis(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -329,6 +389,9 @@ mod tests {
     #[test]
     fn formats_time() {
         assert_eq!(super::format_millis(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::format_millis(1_795_451_679_000), "2026-11-23T16:34:39Z");
+        assert_eq!(
+            super::format_millis(1_795_451_679_000),
+            "2026-11-23T16:34:39Z"
+        );
     }
 }

@@ -17,13 +17,23 @@ pub struct Backend {
 }
 
 pub fn memory() -> Backend {
-    Backend { name: "memory", store: Arc::new(InMemory::new()), prefix: "repo".into(), _dir: None }
+    Backend {
+        name: "memory",
+        store: Arc::new(InMemory::new()),
+        prefix: "repo".into(),
+        _dir: None,
+    }
 }
 
 pub fn local() -> Backend {
     let dir = tempfile::tempdir().expect("temp dir");
     let fs = LocalFileSystem::new_with_prefix(dir.path()).expect("local store");
-    Backend { name: "local", store: Arc::new(fs), prefix: "repo".into(), _dir: Some(dir) }
+    Backend {
+        name: "local",
+        store: Arc::new(fs),
+        prefix: "repo".into(),
+        _dir: Some(dir),
+    }
 }
 
 /// The loopback S3 server started by `tests/run.sh`, or `None` when not configured.
@@ -31,7 +41,9 @@ pub fn local() -> Backend {
 pub fn s3() -> Option<Backend> {
     let Ok(endpoint) = std::env::var("CRZARR_TEST_S3_ENDPOINT") else {
         if std::env::var("CRZARR_REQUIRE_S3").is_ok_and(|v| v == "1") {
-            panic!("CRZARR_REQUIRE_S3=1 but CRZARR_TEST_S3_ENDPOINT is unset: the S3 server was not started");
+            panic!(
+                "CRZARR_REQUIRE_S3=1 but CRZARR_TEST_S3_ENDPOINT is unset: the S3 server was not started"
+            );
         }
         eprintln!("note: S3 backend not configured (run tests/run.sh to include it)");
         return None;
@@ -44,7 +56,12 @@ pub fn s3() -> Option<Backend> {
         .build()
         .expect("S3 store");
     let prefix = format!("t/{}", ulid::Ulid::new().to_string().to_lowercase());
-    Some(Backend { name: "s3", store: Arc::new(store), prefix, _dir: None })
+    Some(Backend {
+        name: "s3",
+        store: Arc::new(store),
+        prefix,
+        _dir: None,
+    })
 }
 
 /// Every backend: InMemory, LocalFileSystem, and S3 when available.
