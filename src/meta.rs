@@ -96,6 +96,65 @@ impl ArrayMeta {
         self.shape.len()
     }
 
+    /// Grid coordinates of a chunk key under a regular chunk grid with the `default`
+    /// or `v2` key encoding; `None` for other grids, encodings or malformed keys.
+    pub fn chunk_coords(&self, chunk_key: &str) -> Option<Vec<u64>> {
+        let enc = self.doc.get("chunk_key_encoding")?;
+        let name = enc.get("name")?.as_str()?;
+        let conf_sep = enc
+            .get("configuration")
+            .and_then(|c| c.get("separator"))
+            .and_then(Value::as_str);
+        let coords = match name {
+            "default" => {
+                let sep = conf_sep.unwrap_or("/");
+                let rest = chunk_key.strip_prefix('c')?;
+                if rest.is_empty() {
+                    return (self.ndim() == 0).then(Vec::new);
+                }
+                rest.strip_prefix(sep)?
+                    .split(sep)
+                    .map(|c| c.parse().ok())
+                    .collect::<Option<Vec<u64>>>()?
+            }
+            "v2" => {
+                let sep = conf_sep.unwrap_or(".");
+                if chunk_key == "0" && self.ndim() == 0 {
+                    return Some(Vec::new());
+                }
+                chunk_key
+                    .split(sep)
+                    .map(|c| c.parse().ok())
+                    .collect::<Option<Vec<u64>>>()?
+            }
+            _ => return None,
+        };
+        (coords.len() == self.ndim()).then_some(coords)
+    }
+
+    /// Chunk shape of a regular chunk grid.
+    pub fn chunk_shape(&self) -> Option<Vec<u64>> {
+        let grid = self.doc.get("chunk_grid")?;
+        if grid.get("name")?.as_str()? != "regular" {
+            return None;
+        }
+        let shape = grid.get("configuration")?.get("chunk_shape")?.as_array()?;
+        let shape: Option<Vec<u64>> = shape.iter().map(Value::as_u64).collect();
+        shape.filter(|s| s.len() == self.ndim() && s.iter().all(|&c| c > 0))
+    }
+
+    /// Whether a chunk lies entirely outside `shape` (so a shrink to `shape` drops it).
+    /// `false` when the grid or key is not understood.
+    pub fn chunk_outside(&self, chunk_key: &str, shape: &[u64]) -> bool {
+        match (self.chunk_coords(chunk_key), self.chunk_shape()) {
+            (Some(coords), Some(cs)) => coords
+                .iter()
+                .zip(cs.iter().zip(shape))
+                .any(|(&c, (&size, &extent))| c.saturating_mul(size) >= extent),
+            _ => false,
+        }
+    }
+
     /// Canonical JSON text (sorted keys, compact), as stored in a create op.
     pub fn to_canonical(&self) -> String {
         let mut v = Value::Object(self.doc.clone());
@@ -247,6 +306,29 @@ mod tests {
         let mut expect = array_json();
         expect["shape"] = serde_json::json!([8, 4]);
         assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn chunk_grid_coordinates() {
+        let NodeDoc::Array { meta, .. } =
+            parse_node_doc("a", array_json().to_string().as_bytes()).unwrap()
+        else {
+            panic!("not an array")
+        };
+        assert_eq!(meta.chunk_coords("c/1/0"), Some(vec![1, 0]));
+        assert_eq!(meta.chunk_coords("c/1"), None);
+        assert_eq!(meta.chunk_coords("c.1.0"), None);
+        assert_eq!(meta.chunk_shape(), Some(vec![2, 2]));
+        assert!(meta.chunk_outside("c/1/0", &[2, 4]));
+        assert!(!meta.chunk_outside("c/1/0", &[3, 4]));
+        let mut v2 = array_json();
+        v2["chunk_key_encoding"] =
+            serde_json::json!({"name": "v2", "configuration": {"separator": "."}});
+        let NodeDoc::Array { meta, .. } = parse_node_doc("a", v2.to_string().as_bytes()).unwrap()
+        else {
+            panic!("not an array")
+        };
+        assert_eq!(meta.chunk_coords("3.4"), Some(vec![3, 4]));
     }
 
     #[test]

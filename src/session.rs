@@ -474,10 +474,32 @@ impl<'r> WriteSession<'r> {
     }
 
     /// Resizes the array at `path`. Only the dimensions that change are written, so
-    /// a concurrent resize of another dimension is not undone.
+    /// a concurrent resize of another dimension is not undone. Like zarr-python,
+    /// chunks that lie entirely outside the new shape are deleted, so growing the
+    /// array again later shows the fill value there, not stale data.
     pub fn resize(&mut self, path: &str, shape: &[u64]) -> Result<()> {
         let h = self.array_handle(path)?;
-        self.write_shape(&h, path, shape)
+        self.write_shape(&h, path, shape)?;
+        let Some(meta) = h.array.as_ref() else {
+            return Ok(());
+        };
+        let mut keys: Vec<String> = if h.members.is_empty() {
+            Vec::new()
+        } else {
+            self.repo.view().chunk_keys(self.repo.fold(), path)
+        };
+        keys.extend(
+            self.chunk_ops
+                .keys()
+                .filter(|(t, _)| *t == h.target)
+                .map(|(_, k)| k.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        for k in keys.into_iter().filter(|k| meta.chunk_outside(k, shape)) {
+            self.delete_chunk(path, &k)?;
+        }
+        Ok(())
     }
 
     /// Writes one chunk (`chunk` is relative to the array, like `c/0/1`).

@@ -169,3 +169,28 @@ async fn concurrent_writers_on_one_bucket_lose_nothing() {
         assert!(r.conflicts().is_empty(), "{}", b.name);
     }
 }
+
+#[tokio::test]
+async fn shrink_then_grow_shows_fill_not_stale_chunks() {
+    for b in backends() {
+        let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+        let mut s = r.session();
+        s.create_array("a", &array_meta(&[6], &[2])).unwrap();
+        for i in 0..3 {
+            s.set(&format!("a/c/{i}"), vec![i as u8; 2]).unwrap();
+        }
+        s.commit(None).await.unwrap();
+        let mut s = r.session();
+        s.resize("a", &[3]).unwrap();
+        s.commit(Some("shrink")).await.unwrap();
+        // c/1 straddles the new edge and stays; c/2 lies wholly outside and goes.
+        assert_eq!(r.list_prefix("a/c/"), ["a/c/0", "a/c/1"], "{}", b.name);
+        let mut s = r.session();
+        s.resize("a", &[6]).unwrap();
+        s.commit(Some("grow")).await.unwrap();
+        assert_eq!(r.list_prefix("a/c/"), ["a/c/0", "a/c/1"], "{}", b.name);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&r.get("a/zarr.json").await.unwrap().unwrap()).unwrap();
+        assert_eq!(meta["shape"], serde_json::json!([6]));
+    }
+}
