@@ -155,21 +155,31 @@ pub enum Op {
 }
 
 impl Op {
-    /// Every op reference this op holds (target and observed).
-    pub fn refs(&self) -> Vec<OpRef> {
+    /// Calls `f` on every op reference this op holds (target and observed), without
+    /// allocating: this runs for every op of every change folded.
+    pub fn for_each_ref(&self, mut f: impl FnMut(&OpRef)) {
         match self {
-            Op::CreateGroup { .. } | Op::CreateArray { .. } => Vec::new(),
+            Op::CreateGroup { .. } | Op::CreateArray { .. } => {}
             Op::SetAttr { node, observed, .. }
             | Op::DeleteAttr { node, observed, .. }
             | Op::SetChunk { node, observed, .. }
-            | Op::DeleteChunk { node, observed, .. } => std::iter::once(*node)
-                .chain(observed.iter().copied())
-                .collect(),
-            Op::Resize { node, dims } => std::iter::once(*node)
-                .chain(dims.iter().flat_map(|d| d.observed.iter().copied()))
-                .collect(),
-            Op::DeleteNode { incarnations, .. } => incarnations.clone(),
+            | Op::DeleteChunk { node, observed, .. } => {
+                f(node);
+                observed.iter().for_each(f);
+            }
+            Op::Resize { node, dims } => {
+                f(node);
+                dims.iter().flat_map(|d| d.observed.iter()).for_each(f);
+            }
+            Op::DeleteNode { incarnations, .. } => incarnations.iter().for_each(f),
         }
+    }
+
+    /// Every op reference this op holds (target and observed).
+    pub fn refs(&self) -> Vec<OpRef> {
+        let mut v = Vec::new();
+        self.for_each_ref(|r| v.push(*r));
+        v
     }
 
     /// The incarnation this op edits, if it edits one.

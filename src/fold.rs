@@ -94,18 +94,20 @@ fn register_write<K: std::hash::Hash + Eq, V>(
     val: V,
     observed: &[Stamp],
 ) {
-    match map.remove(&key) {
-        Some(mut reg) => {
-            let empty = reg.remove_observed(observed);
-            let reg = if empty {
-                Register::new(s, val)
+    use std::collections::hash_map::Entry;
+    match map.entry(key) {
+        Entry::Occupied(mut e) => {
+            let reg = e.get_mut();
+            if reg.remove_observed(observed) {
+                *reg = Register::new(s, val);
             } else {
-                reg.push(s, val)
-            };
-            map.insert(key, reg);
+                // Take the register out to grow it; an empty `Many` is a cheap placeholder.
+                let old = std::mem::replace(reg, Register::Many(Vec::new()));
+                *reg = old.push(s, val);
+            }
         }
-        None => {
-            map.insert(key, Register::new(s, val));
+        Entry::Vacant(e) => {
+            e.insert(Register::new(s, val));
         }
     }
 }
@@ -499,8 +501,16 @@ impl Fold {
         }
         let mut local_kinds: Vec<Option<Option<usize>>> = Vec::with_capacity(change.ops.len());
         for (i, op) in change.ops.iter().enumerate() {
-            for r in op.refs() {
-                self.stamp_of(&r, own)?;
+            let mut bad = None;
+            op.for_each_ref(|r| {
+                if bad.is_none()
+                    && let Err(e) = self.stamp_of(r, own)
+                {
+                    bad = Some(e);
+                }
+            });
+            if let Some(e) = bad {
+                return Err(e);
             }
             let kind_of =
                 |r: &OpRef| -> Result<Option<usize>, String> {
@@ -780,18 +790,25 @@ impl Fold {
         observed: &[OpRef],
     ) {
         let target = self.resolve(&node, s.change);
-        let sibs = self.siblings(target);
-        if sibs.is_empty() {
-            return; // edit to a deleted incarnation: dropped
-        }
         let observed = if observed.is_empty() {
             Vec::new()
         } else {
             self.resolve_all(observed, s.change)
         };
-        for sib in &sibs[1..] {
-            if let Some(n) = self.nodes.get_mut(sib) {
-                register_remove(&mut n.chunks, key.as_str(), &observed);
+        // Hot path: most chunk writes observe nothing or target a node alone at its
+        // path, so siblings are visited only when there are some to visit.
+        let path = match self.nodes.get(&target) {
+            Some(n) if !n.deleted => n.path.clone(),
+            _ => return, // edit to a deleted incarnation: dropped
+        };
+        if !observed.is_empty()
+            && let Some(all) = self.by_path.get(&path)
+            && all.len() > 1
+        {
+            for sib in all.clone().into_iter().filter(|x| *x != target) {
+                if let Some(n) = self.nodes.get_mut(&sib) {
+                    register_remove(&mut n.chunks, key.as_str(), &observed);
+                }
             }
         }
         if let Some(n) = self.nodes.get_mut(&target) {
@@ -822,15 +839,21 @@ impl Fold {
     }
 }
 
-/// Every change a change needs applied first: its deps and the changes its ops name.
+/// Every change a change needs applied first: its deps and the changes its ops name
+/// (may repeat; callers dedup). Consecutive repeats are skipped: the ops of one
+/// change mostly target the same node.
 fn required(change: &Change) -> Vec<ChangeHash> {
     let mut v = change.deps.clone();
+    let mut last: Option<ChangeHash> = None;
     for op in &change.ops {
-        for r in op.refs() {
-            if let OpRef::Change(h, _) = r {
-                v.push(h);
+        op.for_each_ref(|r| {
+            if let OpRef::Change(h, _) = r
+                && last != Some(*h)
+            {
+                last = Some(*h);
+                v.push(*h);
             }
-        }
+        });
     }
     v
 }
