@@ -130,7 +130,7 @@ fn register_remove<K: std::hash::Hash + Eq + ?Sized, Q, V>(
 #[derive(Clone, Debug)]
 pub(crate) enum NodeKind {
     Group,
-    Array(Box<ArrayMeta>),
+    Array(std::sync::Arc<ArrayMeta>),
 }
 
 /// One node incarnation and its registers.
@@ -634,7 +634,13 @@ impl Fold {
                         .iter()
                         .map(|&d| Some(Register::new(s, d)))
                         .collect();
-                    self.create(s, path, NodeKind::Array(Box::new(meta)), attributes, dims);
+                    self.create(
+                        s,
+                        path,
+                        NodeKind::Array(std::sync::Arc::new(meta)),
+                        attributes,
+                        dims,
+                    );
                 }
             }
             Op::SetAttr {

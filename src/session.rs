@@ -15,11 +15,12 @@ use crate::view::NodeType;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 struct Handle {
     target: OpRef,
-    array: Option<ArrayMeta>,
+    array: Option<Arc<ArrayMeta>>,
     /// Incarnations merged at this path in the view (empty for nodes made here).
     members: Vec<Stamp>,
 }
@@ -35,7 +36,7 @@ pub struct WriteSession<'r> {
     repo: &'r mut Repo,
     ops: Vec<Op>,
     blobs: BTreeMap<BlobHash, Bytes>,
-    created: BTreeMap<String, (u32, Option<ArrayMeta>)>,
+    created: BTreeMap<String, (u32, Option<Arc<ArrayMeta>>)>,
     deleted: Vec<String>,
     state: HashMap<OpRef, NodeState>,
     chunk_ops: HashMap<(OpRef, String), usize>,
@@ -99,7 +100,7 @@ impl<'r> WriteSession<'r> {
         let node = view.nodes.get(path)?;
         let winner = node.winner?;
         let array = match node.node_type {
-            NodeType::Array => Some(view.array_meta(self.repo.fold(), path)?.clone()),
+            NodeType::Array => Some(view.array_meta_arc(self.repo.fold(), path)?),
             NodeType::Group => None,
             NodeType::ImplicitGroup => return None,
         };
@@ -238,7 +239,7 @@ impl<'r> WriteSession<'r> {
         let (new_array, attrs, shape) = match &doc {
             NodeDoc::Group { attributes } => (None, attributes.clone(), None),
             NodeDoc::Array { meta, attributes } => (
-                Some(meta.clone()),
+                Some(Arc::new(meta.clone())),
                 attributes.clone(),
                 Some(meta.shape().to_vec()),
             ),

@@ -265,6 +265,22 @@ impl View {
         array_meta(fold, self.nodes.get(path)?.winner.as_ref()?)
     }
 
+    /// Shared handle to the winning incarnation's array metadata at `path`.
+    pub(crate) fn array_meta_arc(
+        &self,
+        fold: &Fold,
+        path: &str,
+    ) -> Option<std::sync::Arc<ArrayMeta>> {
+        match fold
+            .nodes
+            .get(self.nodes.get(path)?.winner.as_ref()?)
+            .map(|n| &n.kind)
+        {
+            Some(NodeKind::Array(m)) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
     /// Rendered `zarr.json` of a shown node.
     pub fn metadata(&self, fold: &Fold, path: &str) -> Option<Vec<u8>> {
         let node = self.nodes.get(path)?;
