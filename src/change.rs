@@ -264,7 +264,8 @@ impl Change {
             .map_err(|e| Error::corrupt(key, format!("malformed change: {e}")))?;
         // One canonical encoding: what we decoded must re-encode to the same bytes.
         // This also rejects trailing bytes.
-        let again = rmp_serde::to_vec(&change).unwrap_or_default();
+        let mut again = Vec::with_capacity(body.len());
+        let _ = rmp_serde::encode::write(&mut again, &change);
         if again != body {
             return Err(Error::corrupt(
                 key,

@@ -13,6 +13,7 @@
 //! does not depend on delivery order. See `spec/merge.md` for the conflict matrix.
 
 use crate::change::{Change, ChunkData, Op, OpRef};
+use crate::chunkmap::ChunkMap;
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
 use crate::meta::ArrayMeta;
 use std::cmp::Ordering;
@@ -112,6 +113,38 @@ fn register_write<K: std::hash::Hash + Eq, V>(
     }
 }
 
+/// [`register_write`] for chunk maps.
+fn chunk_write(
+    map: &mut ChunkMap<Register<ChunkVal>>,
+    key: &str,
+    s: Stamp,
+    val: ChunkVal,
+    observed: &[Stamp],
+) {
+    map.upsert(
+        key,
+        val,
+        |reg, val| {
+            if reg.remove_observed(observed) {
+                *reg = Register::new(s, val);
+            } else {
+                let old = std::mem::replace(reg, Register::Many(Vec::new()));
+                *reg = old.push(s, val);
+            }
+        },
+        |val| Register::new(s, val),
+    );
+}
+
+/// [`register_remove`] for chunk maps.
+fn chunk_remove(map: &mut ChunkMap<Register<ChunkVal>>, key: &str, observed: &[Stamp]) {
+    if let Some(reg) = map.get_mut(key)
+        && reg.remove_observed(observed)
+    {
+        map.remove(key);
+    }
+}
+
 fn register_remove<K: std::hash::Hash + Eq + ?Sized, Q, V>(
     map: &mut HashMap<Q, Register<V>>,
     key: &K,
@@ -141,7 +174,7 @@ pub(crate) struct Node {
     pub(crate) deleted: bool,
     pub(crate) attrs: HashMap<Box<str>, Register<Option<Box<str>>>>,
     pub(crate) dims: Vec<Option<Register<u64>>>,
-    pub(crate) chunks: HashMap<Box<str>, Register<ChunkVal>>,
+    pub(crate) chunks: ChunkMap<Register<ChunkVal>>,
 }
 
 impl Node {
@@ -500,10 +533,15 @@ impl Fold {
             }
         }
         let mut local_kinds: Vec<Option<Option<usize>>> = Vec::with_capacity(change.ops.len());
+        let mut memo: Option<(OpRef, Option<usize>)> = None;
         for (i, op) in change.ops.iter().enumerate() {
+            // Consecutive ops mostly edit the same node: check its reference once.
+            let target = op.target();
+            let memo_hit = matches!((&memo, &target), (Some((m, _)), Some(t)) if m == t);
             let mut bad = None;
             op.for_each_ref(|r| {
                 if bad.is_none()
+                    && !(memo_hit && Some(*r) == target)
                     && let Err(e) = self.stamp_of(r, own)
                 {
                     bad = Some(e);
@@ -531,8 +569,12 @@ impl Fold {
                         }
                     }
                 };
-            if let Some(t) = op.target() {
-                let ndim = kind_of(&t).map_err(|e| format!("op {i}: {e}"))?;
+            if let Some(t) = target {
+                let ndim = match memo {
+                    Some((m, ndim)) if m == t => ndim,
+                    _ => kind_of(&t).map_err(|e| format!("op {i}: {e}"))?,
+                };
+                memo = Some((t, ndim));
                 match op {
                     Op::SetChunk { .. } | Op::DeleteChunk { .. } if ndim.is_none() => {
                         return Err(format!("op {i}: chunk op on a group"));
@@ -600,18 +642,23 @@ impl Fold {
         rs.iter().map(|r| self.resolve(r, own)).collect()
     }
 
-    /// Live incarnations at the target's path, target first; empty if it was deleted.
+    /// Live incarnations at the target's path, target first if it is live.
+    /// A deleted target is left out, but its live siblings are still listed: an op
+    /// on a deleted incarnation is dropped, yet it still supersedes the entries it
+    /// observed in live incarnations at the same path. Otherwise the result would
+    /// depend on whether the op or the delete arrived first.
     fn siblings(&self, target: Stamp) -> Vec<Stamp> {
-        match self.nodes.get(&target) {
-            Some(n) if !n.deleted => {
-                let mut v = vec![target];
-                if let Some(all) = self.by_path.get(&n.path) {
-                    v.extend(all.iter().copied().filter(|s| *s != target));
-                }
-                v
-            }
-            _ => Vec::new(),
+        let Some(n) = self.nodes.get(&target) else {
+            return Vec::new();
+        };
+        let mut v = Vec::new();
+        if !n.deleted {
+            v.push(target);
         }
+        if let Some(all) = self.by_path.get(&n.path) {
+            v.extend(all.iter().copied().filter(|s| *s != target));
+        }
+        v
     }
 
     fn apply_op(&mut self, s: Stamp, op: Op) {
@@ -738,7 +785,7 @@ impl Fold {
                 deleted: false,
                 attrs,
                 dims,
-                chunks: HashMap::new(),
+                chunks: ChunkMap::default(),
             },
         );
     }
@@ -752,7 +799,7 @@ impl Fold {
         }
         n.deleted = true;
         n.attrs = HashMap::new();
-        n.chunks = HashMap::new();
+        n.chunks = ChunkMap::default();
         n.dims = Vec::new();
         let path = n.path.clone();
         if let Some(v) = self.by_path.get_mut(&path) {
@@ -773,16 +820,13 @@ impl Fold {
     ) {
         let target = self.resolve(&node, s.change);
         let observed = self.resolve_all(observed, s.change);
-        let sibs = self.siblings(target);
-        if sibs.is_empty() {
-            return; // edit to a deleted incarnation: dropped
-        }
-        for sib in &sibs[1..] {
-            if let Some(n) = self.nodes.get_mut(sib) {
+        for sib in self.siblings(target).into_iter().filter(|x| *x != target) {
+            if let Some(n) = self.nodes.get_mut(&sib) {
                 register_remove(&mut n.attrs, key.as_str(), &observed);
             }
         }
-        if let Some(n) = self.nodes.get_mut(&target) {
+        // An edit to a deleted incarnation is dropped.
+        if let Some(n) = self.nodes.get_mut(&target).filter(|n| !n.deleted) {
             register_write(&mut n.attrs, key.into_boxed_str(), s, val, &observed);
         }
     }
@@ -796,29 +840,48 @@ impl Fold {
         observed: &[OpRef],
     ) {
         let target = self.resolve(&node, s.change);
+        let Some(n) = self.nodes.get(&target) else {
+            return;
+        };
+        let live = !n.deleted;
+        // Hot path: most chunk writes observe nothing, so other incarnations at the
+        // same path are visited only when there are entries to remove. They are visited
+        // even when the target was deleted, as for attributes (see `write_attr`).
         let observed = if observed.is_empty() {
             Vec::new()
         } else {
-            self.resolve_all(observed, s.change)
-        };
-        // Hot path: most chunk writes observe nothing or target a node alone at its
-        // path, so siblings are visited only when there are some to visit.
-        let path = match self.nodes.get(&target) {
-            Some(n) if !n.deleted => n.path.clone(),
-            _ => return, // edit to a deleted incarnation: dropped
-        };
-        if !observed.is_empty()
-            && let Some(all) = self.by_path.get(&path)
-            && all.len() > 1
-        {
-            for sib in all.clone().into_iter().filter(|x| *x != target) {
+            let sibs: Vec<Stamp> = self
+                .by_path
+                .get(&n.path)
+                .map(|all| all.iter().copied().filter(|x| *x != target).collect())
+                .unwrap_or_default();
+            let observed = self.resolve_all(observed, s.change);
+            for sib in sibs {
                 if let Some(n) = self.nodes.get_mut(&sib) {
-                    register_remove(&mut n.chunks, key.as_str(), &observed);
+                    chunk_remove(&mut n.chunks, &key, &observed);
                 }
             }
+            observed
+        };
+        // An edit to a deleted incarnation is dropped.
+        if live && let Some(n) = self.nodes.get_mut(&target) {
+            chunk_write(&mut n.chunks, &key, s, val, &observed);
         }
-        if let Some(n) = self.nodes.get_mut(&target) {
-            register_write(&mut n.chunks, key.into_boxed_str(), s, val, &observed);
+    }
+
+    /// Number of live chunk registers (chunks written and not removed with their node).
+    pub fn live_chunk_refs(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| !n.deleted)
+            .map(|n| n.chunks.len())
+            .sum()
+    }
+
+    /// Packs recently written chunk registers densely (call after a batch of inserts).
+    pub fn compact_memory(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.chunks.shrink();
         }
     }
 

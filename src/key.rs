@@ -40,6 +40,12 @@ fn check_segment(full: &str, seg: &str) -> Result<()> {
 
 /// Validates a store key (no leading or trailing `/`), returning its segments.
 pub fn split_key(key: &str) -> Result<Vec<&str>> {
+    check_key(key)?;
+    Ok(key.split('/').collect())
+}
+
+/// Validates a store key without allocating: it runs for every op decoded.
+fn check_key(key: &str) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
         return Err(Error::invalid_key(key, "longer than 1024 bytes"));
     }
@@ -49,11 +55,7 @@ pub fn split_key(key: &str) -> Result<Vec<&str>> {
     if key.is_empty() {
         return Err(Error::invalid_key(key, "empty key"));
     }
-    let segs: Vec<&str> = key.split('/').collect();
-    for s in &segs {
-        check_segment(key, s)?;
-    }
-    Ok(segs)
+    key.split('/').try_for_each(|s| check_segment(key, s))
 }
 
 /// Validates a node path (`""` is the root). Node names also may not start with `__`
@@ -78,13 +80,12 @@ pub fn check_node_path(path: &str) -> Result<()> {
 
 /// Validates a chunk key relative to its array.
 pub fn check_chunk_key(key: &str) -> Result<()> {
-    for s in split_key(key)? {
-        if s == META_FILE {
-            return Err(Error::invalid_key(
-                key,
-                "`zarr.json` is not a chunk key segment",
-            ));
-        }
+    check_key(key)?;
+    if key.split('/').any(|s| s == META_FILE) {
+        return Err(Error::invalid_key(
+            key,
+            "`zarr.json` is not a chunk key segment",
+        ));
     }
     Ok(())
 }

@@ -67,6 +67,7 @@
 
 pub mod bucket;
 pub mod change;
+mod chunkmap;
 pub mod connect;
 pub mod error;
 pub mod fold;

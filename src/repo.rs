@@ -12,7 +12,7 @@ use crate::view::{ChunkRef, Conflict, Entry, View};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::ObjectStore;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a refresh (or open) did.
@@ -37,9 +37,12 @@ pub struct Repo {
     id: RepoId,
     fold: Fold,
     view: View,
-    /// Change files already fetched (good or bad): never fetched twice.
+    /// Changes already fetched and decoded: never fetched twice. (Bad files are
+    /// remembered by key in `problems`, so they cannot hide a good file's hash.)
     seen: HashSet<ChangeHash>,
     problems: BTreeMap<String, String>,
+    /// Keys of changes inserted as pending, to report them if later rejected.
+    pending_keys: HashMap<ChangeHash, String>,
     actor: ActorId,
     next_seq: u64,
     concurrency: usize,
@@ -77,6 +80,7 @@ impl Repo {
             view: View::default(),
             seen: HashSet::new(),
             problems: BTreeMap::new(),
+            pending_keys: HashMap::new(),
             actor: ActorId::generate(),
             next_seq: 1,
             concurrency: DEFAULT_CONCURRENCY,
@@ -112,7 +116,9 @@ impl Repo {
         }
         let todo: Vec<ListedChange> = listed
             .into_iter()
-            .filter(|c| !self.seen.contains(&c.name.hash))
+            .filter(|c| {
+                !self.seen.contains(&c.name.hash) && !self.problems.contains_key(c.key.as_ref())
+            })
             .collect();
         report.fetched = todo.len();
         let id = self.id;
@@ -137,7 +143,6 @@ impl Repo {
                 Ok(None) => {}
                 Err(e @ Error::Store { .. }) => return Err(e),
                 Err(e) => {
-                    self.seen.insert(c.name.hash);
                     let p = Problem {
                         key: c.key.to_string(),
                         error: e.to_string(),
@@ -169,10 +174,40 @@ impl Repo {
                     };
                     report.problems.push(p);
                 }
-                InsertOutcome::Pending | InsertOutcome::Duplicate => {}
+                InsertOutcome::Pending => {
+                    self.pending_keys.insert(c.name.hash, c.key.to_string());
+                }
+                InsertOutcome::Duplicate => {}
+            }
+        }
+        // A pending change may prove invalid once its deps arrive: report it like a
+        // change rejected on arrival.
+        if !self.pending_keys.is_empty() {
+            let rejected: HashMap<ChangeHash, String> = self
+                .fold
+                .rejected()
+                .into_iter()
+                .map(|r| (r.hash, r.reason))
+                .collect();
+            let fold = &self.fold;
+            let mut newly = Vec::new();
+            self.pending_keys.retain(|h, key| match rejected.get(h) {
+                Some(reason) => {
+                    newly.push(Problem {
+                        key: key.clone(),
+                        error: format!("invalid change: {reason}"),
+                    });
+                    false
+                }
+                None => !fold.contains(h),
+            });
+            for p in newly {
+                self.problems.insert(p.key.clone(), p.error.clone());
+                report.problems.push(p);
             }
         }
         report.pending = self.fold.pending().len();
+        self.fold.compact_memory();
         self.view = View::build(&self.fold);
         Ok(report)
     }
@@ -222,14 +257,20 @@ impl Repo {
 
     async fn get_blob(&self, key: &str, hash: &BlobHash, len: u64) -> Result<Bytes> {
         let blob_key = self.bucket.layout.blob(hash);
-        let bytes = self
-            .bucket
-            .get(&blob_key, len)
-            .await?
-            .ok_or_else(|| Error::MissingBlob {
-                key: key.into(),
-                blob_key: blob_key.to_string(),
-            })?;
+        let bytes = match self.bucket.get(&blob_key, len).await {
+            // Longer than the chunk reference says: damaged, not merely large.
+            Err(Error::TooLarge { .. }) => {
+                return Err(Error::corrupt(
+                    blob_key.as_ref(),
+                    "blob content does not match its hash (longer than its reference)",
+                ));
+            }
+            other => other,
+        }?
+        .ok_or_else(|| Error::MissingBlob {
+            key: key.into(),
+            blob_key: blob_key.to_string(),
+        })?;
         if bytes.len() as u64 != len || BlobHash::of(&bytes) != *hash {
             return Err(Error::corrupt(
                 blob_key.as_ref(),

@@ -141,8 +141,10 @@ impl View {
                     .iter()
                     .partition(|s| array_meta(fold, s).is_some_and(|m| m.same_layout(wm))),
             };
-            let mut members: Vec<Stamp> = members;
+            let (mut members, mut losers) = (members, losers);
             members.sort_by(|a, b| fold.cmp_stamp(b, a));
+            // `by_path` holds insertion (delivery) order: sort so every replica agrees.
+            losers.sort_by(|a, b| fold.cmp_stamp(b, a));
             if !losers.is_empty() {
                 node_conflicts.push((path.to_string(), winner, losers));
             }
@@ -326,7 +328,7 @@ impl View {
         let mut keys: BTreeSet<&str> = BTreeSet::new();
         for m in &node.members {
             if let Some(n) = fold.nodes.get(m) {
-                keys.extend(n.chunks.keys().map(|k| &**k));
+                keys.extend(n.chunks.keys());
             }
         }
         keys.into_iter()
@@ -480,7 +482,7 @@ impl View {
                         n.chunks
                             .iter()
                             .filter(|(_, r)| r.entries().len() > 1)
-                            .map(|(k, _)| &**k),
+                            .map(|(k, _)| k),
                     );
                 }
             }
@@ -488,7 +490,7 @@ impl View {
             if node.members.len() > 1 {
                 for m in &node.members {
                     if let Some(n) = fold.nodes.get(m) {
-                        chunk_keys.extend(n.chunks.keys().map(|k| &**k));
+                        chunk_keys.extend(n.chunks.keys());
                     }
                 }
             }
