@@ -157,6 +157,19 @@ impl Bucket {
         let Some(bytes) = self.get(&key, MAX_MARKER_BYTES).await? else {
             return Ok(None);
         };
+        // Refuse a newer version before the strict parse: a newer marker may hold
+        // fields this build does not know, and must not be reported as garbage.
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && v.get("format").and_then(|f| f.as_str()) == Some(MARKER_FORMAT)
+            && let Some(found) = v.get("format_version").and_then(|f| f.as_u64())
+            && found != u64::from(REPO_FORMAT_VERSION)
+        {
+            return Err(Error::UnsupportedVersion {
+                key: key.to_string(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: REPO_FORMAT_VERSION,
+            });
+        }
         let m: Marker = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(key.as_ref(), format!("not a crzarr marker: {e}")))?;
         if m.format != MARKER_FORMAT {

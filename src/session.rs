@@ -410,6 +410,11 @@ impl<'r> WriteSession<'r> {
                 );
             }
         }
+        // Nothing changed (e.g. a resize to the current shape): an empty Resize op
+        // is invalid and would make the whole change undecodable for every reader.
+        if dims.is_empty() {
+            return Ok(());
+        }
         let op = Op::Resize {
             node: h.target,
             dims: dims.into_values().collect(),
@@ -663,6 +668,10 @@ impl<'r> WriteSession<'r> {
                 message: message.map(str::to_string),
                 ops: self.ops.clone(),
             };
+            // Never publish what readers would refuse: check it as they will.
+            change.validate().map_err(|reason| {
+                Error::Limit(format!("refusing to commit an invalid change (a crzarr bug or a limit): {reason}"))
+            })?;
             let bytes = Bytes::from(change.encode());
             self.prepared = Some((change, bytes));
         }
