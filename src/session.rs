@@ -670,7 +670,9 @@ impl<'r> WriteSession<'r> {
             };
             // Never publish what readers would refuse: check it as they will.
             change.validate().map_err(|reason| {
-                Error::Limit(format!("refusing to commit an invalid change (a crzarr bug or a limit): {reason}"))
+                Error::Limit(format!(
+                    "refusing to commit an invalid change (a crzarr bug or a limit): {reason}"
+                ))
             })?;
             let bytes = Bytes::from(change.encode());
             self.prepared = Some((change, bytes));
