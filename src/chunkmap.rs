@@ -1,11 +1,12 @@
 //! Compact storage for the chunk registers of one array incarnation.
 //!
-//! Arrays hold millions of chunks, so the layout matters: registers sit densely in a
-//! vector and a hash index maps keys to slots. Keys of up to 22 bytes (all ordinary
-//! chunk keys) are stored inline, so a chunk costs no heap allocation of its own.
+//! Arrays hold millions of chunks, so the layout matters: entries sit densely in
+//! fixed-size segments and a table of 4-byte slot numbers indexes them. Keys of up to
+//! 22 bytes (all ordinary chunk keys) are stored inline, so a chunk costs no heap
+//! allocation of its own, and growth never copies or doubles the entries.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::hash::{Hash, Hasher};
 
 const INLINE: usize = 22;
@@ -66,38 +67,84 @@ impl std::fmt::Debug for SmallStr {
     }
 }
 
-/// A map from chunk key to value: values packed densely in a vector, and a hash index
-/// of inline keys to their slot. Removed slots are reused.
-#[derive(Clone, Debug)]
+/// Entries per storage segment. Segments never move, so growing the map never
+/// copies entries and never holds two copies at once (that was the memory peak).
+const SEGMENT: usize = 4096;
+
+/// A map from chunk key to value. Entries (key inline, value) live in fixed-size
+/// segments; a raw hash table of 4-byte slot numbers indexes them. Keys are hashed
+/// with std's keyed hasher, since chunk keys come from untrusted change files.
+#[derive(Clone)]
 pub(crate) struct ChunkMap<V> {
-    index: HashMap<SmallStr, u32>,
-    slots: Vec<V>,
+    index: hashbrown::HashTable<u32>,
+    segments: Vec<Vec<(SmallStr, V)>>,
     free: Vec<u32>,
+    hasher: RandomState,
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for ChunkMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl<V> Default for ChunkMap<V> {
     fn default() -> Self {
         ChunkMap {
-            index: HashMap::new(),
-            slots: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            segments: Vec::new(),
             free: Vec::new(),
+            hasher: RandomState::new(),
         }
     }
 }
 
+fn entry_at<V>(segments: &[Vec<(SmallStr, V)>], slot: u32) -> &(SmallStr, V) {
+    let slot = slot as usize;
+    &segments[slot / SEGMENT][slot % SEGMENT]
+}
+
 impl<V> ChunkMap<V> {
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn slot_of(&self, key: &str) -> Option<u32> {
+        let segments = &self.segments;
+        self.index
+            .find(self.hash(key), |&s| entry_at(segments, s).0.as_str() == key)
+            .copied()
+    }
+
     /// The value at `key`.
     pub(crate) fn get(&self, key: &str) -> Option<&V> {
-        self.index.get(key).map(|&i| &self.slots[i as usize])
+        self.slot_of(key).map(|s| &entry_at(&self.segments, s).1)
     }
 
     /// A mutable reference to the value at `key`.
     pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        self.index.get(key).map(|&i| &mut self.slots[i as usize])
+        let s = self.slot_of(key)? as usize;
+        Some(&mut self.segments[s / SEGMENT][s % SEGMENT].1)
+    }
+
+    /// Stores an entry in a free slot or at the end; returns its slot number.
+    fn store(&mut self, key: &str, value: V) -> u32 {
+        if let Some(s) = self.free.pop() {
+            let i = s as usize;
+            self.segments[i / SEGMENT][i % SEGMENT] = (SmallStr::new(key), value);
+            return s;
+        }
+        if self.segments.last().is_none_or(|seg| seg.len() == SEGMENT) {
+            self.segments.push(Vec::with_capacity(SEGMENT));
+        }
+        let n = self.segments.len() - 1;
+        let seg = &mut self.segments[n];
+        seg.push((SmallStr::new(key), value));
+        (n * SEGMENT + seg.len() - 1) as u32
     }
 
     /// Updates the value at `key` with `update(value, arg)`, or inserts `insert(arg)`:
-    /// one hash probe either way.
+    /// one hash and one probe when the key exists.
     pub(crate) fn upsert<T>(
         &mut self,
         key: &str,
@@ -105,41 +152,50 @@ impl<V> ChunkMap<V> {
         update: impl FnOnce(&mut V, T),
         insert: impl FnOnce(T) -> V,
     ) {
-        use std::collections::hash_map::Entry;
-        match self.index.entry(SmallStr::new(key)) {
-            Entry::Occupied(e) => update(&mut self.slots[*e.get() as usize], arg),
-            Entry::Vacant(e) => {
-                let value = insert(arg);
-                let slot = match self.free.pop() {
-                    Some(i) => {
-                        self.slots[i as usize] = value;
-                        i
-                    }
-                    None => {
-                        self.slots.push(value);
-                        (self.slots.len() - 1) as u32
-                    }
-                };
-                e.insert(slot);
+        let hash = self.hash(key);
+        let found = {
+            let segments = &self.segments;
+            self.index
+                .find(hash, |&s| entry_at(segments, s).0.as_str() == key)
+                .copied()
+        };
+        match found {
+            Some(s) => {
+                let i = s as usize;
+                update(&mut self.segments[i / SEGMENT][i % SEGMENT].1, arg);
+            }
+            None => {
+                let slot = self.store(key, insert(arg));
+                let (segments, hasher) = (&self.segments, &self.hasher);
+                self.index.insert_unique(hash, slot, |&s| {
+                    hasher.hash_one(entry_at(segments, s).0.as_str())
+                });
             }
         }
     }
 
     /// Removes the value at `key`; its slot keeps a stale value until reused.
     pub(crate) fn remove(&mut self, key: &str) -> bool {
-        match self.index.remove(key) {
-            Some(i) => {
-                self.free.push(i);
+        let hash = self.hash(key);
+        let segments = &self.segments;
+        match self
+            .index
+            .find_entry(hash, |&s| entry_at(segments, s).0.as_str() == key)
+        {
+            Ok(e) => {
+                let (slot, _) = e.remove();
+                self.free.push(slot);
                 true
             }
-            None => false,
+            Err(_) => false,
         }
     }
 
-    /// Releases spare capacity after a batch of inserts.
+    /// Releases spare index capacity after a batch of inserts.
     pub(crate) fn shrink(&mut self) {
-        self.slots.shrink_to_fit();
-        self.index.shrink_to_fit();
+        let (segments, hasher) = (&self.segments, &self.hasher);
+        self.index
+            .shrink_to_fit(|&s| hasher.hash_one(entry_at(segments, s).0.as_str()));
     }
 
     /// Number of keys.
@@ -149,14 +205,15 @@ impl<V> ChunkMap<V> {
 
     /// All entries, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.index
-            .iter()
-            .map(|(k, &i)| (k.as_str(), &self.slots[i as usize]))
+        self.index.iter().map(|&s| {
+            let (k, v) = entry_at(&self.segments, s);
+            (k.as_str(), v)
+        })
     }
 
     /// All keys, in no particular order.
     pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(SmallStr::as_str)
+        self.iter().map(|(k, _)| k)
     }
 }
 
