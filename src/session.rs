@@ -184,17 +184,10 @@ impl<'r> WriteSession<'r> {
         }
         if let Some((arr, rest)) = self.split_chunk(p) {
             let under = format!("{rest}/");
-            let mut keys: Vec<String> = self.repo.view().chunk_keys(self.repo.fold(), &arr);
-            if let Some(h) = self.node_at(&arr) {
-                keys.extend(
-                    self.chunk_ops
-                        .keys()
-                        .filter(|(t, _)| *t == h.target)
-                        .map(|(_, k)| k.clone()),
-                );
-            }
-            keys.sort();
-            keys.dedup();
+            let keys = match self.node_at(&arr) {
+                Some(h) => self.chunk_keys_seen(&h, &arr),
+                None => Vec::new(),
+            };
             for k in keys
                 .into_iter()
                 .filter(|k| k.starts_with(&under) || *k == rest)
@@ -203,6 +196,25 @@ impl<'r> WriteSession<'r> {
             }
         }
         Ok(())
+    }
+
+    /// Chunk keys of an array as this session sees them: the view's (for a node the
+    /// view shows) plus those staged here, sorted and unique.
+    fn chunk_keys_seen(&self, h: &Handle, path: &str) -> Vec<String> {
+        let mut keys = if h.members.is_empty() {
+            Vec::new()
+        } else {
+            self.repo.view().chunk_keys(self.repo.fold(), path)
+        };
+        keys.extend(
+            self.chunk_ops
+                .keys()
+                .filter(|(t, _)| *t == h.target)
+                .map(|(_, k)| k.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     fn split_chunk(&self, store_key: &str) -> Option<(String, String)> {
@@ -489,19 +501,7 @@ impl<'r> WriteSession<'r> {
         let Some(meta) = h.array.as_ref() else {
             return Ok(());
         };
-        let mut keys: Vec<String> = if h.members.is_empty() {
-            Vec::new()
-        } else {
-            self.repo.view().chunk_keys(self.repo.fold(), path)
-        };
-        keys.extend(
-            self.chunk_ops
-                .keys()
-                .filter(|(t, _)| *t == h.target)
-                .map(|(_, k)| k.clone()),
-        );
-        keys.sort();
-        keys.dedup();
+        let keys = self.chunk_keys_seen(&h, path);
         for k in keys.into_iter().filter(|k| meta.chunk_outside(k, shape)) {
             self.delete_chunk(path, &k)?;
         }
