@@ -213,7 +213,45 @@ pub struct Change {
     /// Optional commit message.
     pub message: Option<String>,
     /// The ops, applied in order, all or nothing.
+    #[serde(deserialize_with = "deserialize_ops")]
     pub ops: Vec<Op>,
+}
+
+/// Decodes the op list with its count checked against [`MAX_OPS`] before any op is
+/// decoded, and the vector reserved once: growing by doubling held up to three
+/// times the ops in memory while decoding a large (or hostile) change.
+fn deserialize_ops<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Op>, D::Error> {
+    struct OpsVisitor;
+    impl<'de> serde::de::Visitor<'de> for OpsVisitor {
+        type Value = Vec<Op>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_OPS} ops")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<Op>, A::Error> {
+            use serde::de::Error as _;
+            let claimed = seq.size_hint().unwrap_or(0);
+            if claimed > MAX_OPS {
+                return Err(A::Error::custom(format!(
+                    "{claimed} ops exceeds the limit of {MAX_OPS}"
+                )));
+            }
+            // Reserving address space touches no memory: pages fill only as ops decode.
+            let mut ops = Vec::with_capacity(claimed);
+            while let Some(op) = seq.next_element()? {
+                if ops.len() == MAX_OPS {
+                    return Err(A::Error::custom(format!("more than {MAX_OPS} ops")));
+                }
+                ops.push(op);
+            }
+            Ok(ops)
+        }
+    }
+    d.deserialize_seq(OpsVisitor)
 }
 
 impl Change {
@@ -455,5 +493,34 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
                 .iter()
                 .try_for_each(|r| check_ref(r, i, is_create, true))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change header whose op list claims `count` ops, followed by no ops at all.
+    fn claiming_ops(count: u32) -> Vec<u8> {
+        let mut b = Vec::from(&CHANGE_MAGIC[..]);
+        b.push(CHANGE_VERSION);
+        b.push(0x98); // array of 8 fields
+        for _ in 0..2 {
+            b.extend([0xc4, 16]); // repo, actor: bin 16
+            b.extend([7u8; 16]);
+        }
+        b.extend([0x01, 0x90, 0x01, 0x01, 0xc0]); // seq 1, deps [], hlc 1, wall 1, message nil
+        b.push(0xdd); // array 32 header for ops
+        b.extend(count.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn op_count_over_the_limit_is_refused_before_decoding_ops() {
+        let err = Change::decode_unverified("k", &claiming_ops(MAX_OPS as u32 + 1)).unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+        // Within the limit but with the ops missing: a clean decode error, no panic.
+        let err = Change::decode_unverified("k", &claiming_ops(MAX_OPS as u32)).unwrap_err();
+        assert!(err.to_string().contains("malformed change"), "{err}");
     }
 }
