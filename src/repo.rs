@@ -62,7 +62,25 @@ impl Repo {
         Self::open_bucket(Bucket::new(store, prefix), None).await
     }
 
+    /// [`Repo::open`] with `concurrency` requests in flight for fan-out (default 32),
+    /// from the first fetch on.
+    pub async fn open_with_concurrency(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        concurrency: usize,
+    ) -> Result<Repo> {
+        Self::open_bucket_with(Bucket::new(store, prefix), None, concurrency).await
+    }
+
     async fn open_bucket(bucket: Bucket, known_id: Option<RepoId>) -> Result<Repo> {
+        Self::open_bucket_with(bucket, known_id, DEFAULT_CONCURRENCY).await
+    }
+
+    async fn open_bucket_with(
+        bucket: Bucket,
+        known_id: Option<RepoId>,
+        concurrency: usize,
+    ) -> Result<Repo> {
         let (id, listing) = match known_id {
             Some(id) => (Some(id), bucket.list_changes().await?),
             None => {
@@ -83,7 +101,7 @@ impl Repo {
             pending_keys: HashMap::new(),
             actor: ActorId::generate(),
             next_seq: 1,
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: concurrency.max(1),
         };
         repo.ingest(listing).await?;
         Ok(repo)

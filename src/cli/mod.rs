@@ -14,6 +14,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "crzarr", version, about, long_about = None, after_help = "REPO is a path, file://PATH, memory://NAME, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX.\nCloud credentials and endpoints come from the usual environment variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, ...).\n\nExample:\n  crzarr demo\n  crzarr init ./data && crzarr put ./data zarr.json group.json && crzarr ls ./data")]
 struct Cli {
+    /// Requests in flight at once when fetching changes or uploading blobs.
+    #[arg(long, global = true, default_value_t = crzarr::bucket::DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    concurrency: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,7 +145,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.concurrency)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -151,9 +154,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn open(url: &str) -> Result<Repo> {
+async fn open(url: &str, concurrency: usize) -> Result<Repo> {
     let loc = connect(url, false)?;
-    let repo = Repo::open(loc.store, &loc.prefix).await?;
+    let repo = Repo::open_with_concurrency(loc.store, &loc.prefix, concurrency).await?;
     for p in repo.problems() {
         eprintln!("warning: skipped {}: {}", p.key, p.error);
     }
@@ -182,7 +185,7 @@ fn report_commit(hash: Option<crzarr::ids::ChangeHash>, json: bool) -> Result<()
     }
 }
 
-async fn run(cmd: Command) -> Result<()> {
+async fn run(cmd: Command, concurrency: usize) -> Result<()> {
     match cmd {
         Command::Init { repo, json } => {
             let loc = connect(&repo, true)?;
@@ -214,7 +217,7 @@ async fn run(cmd: Command) -> Result<()> {
             } else {
                 std::fs::read(&file)?
             };
-            let mut r = open(&repo).await?;
+            let mut r = open(&repo, concurrency).await?;
             let mut s = r.session();
             s.set(&key, bytes)?;
             let h = s.commit(message.as_deref()).await?;
@@ -226,7 +229,7 @@ async fn run(cmd: Command) -> Result<()> {
             message,
             json,
         } => {
-            let mut r = open(&repo).await?;
+            let mut r = open(&repo, concurrency).await?;
             let mut s = r.session();
             if key.ends_with('/') || key.is_empty() {
                 s.delete_prefix(&key)?;
@@ -249,14 +252,14 @@ async fn run(cmd: Command) -> Result<()> {
                     "attribute value is not JSON: {e} (quote strings: '\"text\"')"
                 ))
             })?;
-            let mut r = open(&repo).await?;
+            let mut r = open(&repo, concurrency).await?;
             let mut s = r.session();
             s.set_attr(node.trim_matches('/'), &name, value)?;
             let h = s.commit(message.as_deref()).await?;
             report_commit(h, json)
         }
         Command::Ls { repo, prefix, json } => {
-            let r = open(&repo).await?;
+            let r = open(&repo, concurrency).await?;
             let keys = match &prefix {
                 Some(p) => r.list_prefix(p),
                 None => r.list(),
@@ -271,7 +274,7 @@ async fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Cat { repo, key } => {
-            let r = open(&repo).await?;
+            let r = open(&repo, concurrency).await?;
             let bytes = r
                 .get(&key)
                 .await?
@@ -280,7 +283,7 @@ async fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Log { repo, json } => {
-            let r = open(&repo).await?;
+            let r = open(&repo, concurrency).await?;
             let log = r.log();
             let pending = r.pending();
             let forks = r.forks();
@@ -344,7 +347,7 @@ async fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Conflicts { repo, json } => {
-            let r = open(&repo).await?;
+            let r = open(&repo, concurrency).await?;
             let conflicts = r.conflicts();
             if json {
                 return print_json(&serde_json::to_value(&conflicts).unwrap_or_default());
