@@ -71,6 +71,10 @@ fn edit_and_read_a_repository() {
         ok(&["ls", repo], None),
         "temp/c/0\ntemp/c/1\ntemp/zarr.json\nzarr.json\n"
     );
+    assert_eq!(
+        ok(&["--concurrency", "2", "ls", repo], None),
+        ok(&["ls", repo], None)
+    );
     let listed: Vec<String> =
         serde_json::from_str(&ok(&["ls", repo, "temp/c/", "--json"], None)).unwrap();
     assert_eq!(listed, ["temp/c/0", "temp/c/1"]);
