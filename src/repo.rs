@@ -362,8 +362,27 @@ impl Repo {
 
     /// Publishes a prepared change: blobs first (in parallel), then the change file.
     /// The change becomes visible to readers all at once when its file lands.
+    /// On failure the change is handed back, so the caller can retry the same bytes;
+    /// on success it moves into the local fold without a copy.
     pub(crate) async fn publish(
         &mut self,
+        change: Change,
+        bytes: &Bytes,
+        blobs: &BTreeMap<BlobHash, Bytes>,
+    ) -> std::result::Result<ChangeHash, (Error, Change)> {
+        match self.upload(&change, bytes, blobs).await {
+            Ok(hash) => {
+                self.seen.insert(hash);
+                self.fold.insert(hash, change, bytes.len() as u64);
+                self.view = View::build(&self.fold);
+                Ok(hash)
+            }
+            Err(e) => Err((e, change)),
+        }
+    }
+
+    async fn upload(
+        &self,
         change: &Change,
         bytes: &Bytes,
         blobs: &BTreeMap<BlobHash, Bytes>,
@@ -394,9 +413,6 @@ impl Repo {
         self.bucket
             .put_once(&self.bucket.change_key(hash, &name), bytes.clone())
             .await?;
-        self.seen.insert(hash);
-        self.fold.insert(hash, change.clone(), bytes.len() as u64);
-        self.view = View::build(&self.fold);
         Ok(hash)
     }
 }

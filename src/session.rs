@@ -677,10 +677,17 @@ impl<'r> WriteSession<'r> {
             let bytes = Bytes::from(change.encode());
             self.prepared = Some((change, bytes));
         }
-        let Some((change, bytes)) = &self.prepared else {
+        let Some((change, bytes)) = self.prepared.take() else {
             return Ok(None);
         };
-        let hash = self.repo.publish(change, bytes, &self.blobs).await?;
+        let hash = match self.repo.publish(change, &bytes, &self.blobs).await {
+            Ok(hash) => hash,
+            Err((e, change)) => {
+                // Keep the exact bytes: a retry must not mint a second change.
+                self.prepared = Some((change, bytes));
+                return Err(e);
+            }
+        };
         self.ops.clear();
         self.blobs.clear();
         self.created.clear();

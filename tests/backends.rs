@@ -194,3 +194,50 @@ async fn shrink_then_grow_shows_fill_not_stale_chunks() {
         assert_eq!(meta["shape"], serde_json::json!([6]));
     }
 }
+
+/// A commit whose change file could not be written returns an error and shows
+/// nothing; retrying publishes the very same change (same bytes, same seq), not a
+/// second one.
+#[tokio::test]
+async fn failed_commit_retries_the_same_change() {
+    let b = common::local();
+    let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = r.session();
+    s.create_array("a", &array_meta(&[4], &[2])).unwrap();
+    s.commit(None).await.unwrap();
+
+    let root = b.root().unwrap().join(&b.prefix).join(".crdt");
+    // A plain file where the ops directory should be makes the change PUT fail.
+    std::fs::rename(root.join("ops"), root.join("ops-aside")).unwrap();
+    std::fs::write(root.join("ops"), b"not a directory").unwrap();
+
+    let mut s = r.session();
+    s.set("a/c/0", vec![1u8, 2]).unwrap();
+    assert!(s.commit(Some("retry me")).await.is_err());
+    let other = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert!(!other.exists("a/c/0"), "a failed commit must not show");
+
+    std::fs::remove_file(root.join("ops")).unwrap();
+    std::fs::rename(root.join("ops-aside"), root.join("ops")).unwrap();
+    let hash = s.commit(Some("retry me")).await.unwrap().unwrap();
+
+    let files: Vec<_> = std::fs::read_dir(root.join("ops"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().starts_with(&hash.to_hex()))
+    );
+    let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(
+        reader.get("a/c/0").await.unwrap().as_deref(),
+        Some(&[1u8, 2][..])
+    );
+    assert_eq!(
+        reader.log().iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}

@@ -16,6 +16,13 @@ pub struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl Backend {
+    /// The directory behind a local-disk backend.
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+}
+
 pub fn memory() -> Backend {
     Backend {
         name: "memory",
