@@ -11,6 +11,8 @@
 //!
 //! `cargo bench --bench commit` (about a minute); `-- --quick` for a first look.
 
+mod workload;
+
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
 use crzarr::repo::Repo;
@@ -19,9 +21,9 @@ use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use workload::median_ns;
 
 const LATENCY: Duration = Duration::from_millis(20);
 
@@ -213,23 +215,4 @@ fn main() {
             }
         }
     }
-}
-
-/// Where criterion writes its results (the same search criterion does).
-fn criterion_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(target).join("criterion");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
-}
-
-/// Median time per iteration (ns) of a benchmark, from criterion's results.
-fn median_ns(id: &str) -> Option<f64> {
-    let path = criterion_dir().join(format!("{id}/new/estimates.json"));
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
 }

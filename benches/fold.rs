@@ -13,6 +13,7 @@
 //! look. A summary with medians in changes/s and ops/s is printed at the end.
 
 mod workload;
+use workload::median_ns;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use crzarr::change::Change;
@@ -20,7 +21,6 @@ use crzarr::fold::{Fold, InsertOutcome};
 use crzarr::ids::{ChangeHash, RepoId};
 use crzarr::view::View;
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::time::Duration;
 use workload::{Encoded, Workload};
 
@@ -205,25 +205,6 @@ struct RanPart {
     case: &'static str,
     part: &'static str,
     ops: usize,
-}
-
-/// Where criterion writes its results (the same search criterion does).
-fn criterion_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(target).join("criterion");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
-}
-
-/// Median time per iteration (ns) of a benchmark that ran, from criterion's results.
-fn median_ns(id: &str) -> Option<f64> {
-    let path = criterion_dir().join(format!("{id}/new/estimates.json"));
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
 }
 
 fn main() {

@@ -1,4 +1,5 @@
-//! A synthetic change log shared by the fold and memory benchmarks.
+//! Shared by the benchmarks: a synthetic change log (fold, memory) and reading
+//! criterion's results back for summary tables (fold, commit).
 //!
 //! Change 0 creates the root group and one 2-d array `data` (chunks of 1x1, so any
 //! `c/<i>/<j>` key is a valid chunk). Every later change depends on the one before
@@ -12,6 +13,7 @@
 
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use std::path::PathBuf;
 
 /// Generates encoded changes one at a time (nothing is kept but the last hash).
 pub struct Workload {
@@ -152,4 +154,23 @@ impl Workload {
     pub fn take(&mut self, n: usize) -> Vec<Encoded> {
         (0..n).map(|_| self.next_change()).collect()
     }
+}
+
+/// Where criterion writes its results (the same search criterion does).
+pub fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
+}
+
+/// Median time per iteration (ns) of a benchmark that ran, from criterion's results.
+pub fn median_ns(id: &str) -> Option<f64> {
+    let path = criterion_dir().join(format!("{id}/new/estimates.json"));
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["median"]["point_estimate"].as_f64()
 }
