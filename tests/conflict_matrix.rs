@@ -10,6 +10,8 @@
 //! forks, rejections and heads. The test then asserts the row's visible outcome and its
 //! exact conflict report. Store-level rows run on `InMemory` and on `LocalFileSystem`.
 
+mod common;
+
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::{Fold, Fork, InsertOutcome, PendingChange};
 use crzarr::ids::{ActorId, ChangeHash, Hlc, RepoId};
@@ -43,10 +45,19 @@ mod support {
     pub enum Kind {
         Memory,
         Local,
+        /// The loopback S3 server of `tests/run.sh`, one unique prefix per site.
+        S3,
     }
 
-    /// Every store kind the store-level rows run on.
-    pub const KINDS: [Kind; 2] = [Kind::Memory, Kind::Local];
+    /// Every store kind the store-level rows run on: memory, local disk, and S3 when
+    /// the test command started it (required under `CRZARR_REQUIRE_S3=1`).
+    pub fn kinds() -> Vec<Kind> {
+        let mut v = vec![Kind::Memory, Kind::Local];
+        if crate::common::s3().is_some() {
+            v.push(Kind::S3);
+        }
+        v
+    }
 
     /// One bucket (a replica's storage). Keeps its temp dir alive.
     pub struct Site {
@@ -67,6 +78,14 @@ mod support {
                     Site {
                         store: Arc::new(fs),
                         _dir: Some(dir),
+                    }
+                }
+                Kind::S3 => {
+                    let b = crate::common::s3().expect("S3 backend");
+                    let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
+                    Site {
+                        store: Arc::new(store),
+                        _dir: None,
                     }
                 }
             }
@@ -508,7 +527,7 @@ fn base_head(lab: &Lab) -> (ChangeHash, Hlc) {
 
 #[tokio::test]
 async fn matrix_create_group_vs_group_merges() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| {
@@ -532,7 +551,7 @@ async fn matrix_create_group_vs_group_merges() {
 
 #[tokio::test]
 async fn matrix_create_array_same_meta_merges() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| {
@@ -570,7 +589,7 @@ async fn matrix_create_array_same_meta_merges() {
 
 #[tokio::test]
 async fn matrix_create_array_same_meta_different_shape_merges_max() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(2).await;
         commit!(w[0].repo, |s| {
@@ -590,7 +609,7 @@ async fn matrix_create_array_same_meta_different_shape_merges_max() {
 
 #[tokio::test]
 async fn matrix_create_array_different_meta_one_winner() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| {
@@ -626,7 +645,7 @@ async fn matrix_create_array_different_meta_one_winner() {
 
 #[tokio::test]
 async fn matrix_loser_shows_when_winner_deleted() {
-    for kind in KINDS {
+    for kind in kinds() {
         // X (w0) loses to Y (w1); w2 saw only Y and deletes it. X was hidden, never
         // destroyed: it shows again with its own chunks and attributes.
         let lab = lab_with(kind, |_| {}).await;
@@ -654,7 +673,7 @@ async fn matrix_loser_shows_when_winner_deleted() {
 
 #[tokio::test]
 async fn matrix_create_array_three_way() {
-    for kind in KINDS {
+    for kind in kinds() {
         // Three different metadata: one winner, two losers in descending stamp order.
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(3).await;
@@ -705,7 +724,7 @@ async fn matrix_create_array_three_way() {
 
 #[tokio::test]
 async fn matrix_group_vs_array_same_path() {
-    for kind in KINDS {
+    for kind in kinds() {
         // The group is created last: it wins; the array and its chunks are hidden.
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(2).await;
@@ -765,7 +784,7 @@ async fn matrix_group_vs_array_same_path() {
 
 #[tokio::test]
 async fn matrix_node_under_array_hidden() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.create_array("a", &u8x8()).unwrap() });
@@ -812,7 +831,7 @@ async fn lab_with_array(kind: Kind) -> Lab {
 
 #[tokio::test]
 async fn matrix_delete_node_vs_concurrent_chunk_write() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         commit!(w[0].repo, |s| { s.delete("a/zarr.json").unwrap() });
@@ -832,7 +851,7 @@ async fn matrix_delete_node_vs_concurrent_chunk_write() {
 
 #[tokio::test]
 async fn matrix_edit_to_deleted_incarnation_dropped() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         // The delete is the OLDER change: an edit never brings a node back.
@@ -854,7 +873,7 @@ async fn matrix_edit_to_deleted_incarnation_dropped() {
 
 #[tokio::test]
 async fn matrix_delete_vs_delete_idempotent() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |s| {
             s.create_group("g", attrs(json!({"t": 1}))).unwrap();
             s.create_array("g/a", &u8x8()).unwrap();
@@ -872,7 +891,7 @@ async fn matrix_delete_vs_delete_idempotent() {
 
 #[tokio::test]
 async fn matrix_recreate_after_concurrent_delete_survives() {
-    for kind in KINDS {
+    for kind in kinds() {
         // Re-create with the same metadata: a new incarnation, untouched by the delete.
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
@@ -906,7 +925,7 @@ async fn matrix_recreate_after_concurrent_delete_survives() {
 
 #[tokio::test]
 async fn matrix_delete_vs_unseen_concurrent_create_survives() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         // w0 creates g; w1 sees it and deletes it; w2 never saw it and creates g too.
         let mut w = lab.writers(3).await;
@@ -928,7 +947,7 @@ async fn matrix_delete_vs_unseen_concurrent_create_survives() {
 
 #[tokio::test]
 async fn matrix_child_created_under_concurrently_deleted_group() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |s| {
             s.create_group("g", attrs(json!({"title": "x"}))).unwrap();
             s.create_array("g/a", &u8x8()).unwrap();
@@ -953,7 +972,7 @@ async fn matrix_child_created_under_concurrently_deleted_group() {
 
 #[tokio::test]
 async fn matrix_chunks_never_cross_incarnations() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         // w0 replaces the uint8 array by a uint16 one; w1 writes to the old one.
@@ -976,7 +995,7 @@ async fn matrix_chunks_never_cross_incarnations() {
 
 #[tokio::test]
 async fn matrix_validity_ignores_concurrent_state() {
-    for kind in KINDS {
+    for kind in kinds() {
         // w0 replaces array `a` by a group; w1's chunk ops and resize target the
         // array incarnation. They are valid (their causal past says `a` is an array)
         // whatever arrived first, and have no effect.
@@ -998,7 +1017,7 @@ async fn matrix_validity_ignores_concurrent_state() {
 
 #[tokio::test]
 async fn matrix_write_through_merged_node_vs_delete_of_its_target() {
-    for kind in KINDS {
+    for kind in kinds() {
         // Arrays X (w0, later: the winner) and Y (w1) merge at `a`. w2 saw only X and
         // deletes it. w3 saw both and writes through the merged node: its ops target
         // X and supersede what they observed in X and Y. X's delete drops w3's new
@@ -1047,7 +1066,7 @@ async fn lab_with_group(kind: Kind) -> Lab {
 
 #[tokio::test]
 async fn matrix_attr_different_keys_both_survive() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_group(kind).await;
         let mut w = lab.writers(2).await;
         commit!(w[0].repo, |s| { s.set_attr("g", "x", json!(1)).unwrap() });
@@ -1065,7 +1084,7 @@ async fn matrix_attr_different_keys_both_survive() {
 
 #[tokio::test]
 async fn matrix_attr_same_key_winner_reported() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_group(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.set_attr("g", "k", json!("a")).unwrap() });
@@ -1085,7 +1104,7 @@ async fn matrix_attr_same_key_winner_reported() {
 
 #[tokio::test]
 async fn matrix_attr_set_vs_delete() {
-    for kind in KINDS {
+    for kind in kinds() {
         // The set is later: it wins.
         let lab = lab_with_group(kind).await;
         let mut w = lab.writers(2).await;
@@ -1124,7 +1143,7 @@ async fn matrix_attr_set_vs_delete() {
 
 #[tokio::test]
 async fn matrix_attr_delete_vs_delete() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_group(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.delete_attr("g", "k").unwrap() });
@@ -1146,7 +1165,7 @@ async fn matrix_attr_delete_vs_delete() {
 
 #[tokio::test]
 async fn matrix_concurrent_grows_elementwise_max() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |s| {
             s.create_array("a", &array(&[4, 4], &[2, 2], "uint8"))
                 .unwrap()
@@ -1164,7 +1183,7 @@ async fn matrix_concurrent_grows_elementwise_max() {
 
 #[tokio::test]
 async fn matrix_resize_different_dimensions_independent() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |s| {
             s.create_array("a", &array(&[4, 4], &[2, 2], "uint8"))
                 .unwrap()
@@ -1192,7 +1211,7 @@ async fn lab_with_full_array(kind: Kind) -> Lab {
 
 #[tokio::test]
 async fn matrix_shrink_vs_concurrent_grow() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_full_array(kind).await;
         let mut w = lab.writers(2).await;
         // Shrinking deletes the chunks it saw outside the new shape (c/2, c/3).
@@ -1213,7 +1232,7 @@ async fn matrix_shrink_vs_concurrent_grow() {
 
 #[tokio::test]
 async fn matrix_concurrent_shrinks_larger_survives() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_full_array(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.resize("a", &[2]).unwrap() });
@@ -1236,7 +1255,7 @@ async fn matrix_concurrent_shrinks_larger_survives() {
 
 #[tokio::test]
 async fn matrix_shrink_vs_concurrent_chunk_write_outside() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |s| {
             s.create_array("a", &u8x8()).unwrap();
             s.set("a/c/0", vec![0u8, 0]).unwrap();
@@ -1261,7 +1280,7 @@ async fn matrix_shrink_vs_concurrent_chunk_write_outside() {
 
 #[tokio::test]
 async fn matrix_chunk_overwrite_concurrent() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |s| {
             s.create_array("a", &u8x8()).unwrap();
             s.set("a/c/0", vec![0u8, 0]).unwrap();
@@ -1297,7 +1316,7 @@ async fn matrix_chunk_overwrite_concurrent() {
 
 #[tokio::test]
 async fn matrix_chunk_different_keys_both_survive() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         commit!(w[0].repo, |s| { s.set("a/c/1", vec![1u8, 1]).unwrap() });
@@ -1313,7 +1332,7 @@ async fn matrix_chunk_different_keys_both_survive() {
 
 #[tokio::test]
 async fn matrix_chunk_write_vs_delete() {
-    for kind in KINDS {
+    for kind in kinds() {
         // The write is later: it wins.
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
@@ -1359,7 +1378,7 @@ async fn matrix_chunk_write_vs_delete() {
 
 #[tokio::test]
 async fn matrix_chunk_delete_vs_delete() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.delete("a/c/0").unwrap() });
@@ -1385,7 +1404,7 @@ async fn matrix_chunk_delete_vs_delete() {
 
 #[tokio::test]
 async fn matrix_causal_overwrite_is_not_conflict() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         commit!(w[0].repo, |s| {
@@ -1415,7 +1434,7 @@ async fn matrix_causal_overwrite_is_not_conflict() {
 
 #[tokio::test]
 async fn matrix_conflict_resolved_by_later_write() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let mut w = lab.writers(3).await;
         commit!(w[0].repo, |s| {
@@ -1454,7 +1473,7 @@ async fn matrix_conflict_resolved_by_later_write() {
 
 #[tokio::test]
 async fn matrix_pending_until_deps_arrive() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.set("a/c/1", vec![1u8, 1]).unwrap() });
@@ -1500,7 +1519,7 @@ async fn matrix_pending_until_deps_arrive() {
 
 #[tokio::test]
 async fn matrix_pending_until_referenced_change_arrives() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let (base, base_hlc) = base_head(&lab);
         let mut w = lab.writers(2).await;
@@ -1541,7 +1560,7 @@ async fn matrix_pending_until_referenced_change_arrives() {
 
 #[tokio::test]
 async fn matrix_duplicate_delivery_idempotent() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_array(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.set("a/c/1", vec![1u8, 1]).unwrap() });
@@ -1588,7 +1607,7 @@ async fn matrix_duplicate_delivery_idempotent() {
 
 #[tokio::test]
 async fn matrix_fork_reported() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with_group(kind).await;
         let mut w = lab.writers(2).await;
         let ha = commit!(w[0].repo, |s| { s.set_attr("g", "k", json!("a")).unwrap() });
@@ -1625,7 +1644,7 @@ async fn matrix_fork_reported() {
 
 #[tokio::test]
 async fn matrix_invalid_change_rejected_whole() {
-    for kind in KINDS {
+    for kind in kinds() {
         let lab = lab_with(kind, |_| {}).await;
         let id = lab.base.id();
         let (base, base_hlc) = base_head(&lab);

@@ -42,6 +42,8 @@
 //! `with_cases` ignores that variable, so [`config`] reads it): the in-memory and fold
 //! properties then run N cases and the local-disk one N/10.
 
+mod common;
+
 use bytes::Bytes;
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::Fold;
@@ -330,6 +332,8 @@ fn chunk_bytes(big: bool, seed: u8) -> Vec<u8> {
 enum Backend {
     Memory,
     Local,
+    /// The loopback S3 server of `tests/run.sh`, one unique prefix per replica.
+    S3,
 }
 
 struct Replica {
@@ -362,6 +366,11 @@ fn new_store(backend: Backend) -> (Arc<dyn ObjectStore>, Option<tempfile::TempDi
             let dir = tempfile::tempdir().unwrap();
             let fs = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
             (Arc::new(fs), Some(dir))
+        }
+        Backend::S3 => {
+            let b = common::s3().expect("S3 backend");
+            let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
+            (Arc::new(store), None)
         }
     }
 }
@@ -1344,6 +1353,20 @@ proptest! {
     #[test]
     fn replicas_converge_local_fs(sc in scenario(30)) {
         converge(Backend::Local, &sc);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(40, 100))]
+
+    /// The same against a real S3 server (started by `tests/run.sh`; required
+    /// there, skipped when a developer runs `cargo test` without it).
+    #[test]
+    fn replicas_converge_s3(sc in scenario(20)) {
+        if common::s3().is_none() {
+            return Ok(());
+        }
+        converge(Backend::S3, &sc);
     }
 }
 

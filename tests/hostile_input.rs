@@ -1,5 +1,5 @@
 //! Hostile input. Bad files are placed directly in the bucket (through the
-//! `object_store` API) next to good changes, on `InMemory` and `LocalFileSystem`.
+//! `object_store` API) next to good changes, on `InMemory`, `LocalFileSystem` and the loopback S3 server.
 //! Every bad file must be reported by key with a clear message and skipped, the good
 //! changes must all apply, nothing may panic, and a refresh must neither re-fetch nor
 //! re-report it. Also: session-level refusals of bad keys and metadata, decode-level
@@ -8,7 +8,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Backend, array_meta, local, memory};
+use common::{Backend, array_meta, memory};
 use crzarr::Error;
 use crzarr::change::{
     CHANGE_MAGIC, CHANGE_VERSION, Change, ChunkData, DimSize, INLINE_MAX, MAX_CHANGE_BYTES, Op,
@@ -101,7 +101,7 @@ fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
 // A bucket with good changes, and helpers to hand-make changes against it.
 
 fn backends() -> Vec<Backend> {
-    vec![memory(), local()]
+    common::backends()
 }
 
 struct Fixture {
