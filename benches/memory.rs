@@ -14,12 +14,11 @@
 //!   one change at a time; each change's bytes are dropped before the next is made.
 //!   The input therefore never accumulates: at the peak, besides the folded state,
 //!   only one change (1000 ops, a few hundred KB) is in flight.
-//! * Then `Fold::compact_memory` (as `Repo` does after ingesting a batch) and
-//!   `View::build`.
+//! * Then `View::build`.
 //! * Peak: `VmHWM` at the end, minus the baseline. It includes transients such as a
 //!   hash table's or vector's old and new arrays both alive while it grows.
-//!   Steady: `VmRSS` at the end, minus the baseline ("before compact": the same just
-//!   before `compact_memory`).
+//!   Steady: `VmRSS` at the end, minus the baseline ("before view": the same just
+//!   before `View::build`).
 //! * Bytes per live chunk ref = delta / live chunk refs, counted from the view after
 //!   the readings were taken.
 //! * The allocator is the system one (glibc malloc): its per-allocation headers and
@@ -69,8 +68,6 @@ fn child(thousands: usize) {
         fold.insert(e.hash, c, e.bytes.len() as u64);
     }
     let rss_loose = status_kb("VmRSS").unwrap_or(0);
-    // As `Repo` does after ingesting a batch.
-    fold.compact_memory();
     let view = View::build(&fold);
     let secs = start.elapsed().as_secs_f64();
     let hwm = status_kb("VmHWM").unwrap_or(0);
@@ -111,7 +108,7 @@ fn main() {
         "steady MB",
         "peak B/ref",
         "steady B/ref",
-        "before compact B/ref",
+        "before view B/ref",
         "fold s"
     );
     for thousands in [1000usize, 2000] {

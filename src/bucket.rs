@@ -2,7 +2,7 @@
 //! content-addressed objects, and listing of change files. Keys come from [`Layout`].
 
 use crate::error::{Error, Result};
-use crate::ids::{ChangeHash, RepoId};
+use crate::ids::RepoId;
 use crate::layout::{ChangeName, Layout};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -246,11 +246,5 @@ impl Bucket {
         // Store listing order is not trusted: sort on the client.
         changes.sort_by_key(|c| c.name.hash);
         Ok((changes, problems))
-    }
-
-    /// The key of a change file.
-    pub fn change_key(&self, hash: ChangeHash, name: &ChangeName) -> Path {
-        debug_assert_eq!(hash, name.hash);
-        self.layout.change(name)
     }
 }

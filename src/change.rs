@@ -175,13 +175,6 @@ impl Op {
         }
     }
 
-    /// Every op reference this op holds (target and observed).
-    pub fn refs(&self) -> Vec<OpRef> {
-        let mut v = Vec::new();
-        self.for_each_ref(|r| v.push(*r));
-        v
-    }
-
     /// The incarnation this op edits, if it edits one.
     pub fn target(&self) -> Option<OpRef> {
         match self {

@@ -5,9 +5,7 @@
 //! 22 bytes (all ordinary chunk keys) are stored inline, so a chunk costs no heap
 //! allocation of its own, and growth never copies or doubles the entries.
 
-use std::borrow::Borrow;
 use std::hash::{BuildHasher, RandomState};
-use std::hash::{Hash, Hasher};
 
 const INLINE: usize = 22;
 
@@ -45,22 +43,6 @@ impl SmallStr {
     }
 }
 
-impl PartialEq for SmallStr {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-impl Eq for SmallStr {}
-impl Hash for SmallStr {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
-    }
-}
-impl Borrow<str> for SmallStr {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
 impl std::fmt::Debug for SmallStr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
@@ -189,13 +171,6 @@ impl<V> ChunkMap<V> {
             }
             Err(_) => false,
         }
-    }
-
-    /// Releases spare index capacity after a batch of inserts.
-    pub(crate) fn shrink(&mut self) {
-        let (segments, hasher) = (&self.segments, &self.hasher);
-        self.index
-            .shrink_to_fit(|&s| hasher.hash_one(entry_at(segments, s).0.as_str()));
     }
 
     /// Number of keys.

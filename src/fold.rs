@@ -47,6 +47,17 @@ pub(crate) enum Register<V> {
 }
 
 impl<V> Register<V> {
+    /// Removes the entries `observed` names, then adds `(s, val)`.
+    fn write(&mut self, s: Stamp, val: V, observed: &[Stamp]) {
+        if self.remove_observed(observed) {
+            *self = Register::new(s, val);
+        } else {
+            // Take the register out to grow it; an empty `Many` is a cheap placeholder.
+            let old = std::mem::replace(self, Register::Many(Vec::new()));
+            *self = old.push(s, val);
+        }
+    }
+
     fn new(s: Stamp, v: V) -> Self {
         Register::One([(s, v)])
     }
@@ -97,16 +108,7 @@ fn register_write<K: std::hash::Hash + Eq, V>(
 ) {
     use std::collections::hash_map::Entry;
     match map.entry(key) {
-        Entry::Occupied(mut e) => {
-            let reg = e.get_mut();
-            if reg.remove_observed(observed) {
-                *reg = Register::new(s, val);
-            } else {
-                // Take the register out to grow it; an empty `Many` is a cheap placeholder.
-                let old = std::mem::replace(reg, Register::Many(Vec::new()));
-                *reg = old.push(s, val);
-            }
-        }
+        Entry::Occupied(mut e) => e.get_mut().write(s, val, observed),
         Entry::Vacant(e) => {
             e.insert(Register::new(s, val));
         }
@@ -124,14 +126,7 @@ fn chunk_write(
     map.upsert(
         key,
         val,
-        |reg, val| {
-            if reg.remove_observed(observed) {
-                *reg = Register::new(s, val);
-            } else {
-                let old = std::mem::replace(reg, Register::Many(Vec::new()));
-                *reg = old.push(s, val);
-            }
-        },
+        |reg, val| reg.write(s, val, observed),
         |val| Register::new(s, val),
     );
 }
@@ -876,13 +871,6 @@ impl Fold {
             .filter(|n| !n.deleted)
             .map(|n| n.chunks.len())
             .sum()
-    }
-
-    /// Packs recently written chunk registers densely (call after a batch of inserts).
-    pub fn compact_memory(&mut self) {
-        for n in self.nodes.values_mut() {
-            n.chunks.shrink();
-        }
     }
 
     /// Total order of stamps: `(hlc, actor, seq, change hash, op)`.

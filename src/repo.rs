@@ -53,13 +53,13 @@ impl Repo {
     pub async fn init(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Repo> {
         let bucket = Bucket::new(store, prefix);
         let id = bucket.write_marker(RepoId::generate()).await?;
-        Self::open_bucket(bucket, Some(id)).await
+        Self::open_bucket_with(bucket, Some(id), DEFAULT_CONCURRENCY).await
     }
 
     /// Opens the repository at `prefix` in `store`: one LIST and one marker GET, then
     /// every change fetched in parallel and folded.
     pub async fn open(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Repo> {
-        Self::open_bucket(Bucket::new(store, prefix), None).await
+        Self::open_bucket_with(Bucket::new(store, prefix), None, DEFAULT_CONCURRENCY).await
     }
 
     /// [`Repo::open`] with `concurrency` requests in flight for fan-out (default 32),
@@ -70,10 +70,6 @@ impl Repo {
         concurrency: usize,
     ) -> Result<Repo> {
         Self::open_bucket_with(Bucket::new(store, prefix), None, concurrency).await
-    }
-
-    async fn open_bucket(bucket: Bucket, known_id: Option<RepoId>) -> Result<Repo> {
-        Self::open_bucket_with(bucket, known_id, DEFAULT_CONCURRENCY).await
     }
 
     async fn open_bucket_with(
@@ -225,7 +221,6 @@ impl Repo {
             }
         }
         report.pending = self.fold.pending().len();
-        self.fold.compact_memory();
         self.view = View::build(&self.fold);
         Ok(report)
     }
@@ -411,7 +406,7 @@ impl Repo {
             seq: change.seq,
         };
         self.bucket
-            .put_once(&self.bucket.change_key(hash, &name), bytes.clone())
+            .put_once(&self.bucket.layout.change(&name), bytes.clone())
             .await?;
         Ok(hash)
     }

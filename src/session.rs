@@ -142,7 +142,7 @@ impl<'r> WriteSession<'r> {
     /// Sets a store key: a `zarr.json` creates or updates a node, anything else
     /// writes a chunk of the array it lies in.
     pub fn set(&mut self, store_key: &str, value: impl Into<Bytes>) -> Result<()> {
-        key::split_key(store_key)?;
+        key::check_key(store_key)?;
         let value: Bytes = value.into();
         if let Some(path) = meta_path(store_key) {
             key::check_node_path(path)?;
@@ -158,7 +158,7 @@ impl<'r> WriteSession<'r> {
     /// Deletes a store key: a `zarr.json` deletes the node and its subtree, a chunk
     /// key deletes the chunk. Deleting what is not there does nothing.
     pub fn delete(&mut self, store_key: &str) -> Result<()> {
-        key::split_key(store_key)?;
+        key::check_key(store_key)?;
         if let Some(path) = meta_path(store_key) {
             key::check_node_path(path)?;
             self.delete_node(path);
@@ -178,7 +178,7 @@ impl<'r> WriteSession<'r> {
             self.delete_node("");
             return Ok(());
         }
-        key::split_key(p)?;
+        key::check_key(p)?;
         if self.delete_node(p) {
             return Ok(());
         }
