@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::RepoId;
-use crate::layout::{ChangeName, Layout};
+use crate::layout::{ChangeName, Layout, SnapshotName};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// Default number of requests in flight for fan-out (fetching changes, uploading blobs).
 pub const DEFAULT_CONCURRENCY: usize = 32;
 /// Format version written into the repository marker.
-pub const REPO_FORMAT_VERSION: u32 = 1;
+pub const REPO_FORMAT_VERSION: u32 = 2;
 const MARKER_FORMAT: &str = "crzarr";
 const MAX_MARKER_BYTES: u64 = 64 << 10;
 
@@ -35,6 +35,17 @@ pub struct Marker {
 pub struct ListedChange {
     /// What its name says.
     pub name: ChangeName,
+    /// Its full key.
+    pub key: Path,
+    /// Size reported by the store.
+    pub size: u64,
+}
+
+/// A snapshot metadata object seen in a listing.
+#[derive(Clone, Debug)]
+pub struct ListedSnapshot {
+    /// What its name says.
+    pub name: SnapshotName,
     /// Its full key.
     pub key: Path,
     /// Size reported by the store.
@@ -246,5 +257,37 @@ impl Bucket {
         // Store listing order is not trusted: sort on the client.
         changes.sort_by_key(|c| c.name.hash);
         Ok((changes, problems))
+    }
+
+    /// Lists `.crdt/snapshots/`: snapshot metadata objects, greatest name first, and
+    /// anything else found there.
+    pub async fn list_snapshots(&self) -> Result<(Vec<ListedSnapshot>, Vec<Problem>)> {
+        let dir = self.layout.snapshots_dir();
+        let mut snaps = Vec::new();
+        let mut problems = Vec::new();
+        for m in self.list_all(&dir).await? {
+            match self.layout.parse_snapshot_key(&m.location) {
+                Ok(name) => snaps.push(ListedSnapshot {
+                    name,
+                    key: m.location,
+                    size: m.size,
+                }),
+                Err(reason) => problems.push(Problem {
+                    key: m.location.to_string(),
+                    error: format!("foreign file: {reason}"),
+                }),
+            }
+        }
+        snaps.sort_by(|a, b| b.name.cmp(&a.name));
+        Ok((snaps, problems))
+    }
+
+    /// Every object under `dir`, with the store's sizes and last-modified times.
+    pub async fn list_all(&self, dir: &Path) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(dir))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(dir.as_ref(), e))
     }
 }

@@ -175,6 +175,20 @@ impl Op {
         }
     }
 
+    /// Calls `f` on the references that name node incarnations (the target, or the
+    /// incarnations a delete removes), not on `observed` entries.
+    pub fn for_each_node_ref(&self, mut f: impl FnMut(&OpRef)) {
+        match self {
+            Op::CreateGroup { .. } | Op::CreateArray { .. } => {}
+            Op::SetAttr { node, .. }
+            | Op::DeleteAttr { node, .. }
+            | Op::SetChunk { node, .. }
+            | Op::DeleteChunk { node, .. }
+            | Op::Resize { node, .. } => f(node),
+            Op::DeleteNode { incarnations, .. } => incarnations.iter().for_each(f),
+        }
+    }
+
     /// The incarnation this op edits, if it edits one.
     pub fn target(&self) -> Option<OpRef> {
         match self {

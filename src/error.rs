@@ -99,6 +99,25 @@ pub enum Error {
     /// Bad command-line or URL input.
     #[error("{0}")]
     Usage(String),
+    /// An object that was listed or referenced is gone: garbage collection removed
+    /// it after a newer snapshot covered it. Refreshing (or reopening) succeeds.
+    #[error("{key}: removed by garbage collection after it was listed; refresh and retry")]
+    Vanished {
+        /// Bucket key.
+        key: String,
+    },
+    /// A change needs history older than the oldest retained snapshot.
+    #[error(
+        "{key}: needs change {missing} which is neither in the bucket nor covered by its snapshots \
+         (garbage-collected history, or a partial copy): sync the replica that has it, \
+         or remove this change if it is abandoned"
+    )]
+    HistoryHorizon {
+        /// The change that cannot be applied.
+        key: String,
+        /// A change it needs.
+        missing: String,
+    },
     /// Local I/O error (CLI input files and the like).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -11,13 +11,27 @@
 //!
 //! Applying a change only removes entries named in it and adds its own, so the state
 //! does not depend on delivery order. See `spec/merge.md` for the conflict matrix.
+//!
+//! A fold can start from a snapshot ([`Fold::from_snapshot`]): the snapshot's state
+//! is the fold of the changes it covers, and chunk registers stay in manifest pieces
+//! until read. Entries are named by `(change, op)`, so an `observed` entry that is in
+//! an unloaded piece, or whose change is not applied yet, is remembered as superseded
+//! and dropped whenever it shows up.
 
 use crate::change::{Change, ChunkData, Op, OpRef};
 use crate::chunkmap::ChunkMap;
-use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
+use crate::layout::SnapshotName;
 use crate::meta::ArrayMeta;
+use crate::snapshot::{
+    CoveredChange, ManifestPiece, PieceRef, RegKey, SnapChunk, SnapKind, SnapshotMeta,
+};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+mod snap;
 
 /// Most changes held pending (waiting for deps) at once.
 pub const MAX_PENDING_CHANGES: usize = 100_000;
@@ -29,6 +43,99 @@ pub const MAX_PENDING_BYTES: u64 = 1 << 30;
 pub(crate) struct Stamp {
     pub(crate) change: u32,
     pub(crate) op: u32,
+}
+
+/// Identity of a register entry: the change and op that wrote it.
+pub(crate) type EntryId = (ChangeHash, u32);
+
+/// The total order of register entries: `(hlc, actor, seq, change hash, op)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct OrderKey {
+    pub(crate) hlc: Hlc,
+    pub(crate) actor: ActorId,
+    pub(crate) seq: u64,
+    pub(crate) hash: ChangeHash,
+    pub(crate) op: u32,
+}
+
+/// One live chunk register entry, wherever it is held.
+#[derive(Clone, Debug)]
+pub(crate) struct ChunkEntry {
+    pub(crate) order: OrderKey,
+    pub(crate) val: ChunkVal,
+}
+
+/// A manifest piece as held in memory: keys sorted for lookup.
+#[derive(Debug)]
+pub(crate) struct LoadedPiece {
+    pub(crate) changes: Vec<CoveredChange>,
+    pub(crate) keys: Vec<(Box<str>, Vec<(u32, u32, ChunkVal)>)>,
+}
+
+impl LoadedPiece {
+    /// Builds the in-memory form of a decoded piece.
+    pub(crate) fn new(p: ManifestPiece) -> LoadedPiece {
+        let mut keys: Vec<(Box<str>, Vec<(u32, u32, ChunkVal)>)> = p
+            .entries
+            .into_iter()
+            .map(|(k, es)| {
+                let es = es
+                    .into_iter()
+                    .map(|((c, op), v)| {
+                        let v = match v {
+                            SnapChunk::Blob { hash, len } => ChunkVal::Blob { hash, len },
+                            SnapChunk::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+                            SnapChunk::Deleted => ChunkVal::Deleted,
+                        };
+                        (c, op, v)
+                    })
+                    .collect();
+                (k.into_boxed_str(), es)
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.dedup_by(|a, b| a.0 == b.0);
+        LoadedPiece {
+            changes: p.changes,
+            keys,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&[(u32, u32, ChunkVal)]> {
+        self.keys
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| self.keys[i].1.as_slice())
+    }
+
+    fn order(&self, c: u32, op: u32) -> OrderKey {
+        let c = &self.changes[c as usize];
+        OrderKey {
+            hlc: c.hlc,
+            actor: c.actor,
+            seq: c.seq,
+            hash: c.hash,
+            op,
+        }
+    }
+}
+
+/// The ordering key manifests are split by: a chunk's coordinates.
+pub(crate) fn piece_order(meta: &ArrayMeta, key: &str) -> Vec<u64> {
+    meta.chunk_coords(key).unwrap_or_default()
+}
+
+/// What a fold started from, when it started from a snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotBase {
+    /// The snapshot's name.
+    pub name: SnapshotName,
+    /// Greatest clock stamp it covers: a change above it cannot be covered.
+    pub max_hlc: Hlc,
+    /// Its coverage archive shards.
+    pub archive: Vec<Option<ObjectHash>>,
+    /// Snapshots it supersedes.
+    pub supersedes: Vec<String>,
 }
 
 /// A chunk register value.
@@ -60,6 +167,16 @@ impl<V> Register<V> {
 
     fn new(s: Stamp, v: V) -> Self {
         Register::One([(s, v)])
+    }
+
+    /// A register holding these entries (at least one).
+    fn from_entries(mut es: Vec<(Stamp, V)>) -> Self {
+        if es.len() == 1
+            && let Some(e) = es.pop()
+        {
+            return Register::One([e]);
+        }
+        Register::Many(es)
     }
 
     pub(crate) fn entries(&self) -> &[(Stamp, V)] {
@@ -170,6 +287,8 @@ pub(crate) struct Node {
     pub(crate) attrs: HashMap<Box<str>, Register<Option<Box<str>>>>,
     pub(crate) dims: Vec<Option<Register<u64>>>,
     pub(crate) chunks: ChunkMap<Register<ChunkVal>>,
+    /// Chunk registers still in manifest pieces (from a snapshot), by first coords.
+    pub(crate) base: Arc<[PieceRef]>,
 }
 
 impl Node {
@@ -200,6 +319,8 @@ pub struct ChangeInfo {
     pub deps: Vec<ChangeHash>,
     /// Number of ops.
     pub ops: u32,
+    /// Known from a snapshot only: `deps`, `wall_ms` and `message` are not kept.
+    pub compacted: bool,
 }
 
 /// A change waiting for dependencies.
@@ -273,6 +394,12 @@ pub struct Fold {
     waiters: HashMap<ChangeHash, Vec<ChangeHash>>,
     rejected: HashMap<ChangeHash, String>,
     claims: HashMap<(ActorId, u64), Vec<ChangeHash>>,
+    /// Entries superseded where they may still appear: by path, then register.
+    pub(crate) superseded: HashMap<Box<str>, HashMap<RegKey, Vec<EntryId>>>,
+    /// Manifest pieces read so far (a cache: loading one never changes the state).
+    pieces: RwLock<HashMap<ObjectHash, Arc<LoadedPiece>>>,
+    base: Option<SnapshotBase>,
+    snapshot_forks: Vec<Fork>,
 }
 
 impl Fold {
@@ -290,6 +417,10 @@ impl Fold {
             waiters: HashMap::new(),
             rejected: HashMap::new(),
             claims: HashMap::new(),
+            superseded: HashMap::new(),
+            pieces: RwLock::new(HashMap::new()),
+            base: None,
+            snapshot_forks: Vec::new(),
         }
     }
 
@@ -344,7 +475,7 @@ impl Fold {
 
     /// Applied changes in a deterministic causal order (ascending stamp).
     pub fn log(&self) -> Vec<&ChangeInfo> {
-        let mut v: Vec<&ChangeInfo> = self.infos.iter().collect();
+        let mut v: Vec<&ChangeInfo> = self.infos.iter().filter(|c| !c.compacted).collect();
         v.sort_by_key(|c| (c.hlc, c.actor, c.seq, c.hash));
         v
     }
@@ -375,22 +506,28 @@ impl Fold {
 
     /// Writers that claimed one sequence number for two different changes.
     pub fn forks(&self) -> Vec<Fork> {
-        let mut v: Vec<Fork> = self
-            .claims
-            .iter()
-            .filter(|(_, hs)| hs.len() > 1)
-            .map(|((a, s), hs)| {
-                let mut changes = hs.clone();
+        let mut by_claim: BTreeMap<(ActorId, u64), Vec<ChangeHash>> = BTreeMap::new();
+        for ((a, s), hs) in &self.claims {
+            by_claim.entry((*a, *s)).or_default().extend(hs);
+        }
+        for f in &self.snapshot_forks {
+            by_claim
+                .entry((f.actor, f.seq))
+                .or_default()
+                .extend(&f.changes);
+        }
+        by_claim
+            .into_iter()
+            .filter_map(|((actor, seq), mut changes)| {
                 changes.sort();
-                Fork {
-                    actor: *a,
-                    seq: *s,
+                changes.dedup();
+                (changes.len() > 1).then_some(Fork {
+                    actor,
+                    seq,
                     changes,
-                }
+                })
             })
-            .collect();
-        v.sort_by_key(|f| (f.actor, f.seq));
-        v
+            .collect()
     }
 
     /// Changes refused as invalid against their causal past.
@@ -534,7 +671,9 @@ impl Fold {
             let target = op.target();
             let memo_hit = matches!((&memo, &target), (Some((m, _)), Some(t)) if m == t);
             let mut bad = None;
-            op.for_each_ref(|r| {
+            // Only node references must resolve: an `observed` entry that names no
+            // applied op just removes nothing (spec/merge.md, "Observed entries").
+            op.for_each_node_ref(|r| {
                 if bad.is_none()
                     && !(memo_hit && Some(*r) == target)
                     && let Err(e) = self.stamp_of(r, own)
@@ -614,6 +753,7 @@ impl Fold {
             message: change.message,
             deps: change.deps,
             ops: change.ops.len() as u32,
+            compacted: false,
         });
         for (i, op) in change.ops.into_iter().enumerate() {
             let s = Stamp {
@@ -633,8 +773,69 @@ impl Fold {
         })
     }
 
-    fn resolve_all(&self, rs: &[OpRef], own: u32) -> Vec<Stamp> {
-        rs.iter().map(|r| self.resolve(r, own)).collect()
+    /// Resolves an `observed` list: stamps of the entries that are applied, and the
+    /// identities of all of them (an entry may also sit in an unloaded manifest piece,
+    /// or belong to a change not applied yet).
+    fn observe(&self, rs: &[OpRef], own: u32) -> (Vec<Stamp>, Vec<(EntryId, bool)>) {
+        let mut stamps = Vec::with_capacity(rs.len());
+        let mut ids = Vec::with_capacity(rs.len());
+        for r in rs {
+            match r {
+                OpRef::Local(n) => {
+                    stamps.push(Stamp {
+                        change: own,
+                        op: *n,
+                    });
+                    ids.push(((self.infos[own as usize].hash, *n), true));
+                }
+                OpRef::Change(h, n) => match self.index.get(h) {
+                    Some(&c) => {
+                        stamps.push(Stamp { change: c, op: *n });
+                        ids.push(((*h, *n), true));
+                    }
+                    None => ids.push(((*h, *n), false)),
+                },
+            }
+        }
+        (stamps, ids)
+    }
+
+    /// Remembers entries that are superseded but not in memory: those of changes not
+    /// applied (`all = false`), or every one (`all = true`, for manifest pieces).
+    fn remember_superseded(&mut self, path: &str, reg: RegKey, ids: &[(EntryId, bool)], all: bool) {
+        let keep: Vec<EntryId> = ids
+            .iter()
+            .filter(|(_, known)| all || !known)
+            .map(|(id, _)| *id)
+            .collect();
+        if keep.is_empty() {
+            return;
+        }
+        let v = self
+            .superseded
+            .entry(path.into())
+            .or_default()
+            .entry(reg)
+            .or_default();
+        for id in keep {
+            if !v.contains(&id) {
+                v.push(id);
+            }
+        }
+    }
+
+    /// Whether an entry was superseded before it arrived.
+    pub(crate) fn is_superseded(&self, path: &str, reg: &RegKey, id: &EntryId) -> bool {
+        !self.superseded.is_empty()
+            && self
+                .superseded
+                .get(path)
+                .and_then(|m| m.get(reg))
+                .is_some_and(|v| v.contains(id))
+    }
+
+    fn own_id(&self, s: Stamp) -> EntryId {
+        (self.infos[s.change as usize].hash, s.op)
     }
 
     /// Live incarnations at the target's path, target first if it is live.
@@ -671,10 +872,15 @@ impl Fold {
                     .ok()
                     .and_then(|d| ArrayMeta::from_stored(&d).ok());
                 if let Some(meta) = meta {
+                    let id = self.own_id(s);
                     let dims = meta
                         .shape()
                         .iter()
-                        .map(|&d| Some(Register::new(s, d)))
+                        .enumerate()
+                        .map(|(i, &d)| {
+                            (!self.is_superseded(&path, &RegKey::Dim(i as u32), &id))
+                                .then(|| Register::new(s, d))
+                        })
                         .collect();
                     self.create(
                         s,
@@ -701,8 +907,13 @@ impl Fold {
             Op::Resize { node, dims } => {
                 let target = self.resolve(&node, own);
                 let sibs = self.siblings(target);
+                let Some(path) = self.nodes.get(&target).map(|n| n.path.clone()) else {
+                    return;
+                };
+                let id = self.own_id(s);
                 for d in dims {
-                    let observed = self.resolve_all(&d.observed, own);
+                    let (observed, ids) = self.observe(&d.observed, own);
+                    self.remember_superseded(&path, RegKey::Dim(d.dim), &ids, false);
                     for sib in &sibs {
                         if let Some(Some(reg)) = self
                             .nodes
@@ -713,6 +924,9 @@ impl Fold {
                         {
                             n.dims[d.dim as usize] = None;
                         }
+                    }
+                    if self.is_superseded(&path, &RegKey::Dim(d.dim), &id) {
+                        continue;
                     }
                     if let Some(slot) = self
                         .nodes
@@ -761,8 +975,10 @@ impl Fold {
         attributes: Vec<(String, String)>,
         dims: Vec<Option<Register<u64>>>,
     ) {
+        let id = self.own_id(s);
         let attrs = attributes
             .into_iter()
+            .filter(|(k, _)| !self.is_superseded(&path, &RegKey::Attr(k.as_str().into()), &id))
             .map(|(k, v)| {
                 (
                     k.into_boxed_str(),
@@ -781,6 +997,7 @@ impl Fold {
                 attrs,
                 dims,
                 chunks: ChunkMap::default(),
+                base: Arc::from(Vec::new()),
             },
         );
     }
@@ -796,6 +1013,7 @@ impl Fold {
         n.attrs = HashMap::new();
         n.chunks = ChunkMap::default();
         n.dims = Vec::new();
+        n.base = Arc::from(Vec::new());
         let path = n.path.clone();
         if let Some(v) = self.by_path.get_mut(&path) {
             v.retain(|x| *x != t);
@@ -814,15 +1032,25 @@ impl Fold {
         observed: &[OpRef],
     ) {
         let target = self.resolve(&node, s.change);
-        let observed = self.resolve_all(observed, s.change);
+        let Some(path) = self.nodes.get(&target).map(|n| n.path.clone()) else {
+            return;
+        };
+        let (observed, ids) = self.observe(observed, s.change);
+        let reg = RegKey::Attr(key.as_str().into());
+        self.remember_superseded(&path, reg.clone(), &ids, false);
         for sib in self.siblings(target).into_iter().filter(|x| *x != target) {
             if let Some(n) = self.nodes.get_mut(&sib) {
                 register_remove(&mut n.attrs, key.as_str(), &observed);
             }
         }
+        let dead = self.is_superseded(&path, &reg, &self.own_id(s));
         // An edit to a deleted incarnation is dropped.
         if let Some(n) = self.nodes.get_mut(&target).filter(|n| !n.deleted) {
-            register_write(&mut n.attrs, key.into_boxed_str(), s, val, &observed);
+            if dead {
+                register_remove(&mut n.attrs, key.as_str(), &observed);
+            } else {
+                register_write(&mut n.attrs, key.into_boxed_str(), s, val, &observed);
+            }
         }
     }
 
@@ -839,6 +1067,7 @@ impl Fold {
             return;
         };
         let live = !n.deleted;
+        let path = n.path.clone();
         // Hot path: most chunk writes observe nothing, so other incarnations at the
         // same path are visited only when there are entries to remove. They are visited
         // even when the target was deleted, as for attributes (see `write_attr`).
@@ -850,7 +1079,12 @@ impl Fold {
                 .get(&n.path)
                 .map(|all| all.iter().copied().filter(|x| *x != target).collect())
                 .unwrap_or_default();
-            let observed = self.resolve_all(observed, s.change);
+            let any_base = !n.base.is_empty()
+                || sibs
+                    .iter()
+                    .any(|x| self.nodes.get(x).is_some_and(|m| !m.base.is_empty()));
+            let (observed, ids) = self.observe(observed, s.change);
+            self.remember_superseded(&path, RegKey::Chunk(key.as_str().into()), &ids, any_base);
             for sib in sibs {
                 if let Some(n) = self.nodes.get_mut(&sib) {
                     chunk_remove(&mut n.chunks, &key, &observed);
@@ -858,9 +1092,15 @@ impl Fold {
             }
             observed
         };
+        let dead = !self.superseded.is_empty()
+            && self.is_superseded(&path, &RegKey::Chunk(key.as_str().into()), &self.own_id(s));
         // An edit to a deleted incarnation is dropped.
         if live && let Some(n) = self.nodes.get_mut(&target) {
-            chunk_write(&mut n.chunks, &key, s, val, &observed);
+            if dead {
+                chunk_remove(&mut n.chunks, &key, &observed);
+            } else {
+                chunk_write(&mut n.chunks, &key, s, val, &observed);
+            }
         }
     }
 
@@ -896,14 +1136,15 @@ impl Fold {
     }
 }
 
-/// Every change a change needs applied first: its deps and the changes its ops name
-/// (may repeat; callers dedup). Consecutive repeats are skipped: the ops of one
-/// change mostly target the same node.
-fn required(change: &Change) -> Vec<ChangeHash> {
+/// Every change a change needs applied first: its deps and the changes whose nodes
+/// its ops edit or delete (may repeat; callers dedup). `observed` entries are not
+/// waited for. Consecutive repeats are skipped: the ops of one change mostly target
+/// the same node.
+pub(crate) fn required(change: &Change) -> Vec<ChangeHash> {
     let mut v = change.deps.clone();
     let mut last: Option<ChangeHash> = None;
     for op in &change.ops {
-        op.for_each_ref(|r| {
+        op.for_each_node_ref(|r| {
             if let OpRef::Change(h, _) = r
                 && last != Some(*h)
             {

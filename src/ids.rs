@@ -86,6 +86,11 @@ hash_type!(
     /// Identity of a chunk blob: blake3 of its bytes.
     BlobHash
 );
+hash_type!(
+    /// Identity of a snapshot object (metadata, chunk-manifest piece or coverage
+    /// archive shard): blake3 of its exact bytes.
+    ObjectHash
+);
 
 struct Hash32Visitor;
 

@@ -4,16 +4,25 @@
 //! <prefix>/.crdt/repo.json                         marker: format version + repo id
 //! <prefix>/.crdt/ops/<hash>-<actor>-<seq>.change   one immutable change file each
 //! <prefix>/.crdt/blobs/<hash>                      content-addressed chunk bytes
-//! <prefix>/.crdt/snapshots/...                     reserved for snapshots
+//! <prefix>/.crdt/snapshots/<count>-<hash>.snap      immutable snapshot metadata
+//! <prefix>/.crdt/manifests/<hash>                  chunk-manifest pieces
+//! <prefix>/.crdt/archive/<hash>                    coverage archive shards
+//! <prefix>/.crdt/latest                            hint: copy of the newest metadata
+//! <prefix>/.crdt/clock                             probe GC writes to read the store's time
 //! ```
 
-use crate::ids::{ActorId, BlobHash, ChangeHash};
+use crate::ids::{ActorId, BlobHash, ChangeHash, ObjectHash};
 use object_store::path::Path;
 
 const CRDT: &str = ".crdt";
 const OPS: &str = "ops";
 const BLOBS: &str = "blobs";
 const SNAPSHOTS: &str = "snapshots";
+const MANIFESTS: &str = "manifests";
+const ARCHIVE: &str = "archive";
+const LATEST: &str = "latest";
+const CLOCK: &str = "clock";
+const SNAPSHOT_SUFFIX: &str = ".snap";
 const MARKER: &str = "repo.json";
 const CHANGE_SUFFIX: &str = ".change";
 
@@ -60,6 +69,36 @@ impl ChangeName {
     }
 }
 
+/// What a snapshot's file name says: how many changes it covers, and its hash.
+/// Readers open from the greatest name (most changes covered, then hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotName {
+    /// Number of changes the snapshot covers.
+    pub covered: u64,
+    /// blake3 of the metadata object's bytes.
+    pub hash: ObjectHash,
+}
+
+impl SnapshotName {
+    /// The file name: `<covered, 20 digits>-<hash>.snap`.
+    pub fn file_name(&self) -> String {
+        format!("{:020}-{}{SNAPSHOT_SUFFIX}", self.covered, self.hash)
+    }
+
+    /// Parses a file name; `None` unless it is exactly in canonical form.
+    pub fn parse(name: &str) -> Option<SnapshotName> {
+        let stem = name.strip_suffix(SNAPSHOT_SUFFIX)?;
+        let (count, hash) = stem.split_once('-')?;
+        if count.len() != 20 || !count.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let covered: u64 = count.parse().ok()?;
+        let hash = ObjectHash::from_hex(hash)?;
+        let n = SnapshotName { covered, hash };
+        (n.file_name() == name).then_some(n)
+    }
+}
+
 impl Layout {
     /// A layout rooted at `prefix` (may be empty) inside the store.
     pub fn new(prefix: &str) -> Self {
@@ -103,9 +142,66 @@ impl Layout {
         self.blobs_dir().join(hash.to_hex())
     }
 
-    /// The directory reserved for snapshots.
+    /// The directory of snapshot metadata objects.
     pub fn snapshots_dir(&self) -> Path {
         self.crdt().join(SNAPSHOTS)
+    }
+
+    /// The key of a snapshot metadata object.
+    pub fn snapshot(&self, name: &SnapshotName) -> Path {
+        self.snapshots_dir().join(name.file_name())
+    }
+
+    /// The directory of chunk-manifest pieces.
+    pub fn manifests_dir(&self) -> Path {
+        self.crdt().join(MANIFESTS)
+    }
+
+    /// The key of a chunk-manifest piece.
+    pub fn manifest(&self, hash: &ObjectHash) -> Path {
+        self.manifests_dir().join(hash.to_hex())
+    }
+
+    /// The directory of coverage archive shards.
+    pub fn archive_dir(&self) -> Path {
+        self.crdt().join(ARCHIVE)
+    }
+
+    /// The key of a coverage archive shard.
+    pub fn archive_shard(&self, hash: &ObjectHash) -> Path {
+        self.archive_dir().join(hash.to_hex())
+    }
+
+    /// The "latest snapshot" hint: a copy of the newest metadata, only ever a hint.
+    pub fn latest_hint(&self) -> Path {
+        self.crdt().join(LATEST)
+    }
+
+    /// The object garbage collection writes to learn the store's current time.
+    pub fn clock_probe(&self) -> Path {
+        self.crdt().join(CLOCK)
+    }
+
+    /// Parses a listed key under `snapshots_dir`.
+    pub fn parse_snapshot_key(&self, key: &Path) -> Result<SnapshotName, &'static str> {
+        let mut rest = key
+            .prefix_match(&self.snapshots_dir())
+            .ok_or("not under .crdt/snapshots/")?;
+        let file = rest.next().ok_or("not a file")?;
+        if rest.next().is_some() {
+            return Err("nested directory under .crdt/snapshots/");
+        }
+        SnapshotName::parse(file.as_ref()).ok_or("file name is not <count>-<hash>.snap")
+    }
+
+    /// Parses a listed key under a content-addressed directory (`dir`) into its hash.
+    pub fn parse_object_key(&self, dir: &Path, key: &Path) -> Option<ObjectHash> {
+        let mut rest = key.prefix_match(dir)?;
+        let file = rest.next()?;
+        if rest.next().is_some() {
+            return None;
+        }
+        ObjectHash::from_hex(file.as_ref())
     }
 
     /// Parses a listed key under `ops_dir`: `Ok(name)` for a change file, `Err` with

@@ -16,9 +16,11 @@
 //! | [`layout`] | every bucket key, built in one place |
 //! | [`bucket`] | I/O over `object_store`: limits, create-once writes, listing |
 //! | [`fold`] | the causal fold: a pure function from a set of changes to state |
+//! | [`snapshot`] | snapshot objects: metadata, chunk-manifest pieces, coverage archive |
 //! | [`view`] | the Zarr view of a fold: `zarr.json`, chunks, listings, conflicts |
 //! | [`session`] | staging Zarr-store writes as ops and committing them |
 //! | [`repo`] | a repository handle: open, refresh, read, commit |
+//! | [`compact`], [`gc`] | snapshots of the state; removing what nothing needs |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
 //! | [`testing`] | a request-counting store for tests and benchmarks |
 //!
@@ -56,9 +58,9 @@
 //! s.commit(None).await?;
 //!
 //! laptop.refresh().await?;
-//! assert_eq!(laptop.list(), ["temp/c/0", "temp/c/1", "temp/zarr.json", "zarr.json"]);
+//! assert_eq!(laptop.list().await?, ["temp/c/0", "temp/c/1", "temp/zarr.json", "zarr.json"]);
 //! assert_eq!(laptop.get("temp/c/1").await?.as_deref(), Some(&[3u8, 4][..]));
-//! assert_eq!(laptop.list(), cluster.list());
+//! assert_eq!(laptop.list().await?, cluster.list().await?);
 //! # Ok(())
 //! # }
 //! ```
@@ -68,15 +70,18 @@
 pub mod bucket;
 pub mod change;
 mod chunkmap;
+pub mod compact;
 pub mod connect;
 pub mod error;
 pub mod fold;
+pub mod gc;
 pub mod ids;
 pub mod key;
 pub mod layout;
 pub mod meta;
 pub mod repo;
 pub mod session;
+pub mod snapshot;
 pub mod testing;
 pub mod view;
 

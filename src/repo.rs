@@ -1,13 +1,19 @@
 //! A repository handle: open (list, fetch in parallel, fold), refresh, read the view,
 //! and publish changes written by a [`WriteSession`].
 
-use crate::bucket::{Bucket, DEFAULT_CONCURRENCY, ListedChange, Problem};
+use crate::bucket::{Bucket, DEFAULT_CONCURRENCY, ListedChange, ListedSnapshot, Problem};
 use crate::change::{Change, MAX_CHANGE_BYTES};
 use crate::error::{Error, Result};
-use crate::fold::{ChangeInfo, Fold, Fork, InsertOutcome, PendingChange, RejectedChange};
-use crate::ids::{ActorId, BlobHash, ChangeHash, RepoId};
-use crate::layout::ChangeName;
+use crate::fold::{
+    ChangeInfo, Fold, Fork, InsertOutcome, LoadedPiece, PendingChange, RejectedChange,
+};
+use crate::ids::{ActorId, BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::layout::{ChangeName, SnapshotName};
 use crate::session::WriteSession;
+use crate::snapshot::{
+    ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES,
+    ManifestPiece, PieceRef, SnapshotMeta,
+};
 use crate::view::{ChunkRef, Conflict, Entry, View};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,7 +34,14 @@ pub struct RefreshReport {
     pub pending: usize,
     /// Files skipped in this refresh, with reasons.
     pub problems: Vec<Problem>,
+    /// Snapshot the state was (re)loaded from in this refresh, if any.
+    pub snapshot: Option<String>,
+    /// Listed change files the snapshot already covers (not fetched).
+    pub covered: usize,
 }
+
+/// How many times open restarts when garbage collection removes what it listed.
+const OPEN_ATTEMPTS: usize = 4;
 
 /// An open repository: the folded state of every change it has read, and the
 /// Zarr v3 view of that state.
@@ -46,6 +59,10 @@ pub struct Repo {
     actor: ActorId,
     next_seq: u64,
     concurrency: usize,
+    /// Coverage archive shards read so far.
+    archive: HashMap<ObjectHash, Arc<ArchiveShard>>,
+    /// Snapshots known not to hold anything this fold lacks.
+    known_snapshots: HashSet<SnapshotName>,
 }
 
 impl Repo {
@@ -77,16 +94,55 @@ impl Repo {
         known_id: Option<RepoId>,
         concurrency: usize,
     ) -> Result<Repo> {
-        let (id, listing) = match known_id {
-            Some(id) => (Some(id), bucket.list_changes().await?),
-            None => {
-                let (m, l) = futures::join!(bucket.read_marker(), bucket.list_changes());
-                (m?, l?)
+        Self::open_reporting(bucket, known_id, concurrency)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    async fn open_reporting(
+        bucket: Bucket,
+        known_id: Option<RepoId>,
+        concurrency: usize,
+    ) -> Result<(Repo, RefreshReport)> {
+        let mut last = None;
+        for _ in 0..OPEN_ATTEMPTS {
+            match Self::open_once(bucket.clone(), known_id, concurrency).await {
+                Err(e @ Error::Vanished { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Vanished {
+            key: bucket.layout.root().to_string(),
+        }))
+    }
+
+    /// One open attempt: in one round trip the marker, both listings and the latest
+    /// hint; then the newest snapshot's metadata (unless the hint is it); then the
+    /// uncovered changes, in parallel.
+    async fn open_once(
+        bucket: Bucket,
+        known_id: Option<RepoId>,
+        concurrency: usize,
+    ) -> Result<(Repo, RefreshReport)> {
+        let marker = async {
+            match known_id {
+                Some(id) => Ok(Some(id)),
+                None => bucket.read_marker().await,
             }
         };
-        let id = id.ok_or_else(|| Error::NotARepo {
+        let hint_key = bucket.layout.latest_hint();
+        let (id, listing, snaps, hint) = futures::join!(
+            marker,
+            bucket.list_changes(),
+            bucket.list_snapshots(),
+            bucket.get(&hint_key, MAX_META_BYTES),
+        );
+        let id = id?.ok_or_else(|| Error::NotARepo {
             location: format!("{}/{}", bucket.store, bucket.layout.root()),
         })?;
+        let (listing, (snaps, snap_problems)) = (listing?, snaps?);
+        // A missing or unreadable hint only costs a round trip.
+        let hint = hint.ok().flatten();
         let mut repo = Repo {
             bucket,
             id,
@@ -98,9 +154,76 @@ impl Repo {
             actor: ActorId::generate(),
             next_seq: 1,
             concurrency: concurrency.max(1),
+            archive: HashMap::new(),
+            known_snapshots: HashSet::new(),
         };
-        repo.ingest(listing).await?;
-        Ok(repo)
+        for p in snap_problems {
+            repo.problems.insert(p.key, p.error);
+        }
+        let mut loaded = None;
+        for snap in &snaps {
+            match repo.read_snapshot(snap, hint.as_ref()).await {
+                Ok(fold) => {
+                    repo.fold = fold;
+                    loaded = Some(snap.name);
+                    break;
+                }
+                Err(e @ (Error::Store { .. } | Error::Vanished { .. })) => return Err(e),
+                // A newer format is not skipped: reading around it could misread.
+                Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+                Err(e) => {
+                    repo.problems.insert(snap.key.to_string(), e.to_string());
+                }
+            }
+        }
+        if let Some(name) = loaded {
+            repo.known_snapshots.insert(name);
+        }
+        let (mut report, vanished) = repo.ingest(listing).await?;
+        if vanished {
+            return Err(Error::Vanished {
+                key: repo.bucket.layout.ops_dir().to_string(),
+            });
+        }
+        report.snapshot = loaded.map(|n| n.file_name());
+        Ok((repo, report))
+    }
+
+    /// Reads a snapshot's metadata (from the hint when it is that snapshot) and
+    /// starts a fold from it.
+    async fn read_snapshot(&self, snap: &ListedSnapshot, hint: Option<&Bytes>) -> Result<Fold> {
+        let key = snap.key.to_string();
+        let bytes = match hint.filter(|h| ObjectHash::of(h) == snap.name.hash) {
+            Some(h) => h.clone(),
+            None => {
+                if snap.size > MAX_META_BYTES {
+                    return Err(Error::TooLarge {
+                        key,
+                        size: snap.size,
+                        limit: MAX_META_BYTES,
+                    });
+                }
+                self.bucket
+                    .get(&snap.key, MAX_META_BYTES)
+                    .await?
+                    .ok_or_else(|| Error::Vanished { key: key.clone() })?
+            }
+        };
+        let meta = SnapshotMeta::decode(&key, &bytes, &snap.name.hash)?;
+        if meta.covered != snap.name.covered {
+            return Err(Error::corrupt(&key, "covered count differs from the name"));
+        }
+        Fold::from_snapshot(&key, snap.name, meta, self.id)
+    }
+
+    /// How many requests may be in flight for fan-out.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Records a snapshot known to hold nothing this fold lacks.
+    pub(crate) fn note_snapshot(&mut self, name: SnapshotName) {
+        self.known_snapshots.insert(name);
     }
 
     /// Sets how many requests may be in flight at once for fan-out (default 32).
@@ -109,29 +232,85 @@ impl Repo {
     }
 
     /// Fetches and folds change files that appeared since the last open or refresh.
+    /// Both listings run in one round trip. When a newer snapshot covers changes this
+    /// fold never saw (their files may be gone), the state is reloaded from it.
     pub async fn refresh(&mut self) -> Result<RefreshReport> {
-        let listing = self.bucket.list_changes().await?;
-        self.ingest(listing).await
+        let (listing, snaps) =
+            futures::join!(self.bucket.list_changes(), self.bucket.list_snapshots());
+        let (listing, (snaps, snap_problems)) = (listing?, snaps?);
+        let mut fresh = Vec::new();
+        for p in snap_problems {
+            if !self.problems.contains_key(&p.key) {
+                self.problems.insert(p.key.clone(), p.error.clone());
+                fresh.push(p);
+            }
+        }
+        if let Some(newest) = snaps.first()
+            && !self.known_snapshots.contains(&newest.name)
+        {
+            match self.read_snapshot(newest, None).await {
+                Ok(f) if f.heads().iter().all(|h| self.fold.contains(h)) => {
+                    self.known_snapshots.insert(newest.name);
+                }
+                Ok(_) | Err(Error::Vanished { .. }) => return self.reload().await,
+                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e) => {
+                    let p = Problem {
+                        key: newest.key.to_string(),
+                        error: e.to_string(),
+                    };
+                    self.problems.insert(p.key.clone(), p.error.clone());
+                    fresh.push(p);
+                }
+            }
+        }
+        let (mut report, vanished) = self.ingest(listing).await?;
+        if vanished {
+            return self.reload().await;
+        }
+        fresh.append(&mut report.problems);
+        report.problems = fresh;
+        Ok(report)
     }
 
+    /// Replaces the state with a fresh open, keeping this handle's writer identity.
+    pub(crate) async fn reload(&mut self) -> Result<RefreshReport> {
+        let (mut fresh, report) =
+            Self::open_reporting(self.bucket.clone(), Some(self.id), self.concurrency).await?;
+        fresh.actor = self.actor;
+        fresh.next_seq = self.next_seq;
+        *self = fresh;
+        Ok(report)
+    }
+
+    /// Folds a listing in; the flag says a listed file vanished before it was read.
     async fn ingest(
         &mut self,
         (listed, foreign): (Vec<ListedChange>, Vec<Problem>),
-    ) -> Result<RefreshReport> {
+    ) -> Result<(RefreshReport, bool)> {
         let mut report = RefreshReport {
             listed: listed.len(),
             ..Default::default()
         };
+        let listed_set: HashSet<ChangeHash> = listed.iter().map(|c| c.name.hash).collect();
         for p in foreign {
             if !self.problems.contains_key(&p.key) {
                 self.problems.insert(p.key.clone(), p.error.clone());
                 report.problems.push(p);
             }
         }
+        let fold = &self.fold;
+        report.covered = listed
+            .iter()
+            .filter(|c| !self.seen.contains(&c.name.hash) && fold.contains(&c.name.hash))
+            .count();
+        // Files the snapshot covers are decided from their names alone.
         let todo: Vec<ListedChange> = listed
             .into_iter()
             .filter(|c| {
-                !self.seen.contains(&c.name.hash) && !self.problems.contains_key(c.key.as_ref())
+                !self.seen.contains(&c.name.hash)
+                    && !fold.knows(&c.name.hash)
+                    && !self.problems.contains_key(c.key.as_ref())
             })
             .collect();
         report.fetched = todo.len();
@@ -147,14 +326,16 @@ impl Repo {
             .collect()
             .await;
         let mut decoded = Vec::with_capacity(results.len());
+        let mut vanished = false;
         for (c, r) in results {
             match r {
                 Ok(Some(change)) => {
                     self.seen.insert(c.name.hash);
                     decoded.push((c, change));
                 }
-                // Vanished between LIST and GET: it will be listed again or is gone.
-                Ok(None) => {}
+                // Gone between LIST and GET: garbage collection removed it after a
+                // newer snapshot covered it.
+                Ok(None) => vanished = true,
                 Err(e @ Error::Store { .. }) => return Err(e),
                 Err(e) => {
                     let p = Problem {
@@ -166,6 +347,7 @@ impl Repo {
                 }
             }
         }
+        self.resolve_archived(&mut decoded, &listed_set).await?;
         // Any order folds to the same state; stamp order just keeps the queue short.
         decoded.sort_by_key(|(c, ch)| (ch.hlc, ch.actor, ch.seq, c.name.hash));
         for (c, change) in decoded {
@@ -221,8 +403,149 @@ impl Repo {
             }
         }
         report.pending = self.fold.pending().len();
+        if self.fold.snapshot_base().is_some() {
+            for p in self.fold.pending() {
+                let Some(key) = self.pending_keys.get(&p.hash) else {
+                    continue;
+                };
+                if let Some(m) = p.missing.iter().find(|m| !listed_set.contains(m)) {
+                    report.problems.push(Problem {
+                        key: key.clone(),
+                        error: Error::HistoryHorizon {
+                            key: key.clone(),
+                            missing: m.to_string(),
+                        }
+                        .to_string(),
+                    });
+                }
+            }
+        }
         self.view = View::build(&self.fold);
-        Ok(report)
+        Ok((report, vanished))
+    }
+
+    /// Changes at or below the snapshot's clock may be covered although their files
+    /// are still listed, and deps not listed may be covered and collected: both are
+    /// looked up in the coverage archive (one parallel round trip, only when needed).
+    async fn resolve_archived(
+        &mut self,
+        decoded: &mut Vec<(ListedChange, Change)>,
+        listed: &HashSet<ChangeHash>,
+    ) -> Result<()> {
+        let Some(base) = self.fold.snapshot_base() else {
+            return Ok(());
+        };
+        let batch: HashSet<ChangeHash> = decoded.iter().map(|(c, _)| c.name.hash).collect();
+        let mut wanted: HashSet<ChangeHash> = HashSet::new();
+        for (c, ch) in decoded.iter() {
+            if ch.hlc <= base.max_hlc {
+                wanted.insert(c.name.hash);
+            }
+            for r in crate::fold::required(ch) {
+                if !self.fold.knows(&r) && !batch.contains(&r) && !listed.contains(&r) {
+                    wanted.insert(r);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for c in self.lookup_archive(&wanted).await? {
+            self.fold.add_covered(&c);
+        }
+        decoded.retain(|(c, _)| !self.fold.knows(&c.name.hash));
+        Ok(())
+    }
+
+    /// Covered changes among `hashes`, read from the archive shards that hold them.
+    async fn lookup_archive(&mut self, hashes: &HashSet<ChangeHash>) -> Result<Vec<CoveredChange>> {
+        let Some(base) = self.fold.snapshot_base() else {
+            return Ok(Vec::new());
+        };
+        let shards: Vec<ObjectHash> = (0..ARCHIVE_SHARDS)
+            .filter(|i| hashes.iter().any(|h| CoveredChange::shard(h) == *i))
+            .filter_map(|i| base.archive.get(i).copied().flatten())
+            .filter(|h| !self.archive.contains_key(h))
+            .collect();
+        let fetched: Vec<Result<(ObjectHash, ArchiveShard)>> = futures::stream::iter(shards)
+            .map(|h| {
+                let bucket = self.bucket.clone();
+                async move {
+                    let key = bucket.layout.archive_shard(&h);
+                    let bytes = bucket.get(&key, MAX_SHARD_BYTES).await?.ok_or_else(|| {
+                        Error::Vanished {
+                            key: key.to_string(),
+                        }
+                    })?;
+                    Ok((h, ArchiveShard::decode(key.as_ref(), &bytes, &h)?))
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for r in fetched {
+            let (h, shard) = r?;
+            self.archive.insert(h, Arc::new(shard));
+        }
+        let Some(base) = self.fold.snapshot_base() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for h in hashes {
+            if let Some(shard) = base.archive[CoveredChange::shard(h)]
+                .as_ref()
+                .and_then(|s| self.archive.get(s))
+                && let Some(c) = shard.find(h)
+            {
+                out.push(*c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads manifest pieces not yet in memory, in parallel.
+    pub(crate) async fn load_pieces(&self, pieces: Vec<PieceRef>) -> Result<()> {
+        let fetched: Vec<Result<(ObjectHash, ManifestPiece)>> = futures::stream::iter(pieces)
+            .map(|p| {
+                let bucket = self.bucket.clone();
+                async move {
+                    let key = bucket.layout.manifest(&p.hash);
+                    let bytes = bucket.get(&key, MAX_PIECE_BYTES).await?.ok_or_else(|| {
+                        Error::Vanished {
+                            key: key.to_string(),
+                        }
+                    })?;
+                    Ok((
+                        p.hash,
+                        ManifestPiece::decode(key.as_ref(), &bytes, &p.hash)?,
+                    ))
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for r in fetched {
+            let (h, piece) = r?;
+            self.fold.insert_piece(h, LoadedPiece::new(piece));
+        }
+        Ok(())
+    }
+
+    /// Reads every manifest piece of the current state (for listings, conflicts and
+    /// whole-state comparisons). Chunk reads load only the piece they need.
+    pub async fn load_all(&self) -> Result<()> {
+        self.load_pieces(self.fold.all_missing_pieces()).await
+    }
+
+    /// The pieces reading store key `key` needs.
+    fn pieces_for_key(&self, key: &str) -> Vec<PieceRef> {
+        match self.view.split_chunk_key(key) {
+            Some((path, chunk)) => match self.view.nodes.get(path) {
+                Some(n) => self.fold.missing_pieces(&n.members, Some(chunk)),
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        }
     }
 
     /// The repository id.
@@ -258,6 +581,7 @@ impl Repo {
     /// The bytes the view serves at a Zarr key; `None` if absent. Blobs are
     /// fetched and verified against their hash.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        self.load_pieces(self.pieces_for_key(key)).await?;
         match self.view.get(&self.fold, key) {
             None => Ok(None),
             Some(Entry::Metadata(b)) => Ok(Some(Bytes::from(b))),
@@ -294,28 +618,39 @@ impl Repo {
     }
 
     /// Whether the view has `key`.
-    pub fn exists(&self, key: &str) -> bool {
-        self.view.get(&self.fold, key).is_some()
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        self.load_pieces(self.pieces_for_key(key)).await?;
+        Ok(self.view.get(&self.fold, key).is_some())
     }
 
     /// Every key of the view, sorted.
-    pub fn list(&self) -> Vec<String> {
-        self.view.keys(&self.fold)
+    pub async fn list(&self) -> Result<Vec<String>> {
+        self.load_all().await?;
+        Ok(self.view.keys(&self.fold))
     }
 
     /// Keys starting with `prefix`, sorted.
-    pub fn list_prefix(&self, prefix: &str) -> Vec<String> {
-        self.view.keys_with_prefix(&self.fold, prefix)
+    pub async fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.load_all().await?;
+        Ok(self.view.keys_with_prefix(&self.fold, prefix))
     }
 
     /// Keys and sub-prefixes directly under `prefix` (empty or ending in `/`).
-    pub fn list_dir(&self, prefix: &str) -> (Vec<String>, Vec<String>) {
-        self.view.list_dir(&self.fold, prefix)
+    pub async fn list_dir(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
+        self.load_all().await?;
+        Ok(self.view.list_dir(&self.fold, prefix))
     }
 
     /// Concurrent overwrites resolved in the current state.
-    pub fn conflicts(&self) -> Vec<Conflict> {
-        self.view.conflicts(&self.fold)
+    pub async fn conflicts(&self) -> Result<Vec<Conflict>> {
+        self.load_all().await?;
+        Ok(self.view.conflicts(&self.fold))
+    }
+
+    /// Every key of the view and what it serves (all manifest pieces are read).
+    pub async fn entries(&self) -> Result<BTreeMap<String, Entry>> {
+        self.load_all().await?;
+        Ok(self.view.entries(&self.fold))
     }
 
     /// Changes waiting for dependencies.

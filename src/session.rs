@@ -25,6 +25,26 @@ struct Handle {
     members: Vec<Stamp>,
 }
 
+/// Chunks to delete once the manifest pieces are read (at commit).
+#[derive(Clone, Debug)]
+enum ChunkFilter {
+    /// Keys equal to `rest` or under `rest/`.
+    Prefix(String),
+    /// Keys wholly outside this shape.
+    Outside(Vec<u64>),
+}
+
+/// Work that needs chunk registers still in unread manifest pieces; done at commit.
+#[derive(Clone, Debug, Default)]
+struct Deferred {
+    /// Chunk ops whose `observed` must also name entries in manifest pieces.
+    rescan: Vec<(usize, Handle, String, String)>,
+    /// Chunk deletes staged without knowing whether the chunk exists.
+    uncertain: Vec<usize>,
+    /// Bulk deletes over keys that may be in manifest pieces: handle and array path.
+    filters: Vec<(Handle, String, ChunkFilter)>,
+}
+
 #[derive(Clone, Debug)]
 struct NodeState {
     attrs: Map<String, Value>,
@@ -42,6 +62,7 @@ pub struct WriteSession<'r> {
     chunk_ops: HashMap<(OpRef, String), usize>,
     attr_ops: HashMap<(OpRef, String), usize>,
     resize_op: HashMap<OpRef, usize>,
+    deferred: Deferred,
     prepared: Option<(Change, Bytes)>,
 }
 
@@ -57,8 +78,17 @@ impl<'r> WriteSession<'r> {
             chunk_ops: HashMap::new(),
             attr_ops: HashMap::new(),
             resize_op: HashMap::new(),
+            deferred: Deferred::default(),
             prepared: None,
         }
+    }
+
+    /// Whether some incarnation behind `h` keeps chunks in manifest pieces.
+    fn has_pieces(&self, h: &Handle) -> bool {
+        let fold = self.repo.fold();
+        h.members
+            .iter()
+            .any(|m| fold.nodes.get(m).is_some_and(|n| !n.base.is_empty()))
     }
 
     /// Number of ops staged.
@@ -194,6 +224,12 @@ impl<'r> WriteSession<'r> {
             {
                 self.delete_chunk(&arr, &k)?;
             }
+            if let Some(h) = self.node_at(&arr).filter(|h| self.has_pieces(h)) {
+                self.prepared = None;
+                self.deferred
+                    .filters
+                    .push((h, arr.clone(), ChunkFilter::Prefix(rest)));
+            }
         }
         Ok(())
     }
@@ -203,6 +239,18 @@ impl<'r> WriteSession<'r> {
     fn chunk_keys_seen(&self, h: &Handle, path: &str) -> Vec<String> {
         let mut keys = if h.members.is_empty() {
             Vec::new()
+        } else if self.has_pieces(h) {
+            // Keys in manifest pieces are handled at commit (see `Deferred`).
+            let fold = self.repo.fold();
+            let mut v: Vec<String> = h
+                .members
+                .iter()
+                .filter_map(|m| fold.nodes.get(m))
+                .flat_map(|n| n.chunks.keys().map(str::to_string))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
         } else {
             self.repo.view().chunk_keys(self.repo.fold(), path)
         };
@@ -505,6 +553,12 @@ impl<'r> WriteSession<'r> {
         for k in keys.into_iter().filter(|k| meta.chunk_outside(k, shape)) {
             self.delete_chunk(path, &k)?;
         }
+        if self.has_pieces(&h) {
+            self.prepared = None;
+            self.deferred
+                .filters
+                .push((h, path.to_string(), ChunkFilter::Outside(shape.to_vec())));
+        }
         Ok(())
     }
 
@@ -529,7 +583,16 @@ impl<'r> WriteSession<'r> {
         key::check_chunk_key(chunk)?;
         let h = self.array_handle(array)?;
         let slot = (h.target, chunk.to_string());
-        let exists = self.chunk_ops.contains_key(&slot)
+        let staged = self.chunk_ops.contains_key(&slot);
+        if !staged && self.has_pieces(&h) {
+            // Whether it exists is known once its piece is read, at commit.
+            self.write_chunk(&h, chunk, None);
+            if let Some(&i) = self.chunk_ops.get(&slot) {
+                self.deferred.uncertain.push(i);
+            }
+            return Ok(());
+        }
+        let exists = staged
             || (!h.members.is_empty()
                 && self
                     .repo
@@ -585,8 +648,151 @@ impl<'r> WriteSession<'r> {
             None => {
                 let i = self.push(op);
                 self.chunk_ops.insert(slot, i);
+                if prior.is_none() && self.has_pieces(h) {
+                    let path = self.view_path(h);
+                    self.deferred
+                        .rescan
+                        .push((i, h.clone(), path, chunk.to_string()));
+                }
             }
         }
+    }
+
+    /// The path the view shows a handle's incarnations at.
+    fn view_path(&self, h: &Handle) -> String {
+        h.members
+            .first()
+            .and_then(|m| self.repo.fold().nodes.get(m))
+            .map(|n| n.path.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Reads the manifest pieces deferred work needs, then completes it: `observed`
+    /// lists gain entries held in pieces, bulk deletes reach keys held in pieces, and
+    /// deletes of chunks that turn out not to exist are dropped.
+    async fn finish_deferred(&mut self) -> Result<()> {
+        // Kept until done: a failed read leaves the session as it was.
+        let d = self.deferred.clone();
+        if d.rescan.is_empty() && d.filters.is_empty() {
+            return Ok(());
+        }
+        let mut need = Vec::new();
+        {
+            let fold = self.repo.fold();
+            for (_, h, _, k) in &d.rescan {
+                need.extend(fold.missing_pieces(&h.members, Some(k)));
+            }
+            for (h, _, _) in &d.filters {
+                need.extend(fold.missing_pieces(&h.members, None));
+            }
+        }
+        need.sort_by_key(|p| p.hash);
+        need.dedup_by_key(|p| p.hash);
+        self.repo.load_pieces(need).await?;
+        let fold = self.repo.fold();
+        let view = self.repo.view();
+        let live_refs = |members: &[Stamp], k: &str| -> Vec<OpRef> {
+            crate::view::chunk_entries(fold, members, k)
+                .iter()
+                .map(|e| OpRef::Change(e.order.hash, e.order.op))
+                .collect()
+        };
+        let mut drop: Vec<usize> = Vec::new();
+        for (i, h, path, k) in &d.rescan {
+            let refs = live_refs(&h.members, k);
+            if d.uncertain.contains(i) && view.chunk(fold, path, k).is_none() {
+                drop.push(*i);
+            }
+            if let Op::SetChunk { observed, .. } | Op::DeleteChunk { observed, .. } =
+                &mut self.ops[*i]
+            {
+                *observed = refs;
+            }
+        }
+        let mut extra = Vec::new();
+        for (h, path, filter) in &d.filters {
+            for k in crate::view::member_chunk_keys(fold, &h.members) {
+                let wanted = match filter {
+                    ChunkFilter::Prefix(rest) => k == *rest || k.starts_with(&format!("{rest}/")),
+                    ChunkFilter::Outside(shape) => {
+                        h.array.as_ref().is_some_and(|m| m.chunk_outside(&k, shape))
+                    }
+                };
+                let slot = (h.target, k.clone());
+                if wanted
+                    && !self.chunk_ops.contains_key(&slot)
+                    && view.chunk(fold, path, &k).is_some()
+                {
+                    extra.push((slot, live_refs(&h.members, &k)));
+                }
+            }
+        }
+        for ((target, key), observed) in extra {
+            if self.chunk_ops.contains_key(&(target, key.clone())) {
+                continue;
+            }
+            self.ops.push(Op::DeleteChunk {
+                node: target,
+                key: key.clone(),
+                observed,
+            });
+            self.chunk_ops.insert((target, key), self.ops.len() - 1);
+        }
+        if !drop.is_empty() {
+            self.drop_ops(&drop);
+        }
+        self.deferred = Deferred::default();
+        Ok(())
+    }
+
+    /// Removes staged ops (chunk deletes no op refers to) and renumbers local refs.
+    fn drop_ops(&mut self, drop: &[usize]) {
+        let mut map: Vec<Option<u32>> = Vec::with_capacity(self.ops.len());
+        let mut next = 0u32;
+        for i in 0..self.ops.len() {
+            if drop.contains(&i) {
+                map.push(None);
+            } else {
+                map.push(Some(next));
+                next += 1;
+            }
+        }
+        let fix = |r: &mut OpRef| {
+            if let OpRef::Local(n) = r
+                && let Some(Some(m)) = map.get(*n as usize)
+            {
+                *n = *m;
+            }
+        };
+        let ops = std::mem::take(&mut self.ops);
+        for (i, mut op) in ops.into_iter().enumerate() {
+            if map[i].is_none() {
+                continue;
+            }
+            match &mut op {
+                Op::SetAttr { node, observed, .. }
+                | Op::DeleteAttr { node, observed, .. }
+                | Op::SetChunk { node, observed, .. }
+                | Op::DeleteChunk { node, observed, .. } => {
+                    fix(node);
+                    observed.iter_mut().for_each(fix);
+                }
+                Op::Resize { node, dims } => {
+                    fix(node);
+                    dims.iter_mut()
+                        .flat_map(|d| d.observed.iter_mut())
+                        .for_each(fix);
+                }
+                Op::DeleteNode { incarnations, .. } => incarnations.iter_mut().for_each(fix),
+                Op::CreateGroup { .. } | Op::CreateArray { .. } => {}
+            }
+            self.ops.push(op);
+        }
+        // Indices moved: the staging maps are rebuilt from scratch on the next commit.
+        self.chunk_ops.clear();
+        self.attr_ops.clear();
+        self.resize_op.clear();
+        self.created.clear();
     }
 
     /// Incarnations at exactly `path` (view and staged), deleted without the subtree.
@@ -653,6 +859,10 @@ impl<'r> WriteSession<'r> {
             return Ok(None);
         }
         if self.prepared.is_none() {
+            self.finish_deferred().await?;
+            if self.ops.is_empty() {
+                return Ok(None);
+            }
             let fold = self.repo.fold();
             let deps = fold.heads();
             let hlc = Hlc::next(now_millis(), deps.iter().filter_map(|d| fold.hlc_of(d)));

@@ -1,7 +1,7 @@
 //! The Zarr v3 view of a fold: which node each path shows, its rendered `zarr.json`,
 //! chunk lookup, key listings and the conflicts the merge rules resolved.
 
-use crate::fold::{ChunkVal, Fold, NodeKind, Stamp};
+use crate::fold::{ChunkEntry, ChunkVal, Fold, NodeKind, Stamp};
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crate::key;
 use crate::meta::{self, ArrayMeta};
@@ -112,6 +112,28 @@ fn array_meta<'a>(fold: &'a Fold, s: &Stamp) -> Option<&'a ArrayMeta> {
         Some(NodeKind::Array(m)) => Some(m),
         _ => None,
     }
+}
+
+/// Live entries of one chunk across merged incarnations. Callers load the manifest
+/// pieces first (`Repo` does); a piece that is not loaded contributes nothing.
+pub(crate) fn chunk_entries(fold: &Fold, members: &[Stamp], key: &str) -> Vec<ChunkEntry> {
+    let mut out = Vec::new();
+    for m in members {
+        let r = fold.chunk_entries(m, key, &mut out);
+        debug_assert!(r.is_ok(), "manifest piece not loaded before a chunk read");
+    }
+    out
+}
+
+/// Chunk keys with a live entry in any of the incarnations, sorted and unique.
+pub(crate) fn member_chunk_keys(fold: &Fold, members: &[Stamp]) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    for m in members {
+        let r = fold.node_chunk_keys(m);
+        debug_assert!(r.is_ok(), "manifest piece not loaded before a listing");
+        keys.extend(r.unwrap_or_default());
+    }
+    keys.into_iter().collect()
 }
 
 fn max_entry<'a, V>(
@@ -302,12 +324,12 @@ impl View {
         if node.node_type != NodeType::Array {
             return None;
         }
-        let entries = node
-            .members
-            .iter()
-            .filter_map(|m| fold.nodes.get(m)?.chunks.get(chunk))
-            .flat_map(|r| r.entries());
-        match &max_entry(fold, entries)?.1 {
+        let entries = chunk_entries(fold, &node.members, chunk);
+        match &entries
+            .into_iter()
+            .max_by(|a, b| a.order.cmp(&b.order))?
+            .val
+        {
             ChunkVal::Blob { hash, len } => Some(ChunkRef::Blob {
                 hash: *hash,
                 len: *len,
@@ -325,15 +347,9 @@ impl View {
         if node.node_type != NodeType::Array {
             return Vec::new();
         }
-        let mut keys: BTreeSet<&str> = BTreeSet::new();
-        for m in &node.members {
-            if let Some(n) = fold.nodes.get(m) {
-                keys.extend(n.chunks.keys());
-            }
-        }
-        keys.into_iter()
+        member_chunk_keys(fold, &node.members)
+            .into_iter()
             .filter(|k| self.chunk(fold, path, k).is_some())
-            .map(str::to_string)
             .collect()
     }
 
@@ -474,26 +490,12 @@ impl View {
         }
         for (path, node) in &self.nodes {
             let mut attr_keys = BTreeSet::new();
-            let mut chunk_keys = BTreeSet::new();
             for m in &node.members {
                 if let Some(n) = fold.nodes.get(m) {
                     attr_keys.extend(n.attrs.keys().map(|k| &**k));
-                    chunk_keys.extend(
-                        n.chunks
-                            .iter()
-                            .filter(|(_, r)| r.entries().len() > 1)
-                            .map(|(k, _)| k),
-                    );
                 }
             }
-            // Chunks can also conflict across merged incarnations.
-            if node.members.len() > 1 {
-                for m in &node.members {
-                    if let Some(n) = fold.nodes.get(m) {
-                        chunk_keys.extend(n.chunks.keys());
-                    }
-                }
-            }
+            let chunk_keys = member_chunk_keys(fold, &node.members);
             for k in attr_keys {
                 let mut entries: Vec<&(Stamp, Option<Box<str>>)> = node
                     .members
@@ -515,15 +517,18 @@ impl View {
                     });
                 }
             }
-            for k in chunk_keys {
-                let mut entries: Vec<&(Stamp, ChunkVal)> = node
-                    .members
-                    .iter()
-                    .filter_map(|m| fold.nodes.get(m)?.chunks.get(k))
-                    .flat_map(|r| r.entries())
-                    .collect();
+            for k in &chunk_keys {
+                let mut entries = chunk_entries(fold, &node.members, k);
                 if entries.len() > 1 {
-                    entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
+                    entries.sort_by(|a, b| b.order.cmp(&a.order));
+                    let side = |e: &ChunkEntry, value: String| ConflictSide {
+                        change: e.order.hash,
+                        actor: e.order.actor,
+                        seq: e.order.seq,
+                        hlc: e.order.hlc,
+                        op: e.order.op,
+                        value,
+                    };
                     let d = |v: &ChunkVal| match v {
                         ChunkVal::Blob { hash, len } => {
                             format!("blob {} ({len} bytes)", hash.short())
@@ -534,8 +539,8 @@ impl View {
                     out.push(Conflict {
                         key: key::chunk_store_key(path, k),
                         target: ConflictTarget::Chunk,
-                        winner: side(&entries[0].0, d(&entries[0].1)),
-                        losers: entries[1..].iter().map(|e| side(&e.0, d(&e.1))).collect(),
+                        winner: side(&entries[0], d(&entries[0].val)),
+                        losers: entries[1..].iter().map(|e| side(e, d(&e.val))).collect(),
                     });
                 }
             }

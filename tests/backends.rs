@@ -49,7 +49,7 @@ async fn commit_open_refresh_on_every_backend() {
 
         let mut reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
-            reader.list(),
+            reader.list().await.unwrap(),
             ["x/c/0", "x/c/1", "x/zarr.json", "zarr.json"],
             "{}",
             b.name
@@ -72,7 +72,7 @@ async fn commit_open_refresh_on_every_backend() {
             b.name
         );
         assert_eq!(
-            reader.list(),
+            reader.list().await.unwrap(),
             ["x/c/1", "x/zarr.json", "zarr.json"],
             "{}",
             b.name
@@ -122,9 +122,14 @@ async fn replicas_apart_converge_on_every_backend() {
             "{}",
             b.name
         );
-        assert_eq!(a.conflicts(), c.conflicts(), "{}", b.name);
-        assert_eq!(a.conflicts().len(), 2, "{}", b.name);
-        for k in a.list() {
+        assert_eq!(
+            a.conflicts().await.unwrap(),
+            c.conflicts().await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert_eq!(a.conflicts().await.unwrap().len(), 2, "{}", b.name);
+        for k in a.list().await.unwrap() {
             assert_eq!(
                 a.get(&k).await.unwrap(),
                 c.get(&k).await.unwrap(),
@@ -166,7 +171,7 @@ async fn concurrent_writers_on_one_bucket_lose_nothing() {
                 assert_eq!(got.as_deref(), Some(&[w, i][..]), "{}", b.name);
             }
         }
-        assert!(r.conflicts().is_empty(), "{}", b.name);
+        assert!(r.conflicts().await.unwrap().is_empty(), "{}", b.name);
     }
 }
 
@@ -184,11 +189,21 @@ async fn shrink_then_grow_shows_fill_not_stale_chunks() {
         s.resize("a", &[3]).unwrap();
         s.commit(Some("shrink")).await.unwrap();
         // c/1 straddles the new edge and stays; c/2 lies wholly outside and goes.
-        assert_eq!(r.list_prefix("a/c/"), ["a/c/0", "a/c/1"], "{}", b.name);
+        assert_eq!(
+            r.list_prefix("a/c/").await.unwrap(),
+            ["a/c/0", "a/c/1"],
+            "{}",
+            b.name
+        );
         let mut s = r.session();
         s.resize("a", &[6]).unwrap();
         s.commit(Some("grow")).await.unwrap();
-        assert_eq!(r.list_prefix("a/c/"), ["a/c/0", "a/c/1"], "{}", b.name);
+        assert_eq!(
+            r.list_prefix("a/c/").await.unwrap(),
+            ["a/c/0", "a/c/1"],
+            "{}",
+            b.name
+        );
         let meta: serde_json::Value =
             serde_json::from_slice(&r.get("a/zarr.json").await.unwrap().unwrap()).unwrap();
         assert_eq!(meta["shape"], serde_json::json!([6]));
@@ -215,7 +230,10 @@ async fn failed_commit_retries_the_same_change() {
     s.set("a/c/0", vec![1u8, 2]).unwrap();
     assert!(s.commit(Some("retry me")).await.is_err());
     let other = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-    assert!(!other.exists("a/c/0"), "a failed commit must not show");
+    assert!(
+        !other.exists("a/c/0").await.unwrap(),
+        "a failed commit must not show"
+    );
 
     std::fs::remove_file(root.join("ops")).unwrap();
     std::fs::rename(root.join("ops-aside"), root.join("ops")).unwrap();

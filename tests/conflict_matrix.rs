@@ -172,11 +172,11 @@ mod support {
             }
         }
 
-        pub fn of_repo(repo: &Repo) -> State {
+        pub async fn of_repo(repo: &Repo) -> State {
             let s = State::of_fold(repo.fold());
             assert_eq!(s.entries, repo.view().entries(repo.fold()));
             assert_eq!(
-                repo.list(),
+                repo.list().await.unwrap(),
                 s.entries.keys().cloned().collect::<Vec<_>>(),
                 "list() must equal the entry keys"
             );
@@ -269,12 +269,12 @@ mod support {
             self.json(&format!("{node}/zarr.json")).await["shape"].clone()
         }
 
-        pub fn list(&self) -> Vec<String> {
-            self.repo.list()
+        pub async fn list(&self) -> Vec<String> {
+            self.repo.list().await.unwrap()
         }
 
-        pub fn conflicts(&self) -> Vec<Summary> {
-            summary(&self.repo.conflicts())
+        pub async fn conflicts(&self) -> Vec<Summary> {
+            summary(&self.repo.conflicts().await.unwrap())
         }
     }
 
@@ -365,7 +365,10 @@ mod support {
                     site.put_all(&groups[g]).await;
                     repo.refresh().await.unwrap();
                 }
-                check(State::of_repo(&repo), format!("delivery order {perm:?}"));
+                check(
+                    State::of_repo(&repo).await,
+                    format!("delivery order {perm:?}"),
+                );
                 check_problems(repo.problems(), format!("delivery order {perm:?}"));
                 if first.is_none() {
                     first = Some(Reader { _site: site, repo });
@@ -379,7 +382,7 @@ mod support {
                 site.put_all(g).await;
             }
             let repo = Repo::open(site.store.clone(), PREFIX).await.unwrap();
-            check(State::of_repo(&repo), "one open of everything".into());
+            check(State::of_repo(&repo).await, "one open of everything".into());
             check_problems(repo.problems(), "one open of everything".into());
 
             // 3. Fold level: every order of the individual changes, and duplicates.
@@ -410,7 +413,7 @@ mod support {
                         w.receive(g).await;
                     }
                 }
-                check(State::of_repo(&w.repo), format!("writer {i}"));
+                check(State::of_repo(&w.repo).await, format!("writer {i}"));
             }
             first.unwrap()
         }
@@ -540,10 +543,10 @@ async fn matrix_create_group_vs_group_merges() {
                 .unwrap()
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["g/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["g/zarr.json", "zarr.json"]);
         assert_eq!(r.attrs("g").await, json!({"a": 1, "b": 2, "k": "B"}));
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict("g/zarr.json", attr("k"), at(hb, 0), &[at(ha, 0)])]
         );
     }
@@ -567,7 +570,7 @@ async fn matrix_create_array_same_meta_merges() {
         });
         let r = lab.converge(&mut w).await;
         assert_eq!(
-            r.list(),
+            r.list().await,
             ["a/c/0", "a/c/1", "a/c/2", "a/zarr.json", "zarr.json"]
         );
         assert_eq!(r.bytes("a/c/0").await.unwrap(), [1, 1]);
@@ -576,7 +579,7 @@ async fn matrix_create_array_same_meta_merges() {
         assert_eq!(r.shape("a").await, json!([8]));
         // Only the chunk both wrote conflicts; the node itself does not.
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict(
                 "a/c/1",
                 ConflictTarget::Chunk,
@@ -603,7 +606,7 @@ async fn matrix_create_array_same_meta_different_shape_merges_max() {
         });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.shape("a").await, json!([8, 6]));
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -628,11 +631,11 @@ async fn matrix_create_array_different_meta_one_winner() {
         assert_eq!(meta["data_type"], "uint16");
         assert_eq!(meta["attributes"], json!({}));
         // The loser's chunks and attributes never show under the winner.
-        assert_eq!(r.list(), ["a/c/0", "a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/c/0", "a/zarr.json", "zarr.json"]);
         assert_eq!(r.bytes("a/c/0").await.unwrap(), [2, 0, 2, 0]);
         assert_eq!(r.bytes("a/c/3").await, None);
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict(
                 "a/zarr.json",
                 ConflictTarget::Node,
@@ -666,8 +669,8 @@ async fn matrix_loser_shows_when_winner_deleted() {
         let r = lab.converge(&mut w).await;
         assert_eq!(r.json("a/zarr.json").await["data_type"], "uint8");
         assert_eq!(r.attrs("a").await, json!({"from": "X"}));
-        assert_eq!(r.list(), ["a/c/0", "a/zarr.json", "zarr.json"]);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.list().await, ["a/c/0", "a/zarr.json", "zarr.json"]);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -687,7 +690,7 @@ async fn matrix_create_array_three_way() {
         let r = lab.converge(&mut w).await;
         assert_eq!(r.json("a/zarr.json").await["data_type"], "int32");
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict(
                 "a/zarr.json",
                 ConflictTarget::Node,
@@ -709,9 +712,12 @@ async fn matrix_create_array_three_way() {
         }
         let r = lab.converge(&mut w).await;
         assert_eq!(r.json("a/zarr.json").await["data_type"], "uint8");
-        assert_eq!(r.list(), ["a/c/0", "a/c/2", "a/zarr.json", "zarr.json"]);
         assert_eq!(
-            r.conflicts(),
+            r.list().await,
+            ["a/c/0", "a/c/2", "a/zarr.json", "zarr.json"]
+        );
+        assert_eq!(
+            r.conflicts().await,
             [conflict(
                 "a/zarr.json",
                 ConflictTarget::Node,
@@ -738,11 +744,14 @@ async fn matrix_group_vs_array_same_path() {
             s.create_group("n/sub", Map::new()).unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["n/sub/zarr.json", "n/zarr.json", "zarr.json"]);
+        assert_eq!(
+            r.list().await,
+            ["n/sub/zarr.json", "n/zarr.json", "zarr.json"]
+        );
         assert_eq!(r.json("n/zarr.json").await["node_type"], "group");
         assert_eq!(r.attrs("n").await, json!({"g": true}));
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict(
                 "n/zarr.json",
                 ConflictTarget::Node,
@@ -764,11 +773,11 @@ async fn matrix_group_vs_array_same_path() {
             s.set("n/c/0", vec![1u8, 1]).unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["n/c/0", "n/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["n/c/0", "n/zarr.json", "zarr.json"]);
         assert_eq!(r.json("n/zarr.json").await["node_type"], "array");
         assert_eq!(r.attrs("n").await, json!({}));
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [
                 conflict(
                     "n/sub/zarr.json",
@@ -793,10 +802,10 @@ async fn matrix_node_under_array_hidden() {
             s.create_array("a/b/x", &u8x8()).unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/zarr.json", "zarr.json"]);
         assert_eq!(r.json("a/zarr.json").await["node_type"], "array");
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [
                 conflict(
                     "a/b/x/zarr.json",
@@ -840,9 +849,9 @@ async fn matrix_delete_node_vs_concurrent_chunk_write() {
             s.set("a/c/1", vec![9u8; 5000]).unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["zarr.json"]);
+        assert_eq!(r.list().await, ["zarr.json"]);
         assert_eq!(r.bytes("a/c/1").await, None);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
         // The write is valid and applied; it just has no effect.
         assert!(r.repo.fold().contains(&hb));
         assert_eq!(r.repo.rejected(), []);
@@ -864,9 +873,9 @@ async fn matrix_edit_to_deleted_incarnation_dropped() {
             s.delete("a/c/0").unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["zarr.json"]);
+        assert_eq!(r.list().await, ["zarr.json"]);
         assert_eq!(r.bytes("a/zarr.json").await, None);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
         assert_eq!(r.repo.rejected(), []);
     }
 }
@@ -884,8 +893,8 @@ async fn matrix_delete_vs_delete_idempotent() {
         commit!(w[0].repo, |s| { s.delete_prefix("g/").unwrap() });
         commit!(w[1].repo, |s| { s.delete("g/a/zarr.json").unwrap() });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["zarr.json"]);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.list().await, ["zarr.json"]);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -903,10 +912,10 @@ async fn matrix_recreate_after_concurrent_delete_survives() {
             s.set("a/c/1", vec![4u8, 4]).unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["a/c/1", "a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/c/1", "a/zarr.json", "zarr.json"]);
         assert_eq!(r.bytes("a/c/0").await, None, "old incarnation's chunk");
         assert_eq!(r.attrs("a").await, json!({}), "old incarnation's attribute");
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
 
         // Replace with different metadata, delete committed AFTER: still survives.
         let lab = lab_with_array(kind).await;
@@ -917,9 +926,9 @@ async fn matrix_recreate_after_concurrent_delete_survives() {
         later().await;
         commit!(w[0].repo, |s| { s.delete_prefix("a").unwrap() });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/zarr.json", "zarr.json"]);
         assert_eq!(r.json("a/zarr.json").await["data_type"], "float32");
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -939,9 +948,9 @@ async fn matrix_delete_vs_unseen_concurrent_create_survives() {
             s.create_group("g", attrs(json!({"from": 2}))).unwrap()
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["g/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["g/zarr.json", "zarr.json"]);
         assert_eq!(r.attrs("g").await, json!({"from": 2}));
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -963,10 +972,13 @@ async fn matrix_child_created_under_concurrently_deleted_group() {
         let r = lab.converge(&mut w).await;
         // The new child survives; the deleted group shows as an implicit empty group;
         // the existing child was in the deleted subtree, so its edit is dropped.
-        assert_eq!(r.list(), ["g/new/zarr.json", "g/zarr.json", "zarr.json"]);
+        assert_eq!(
+            r.list().await,
+            ["g/new/zarr.json", "g/zarr.json", "zarr.json"]
+        );
         assert_eq!(r.attrs("g").await, json!({}));
         assert_eq!(r.attrs("g/new").await, json!({"k": 1}));
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -986,10 +998,10 @@ async fn matrix_chunks_never_cross_incarnations() {
         });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.json("a/zarr.json").await["data_type"], "uint16");
-        assert_eq!(r.list(), ["a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/zarr.json", "zarr.json"]);
         assert_eq!(r.bytes("a/c/0").await, None);
         assert_eq!(r.bytes("a/c/1").await, None);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1008,10 +1020,10 @@ async fn matrix_validity_ignores_concurrent_state() {
         });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.json("a/zarr.json").await["node_type"], "group");
-        assert_eq!(r.list(), ["a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/zarr.json", "zarr.json"]);
         assert_eq!(r.repo.rejected(), []);
         assert!(r.repo.fold().contains(&hb));
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1044,11 +1056,11 @@ async fn matrix_write_through_merged_node_vs_delete_of_its_target() {
             s.resize("a", &[16]).unwrap();
         });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["a/c/1", "a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/c/1", "a/zarr.json", "zarr.json"]);
         assert_eq!(r.attrs("a").await, json!({"keep": "y"}));
         assert_eq!(r.shape("a").await, json!([8]));
         assert_eq!(r.bytes("a/c/1").await.unwrap(), [2, 2]);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
         assert!(r.repo.fold().contains(&hy));
     }
 }
@@ -1078,7 +1090,7 @@ async fn matrix_attr_different_keys_both_survive() {
             r.attrs("g").await,
             json!({"k": "old", "x": 1, "y": {"deep": [1, 2]}})
         );
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1092,7 +1104,7 @@ async fn matrix_attr_same_key_winner_reported() {
         let hb = commit!(w[1].repo, |s| { s.set_attr("g", "k", json!("b")).unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.attrs("g").await, json!({"k": "b"}));
-        let cs = r.repo.conflicts();
+        let cs = r.repo.conflicts().await.unwrap();
         assert_eq!(
             summary(&cs),
             [conflict("g/zarr.json", attr("k"), at(hb, 0), &[at(ha, 0)])]
@@ -1115,7 +1127,7 @@ async fn matrix_attr_set_vs_delete() {
         });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.attrs("g").await, json!({"k": "new"}));
-        let cs = r.repo.conflicts();
+        let cs = r.repo.conflicts().await.unwrap();
         assert_eq!(
             summary(&cs),
             [conflict("g/zarr.json", attr("k"), at(hb, 0), &[at(ha, 0)])]
@@ -1132,7 +1144,7 @@ async fn matrix_attr_set_vs_delete() {
         let hb = commit!(w[1].repo, |s| { s.delete_attr("g", "k").unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.attrs("g").await, json!({}));
-        let cs = r.repo.conflicts();
+        let cs = r.repo.conflicts().await.unwrap();
         assert_eq!(
             summary(&cs),
             [conflict("g/zarr.json", attr("k"), at(hb, 0), &[at(ha, 0)])]
@@ -1153,7 +1165,7 @@ async fn matrix_attr_delete_vs_delete() {
         assert_eq!(r.attrs("g").await, json!({}));
         // Two live tombstones: reported like any register with two live entries.
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict("g/zarr.json", attr("k"), at(hb, 0), &[at(ha, 0)])]
         );
     }
@@ -1177,7 +1189,7 @@ async fn matrix_concurrent_grows_elementwise_max() {
         commit!(w[2].repo, |s| { s.resize("a", &[6, 4]).unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.shape("a").await, json!([8, 6]));
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1194,7 +1206,7 @@ async fn matrix_resize_different_dimensions_independent() {
         commit!(w[1].repo, |s| { s.resize("a", &[4, 8]).unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.shape("a").await, json!([2, 8]));
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1223,10 +1235,10 @@ async fn matrix_shrink_vs_concurrent_grow() {
         let r = lab.converge(&mut w).await;
         assert_eq!(r.shape("a").await, json!([12]));
         assert_eq!(
-            r.list(),
+            r.list().await,
             ["a/c/0", "a/c/1", "a/c/5", "a/zarr.json", "zarr.json"]
         );
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1241,10 +1253,10 @@ async fn matrix_concurrent_shrinks_larger_survives() {
         let r = lab.converge(&mut w).await;
         assert_eq!(r.shape("a").await, json!([4]));
         // c/1 was deleted by the smaller shrink only.
-        assert_eq!(r.list(), ["a/c/0", "a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/c/0", "a/zarr.json", "zarr.json"]);
         // Both deleted c/2 and c/3: two live tombstones each.
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [
                 conflict("a/c/2", ConflictTarget::Chunk, at(hb, 1), &[at(ha, 2)]),
                 conflict("a/c/3", ConflictTarget::Chunk, at(hb, 2), &[at(ha, 3)]),
@@ -1268,9 +1280,12 @@ async fn matrix_shrink_vs_concurrent_chunk_write_outside() {
         // The shrink did not observe c/3: it survives, outside the shape, and shows
         // again if the array grows.
         assert_eq!(r.shape("a").await, json!([4]));
-        assert_eq!(r.list(), ["a/c/0", "a/c/3", "a/zarr.json", "zarr.json"]);
+        assert_eq!(
+            r.list().await,
+            ["a/c/0", "a/c/3", "a/zarr.json", "zarr.json"]
+        );
         assert_eq!(r.bytes("a/c/3").await.unwrap(), [3, 3]);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1301,7 +1316,7 @@ async fn matrix_chunk_overwrite_concurrent() {
         let r = lab.converge(&mut w).await;
         assert_eq!(r.bytes("a/c/0").await.unwrap(), [2, 2]);
         assert_eq!(r.bytes("big/c/0").await.unwrap(), vec![2u8; 5000]);
-        let cs = r.repo.conflicts();
+        let cs = r.repo.conflicts().await.unwrap();
         assert_eq!(
             summary(&cs),
             [
@@ -1323,10 +1338,10 @@ async fn matrix_chunk_different_keys_both_survive() {
         commit!(w[1].repo, |s| { s.set("a/c/2", vec![2u8, 2]).unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(
-            r.list(),
+            r.list().await,
             ["a/c/0", "a/c/1", "a/c/2", "a/zarr.json", "zarr.json"]
         );
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1341,7 +1356,7 @@ async fn matrix_chunk_write_vs_delete() {
         let hb = commit!(w[1].repo, |s| { s.set("a/c/0", vec![1u8, 1]).unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.bytes("a/c/0").await.unwrap(), [1, 1]);
-        let cs = r.repo.conflicts();
+        let cs = r.repo.conflicts().await.unwrap();
         assert_eq!(
             summary(&cs),
             [conflict(
@@ -1361,8 +1376,8 @@ async fn matrix_chunk_write_vs_delete() {
         let hb = commit!(w[1].repo, |s| { s.delete("a/c/0").unwrap() });
         let r = lab.converge(&mut w).await;
         assert_eq!(r.bytes("a/c/0").await, None);
-        assert_eq!(r.list(), ["a/zarr.json", "zarr.json"]);
-        let cs = r.repo.conflicts();
+        assert_eq!(r.list().await, ["a/zarr.json", "zarr.json"]);
+        let cs = r.repo.conflicts().await.unwrap();
         assert_eq!(
             summary(&cs),
             [conflict(
@@ -1385,9 +1400,9 @@ async fn matrix_chunk_delete_vs_delete() {
         later().await;
         let hb = commit!(w[1].repo, |s| { s.delete("a/c/0").unwrap() });
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["a/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["a/zarr.json", "zarr.json"]);
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict(
                 "a/c/0",
                 ConflictTarget::Chunk,
@@ -1428,7 +1443,7 @@ async fn matrix_causal_overwrite_is_not_conflict() {
         assert_eq!(r.attrs("a").await, json!({"k": 2}));
         assert_eq!(r.shape("a").await, json!([2]));
         assert_eq!(r.json("g/zarr.json").await["node_type"], "array");
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1456,7 +1471,7 @@ async fn matrix_conflict_resolved_by_later_write() {
         let (done, rest) = w.split_at_mut(2);
         rest[0].pull(&done[0]).await;
         rest[0].pull(&done[1]).await;
-        assert_eq!(rest[0].repo.conflicts().len(), 3);
+        assert_eq!(rest[0].repo.conflicts().await.unwrap().len(), 3);
         commit!(rest[0].repo, |s| {
             s.set_attr("g", "k", json!("C")).unwrap();
             s.set("a/c/0", vec![3u8, 3]).unwrap();
@@ -1467,7 +1482,7 @@ async fn matrix_conflict_resolved_by_later_write() {
         assert_eq!(r.attrs("g").await, json!({"k": "C"}));
         assert_eq!(r.bytes("a/c/0").await.unwrap(), [3, 3]);
         assert_eq!(r.json("b/zarr.json").await["data_type"], "uint8");
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1488,7 +1503,7 @@ async fn matrix_pending_until_deps_arrive() {
         let mut reader = crzarr::Repo::open(site.store.clone(), PREFIX)
             .await
             .unwrap();
-        let before = reader.list();
+        let before = reader.list().await.unwrap();
         site.put_all(&w[1].own().await).await;
         let report = reader.refresh().await.unwrap();
         assert_eq!((report.applied, report.pending), (0, 1));
@@ -1501,7 +1516,7 @@ async fn matrix_pending_until_deps_arrive() {
                 missing: vec![ha],
             }]
         );
-        assert_eq!(reader.list(), before);
+        assert_eq!(reader.list().await.unwrap(), before);
         assert!(!reader.fold().contains(&hb));
         // Its dependency arrives: both apply.
         site.put_all(&w[0].own().await).await;
@@ -1509,11 +1524,11 @@ async fn matrix_pending_until_deps_arrive() {
         assert_eq!((report.applied, report.pending), (2, 0));
         assert_eq!(reader.pending(), []);
         assert_eq!(reader.get("a/c/1").await.unwrap().unwrap(), [2u8, 2][..]);
-        assert_eq!(reader.conflicts(), []);
+        assert_eq!(reader.conflicts().await.unwrap(), []);
 
         let r = lab.converge(&mut w).await;
         assert_eq!(r.bytes("a/c/1").await.unwrap(), [2, 2]);
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 
@@ -1576,11 +1591,11 @@ async fn matrix_duplicate_delivery_idempotent() {
             .unwrap();
         site.put_all(&w[0].site.objects().await).await;
         assert_eq!(reader.refresh().await.unwrap().applied, 1);
-        let once = State::of_repo(&reader);
+        let once = State::of_repo(&reader).await;
         site.put_all(&w[0].site.objects().await).await;
         let again = reader.refresh().await.unwrap();
         assert_eq!((again.fetched, again.applied), (0, 0));
-        assert_eq!(State::of_repo(&reader), once);
+        assert_eq!(State::of_repo(&reader).await, once);
         site.put_all(&w[1].site.objects().await).await;
         let rep = reader.refresh().await.unwrap();
         assert_eq!((rep.fetched, rep.applied), (1, 1));
@@ -1599,7 +1614,7 @@ async fn matrix_duplicate_delivery_idempotent() {
         );
         assert_eq!(fold.insert(ha, get(ha), 0), InsertOutcome::Duplicate);
         assert_eq!(fold.insert(base, get(base), 0), InsertOutcome::Duplicate);
-        assert_eq!(State::of_fold(&fold), State::of_repo(&reader));
+        assert_eq!(State::of_fold(&fold), State::of_repo(&reader).await);
 
         lab.converge(&mut w).await;
     }
@@ -1636,7 +1651,7 @@ async fn matrix_fork_reported() {
         let expect = if hi == ha { "a" } else { "clone" };
         assert_eq!(r.attrs("g").await, json!({"k": expect}));
         assert_eq!(
-            r.conflicts(),
+            r.conflicts().await,
             [conflict("g/zarr.json", attr("k"), at(hi, 0), &[at(lo, 0)])]
         );
     }
@@ -1697,7 +1712,7 @@ async fn matrix_invalid_change_rejected_whole() {
         let h4 = w[1].put_change(&child).await;
 
         let r = lab.converge(&mut w).await;
-        assert_eq!(r.list(), ["ok/zarr.json", "zarr.json"]);
+        assert_eq!(r.list().await, ["ok/zarr.json", "zarr.json"]);
         let mut expect = vec![
             (h1, "op 1: chunk op on a group".to_string()),
             (
@@ -1737,7 +1752,7 @@ async fn matrix_invalid_change_rejected_whole() {
                 "{h:?} not in {problems:?}"
             );
         }
-        assert_eq!(r.conflicts(), []);
+        assert_eq!(r.conflicts().await, []);
     }
 }
 

@@ -380,10 +380,12 @@ async fn read(store: &dyn ObjectStore, key: &Path) -> Bytes {
 }
 
 /// Changes a change needs applied first: deps and changes its ops reference.
+/// What a change waits for (spec/merge.md): deps and the changes whose nodes it
+/// edits or deletes; `observed` entries are not waited for.
 fn required(c: &Change) -> BTreeSet<ChangeHash> {
     let mut v: BTreeSet<ChangeHash> = c.deps.iter().copied().collect();
     for op in &c.ops {
-        op.for_each_ref(|r| {
+        op.for_each_node_ref(|r| {
             if let OpRef::Change(h, _) = r {
                 v.insert(*h);
             }
@@ -628,8 +630,8 @@ impl World {
         let all: BTreeSet<ChangeHash> = self.changes.keys().copied().collect();
         let first = &self.replicas[0].repo;
         let entries = first.view().entries(first.fold());
-        let list = first.list();
-        let conflicts = first.conflicts();
+        let list = first.list().await.unwrap();
+        let conflicts = first.conflicts().await.unwrap();
         for (i, rep) in self.replicas.iter().enumerate() {
             assert_eq!(rep.holds, all, "replica {i} holds everything");
             let applied: BTreeSet<ChangeHash> = rep.repo.log().iter().map(|c| c.hash).collect();
@@ -646,12 +648,22 @@ impl World {
                 entries,
                 "replica {i}: entries differ from replica 0"
             );
-            assert_eq!(rep.repo.list(), list, "replica {i}: list");
+            assert_eq!(rep.repo.list().await.unwrap(), list, "replica {i}: list");
             for prefix in ["", "g/", "g/a/", "b/", "b/c/"] {
-                assert_eq!(rep.repo.list_dir(prefix), first.list_dir(prefix));
-                assert_eq!(rep.repo.list_prefix(prefix), first.list_prefix(prefix));
+                assert_eq!(
+                    rep.repo.list_dir(prefix).await.unwrap(),
+                    first.list_dir(prefix).await.unwrap()
+                );
+                assert_eq!(
+                    rep.repo.list_prefix(prefix).await.unwrap(),
+                    first.list_prefix(prefix).await.unwrap()
+                );
             }
-            assert_eq!(rep.repo.conflicts(), conflicts, "replica {i}: conflicts");
+            assert_eq!(
+                rep.repo.conflicts().await.unwrap(),
+                conflicts,
+                "replica {i}: conflicts"
+            );
             let order = |r: &Repo| r.log().iter().map(|c| c.hash).collect::<Vec<_>>();
             assert_eq!(order(&rep.repo), order(first), "replica {i}: log order");
             assert_eq!(
@@ -1385,7 +1397,7 @@ proptest! {
             w.run(&sc).await;
             let repo = &w.replicas[0].repo;
             let entries = repo.view().entries(repo.fold());
-            let conflicts = repo.conflicts();
+            let conflicts = repo.conflicts().await.unwrap();
             let all: Vec<(ChangeHash, Change)> = w
                 .changes
                 .iter()

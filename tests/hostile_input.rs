@@ -153,7 +153,7 @@ impl Fixture {
         assert!(reader.problems().is_empty());
         let expected = reader.view().entries(reader.fold());
         let mut expected_bytes = BTreeMap::new();
-        for k in reader.list() {
+        for k in reader.list().await.unwrap() {
             let v = reader.get(&k).await.unwrap().unwrap();
             expected_bytes.insert(k, v);
         }
@@ -1099,23 +1099,23 @@ async fn marker_with_unknown_format_version() {
         let marker = fx.layout.marker();
         let id = fx.repo.to_string();
         let newer = [
-            json!({"format": "crzarr", "format_version": 2, "repo_id": id}),
+            json!({"format": "crzarr", "format_version": 99, "repo_id": id}),
             // A newer marker may also carry fields this build does not know.
-            json!({"format": "crzarr", "format_version": 2, "repo_id": id, "snapshots": "v2"}),
+            json!({"format": "crzarr", "format_version": 99, "repo_id": id, "snapshots": "v2"}),
         ];
         for m in newer {
             put(&fx.b, &marker, Bytes::from(m.to_string())).await;
             let err = match Repo::open(fx.b.store.clone(), &fx.b.prefix).await {
                 Err(e) => e,
-                Ok(_) => panic!("opened a version-2 repo"),
+                Ok(_) => panic!("opened a version-99 repo"),
             };
             assert!(
-                matches!(&err, Error::UnsupportedVersion { key, found: 2, supported: 1 } if key == marker.as_ref()),
+                matches!(&err, Error::UnsupportedVersion { key, found: 99, supported: 2 } if key == marker.as_ref()),
                 "{m}: {err:?}"
             );
             assert!(
                 err.to_string().contains(
-                    "format version 2 is not supported (this build reads version 1); upgrade crzarr"
+                    "format version 99 is not supported (this build reads version 2); upgrade crzarr"
                 ),
                 "{err}"
             );
@@ -1134,19 +1134,19 @@ async fn garbage_marker() {
             (b"".to_vec(), "not a crzarr marker"),
             (b"[1,2]".to_vec(), "not a crzarr marker"),
             (
-                json!({"format": "other", "format_version": 1, "repo_id": id})
+                json!({"format": "other", "format_version": 2, "repo_id": id})
                     .to_string()
                     .into_bytes(),
                 "unknown format \"other\"",
             ),
             (
-                json!({"format": "crzarr", "format_version": 1, "repo_id": "nope"})
+                json!({"format": "crzarr", "format_version": 2, "repo_id": "nope"})
                     .to_string()
                     .into_bytes(),
                 "not a ULID",
             ),
             (
-                json!({"format": "crzarr", "format_version": 1})
+                json!({"format": "crzarr", "format_version": 2})
                     .to_string()
                     .into_bytes(),
                 "missing field `repo_id`",
@@ -1617,7 +1617,7 @@ async fn format_spec_example_bytes() {
         serde_json::from_slice(&get_bytes(&fx.b, &fx.layout.marker()).await).unwrap();
     assert_eq!(
         marker,
-        json!({"format": "crzarr", "format_version": 1, "repo_id": fx.repo.to_string()})
+        json!({"format": "crzarr", "format_version": 2, "repo_id": fx.repo.to_string()})
     );
     // zarr.json rendering: sorted keys, 2-space indentation, trailing newline.
     let root = fx.expected_bytes["zarr.json"].clone();

@@ -6,9 +6,11 @@
 //! |---|---|---|
 //! | commit, every chunk inline | 1 PUT | 1 |
 //! | commit with k blob chunks (k <= 32) | k + 1 PUTs | 2 |
-//! | open of N changes (N <= 32) | 1 LIST + 1 GET (marker) + N GETs | 2 |
-//! | refresh, nothing new | 1 LIST | 1 |
-//! | refresh, m new changes (m <= 32) | 1 LIST + m GETs | 2 |
+//! | open of N changes (N <= 32), no snapshot | 2 LISTs + 2 GETs (marker, hint) + N GETs | 2 |
+//! | refresh, nothing new | 2 LISTs (changes, snapshots) | 1 |
+//! | refresh, m new changes (m <= 32) | 2 LISTs + m GETs | 2 |
+//!
+//! Opens from a snapshot are counted in `tests/snapshots.rs`.
 //! | get of an inline chunk or metadata | none | 0 |
 //! | get of a blob chunk | 1 GET | 1 |
 
@@ -143,7 +145,7 @@ async fn commit_over_the_concurrency_limit_takes_a_round_trip_per_wave() {
 }
 
 #[tokio::test]
-async fn open_is_one_list_one_marker_get_and_n_change_gets_in_two_round_trips() {
+async fn open_is_two_lists_marker_and_hint_gets_and_n_change_gets_in_two_round_trips() {
     for b in [memory(), local()] {
         let (counting, mut writer) = setup(&b).await;
         // `setup` committed 1 change; add more until there are N.
@@ -163,7 +165,7 @@ async fn open_is_one_list_one_marker_get_and_n_change_gets_in_two_round_trips() 
             assert_eq!(reader.log().len() as u64, n, "{}", b.name);
             assert_eq!(
                 summary(&c),
-                counts(0, 1 + n, 1, 2),
+                counts(0, 2 + n, 2, 2),
                 "{} N={n}: {c:?}",
                 b.name
             );
@@ -179,7 +181,7 @@ async fn open_of_an_empty_repo_is_one_round_trip() {
         Repo::open(Arc::new(counting.clone()), &b.prefix)
             .await
             .unwrap();
-        assert_eq!(summary(&counting.take()), counts(0, 1, 1, 1), "{}", b.name);
+        assert_eq!(summary(&counting.take()), counts(0, 2, 2, 1), "{}", b.name);
     }
 }
 
@@ -194,7 +196,7 @@ async fn refresh_fetches_only_new_changes() {
         reader.refresh().await.unwrap();
         assert_eq!(
             summary(&counting.take()),
-            counts(0, 0, 1, 1),
+            counts(0, 0, 2, 1),
             "{}: nothing new",
             b.name
         );
@@ -210,7 +212,7 @@ async fn refresh_fetches_only_new_changes() {
             assert_eq!(report.fetched as u64, m, "{}", b.name);
             assert_eq!(
                 summary(&counting.take()),
-                counts(0, m, 1, 2),
+                counts(0, m, 2, 2),
                 "{}: {m} new",
                 b.name
             );

@@ -172,7 +172,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     b_bucket.write_marker(a.id()).await?;
     exchange(a.bucket(), &b_bucket).await?;
     let mut b = Repo::open(b_loc.store.clone(), &b_loc.prefix).await?;
-    println!("   B shows the same {} keys as A.", b.list().len());
+    println!("   B shows the same {} keys as A.", b.list().await?.len());
 
     say(
         "3.",
@@ -199,8 +199,8 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     );
     println!(
         "   Now A and B differ: A has {} keys, B has {}.",
-        a.list().len(),
-        b.list().len()
+        a.list().await?.len(),
+        b.list().await?.len()
     );
 
     say(
@@ -219,7 +219,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     );
     let (da, db) = (view_digest(&a), view_digest(&b));
     println!("   view digest A = {da}, B = {db}");
-    if da != db || a.list() != b.list() {
+    if da != db || a.list().await? != b.list().await? {
         return Err(Error::Usage(
             "the replicas did not converge (this is a bug)".into(),
         ));
@@ -231,7 +231,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         "   sst shape {} (both grows kept), attributes {}",
         meta["shape"], meta["attributes"]
     );
-    for k in a.list() {
+    for k in a.list().await? {
         println!("     {k}");
     }
 
@@ -239,8 +239,8 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         "6.",
         "Concurrent overwrites were resolved by the same rule everywhere (causal order, then clock, then writer id):",
     );
-    let conflicts = a.conflicts();
-    if conflicts != b.conflicts() {
+    let conflicts = a.conflicts().await?;
+    if conflicts != b.conflicts().await? {
         return Err(Error::Usage(
             "the replicas report different conflicts (this is a bug)".into(),
         ));

@@ -261,8 +261,8 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
         Command::Ls { repo, prefix, json } => {
             let r = open(&repo, concurrency).await?;
             let keys = match &prefix {
-                Some(p) => r.list_prefix(p),
-                None => r.list(),
+                Some(p) => r.list_prefix(p).await?,
+                None => r.list().await?,
             };
             if json {
                 return print_json(&json!(keys));
@@ -348,7 +348,7 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
         }
         Command::Conflicts { repo, json } => {
             let r = open(&repo, concurrency).await?;
-            let conflicts = r.conflicts();
+            let conflicts = r.conflicts().await?;
             if json {
                 return print_json(&serde_json::to_value(&conflicts).unwrap_or_default());
             }

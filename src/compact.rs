@@ -1,0 +1,281 @@
+//! Compaction: writing a snapshot of the current state, beside writers and other
+//! compactors, without locks (`spec/format.md`, "Compaction").
+//!
+//! Pieces and archive shards are written first, the metadata object last: a snapshot
+//! is visible all at once, under an immutable name no other compactor can take.
+
+use crate::bucket::Bucket;
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, ChangeHash, ObjectHash, now_millis};
+use crate::layout::SnapshotName;
+use crate::repo::Repo;
+use crate::snapshot::{
+    ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_SHARD_BYTES, SnapFork,
+    SnapshotMeta,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// A compaction that runs longer than this writes nothing: garbage collection's
+/// safety argument assumes compactions finish well inside its window.
+pub const DEFAULT_COMPACTION_TIME_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// What [`Repo::compact`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompactReport {
+    /// The snapshot written (`None` when already up to date).
+    pub snapshot: Option<String>,
+    /// The snapshot the state was based on.
+    pub based_on: Option<String>,
+    /// Changes folded in that no earlier snapshot covered.
+    pub changes_folded: usize,
+    /// Changes the new snapshot covers in all.
+    pub covered: u64,
+    /// Changes left pending (waiting for dependencies): not covered.
+    pub pending: usize,
+    /// Manifest pieces written.
+    pub manifests_written: usize,
+    /// Manifest pieces carried over unchanged.
+    pub manifests_reused: usize,
+    /// Archive shards written.
+    pub archive_shards_written: usize,
+    /// Bytes written (metadata, pieces, shards).
+    pub bytes_written: u64,
+    /// Snapshots the new one covers entirely.
+    pub supersedes: Vec<String>,
+}
+
+impl Repo {
+    /// Writes a snapshot of everything this bucket holds that is causally complete.
+    /// Idempotent: with nothing new since the newest snapshot, it writes nothing.
+    pub async fn compact(&mut self) -> Result<CompactReport> {
+        self.compact_within(DEFAULT_COMPACTION_TIME_LIMIT).await
+    }
+
+    /// [`Repo::compact`] with a time limit other than the default.
+    pub async fn compact_within(&mut self, limit: Duration) -> Result<CompactReport> {
+        let started = Instant::now();
+        self.refresh().await?;
+        let bucket = self.bucket().clone();
+        let (listing, snaps) = futures::join!(bucket.list_changes(), bucket.list_snapshots());
+        let listed: HashSet<ChangeHash> = listing?.0.iter().map(|c| c.name.hash).collect();
+        let (snaps, _) = snaps?;
+        let base = self.fold().snapshot_base().cloned();
+        let base_name = base.as_ref().map(|b| b.name);
+
+        // Snapshots this state covers entirely, so garbage collection may drop them.
+        let listed_names: HashSet<String> = snaps.iter().map(|s| s.name.file_name()).collect();
+        let mut supersedes: Vec<String> = base
+            .as_ref()
+            .map(|b| {
+                b.supersedes
+                    .iter()
+                    .filter(|n| listed_names.contains(*n))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut newly_superseded = 0;
+        for snap in &snaps {
+            let name = snap.name.file_name();
+            if Some(snap.name) == base_name || supersedes.contains(&name) {
+                continue;
+            }
+            if self.covers_snapshot(&bucket, snap.name).await? {
+                supersedes.push(name);
+                newly_superseded += 1;
+            }
+        }
+        if let Some(b) = base_name {
+            supersedes.push(b.file_name());
+        }
+        supersedes.sort();
+        supersedes.dedup();
+        let mut report = CompactReport {
+            based_on: base_name.map(|n| n.file_name()),
+            changes_folded: self.fold().uncompacted(),
+            pending: self.fold().pending().len(),
+            ..Default::default()
+        };
+        if self.fold().is_empty() || (!self.fold().has_uncompacted() && newly_superseded == 0) {
+            report.covered = base_name.map_or(0, |n| n.covered);
+            return Ok(report);
+        }
+
+        // Read what the export needs: pieces of changed arrays, and the archive.
+        self.load_pieces(self.fold().pieces_for_export()).await?;
+        let old_shards = read_shards(&bucket, base.as_ref().map(|b| &b.archive[..])).await?;
+        let mut archived: HashSet<ChangeHash> = HashSet::new();
+        let mut archived_claims: HashMap<(ActorId, u64), ChangeHash> = HashMap::new();
+        for s in old_shards.iter().flatten() {
+            for c in &s.changes {
+                archived.insert(c.hash);
+                archived_claims.insert((c.actor, c.seq), c.hash);
+            }
+        }
+        let fold = self.fold();
+        let is_covered = |h: &ChangeHash| fold.contains(h) || archived.contains(h);
+        let mut exported = fold.export(&listed, &is_covered)?;
+
+        // Forks against archived history are found here, and kept in the snapshot.
+        let mut forks: BTreeMap<(ActorId, u64), Vec<ChangeHash>> = exported
+            .meta
+            .forks
+            .drain(..)
+            .map(|f| ((f.actor, f.seq), f.changes))
+            .collect();
+        for info in fold.log() {
+            if let Some(h) = archived_claims.get(&(info.actor, info.seq))
+                && *h != info.hash
+            {
+                let v = forks.entry((info.actor, info.seq)).or_default();
+                v.extend([*h, info.hash]);
+                v.sort();
+                v.dedup();
+            }
+        }
+        exported.meta.forks = forks
+            .into_iter()
+            .map(|((actor, seq), changes)| SnapFork {
+                actor,
+                seq,
+                changes,
+            })
+            .collect();
+
+        // The archive: old shards plus what leaves the table; unchanged shards reused.
+        let mut add: Vec<Vec<CoveredChange>> = vec![Vec::new(); ARCHIVE_SHARDS];
+        for c in exported.to_archive.drain(..) {
+            if !archived.contains(&c.hash) {
+                add[CoveredChange::shard(&c.hash)].push(c);
+            }
+        }
+        let mut shard_hashes: Vec<Option<ObjectHash>> = Vec::with_capacity(ARCHIVE_SHARDS);
+        let mut uploads: Vec<(Path, Bytes)> = Vec::new();
+        for (i, extra) in add.into_iter().enumerate() {
+            let old_hash = base.as_ref().and_then(|b| b.archive[i]);
+            if extra.is_empty() {
+                shard_hashes.push(old_hash);
+                continue;
+            }
+            let mut changes: Vec<CoveredChange> = old_shards[i]
+                .as_ref()
+                .map(|s| s.changes.clone())
+                .unwrap_or_default();
+            changes.extend(extra);
+            changes.sort_by_key(|c| c.hash);
+            changes.dedup_by_key(|c| c.hash);
+            let bytes = ArchiveShard { changes }.encode();
+            let h = ObjectHash::of(&bytes);
+            uploads.push((bucket.layout.archive_shard(&h), Bytes::from(bytes)));
+            report.archive_shards_written += 1;
+            shard_hashes.push(Some(h));
+        }
+        for (h, bytes) in exported.new_pieces.drain(..) {
+            uploads.push((bucket.layout.manifest(&h), Bytes::from(bytes)));
+            report.manifests_written += 1;
+        }
+        report.manifests_reused = exported.reused_pieces;
+        exported.meta.archive = shard_hashes;
+        exported.meta.supersedes = supersedes.clone();
+        exported.meta.written_ms = now_millis();
+        let meta_bytes = Bytes::from(exported.meta.encode());
+        if meta_bytes.len() as u64 > MAX_META_BYTES {
+            return Err(Error::Limit(format!(
+                "snapshot metadata would be {} bytes, over {MAX_META_BYTES}",
+                meta_bytes.len()
+            )));
+        }
+        let name = SnapshotName {
+            covered: exported.meta.covered,
+            hash: ObjectHash::of(&meta_bytes),
+        };
+
+        report.bytes_written =
+            meta_bytes.len() as u64 + uploads.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        let results: Vec<Result<()>> = futures::stream::iter(uploads)
+            .map(|(key, bytes)| {
+                let bucket = bucket.clone();
+                async move { bucket.put_once(&key, bytes).await.map(|_| ()) }
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        if started.elapsed() > limit {
+            return Err(Error::Limit(format!(
+                "compaction ran {:?}, over its {limit:?} limit: no snapshot written \
+                 (garbage collection assumes compactions finish well inside its window)",
+                started.elapsed()
+            )));
+        }
+        bucket
+            .put_once(&bucket.layout.snapshot(&name), meta_bytes.clone())
+            .await?;
+        // Only a hint: readers check it against the listing.
+        bucket
+            .put_blob(&bucket.layout.latest_hint(), meta_bytes)
+            .await?;
+        // Continue from the snapshot just written, so the next compaction is
+        // incremental and this handle holds no more than a fresh reader.
+        self.reload().await?;
+        self.note_snapshot(name);
+        report.snapshot = Some(name.file_name());
+        report.covered = name.covered;
+        report.supersedes = supersedes;
+        Ok(report)
+    }
+
+    /// Whether this state holds everything snapshot `name` covers.
+    async fn covers_snapshot(&self, bucket: &Bucket, name: SnapshotName) -> Result<bool> {
+        let key = bucket.layout.snapshot(&name);
+        let Some(bytes) = bucket.get(&key, MAX_META_BYTES).await? else {
+            return Ok(false);
+        };
+        match SnapshotMeta::decode(key.as_ref(), &bytes, &name.hash) {
+            Ok(meta) => Ok(meta.heads.iter().all(|h| self.fold().contains(h))),
+            // A damaged or newer snapshot is never superseded by us.
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+/// Reads archive shards (all of them, in parallel).
+pub(crate) async fn read_shards(
+    bucket: &Bucket,
+    shards: Option<&[Option<ObjectHash>]>,
+) -> Result<Vec<Option<ArchiveShard>>> {
+    let Some(shards) = shards else {
+        return Ok(vec![None; ARCHIVE_SHARDS]);
+    };
+    let fetched: Vec<Result<(usize, Option<ArchiveShard>)>> =
+        futures::stream::iter(shards.iter().copied().enumerate())
+            .map(|(i, h)| {
+                let bucket = bucket.clone();
+                async move {
+                    let Some(h) = h else {
+                        return Ok((i, None));
+                    };
+                    let key = bucket.layout.archive_shard(&h);
+                    let bytes = bucket.get(&key, MAX_SHARD_BYTES).await?.ok_or_else(|| {
+                        Error::Vanished {
+                            key: key.to_string(),
+                        }
+                    })?;
+                    Ok((i, Some(ArchiveShard::decode(key.as_ref(), &bytes, &h)?)))
+                }
+            })
+            .buffer_unordered(ARCHIVE_SHARDS)
+            .collect()
+            .await;
+    let mut out = vec![None; shards.len().max(ARCHIVE_SHARDS)];
+    for r in fetched {
+        let (i, s) = r?;
+        out[i] = s;
+    }
+    Ok(out)
+}

@@ -1,0 +1,677 @@
+//! The fold and snapshots: starting a fold from snapshot metadata, reading chunk
+//! registers that live in manifest pieces, and exporting the state as a snapshot.
+
+use super::*;
+use crate::snapshot::{PIECE_ENTRIES, SnapFork, SnapNode, Superseded, TableEntry};
+use std::collections::{BTreeSet, HashSet};
+
+/// A snapshot's state as a compactor writes it: metadata plus the pieces it needs.
+pub(crate) struct Exported {
+    pub(crate) meta: SnapshotMeta,
+    /// New manifest pieces: hash, bytes and number of keys.
+    pub(crate) new_pieces: Vec<(ObjectHash, Vec<u8>)>,
+    /// Pieces carried over unchanged.
+    pub(crate) reused_pieces: usize,
+    /// Covered changes that leave the metadata table: they go to the archive.
+    pub(crate) to_archive: Vec<CoveredChange>,
+}
+
+fn corrupt(key: &str, what: impl Into<String>) -> Error {
+    Error::corrupt(key, what)
+}
+
+impl Fold {
+    /// A fold holding the state of snapshot `meta` (read from `key`). Chunk
+    /// registers stay in their manifest pieces until [`Fold::insert_piece`].
+    pub fn from_snapshot(
+        key: &str,
+        name: SnapshotName,
+        meta: SnapshotMeta,
+        repo: RepoId,
+    ) -> Result<Fold> {
+        if meta.repo != repo {
+            return Err(Error::ForeignRepo {
+                key: key.into(),
+                found: meta.repo.to_string(),
+                expected: repo.to_string(),
+            });
+        }
+        let mut f = Fold::new(repo);
+        for TableEntry { change: c, .. } in &meta.changes {
+            if f.index.contains_key(&c.hash) {
+                return Err(corrupt(key, "a change appears twice in the table"));
+            }
+            f.push_covered(c);
+        }
+        for h in &meta.heads {
+            f.heads.insert(*h);
+        }
+        let stamp = |s: &(u32, u32)| Stamp {
+            change: s.0,
+            op: s.1,
+        };
+        for n in meta.nodes {
+            crate::key::check_node_path(&n.path)
+                .map_err(|e| corrupt(key, format!("node path: {e}")))?;
+            let kind = match &n.kind {
+                SnapKind::Group => NodeKind::Group,
+                SnapKind::Array(json) => {
+                    let doc: serde_json::Value = serde_json::from_str(json)
+                        .map_err(|e| corrupt(key, format!("array metadata: {e}")))?;
+                    let m = ArrayMeta::from_stored(&doc)
+                        .map_err(|e| corrupt(key, format!("array metadata: {e}")))?;
+                    NodeKind::Array(Arc::new(m))
+                }
+            };
+            let ndim = match &kind {
+                NodeKind::Array(m) => m.ndim(),
+                NodeKind::Group => 0,
+            };
+            if !n.deleted && n.dims.len() != ndim {
+                return Err(corrupt(
+                    key,
+                    format!("node {:?}: wrong number of dimensions", n.path),
+                ));
+            }
+            if n.pieces.iter().any(|p| p.first.len() != ndim) {
+                return Err(corrupt(
+                    key,
+                    format!("node {:?}: piece coordinates", n.path),
+                ));
+            }
+            let attrs = n
+                .attrs
+                .into_iter()
+                .map(|(k, es)| {
+                    let es: Vec<(Stamp, Option<Box<str>>)> = es
+                        .into_iter()
+                        .map(|(s, v)| (stamp(&s), v.map(String::into_boxed_str)))
+                        .collect();
+                    (k.into_boxed_str(), Register::from_entries(es))
+                })
+                .collect();
+            let dims = n
+                .dims
+                .into_iter()
+                .map(|d| {
+                    d.map(|es| {
+                        Register::from_entries(
+                            es.into_iter().map(|(s, v)| (stamp(&s), v)).collect(),
+                        )
+                    })
+                })
+                .collect();
+            let s = stamp(&n.stamp);
+            let path: Box<str> = n.path.into_boxed_str();
+            if !n.deleted {
+                f.by_path.entry(path.clone()).or_default().push(s);
+            }
+            let node = Node {
+                path,
+                kind,
+                deleted: n.deleted,
+                attrs,
+                dims,
+                chunks: ChunkMap::default(),
+                base: Arc::from(n.pieces),
+            };
+            if f.nodes.insert(s, node).is_some() {
+                return Err(corrupt(key, "two nodes with one stamp"));
+            }
+        }
+        for r in meta.superseded {
+            let v = f
+                .superseded
+                .entry(r.path.into_boxed_str())
+                .or_default()
+                .entry(r.reg)
+                .or_default();
+            if !v.contains(&r.entry) {
+                v.push(r.entry);
+            }
+        }
+        f.snapshot_forks = meta
+            .forks
+            .into_iter()
+            .map(|x| Fork {
+                actor: x.actor,
+                seq: x.seq,
+                changes: x.changes,
+            })
+            .collect();
+        f.base = Some(SnapshotBase {
+            name,
+            max_hlc: meta.max_hlc,
+            archive: meta.archive,
+            supersedes: meta.supersedes,
+        });
+        Ok(f)
+    }
+
+    fn push_covered(&mut self, c: &CoveredChange) {
+        let idx = self.infos.len() as u32;
+        self.index.insert(c.hash, idx);
+        let claim = self.claims.entry((c.actor, c.seq)).or_default();
+        if !claim.contains(&c.hash) {
+            claim.push(c.hash);
+        }
+        self.infos.push(ChangeInfo {
+            hash: c.hash,
+            actor: c.actor,
+            seq: c.seq,
+            hlc: c.hlc,
+            wall_ms: 0,
+            message: None,
+            deps: Vec::new(),
+            ops: c.ops,
+            compacted: true,
+        });
+    }
+
+    /// Records a change known (from the coverage archive) to be covered by the
+    /// snapshot this fold started from, and applies what it unblocks.
+    pub fn add_covered(&mut self, c: &CoveredChange) -> usize {
+        if self.index.contains_key(&c.hash) {
+            return 0;
+        }
+        // A pending copy of it would be a second application: drop it.
+        if let Some(w) = self.pending.remove(&c.hash) {
+            self.pending_bytes -= w.size;
+        }
+        self.push_covered(c);
+        self.release(c.hash)
+    }
+
+    /// The snapshot this fold started from, if any.
+    pub fn snapshot_base(&self) -> Option<&SnapshotBase> {
+        self.base.as_ref()
+    }
+
+    /// Hashes that pending changes wait for, ascending.
+    pub fn missing(&self) -> Vec<ChangeHash> {
+        let set: BTreeSet<ChangeHash> = self.waiters.keys().copied().collect();
+        set.into_iter().collect()
+    }
+
+    /// The manifest piece holding `key` in incarnation `node`, if it has pieces.
+    pub(crate) fn piece_for<'a>(node: &'a Node, key: &str) -> Option<&'a PieceRef> {
+        let NodeKind::Array(meta) = &node.kind else {
+            return None;
+        };
+        if node.base.is_empty() {
+            return None;
+        }
+        let coords = piece_order(meta, key);
+        let i = node.base.partition_point(|p| p.first <= coords);
+        Some(&node.base[i.saturating_sub(1)])
+    }
+
+    /// Pieces not yet loaded that reading `key` (or, with `None`, every key) of the
+    /// given incarnations needs.
+    pub(crate) fn missing_pieces(&self, members: &[Stamp], key: Option<&str>) -> Vec<PieceRef> {
+        let loaded = self
+            .pieces
+            .read()
+            .map(|m| m.keys().copied().collect::<HashSet<_>>());
+        let loaded = loaded.unwrap_or_default();
+        let mut out: Vec<PieceRef> = Vec::new();
+        for m in members {
+            let Some(n) = self.nodes.get(m).filter(|n| !n.deleted) else {
+                continue;
+            };
+            let wanted: Vec<&PieceRef> = match key {
+                Some(k) => Fold::piece_for(n, k).into_iter().collect(),
+                None => n.base.iter().collect(),
+            };
+            for p in wanted {
+                if !loaded.contains(&p.hash) && !out.iter().any(|o| o.hash == p.hash) {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every piece not yet loaded, of every live incarnation.
+    pub(crate) fn all_missing_pieces(&self) -> Vec<PieceRef> {
+        let members: Vec<Stamp> = self.by_path.values().flatten().copied().collect();
+        self.missing_pieces(&members, None)
+    }
+
+    /// Caches a manifest piece (reading one never changes the state).
+    pub(crate) fn insert_piece(&self, hash: ObjectHash, piece: LoadedPiece) {
+        if let Ok(mut m) = self.pieces.write() {
+            m.insert(hash, Arc::new(piece));
+        }
+    }
+
+    fn loaded_piece(&self, hash: &ObjectHash) -> Option<Arc<LoadedPiece>> {
+        self.pieces.read().ok()?.get(hash).cloned()
+    }
+
+    /// Number of manifest pieces held in memory.
+    pub fn loaded_pieces(&self) -> usize {
+        self.pieces.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn order_of(&self, s: &Stamp) -> OrderKey {
+        let c = &self.infos[s.change as usize];
+        OrderKey {
+            hlc: c.hlc,
+            actor: c.actor,
+            seq: c.seq,
+            hash: c.hash,
+            op: s.op,
+        }
+    }
+
+    /// Live entries of chunk `key` in incarnation `m`, appended to `out`: those in
+    /// memory and those in its manifest piece, minus superseded ones. `Err` names a
+    /// piece that must be loaded first.
+    pub(crate) fn chunk_entries(
+        &self,
+        m: &Stamp,
+        key: &str,
+        out: &mut Vec<ChunkEntry>,
+    ) -> std::result::Result<(), ObjectHash> {
+        let Some(n) = self.nodes.get(m).filter(|n| !n.deleted) else {
+            return Ok(());
+        };
+        if let Some(reg) = n.chunks.get(key) {
+            out.extend(reg.entries().iter().map(|(s, v)| ChunkEntry {
+                order: self.order_of(s),
+                val: v.clone(),
+            }));
+        }
+        if let Some(p) = Fold::piece_for(n, key) {
+            let piece = self.loaded_piece(&p.hash).ok_or(p.hash)?;
+            if let Some(es) = piece.get(key) {
+                let reg = RegKey::Chunk(key.into());
+                for (c, op, v) in es {
+                    let order = piece.order(*c, *op);
+                    if !self.is_superseded(&n.path, &reg, &(order.hash, order.op)) {
+                        out.push(ChunkEntry {
+                            order,
+                            val: v.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunk keys with at least one live entry in incarnation `m`, unsorted.
+    pub(crate) fn node_chunk_keys(
+        &self,
+        m: &Stamp,
+    ) -> std::result::Result<Vec<String>, ObjectHash> {
+        let Some(n) = self.nodes.get(m).filter(|n| !n.deleted) else {
+            return Ok(Vec::new());
+        };
+        let mut keys: Vec<String> = n.chunks.keys().map(str::to_string).collect();
+        let sup = self.superseded.get(&n.path);
+        for p in n.base.iter() {
+            let piece = self.loaded_piece(&p.hash).ok_or(p.hash)?;
+            for (k, es) in &piece.keys {
+                let live = match sup.and_then(|s| s.get(&RegKey::Chunk(k.clone()))) {
+                    None => true,
+                    Some(ids) => es
+                        .iter()
+                        .any(|(c, op, _)| !ids.contains(&(piece.changes[*c as usize].hash, *op))),
+                };
+                if live && n.chunks.get(k).is_none() {
+                    keys.push(k.to_string());
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Number of chunk keys held in manifest pieces (loaded or not).
+    pub fn base_chunk_refs(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter(|n| !n.deleted)
+            .flat_map(|n| n.base.iter())
+            .map(|p| u64::from(p.keys))
+            .sum()
+    }
+
+    /// Whether any applied change is not yet in a snapshot.
+    pub fn has_uncompacted(&self) -> bool {
+        self.infos.iter().any(|c| !c.compacted)
+    }
+
+    /// Number of applied changes not from a snapshot.
+    pub fn uncompacted(&self) -> usize {
+        self.infos.iter().filter(|c| !c.compacted).count()
+    }
+
+    /// Pieces an export must read: every piece of an incarnation whose chunks
+    /// changed since the snapshot (others are carried over unread).
+    pub(crate) fn pieces_for_export(&self) -> Vec<PieceRef> {
+        let members: Vec<Stamp> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.deleted && self.chunks_dirty(n))
+            .map(|(s, _)| *s)
+            .collect();
+        self.missing_pieces(&members, None)
+    }
+
+    fn chunks_dirty(&self, n: &Node) -> bool {
+        n.chunks.len() > 0
+            || self
+                .superseded
+                .get(&n.path)
+                .is_some_and(|m| m.keys().any(|r| matches!(r, RegKey::Chunk(_))))
+    }
+
+    /// The state as a snapshot. `listed` are the change files listed now; `covered`
+    /// tells whether a change is covered (for dropping settled superseded records).
+    /// Pieces from [`Fold::pieces_for_export`] must be loaded.
+    pub(crate) fn export(
+        &self,
+        listed: &HashSet<ChangeHash>,
+        is_covered: &dyn Fn(&ChangeHash) -> bool,
+    ) -> Result<Exported> {
+        // The table: changes stamps refer to, plus covered changes still listed.
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        for (s, n) in &self.nodes {
+            used.insert(s.change);
+            for reg in n.attrs.values() {
+                used.extend(reg.entries().iter().map(|e| e.0.change));
+            }
+            for reg in n.dims.iter().flatten() {
+                used.extend(reg.entries().iter().map(|e| e.0.change));
+            }
+        }
+        for (i, c) in self.infos.iter().enumerate() {
+            if listed.contains(&c.hash) {
+                used.insert(i as u32);
+            }
+        }
+        let mut order: Vec<u32> = used.iter().copied().collect();
+        order.sort_by_key(|&i| self.infos[i as usize].hash);
+        let remap: HashMap<u32, u32> = order
+            .iter()
+            .enumerate()
+            .map(|(new, &old)| (old, new as u32))
+            .collect();
+        let covered_of = |c: &ChangeInfo| CoveredChange {
+            hash: c.hash,
+            actor: c.actor,
+            seq: c.seq,
+            hlc: c.hlc,
+            ops: c.ops,
+        };
+        let changes: Vec<TableEntry> = order
+            .iter()
+            .map(|&i| {
+                let c = &self.infos[i as usize];
+                TableEntry {
+                    change: covered_of(c),
+                    listed: listed.contains(&c.hash),
+                }
+            })
+            .collect();
+        let to_archive: Vec<CoveredChange> = self
+            .infos
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !used.contains(&(*i as u32)))
+            .map(|(_, c)| covered_of(c))
+            .collect();
+        let map =
+            |s: &Stamp| -> (u32, u32) { (remap.get(&s.change).copied().unwrap_or(u32::MAX), s.op) };
+
+        let mut new_pieces = Vec::new();
+        let mut reused_pieces = 0;
+        let mut nodes: Vec<SnapNode> = Vec::with_capacity(self.nodes.len());
+        for (s, n) in &self.nodes {
+            let mut attrs: Vec<(String, Vec<((u32, u32), Option<String>)>)> = n
+                .attrs
+                .iter()
+                .map(|(k, reg)| {
+                    let mut es: Vec<(Stamp, Option<String>)> = reg
+                        .entries()
+                        .iter()
+                        .map(|(s, v)| (*s, v.as_deref().map(str::to_string)))
+                        .collect();
+                    es.sort_by(|a, b| self.cmp_stamp(&a.0, &b.0));
+                    (
+                        k.to_string(),
+                        es.into_iter().map(|(s, v)| (map(&s), v)).collect(),
+                    )
+                })
+                .collect();
+            attrs.sort_by(|a, b| a.0.cmp(&b.0));
+            let dims = n
+                .dims
+                .iter()
+                .map(|d| {
+                    d.as_ref().map(|reg| {
+                        let mut es: Vec<(Stamp, u64)> = reg.entries().to_vec();
+                        es.sort_by(|a, b| self.cmp_stamp(&a.0, &b.0));
+                        es.into_iter().map(|(s, v)| (map(&s), v)).collect()
+                    })
+                })
+                .collect();
+            let (kind, pieces) = match &n.kind {
+                NodeKind::Group => (SnapKind::Group, Vec::new()),
+                NodeKind::Array(m) => {
+                    let pieces = if n.deleted {
+                        Vec::new()
+                    } else if !self.chunks_dirty(n) {
+                        reused_pieces += n.base.len();
+                        n.base.to_vec()
+                    } else {
+                        let (pieces, reused, made) = self.rebuild_pieces(s, n, m)?;
+                        reused_pieces += reused;
+                        new_pieces.extend(made);
+                        pieces
+                    };
+                    (SnapKind::Array(m.to_canonical()), pieces)
+                }
+            };
+            nodes.push(SnapNode {
+                stamp: map(s),
+                path: n.path.to_string(),
+                kind,
+                deleted: n.deleted,
+                attrs,
+                dims,
+                pieces,
+            });
+        }
+        nodes.sort_by(|a, b| (&a.path, a.stamp).cmp(&(&b.path, b.stamp)));
+
+        // Records settle once their change is covered: the entry was dropped or
+        // never existed. Records of changes not yet seen stay.
+        let mut superseded: Vec<Superseded> = Vec::new();
+        for (path, regs) in &self.superseded {
+            for (reg, ids) in regs {
+                for id in ids {
+                    if !is_covered(&id.0) {
+                        superseded.push(Superseded {
+                            path: path.to_string(),
+                            reg: reg.clone(),
+                            entry: *id,
+                        });
+                    }
+                }
+            }
+        }
+        superseded.sort_by(|a, b| (&a.path, &a.reg, a.entry).cmp(&(&b.path, &b.reg, b.entry)));
+        let max_hlc = self
+            .infos
+            .iter()
+            .map(|c| c.hlc)
+            .chain(self.base.as_ref().map(|b| b.max_hlc))
+            .max()
+            .unwrap_or(Hlc(0));
+        let covered = self.base.as_ref().map_or(0, |b| b.name.covered) + self.uncompacted() as u64;
+        let forks = self
+            .forks()
+            .into_iter()
+            .map(|f| SnapFork {
+                actor: f.actor,
+                seq: f.seq,
+                changes: f.changes,
+            })
+            .collect();
+        let meta = SnapshotMeta {
+            repo: self.repo,
+            covered,
+            max_hlc,
+            heads: self.heads(),
+            changes,
+            nodes,
+            superseded,
+            archive: Vec::new(),
+            forks,
+            supersedes: Vec::new(),
+            written_ms: 0,
+        };
+        Ok(Exported {
+            meta,
+            new_pieces,
+            reused_pieces,
+            to_archive,
+        })
+    }
+
+    /// New pieces for a changed array: pieces no changed key falls in are reused.
+    #[allow(clippy::type_complexity)]
+    fn rebuild_pieces(
+        &self,
+        s: &Stamp,
+        n: &Node,
+        meta: &ArrayMeta,
+    ) -> Result<(Vec<PieceRef>, usize, Vec<(ObjectHash, Vec<u8>)>)> {
+        // Keys whose registers may differ from the old pieces.
+        let mut dirty_keys: HashSet<Box<str>> = n.chunks.keys().map(Box::from).collect();
+        if let Some(regs) = self.superseded.get(&n.path) {
+            for r in regs.keys() {
+                if let RegKey::Chunk(k) = r {
+                    dirty_keys.insert(k.clone());
+                }
+            }
+        }
+        let old: &[PieceRef] = &n.base;
+        let piece_index = |k: &str| -> usize {
+            if old.is_empty() {
+                return 0;
+            }
+            let c = piece_order(meta, k);
+            old.partition_point(|p| p.first <= c).saturating_sub(1)
+        };
+        let mut dirty_pieces: BTreeSet<usize> = BTreeSet::new();
+        for k in &dirty_keys {
+            dirty_pieces.insert(piece_index(k));
+        }
+        let mut out: Vec<PieceRef> = Vec::new();
+        let mut made = Vec::new();
+        let mut reused = 0;
+        let slots = old.len().max(1);
+        for i in 0..slots {
+            if !dirty_pieces.contains(&i) {
+                if let Some(p) = old.get(i) {
+                    out.push(p.clone());
+                    reused += 1;
+                }
+                continue;
+            }
+            // Every key in this slot: the old piece's and the changed ones.
+            let mut keys: BTreeSet<Box<str>> = BTreeSet::new();
+            if let Some(p) = old.get(i) {
+                let piece = self.loaded_piece(&p.hash).ok_or_else(|| {
+                    Error::Usage(format!("manifest piece {} not loaded for export", p.hash))
+                })?;
+                keys.extend(piece.keys.iter().map(|(k, _)| k.clone()));
+            }
+            keys.extend(dirty_keys.iter().filter(|k| piece_index(k) == i).cloned());
+            let mut rows: Vec<(Vec<u64>, Box<str>, Vec<ChunkEntry>)> = Vec::new();
+            for k in keys {
+                let mut es = Vec::new();
+                self.chunk_entries(s, &k, &mut es).map_err(|h| {
+                    Error::Usage(format!("manifest piece {h} not loaded for export"))
+                })?;
+                if !es.is_empty() {
+                    es.sort_by(|a, b| a.order.cmp(&b.order));
+                    rows.push((piece_order(meta, &k), k, es));
+                }
+            }
+            rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            for (j, run) in rows.chunks(PIECE_ENTRIES).enumerate() {
+                // The first run keeps the slot's start so the ranges stay contiguous.
+                let first = match (j, old.get(i)) {
+                    (0, Some(p)) => p.first.clone().min(run[0].0.clone()),
+                    _ => run[0].0.clone(),
+                };
+                let (piece, keys) = encode_piece(run);
+                let bytes = piece.encode();
+                let hash = ObjectHash::of(&bytes);
+                out.push(PieceRef {
+                    first,
+                    hash,
+                    keys,
+                    bytes: bytes.len() as u64,
+                });
+                made.push((hash, bytes));
+            }
+        }
+        // Ranges must ascend; a rebuilt first piece may start below its old start.
+        out.sort_by(|a, b| a.first.cmp(&b.first));
+        out.dedup_by(|a, b| a.first == b.first && a.hash == b.hash);
+        Ok((out, reused, made))
+    }
+}
+
+fn encode_piece(rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]) -> (ManifestPiece, u32) {
+    let mut changes: Vec<CoveredChange> = Vec::new();
+    let mut seen: HashMap<ChangeHash, ()> = HashMap::new();
+    for (_, _, es) in rows {
+        for e in es {
+            if seen.insert(e.order.hash, ()).is_none() {
+                // Pieces only order entries: their op counts are not kept.
+                changes.push(CoveredChange {
+                    hash: e.order.hash,
+                    actor: e.order.actor,
+                    seq: e.order.seq,
+                    hlc: e.order.hlc,
+                    ops: 0,
+                });
+            }
+        }
+    }
+    changes.sort_by_key(|c| c.hash);
+    let idx: HashMap<ChangeHash, u32> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.hash, i as u32))
+        .collect();
+    let entries = rows
+        .iter()
+        .map(|(_, k, es)| {
+            (
+                k.to_string(),
+                es.iter()
+                    .map(|e| {
+                        let v = match &e.val {
+                            ChunkVal::Blob { hash, len } => SnapChunk::Blob {
+                                hash: *hash,
+                                len: *len,
+                            },
+                            ChunkVal::Inline(b) => SnapChunk::Inline(b.to_vec()),
+                            ChunkVal::Deleted => SnapChunk::Deleted,
+                        };
+                        ((idx[&e.order.hash], e.order.op), v)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    (ManifestPiece { changes, entries }, rows.len() as u32)
+}

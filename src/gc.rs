@@ -1,0 +1,370 @@
+//! Garbage collection: deleting what the retained snapshot and the uncovered changes
+//! do not need (`spec/format.md`, "Garbage collection").
+//!
+//! Safety rests on three rules. Only objects older than the window are deleted, by
+//! the store's own last-modified time (the store's clock is read by writing a probe
+//! object), so a writer between its blob uploads and its change file, and a reader
+//! that listed just before, are not disturbed. Change files are deleted only when the
+//! newest snapshot covers them and no other snapshot is unaccounted for. And blobs are
+//! re-checked just before deletion, so one re-uploaded by a writer since the listing
+//! survives.
+
+use crate::bucket::Bucket;
+use crate::change::{ChunkData, MAX_CHANGE_BYTES, Op};
+use crate::compact::read_shards;
+use crate::error::{Error, Result};
+use crate::ids::{BlobHash, ChangeHash, ObjectHash};
+use crate::repo::Repo;
+use crate::snapshot::{MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta};
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// What garbage collection may delete, and how.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Only objects last modified longer ago than this (by the store's clock) go.
+    /// It must exceed the longest commit and compaction.
+    pub older_than: Duration,
+    /// List what would go without deleting.
+    pub dry_run: bool,
+}
+
+/// Kinds of objects in the bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// `.crdt/ops/` change files.
+    Change,
+    /// `.crdt/blobs/` chunk bytes.
+    Blob,
+    /// `.crdt/snapshots/` metadata.
+    Snapshot,
+    /// `.crdt/manifests/` chunk-manifest pieces.
+    Manifest,
+    /// `.crdt/archive/` coverage shards.
+    Archive,
+}
+
+/// One object deleted (or, in a dry run, that would be).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    /// Kind.
+    pub kind: ObjectKind,
+    /// Bucket key.
+    pub key: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`Repo::gc`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// The snapshot everything is judged against.
+    pub retained_snapshot: Option<String>,
+    /// Objects deleted (or that would be).
+    pub removed: Vec<Removed>,
+    /// Unneeded objects kept because they are younger than the window.
+    pub kept_recent: usize,
+    /// Why some kinds were left alone, if they were.
+    pub notes: Vec<String>,
+}
+
+impl GcReport {
+    /// Objects and bytes removed, by kind.
+    pub fn totals(&self) -> BTreeMap<ObjectKind, (usize, u64)> {
+        let mut t: BTreeMap<ObjectKind, (usize, u64)> = BTreeMap::new();
+        for r in &self.removed {
+            let e = t.entry(r.kind).or_default();
+            e.0 += 1;
+            e.1 += r.bytes;
+        }
+        t
+    }
+}
+
+/// The store's current time, read back from a probe object it just stamped: the
+/// probe's metadata, whose `last_modified` is "now" by the store's clock.
+pub(crate) async fn store_now(bucket: &Bucket) -> Result<ObjectMeta> {
+    let key = bucket.layout.clock_probe();
+    bucket
+        .store
+        .put(&key, PutPayload::from_static(b"clock probe\n"))
+        .await
+        .map_err(|e| Error::store(key.as_ref(), e))?;
+    bucket
+        .store
+        .head(&key)
+        .await
+        .map_err(|e| Error::store(key.as_ref(), e))
+}
+
+impl Repo {
+    /// Deletes change files the newest snapshot covers, superseded snapshots,
+    /// unreferenced manifest pieces and archive shards, and blobs that neither the
+    /// newest snapshot nor any uncovered change references, all only when older than
+    /// `opts.older_than` by the store's clock.
+    pub async fn gc(&mut self, opts: &GcOptions) -> Result<GcReport> {
+        let bucket = self.bucket().clone();
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let now = store_now(&bucket).await?.last_modified;
+        let window = opts.older_than;
+        // Age by the store's clock; a time in the store's future counts as new.
+        let age = move |m: &ObjectMeta| (now - m.last_modified).to_std().unwrap_or_default();
+        let lay = &bucket.layout;
+        let dirs = [
+            lay.ops_dir(),
+            lay.snapshots_dir(),
+            lay.manifests_dir(),
+            lay.archive_dir(),
+            lay.blobs_dir(),
+        ];
+        let (ops, snap_objs, manifests, archive, blobs) = futures::join!(
+            bucket.list_all(&dirs[0]),
+            bucket.list_all(&dirs[1]),
+            bucket.list_all(&dirs[2]),
+            bucket.list_all(&dirs[3]),
+            bucket.list_all(&dirs[4]),
+        );
+        let (ops, snap_objs, manifests, archive, blobs) =
+            (ops?, snap_objs?, manifests?, archive?, blobs?);
+        // Foreign files are never ours to delete: only parsed names are considered.
+        let changes: Vec<(crate::layout::ChangeName, ObjectMeta)> = ops
+            .into_iter()
+            .filter_map(|m| Some((lay.parse_change_key(&m.location).ok()?, m)))
+            .collect();
+        let mut snaps: Vec<(crate::layout::SnapshotName, ObjectMeta)> = snap_objs
+            .into_iter()
+            .filter_map(|m| Some((lay.parse_snapshot_key(&m.location).ok()?, m)))
+            .collect();
+        snaps.sort_by(|a, b| b.0.cmp(&a.0));
+        let old = |m: &ObjectMeta| age(m) > window;
+
+        // The retained snapshot: the newest one that reads.
+        let mut retained: Option<(String, SnapshotMeta)> = None;
+        for (name, m) in &snaps {
+            let Some(bytes) = bucket.get(&m.location, MAX_META_BYTES).await? else {
+                continue;
+            };
+            if let Ok(meta) = SnapshotMeta::decode(m.location.as_ref(), &bytes, &name.hash) {
+                retained = Some((name.file_name(), meta));
+                break;
+            }
+        }
+        let Some((retained_name, meta)) = retained else {
+            report
+                .notes
+                .push("no snapshot: run `crzarr compact` first; nothing deleted".into());
+            return Ok(report);
+        };
+        report.retained_snapshot = Some(retained_name.clone());
+        let mut doomed: Vec<(ObjectKind, Path, u64)> = Vec::new();
+
+        // Snapshots: the retained one supersedes the rest, or GC waits for compaction.
+        let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
+        let concurrent: Vec<String> = snaps
+            .iter()
+            .map(|(n, _)| n.file_name())
+            .filter(|n| *n != retained_name && !superseded.contains(n.as_str()))
+            .collect();
+        if !concurrent.is_empty() {
+            report.notes.push(format!(
+                "snapshots {concurrent:?} are not covered by {retained_name}: run `crzarr compact` \
+                 so one snapshot holds them all; nothing deleted"
+            ));
+            return Ok(report);
+        }
+        for (n, m) in &snaps {
+            if n.file_name() == retained_name {
+                continue;
+            }
+            if old(m) {
+                doomed.push((ObjectKind::Snapshot, m.location.clone(), m.size));
+            } else {
+                report.kept_recent += 1;
+            }
+        }
+
+        // Change files the retained snapshot covers.
+        let covered: HashSet<ChangeHash> = meta.changes.iter().map(|e| e.change.hash).collect();
+        let mut uncovered = Vec::new();
+        for (n, m) in &changes {
+            if !covered.contains(&n.hash) {
+                uncovered.push((*n, m.location.clone()));
+            } else if old(m) {
+                doomed.push((ObjectKind::Change, m.location.clone(), m.size));
+            } else {
+                report.kept_recent += 1;
+            }
+        }
+
+        // Manifest pieces and archive shards the retained snapshot does not name.
+        let pieces: HashSet<ObjectHash> = meta
+            .nodes
+            .iter()
+            .flat_map(|n| n.pieces.iter().map(|p| p.hash))
+            .collect();
+        let shards: HashSet<ObjectHash> = meta.archive.iter().flatten().copied().collect();
+        for (kind, list, keep) in [
+            (ObjectKind::Manifest, &manifests, &pieces),
+            (ObjectKind::Archive, &archive, &shards),
+        ] {
+            let dir = match kind {
+                ObjectKind::Manifest => &dirs[2],
+                _ => &dirs[3],
+            };
+            for m in list {
+                let Some(h) = lay.parse_object_key(dir, &m.location) else {
+                    continue; // foreign: never ours to delete
+                };
+                if keep.contains(&h) {
+                    continue;
+                }
+                if old(m) {
+                    doomed.push((kind, m.location.clone(), m.size));
+                } else {
+                    report.kept_recent += 1;
+                }
+            }
+        }
+        // The archive must still read: a damaged shard means the coverage is unknown.
+        read_shards(&bucket, Some(&meta.archive)).await?;
+
+        // Blobs: referenced by the retained snapshot's pieces or an uncovered change.
+        let mut live: HashSet<BlobHash> = HashSet::new();
+        let mut blobs_known = true;
+        let piece_list: Vec<ObjectHash> = pieces.iter().copied().collect();
+        let fetched: Vec<Result<(ObjectHash, Option<Bytes>)>> = futures::stream::iter(piece_list)
+            .map(|h| {
+                let bucket = bucket.clone();
+                async move {
+                    let key = bucket.layout.manifest(&h);
+                    Ok((h, bucket.get(&key, MAX_PIECE_BYTES).await?))
+                }
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        for r in fetched {
+            let (h, bytes) = r?;
+            let key = lay.manifest(&h);
+            let piece = bytes
+                .ok_or_else(|| Error::Vanished {
+                    key: key.to_string(),
+                })
+                .and_then(|b| ManifestPiece::decode(key.as_ref(), &b, &h))?;
+            for (_, es) in &piece.entries {
+                for (_, v) in es {
+                    if let SnapChunk::Blob { hash, .. } = v {
+                        live.insert(*hash);
+                    }
+                }
+            }
+        }
+        let fetched: Vec<Result<Option<Bytes>>> = futures::stream::iter(uncovered.clone())
+            .map(|(_, key)| {
+                let bucket = bucket.clone();
+                async move { bucket.get(&key, MAX_CHANGE_BYTES).await }
+            })
+            // In order: results are paired with `uncovered` below.
+            .buffered(self.concurrency())
+            .collect()
+            .await;
+        for ((name, key), r) in uncovered.iter().zip(fetched) {
+            let decoded = r?.map(|b| crate::change::Change::decode(key.as_ref(), &b, &name.hash));
+            match decoded {
+                Some(Ok(change)) => {
+                    for op in &change.ops {
+                        if let Op::SetChunk {
+                            data: ChunkData::Blob { hash, .. },
+                            ..
+                        } = op
+                        {
+                            live.insert(*hash);
+                        }
+                    }
+                }
+                // Gone: it was covered and collected; its blobs are in the pieces.
+                None => {}
+                // Unreadable: its blobs are unknown, so none are deleted.
+                Some(Err(_)) => blobs_known = false,
+            }
+        }
+        if blobs_known {
+            for m in &blobs {
+                let Some(h) = lay
+                    .parse_object_key(&dirs[4], &m.location)
+                    .map(|h| BlobHash(h.0))
+                else {
+                    continue;
+                };
+                if live.contains(&h) {
+                    continue;
+                }
+                if old(m) {
+                    doomed.push((ObjectKind::Blob, m.location.clone(), m.size));
+                } else {
+                    report.kept_recent += 1;
+                }
+            }
+        } else {
+            report
+                .notes
+                .push("an uncovered change file does not read, so no blob was deleted".into());
+        }
+
+        doomed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        if !opts.dry_run {
+            let store = bucket.store.clone();
+            let results: Vec<Result<bool>> = futures::stream::iter(doomed.clone())
+                .map(|(kind, key, _)| {
+                    let store = store.clone();
+                    async move {
+                        // A writer may have re-uploaded this blob since the listing.
+                        if kind == ObjectKind::Blob {
+                            match store.head(&key).await {
+                                Ok(m) if age(&m) <= window => return Ok(false),
+                                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                                Err(e) => return Err(Error::store(key.as_ref(), e)),
+                                Ok(_) => {}
+                            }
+                        }
+                        match store.delete(&key).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+                            Err(e) => Err(Error::store(key.as_ref(), e)),
+                        }
+                    }
+                })
+                .buffered(self.concurrency())
+                .collect()
+                .await;
+            let mut kept = Vec::new();
+            for ((kind, key, bytes), r) in doomed.into_iter().zip(results) {
+                if r? {
+                    kept.push((kind, key, bytes));
+                } else {
+                    report.kept_recent += 1;
+                }
+            }
+            doomed = kept;
+        }
+        report.removed = doomed
+            .into_iter()
+            .map(|(kind, key, bytes)| Removed {
+                kind,
+                key: key.to_string(),
+                bytes,
+            })
+            .collect();
+        Ok(report)
+    }
+}

@@ -1,0 +1,369 @@
+//! Snapshot objects: the byte format of snapshot metadata, chunk-manifest pieces and
+//! coverage archive shards (`spec/format.md`, "Snapshots").
+//!
+//! A snapshot is the fold's CRDT state, not a rendering of it: stamps of every live
+//! register entry, tombstones of deleted incarnations, unresolved conflicts and the
+//! exact set of changes it covers. A change that arrives later merges onto it as it
+//! would have merged onto the full history.
+//!
+//! Every object is `magic (4) | version (1) | msgpack body`, content-addressed by
+//! blake3 of those bytes, and decoded strictly: a bad object is refused with its key.
+
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
+use serde::{Deserialize, Serialize};
+
+/// Version of the snapshot object format this build reads and writes.
+pub const SNAPSHOT_VERSION: u8 = 1;
+const META_MAGIC: &[u8; 4] = b"CRZS";
+const PIECE_MAGIC: &[u8; 4] = b"CRZM";
+const SHARD_MAGIC: &[u8; 4] = b"CRZA";
+
+/// Largest snapshot metadata object read.
+pub const MAX_META_BYTES: u64 = 256 << 20;
+/// Largest chunk-manifest piece read.
+pub const MAX_PIECE_BYTES: u64 = 64 << 20;
+/// Largest coverage archive shard read.
+pub const MAX_SHARD_BYTES: u64 = 256 << 20;
+/// Chunk keys per manifest piece before it is split.
+pub const PIECE_ENTRIES: usize = 16_384;
+/// Number of coverage archive shards (by the first 4 bits of the change hash).
+pub const ARCHIVE_SHARDS: usize = 16;
+
+/// A change the snapshot covers, with what merging needs of it once its file is gone:
+/// its stamp order and op count (to validate later references and clocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoveredChange {
+    /// Its hash.
+    pub hash: ChangeHash,
+    /// Writer.
+    pub actor: ActorId,
+    /// Writer's sequence number.
+    pub seq: u64,
+    /// Clock stamp.
+    pub hlc: Hlc,
+    /// Number of ops.
+    pub ops: u32,
+}
+
+impl CoveredChange {
+    /// The archive shard this change belongs in.
+    pub fn shard(hash: &ChangeHash) -> usize {
+        (hash.0[0] >> 4) as usize
+    }
+}
+
+/// One entry of the metadata's change table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableEntry {
+    /// The change.
+    pub change: CoveredChange,
+    /// Whether its file was listed when the snapshot was written (then open decides
+    /// from the listing alone that it is covered).
+    pub listed: bool,
+}
+
+/// A stamp inside a snapshot object: index into that object's change table, op number.
+pub type SnapStamp = (u32, u32);
+
+/// What a node incarnation is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapKind {
+    /// A group.
+    #[serde(rename = "g")]
+    Group,
+    /// An array, with its stored metadata (canonical JSON without shape variability).
+    #[serde(rename = "a")]
+    Array(String),
+}
+
+/// Where one piece of an array's chunk manifest is, and which keys it holds: from
+/// `first` (chunk coordinates, inclusive) up to the next piece's `first`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceRef {
+    /// First chunk coordinates this piece covers.
+    pub first: Vec<u64>,
+    /// The piece object.
+    pub hash: ObjectHash,
+    /// Number of chunk keys in it.
+    pub keys: u32,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// One node incarnation, live or deleted (a tombstone keeps path and kind so later
+/// edits to it are still recognized and validated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapNode {
+    /// The op that created it.
+    pub stamp: SnapStamp,
+    /// Node path.
+    pub path: String,
+    /// Group or array.
+    pub kind: SnapKind,
+    /// Whether it was deleted.
+    pub deleted: bool,
+    /// Attribute registers: name and live entries (value `None` = deleted).
+    pub attrs: Vec<(String, Vec<(SnapStamp, Option<String>)>)>,
+    /// Dimension registers (arrays).
+    pub dims: Vec<Option<Vec<(SnapStamp, u64)>>>,
+    /// Chunk manifest pieces (arrays), ascending by `first`.
+    pub pieces: Vec<PieceRef>,
+}
+
+/// Which register a superseded-entry record is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RegKey {
+    /// An attribute.
+    #[serde(rename = "a")]
+    Attr(Box<str>),
+    /// An array dimension.
+    #[serde(rename = "d")]
+    Dim(u32),
+    /// A chunk.
+    #[serde(rename = "c")]
+    Chunk(Box<str>),
+}
+
+/// Entries named in an `observed` list whose change was not applied yet: if the
+/// entry ever arrives at this path and register, it is already superseded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superseded {
+    /// Node path.
+    pub path: String,
+    /// Register.
+    pub reg: RegKey,
+    /// The entry: change and op.
+    pub entry: (ChangeHash, u32),
+}
+
+/// A fork recorded by a compactor (same writer and seq, different changes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapFork {
+    /// Writer.
+    pub actor: ActorId,
+    /// Sequence number.
+    pub seq: u64,
+    /// The distinct changes, ascending.
+    pub changes: Vec<ChangeHash>,
+}
+
+/// Snapshot metadata: everything but chunk manifests and archived coverage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Repository.
+    pub repo: RepoId,
+    /// Number of changes covered (the name's count).
+    pub covered: u64,
+    /// Greatest clock stamp of any covered change.
+    pub max_hlc: Hlc,
+    /// Covered changes with no covered successor, ascending.
+    pub heads: Vec<ChangeHash>,
+    /// Covered changes that are listed or that stamps refer to; stamps index this.
+    pub changes: Vec<TableEntry>,
+    /// Every incarnation, live and deleted.
+    pub nodes: Vec<SnapNode>,
+    /// Records of entries superseded before they arrived.
+    pub superseded: Vec<Superseded>,
+    /// Coverage archive shards, [`ARCHIVE_SHARDS`] of them (`None` = empty).
+    pub archive: Vec<Option<ObjectHash>>,
+    /// Forks known when the snapshot was written.
+    pub forks: Vec<SnapFork>,
+    /// Snapshot names this one covers entirely (may be deleted by GC).
+    pub supersedes: Vec<String>,
+    /// Writer's wall clock when written (for humans; never used for decisions).
+    pub written_ms: u64,
+}
+
+/// A chunk value in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapChunk {
+    /// A blob.
+    #[serde(rename = "b")]
+    Blob {
+        /// blake3 of the bytes.
+        hash: BlobHash,
+        /// Length.
+        len: u64,
+    },
+    /// Inline bytes.
+    #[serde(rename = "i")]
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Deleted (a tombstone that still wins over older concurrent writes).
+    #[serde(rename = "d")]
+    Deleted,
+}
+
+/// One piece of a chunk manifest: its own change table and the chunk registers of a
+/// range of chunk coordinates, ascending by coordinates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPiece {
+    /// Changes the entries' stamps refer to.
+    pub changes: Vec<CoveredChange>,
+    /// Chunk key and its live register entries.
+    pub entries: Vec<(String, Vec<(SnapStamp, SnapChunk)>)>,
+}
+
+/// One coverage archive shard: covered changes whose files are no longer listed,
+/// ascending by hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveShard {
+    /// The changes.
+    pub changes: Vec<CoveredChange>,
+}
+
+fn encode<T: Serialize>(magic: &[u8; 4], value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(magic);
+    out.push(SNAPSHOT_VERSION);
+    // Plain owned data into a Vec: cannot fail.
+    let _ = rmp_serde::encode::write(&mut out, value);
+    out
+}
+
+fn decode<T: for<'de> Deserialize<'de> + Serialize>(
+    key: &str,
+    magic: &[u8; 4],
+    bytes: &[u8],
+    hash: &ObjectHash,
+    what: &str,
+) -> Result<T> {
+    if ObjectHash::of(bytes) != *hash {
+        return Err(Error::corrupt(
+            key,
+            format!("{what} content does not match its hash (truncated or altered)"),
+        ));
+    }
+    if bytes.len() < 5 || &bytes[..4] != magic {
+        return Err(Error::corrupt(
+            key,
+            format!("not a crzarr {what} (bad magic)"),
+        ));
+    }
+    if bytes[4] != SNAPSHOT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            key: key.into(),
+            found: bytes[4] as u32,
+            supported: SNAPSHOT_VERSION as u32,
+        });
+    }
+    let body = &bytes[5..];
+    let value: T = rmp_serde::from_slice(body)
+        .map_err(|e| Error::corrupt(key, format!("malformed {what}: {e}")))?;
+    // One encoding per value: also rejects trailing bytes.
+    let mut again = Vec::with_capacity(body.len());
+    let _ = rmp_serde::encode::write(&mut again, &value);
+    if again != body {
+        return Err(Error::corrupt(
+            key,
+            format!("non-canonical {what} encoding or trailing bytes"),
+        ));
+    }
+    Ok(value)
+}
+
+impl SnapshotMeta {
+    /// The object's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(META_MAGIC, self)
+    }
+
+    /// Decodes and checks a metadata object against the hash its name claims.
+    pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<SnapshotMeta> {
+        let m: SnapshotMeta = decode(key, META_MAGIC, bytes, hash, "snapshot")?;
+        m.check().map_err(|r| Error::corrupt(key, r))?;
+        Ok(m)
+    }
+
+    /// Structural checks (indices in range, sizes consistent).
+    fn check(&self) -> std::result::Result<(), String> {
+        let n = self.changes.len() as u32;
+        let stamp_ok = |s: &SnapStamp| s.0 < n;
+        if self.archive.len() != ARCHIVE_SHARDS {
+            return Err(format!(
+                "archive has {} shards, not {ARCHIVE_SHARDS}",
+                self.archive.len()
+            ));
+        }
+        for node in &self.nodes {
+            if !stamp_ok(&node.stamp)
+                || node
+                    .attrs
+                    .iter()
+                    .flat_map(|a| &a.1)
+                    .any(|e| !stamp_ok(&e.0))
+                || node
+                    .dims
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| !stamp_ok(&e.0))
+            {
+                return Err(format!("node {:?}: stamp out of range", node.path));
+            }
+            if node.attrs.iter().any(|a| a.1.is_empty())
+                || node.dims.iter().flatten().any(|d| d.is_empty())
+            {
+                return Err(format!("node {:?}: empty register", node.path));
+            }
+            if !node.pieces.windows(2).all(|w| w[0].first < w[1].first) {
+                return Err(format!("node {:?}: pieces out of order", node.path));
+            }
+        }
+        if self
+            .heads
+            .iter()
+            .any(|h| !self.changes.iter().any(|c| c.change.hash == *h))
+        {
+            return Err("a head is missing from the change table".into());
+        }
+        Ok(())
+    }
+}
+
+impl ManifestPiece {
+    /// The object's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(PIECE_MAGIC, self)
+    }
+
+    /// Decodes and checks a piece against its hash.
+    pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ManifestPiece> {
+        let p: ManifestPiece = decode(key, PIECE_MAGIC, bytes, hash, "manifest piece")?;
+        let n = p.changes.len() as u32;
+        if p.entries
+            .iter()
+            .any(|(_, es)| es.is_empty() || es.iter().any(|(s, _)| s.0 >= n))
+        {
+            return Err(Error::corrupt(
+                key,
+                "manifest entry with a bad stamp or no value",
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl ArchiveShard {
+    /// The object's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(SHARD_MAGIC, self)
+    }
+
+    /// Decodes and checks a shard against its hash.
+    pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ArchiveShard> {
+        let s: ArchiveShard = decode(key, SHARD_MAGIC, bytes, hash, "archive shard")?;
+        if !s.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
+            return Err(Error::corrupt(key, "archive shard not sorted by hash"));
+        }
+        Ok(s)
+    }
+
+    /// The covered change with this hash, if archived here.
+    pub fn find(&self, hash: &ChangeHash) -> Option<&CoveredChange> {
+        self.changes
+            .binary_search_by(|c| c.hash.cmp(hash))
+            .ok()
+            .map(|i| &self.changes[i])
+    }
+}

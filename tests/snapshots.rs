@@ -1,0 +1,478 @@
+//! Snapshots, lazy open, compaction and garbage collection on every backend
+//! (InMemory, LocalFileSystem, the loopback S3 server): a snapshot merges like the
+//! history it replaces, open reads only what the snapshot does not cover, and GC
+//! removes only what nothing needs.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Backend, array_meta, backends, local, memory};
+use crzarr::Error;
+use crzarr::change::Change;
+use crzarr::fold::Fold;
+use crzarr::gc::{GcOptions, ObjectKind};
+use crzarr::ids::ChangeHash;
+use crzarr::layout::Layout;
+use crzarr::repo::Repo;
+use crzarr::testing::CountingStore;
+use crzarr::view::{Conflict, Entry, View};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const NOW: GcOptions = GcOptions {
+    older_than: Duration::ZERO,
+    dry_run: false,
+};
+
+fn blob(i: u8) -> Vec<u8> {
+    vec![i; 5000]
+}
+
+/// Every change file in the bucket, decoded (kept before GC removes them).
+async fn stash(b: &Backend) -> BTreeMap<ChangeHash, Change> {
+    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    let (listed, _) = bucket.list_changes().await.unwrap();
+    let mut out = BTreeMap::new();
+    for c in listed {
+        let bytes = b.store.get(&c.key).await.unwrap().bytes().await.unwrap();
+        out.insert(
+            c.name.hash,
+            Change::decode(c.key.as_ref(), &bytes, &c.name.hash).unwrap(),
+        );
+    }
+    out
+}
+
+/// What a reader of the full history shows: the pure fold of every change.
+fn full_state(
+    repo: &Repo,
+    changes: &BTreeMap<ChangeHash, Change>,
+) -> (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>) {
+    let fold = Fold::from_changes(repo.id(), changes.clone());
+    let view = View::build(&fold);
+    (view.entries(&fold), view.conflicts(&fold), fold.heads())
+}
+
+async fn state(repo: &Repo) -> (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>) {
+    (
+        repo.entries().await.unwrap(),
+        repo.conflicts().await.unwrap(),
+        repo.fold().heads(),
+    )
+}
+
+/// Two writers with concurrent edits: conflicts on an attribute and a chunk, a
+/// deleted array (a tombstone), an overwritten blob chunk, a resize.
+async fn history(b: &Backend) -> (Repo, Repo) {
+    let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = a.session();
+    s.create_group("", Default::default()).unwrap();
+    s.create_array("x", &array_meta(&[8], &[2])).unwrap();
+    s.create_array("gone", &array_meta(&[4], &[2])).unwrap();
+    s.set("x/c/0", blob(1)).unwrap();
+    s.set("x/c/1", vec![1u8; 4]).unwrap();
+    s.commit(Some("base")).await.unwrap();
+    let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = a.session();
+    s.set_attr("x", "units", "K".into()).unwrap();
+    s.set("x/c/0", blob(2)).unwrap();
+    s.set("x/c/2", vec![2u8; 4]).unwrap();
+    s.commit(Some("a")).await.unwrap();
+    let mut s = w.session();
+    s.set_attr("x", "units", "C".into()).unwrap();
+    s.set("x/c/2", vec![3u8; 4]).unwrap();
+    s.delete("gone/zarr.json").unwrap();
+    s.resize("x", &[10]).unwrap();
+    s.commit(Some("w")).await.unwrap();
+    a.refresh().await.unwrap();
+    w.refresh().await.unwrap();
+    (a, w)
+}
+
+#[tokio::test]
+async fn a_snapshot_shows_what_the_history_shows_and_merges_late_changes_alike() {
+    for b in backends() {
+        let (mut a, mut w) = history(&b).await;
+        // An offline writer that saw only the base.
+        let mut late = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let before = state(&a).await;
+        let r = a.compact().await.unwrap();
+        assert!(r.snapshot.is_some(), "{}: {r:?}", b.name);
+        assert_eq!((r.changes_folded, r.covered), (3, 3), "{}: {r:?}", b.name);
+        let again = a.compact().await.unwrap();
+        assert_eq!(again.snapshot, None, "{}: compaction is idempotent", b.name);
+
+        let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert!(reader.fold().snapshot_base().is_some(), "{}", b.name);
+        assert_eq!(reader.log().len(), 0, "{}: nothing left to fetch", b.name);
+        assert_eq!(state(&reader).await, before, "{}: snapshot open", b.name);
+        for (k, _) in before.0.iter() {
+            assert_eq!(
+                reader.get(k).await.unwrap(),
+                a.get(k).await.unwrap(),
+                "{}: {k}",
+                b.name
+            );
+        }
+
+        // Late changes: concurrent with everything compacted, observing old entries.
+        let mut s = late.session();
+        s.set_attr("x", "units", "F".into()).unwrap();
+        s.set("x/c/1", blob(9)).unwrap();
+        s.set("x/c/0", vec![7u8; 4]).unwrap();
+        s.commit(Some("late")).await.unwrap();
+        let mut s = w.session();
+        s.set("x/c/3", vec![4u8; 4]).unwrap();
+        s.commit(None).await.unwrap();
+        let all = stash(&b).await;
+        let mut reader2 = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(
+            state(&reader2).await,
+            full_state(&reader2, &all),
+            "{}: late changes onto a snapshot",
+            b.name
+        );
+        // A reader opened before: refresh converges too.
+        let mut old = reader;
+        old.refresh().await.unwrap();
+        assert_eq!(state(&old).await, state(&reader2).await, "{}", b.name);
+
+        // Compacting again reuses pieces of arrays that did not change.
+        let mut s = reader2.session();
+        s.create_array("y", &array_meta(&[4], &[2])).unwrap();
+        s.set("y/c/0", vec![1u8; 4]).unwrap();
+        s.commit(None).await.unwrap();
+        let r = reader2.compact().await.unwrap();
+        assert_eq!(r.changes_folded, 3, "{}: {r:?}", b.name);
+        let r2 = {
+            let mut s = reader2.session();
+            s.set("y/c/1", vec![2u8; 4]).unwrap();
+            s.commit(None).await.unwrap();
+            reader2.compact().await.unwrap()
+        };
+        assert_eq!(
+            (r2.manifests_written, r2.manifests_reused),
+            (1, 1),
+            "{}: only y's manifest is rewritten: {r2:?}",
+            b.name
+        );
+        let all = stash(&b).await;
+        let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(state(&fresh).await, full_state(&fresh, &all), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply() {
+    for b in backends() {
+        let (mut a, _w) = history(&b).await;
+        let mut late = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let all_before = stash(&b).await;
+        a.compact().await.unwrap();
+        let dry = a
+            .gc(&GcOptions {
+                older_than: Duration::ZERO,
+                dry_run: true,
+            })
+            .await
+            .unwrap();
+        let t = dry.totals();
+        assert_eq!(
+            t.get(&ObjectKind::Change).map(|x| x.0),
+            Some(3),
+            "{}: {dry:?}",
+            b.name
+        );
+        // blob(1) was overwritten by blob(2): nothing references it any more.
+        assert_eq!(
+            t.get(&ObjectKind::Blob).map(|x| x.0),
+            Some(1),
+            "{}: {dry:?}",
+            b.name
+        );
+        assert_eq!(
+            stash(&b).await.len(),
+            3,
+            "{}: a dry run deletes nothing",
+            b.name
+        );
+        let window = a
+            .gc(&GcOptions {
+                older_than: Duration::from_secs(3600),
+                dry_run: false,
+            })
+            .await
+            .unwrap();
+        assert!(
+            window.removed.is_empty(),
+            "{}: young objects stay: {window:?}",
+            b.name
+        );
+        assert!(window.kept_recent >= 4, "{}: {window:?}", b.name);
+        let r = a.gc(&NOW).await.unwrap();
+        assert_eq!(r.removed.len(), 4, "{}: {r:?}", b.name);
+        assert!(stash(&b).await.is_empty(), "{}", b.name);
+
+        // The view still serves every key, blobs included.
+        let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let expect = full_state(&reader, &all_before);
+        assert_eq!(state(&reader).await, expect, "{}", b.name);
+        for k in expect.0.keys() {
+            assert!(reader.get(k).await.unwrap().is_some(), "{}: {k}", b.name);
+        }
+
+        // A late writer whose deps were collected: recognized as ready via the archive.
+        let mut s = late.session();
+        s.set("x/c/3", blob(5)).unwrap();
+        s.commit(Some("late")).await.unwrap();
+        let mut all = all_before.clone();
+        all.extend(stash(&b).await);
+        let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(reader.pending(), vec![], "{}", b.name);
+        assert_eq!(
+            state(&reader).await,
+            full_state(&reader, &all),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            reader.get("x/c/3").await.unwrap().as_deref(),
+            Some(&blob(5)[..]),
+            "{}",
+            b.name
+        );
+        // Compact and collect again: still the same state.
+        let mut c = reader;
+        c.compact().await.unwrap();
+        c.gc(&NOW).await.unwrap();
+        let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(state(&fresh).await, full_state(&fresh, &all), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_change_file_copied_back_after_gc_is_not_applied_twice() {
+    for b in [memory(), local()] {
+        let (mut a, _w) = history(&b).await;
+        let layout = Layout::new(&b.prefix);
+        let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+        let (listed, _) = bucket.list_changes().await.unwrap();
+        let mut files = Vec::new();
+        for c in &listed {
+            let bytes = b.store.get(&c.key).await.unwrap().bytes().await.unwrap();
+            files.push((c.key.clone(), bytes));
+        }
+        let before = state(&a).await;
+        a.compact().await.unwrap();
+        a.gc(&NOW).await.unwrap();
+        // A second compaction empties the table of listed changes into the archive.
+        let mut s = a.session();
+        s.set("x/c/4", vec![5u8; 4]).unwrap();
+        s.commit(None).await.unwrap();
+        a.compact().await.unwrap();
+        a.gc(&NOW).await.unwrap();
+        // A sync from a replica that never collected copies the old files back.
+        for (k, bytes) in &files {
+            b.store
+                .put(k, PutPayload::from(bytes.clone()))
+                .await
+                .unwrap();
+        }
+        let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let (entries, conflicts, _) = state(&reader).await;
+        let mut expect = before.0.clone();
+        expect.insert(
+            "x/c/4".into(),
+            Entry::Chunk(crzarr::view::ChunkRef::Inline(vec![5u8; 4])),
+        );
+        assert_eq!(entries, expect, "{}", b.name);
+        assert_eq!(conflicts, before.1, "{}", b.name);
+        assert_eq!(reader.problems(), vec![], "{}", b.name);
+        let _ = layout;
+    }
+}
+
+#[tokio::test]
+async fn open_request_counts_before_and_after_compaction() {
+    for b in [memory(), local()] {
+        let counting = CountingStore::new(b.store.clone());
+        let store: Arc<dyn ObjectStore> = Arc::new(counting.clone());
+        let mut w = Repo::init(store.clone(), &b.prefix).await.unwrap();
+        let mut s = w.session();
+        s.create_group("", Default::default()).unwrap();
+        s.create_array("x", &array_meta(&[64], &[1])).unwrap();
+        s.commit(None).await.unwrap();
+        for i in 0..20u8 {
+            let mut s = w.session();
+            s.set(&format!("x/c/{i}"), blob(i)).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        counting.reset();
+        let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
+        let c = counting.take();
+        // Marker, hint (absent), two LISTs; then 21 change GETs.
+        assert_eq!(
+            (c.lists, c.gets, c.round_trips),
+            (2, 23, 2),
+            "{}: {c:?}",
+            b.name
+        );
+        drop(r);
+
+        w.compact().await.unwrap();
+        counting.reset();
+        let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
+        let c = counting.take();
+        // The hint is the newest snapshot: nothing else to read.
+        assert_eq!(
+            (c.lists, c.gets, c.round_trips),
+            (2, 2, 1),
+            "{}: {c:?}",
+            b.name
+        );
+        // First chunk read: its manifest piece, then the blob.
+        r.get("x/c/3").await.unwrap().unwrap();
+        let c = counting.take();
+        assert_eq!((c.gets, c.round_trips), (2, 2), "{}: {c:?}", b.name);
+        // Warm: the blob only.
+        r.get("x/c/4").await.unwrap().unwrap();
+        let c = counting.take();
+        assert_eq!((c.gets, c.round_trips), (1, 1), "{}: {c:?}", b.name);
+        drop(r);
+
+        // A stale hint costs one more round trip; k new changes add k GETs.
+        let mut s = w.session();
+        s.set("x/c/30", vec![1u8; 4]).unwrap();
+        s.commit(None).await.unwrap();
+        w.compact().await.unwrap();
+        b.store
+            .put(
+                &Layout::new(&b.prefix).latest_hint(),
+                PutPayload::from_static(b"stale"),
+            )
+            .await
+            .unwrap();
+        for i in 40..43u8 {
+            let mut s = w.session();
+            s.set(&format!("x/c/{i}"), vec![i; 4]).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        counting.reset();
+        let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
+        let c = counting.take();
+        assert_eq!(
+            (c.lists, c.gets, c.round_trips),
+            (2, 6, 3),
+            "{}: {c:?}",
+            b.name
+        );
+        assert_eq!(r.log().len(), 3, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_of_a_newer_format_is_refused_with_a_clear_error() {
+    for b in backends() {
+        let (mut a, _) = history(&b).await;
+        let r = a.compact().await.unwrap();
+        let layout = Layout::new(&b.prefix);
+        let name = crzarr::layout::SnapshotName::parse(&r.snapshot.unwrap()).unwrap();
+        let key = layout.snapshot(&name);
+        let mut bytes = b
+            .store
+            .get(&key)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        bytes[4] = 9;
+        let newer = crzarr::layout::SnapshotName {
+            covered: name.covered + 1,
+            hash: crzarr::ids::ObjectHash::of(&bytes),
+        };
+        b.store
+            .put(
+                &layout.snapshot(&newer),
+                PutPayload::from(Bytes::from(bytes)),
+            )
+            .await
+            .unwrap();
+        let err = Repo::open(b.store.clone(), &b.prefix).await.err().unwrap();
+        assert!(
+            matches!(
+                &err,
+                Error::UnsupportedVersion {
+                    found: 9,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{}: {err:?}",
+            b.name
+        );
+        assert!(err.to_string().contains("upgrade crzarr"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_reported_and_the_previous_one_used() {
+    for b in backends() {
+        let (mut a, _) = history(&b).await;
+        let before = state(&a).await;
+        a.compact().await.unwrap();
+        let layout = Layout::new(&b.prefix);
+        // A truncated snapshot under a greater name.
+        let fake = crzarr::layout::SnapshotName {
+            covered: 1000,
+            hash: crzarr::ids::ObjectHash::of(b"x"),
+        };
+        b.store
+            .put(
+                &layout.snapshot(&fake),
+                PutPayload::from_static(b"CRZS\x01trunc"),
+            )
+            .await
+            .unwrap();
+        let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(state(&r).await, before, "{}", b.name);
+        let problems = r.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == layout.snapshot(&fake).as_ref() && p.error.contains("hash")),
+            "{}: {problems:?}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn compaction_splits_large_manifests_and_an_append_rewrites_the_last_piece() {
+    let b = local();
+    let mut w = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = w.session();
+    s.create_group("", Default::default()).unwrap();
+    s.create_array("big", &array_meta(&[40_000], &[1])).unwrap();
+    for i in 0..20_000 {
+        s.set(&format!("big/c/{i}"), vec![(i % 251) as u8; 2])
+            .unwrap();
+    }
+    s.commit(None).await.unwrap();
+    let r = w.compact().await.unwrap();
+    assert_eq!(r.manifests_written, 2, "{r:?}");
+    let mut s = w.session();
+    s.set("big/c/30000", vec![1u8; 2]).unwrap();
+    s.commit(None).await.unwrap();
+    let r = w.compact().await.unwrap();
+    assert_eq!((r.manifests_written, r.manifests_reused), (1, 1), "{r:?}");
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(
+        fresh.get("big/c/30000").await.unwrap().as_deref(),
+        Some(&[1u8, 1][..])
+    );
+    assert_eq!(fresh.list_prefix("big/c/").await.unwrap().len(), 20_001);
+}
