@@ -47,6 +47,7 @@ mod common;
 use bytes::Bytes;
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::Fold;
+use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
@@ -164,6 +165,17 @@ enum Step {
     Reopen {
         replica: usize,
     },
+    /// Writes a snapshot of the replica's bucket; `concurrent`: two compactors at
+    /// once, on their own handles.
+    Compact {
+        replica: usize,
+        concurrent: bool,
+    },
+    /// Garbage-collects the replica's bucket with a zero window, then checks that a
+    /// fresh open shows what the live handle shows.
+    Gc {
+        replica: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -228,6 +240,9 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(replica, edits)| Step::Commit { replica, edits }),
         5 => (0..5usize, 0..5usize, pick()).prop_map(|(from, to, pick)| Step::Deliver { from, to, pick }),
         1 => (0..5usize).prop_map(|replica| Step::Reopen { replica }),
+        1 => (0..5usize, prop::bool::weighted(0.3))
+            .prop_map(|(replica, concurrent)| Step::Compact { replica, concurrent }),
+        1 => (0..5usize).prop_map(|replica| Step::Gc { replica }),
     ]
 }
 
@@ -341,6 +356,8 @@ struct Replica {
     repo: Repo,
     /// Change hashes whose files are in this replica's store.
     holds: BTreeSet<ChangeHash>,
+    /// Changes the newest snapshot in this replica's bucket covers.
+    snap_covered: BTreeSet<ChangeHash>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -355,6 +372,10 @@ struct World {
     layout: Layout,
     replicas: Vec<Replica>,
     changes: BTreeMap<ChangeHash, StoredChange>,
+    /// Every blob ever written (GC may remove a replica's copy of an old one).
+    blobs: HashMap<BlobHash, Bytes>,
+    /// Whether any replica compacted (logs then differ by what snapshots hold).
+    compacted: bool,
     /// Run the reference model after every delivery (off for the fold-only property).
     check_steps: bool,
 }
@@ -436,6 +457,7 @@ impl World {
                 store,
                 repo,
                 holds: BTreeSet::new(),
+                snap_covered: BTreeSet::new(),
                 _dir: dir,
             });
         }
@@ -443,6 +465,8 @@ impl World {
             layout,
             replicas,
             changes: BTreeMap::new(),
+            blobs: HashMap::new(),
+            compacted: false,
             check_steps,
         }
     }
@@ -468,6 +492,11 @@ impl World {
                     }
                 }
                 Step::Reopen { replica } => self.reopen(replica % self.n()).await,
+                Step::Compact {
+                    replica,
+                    concurrent,
+                } => self.compact(replica % self.n(), *concurrent).await,
+                Step::Gc { replica } => self.gc(replica % self.n()).await,
             }
         }
         for (from, to) in &sc.gossip {
@@ -505,6 +534,17 @@ impl World {
         });
         let bytes = read(rep.store.as_ref(), &key).await;
         let change = Change::decode(key.as_ref(), &bytes, &hash).unwrap();
+        for op in &change.ops {
+            if let Op::SetChunk {
+                data: ChunkData::Blob { hash, .. },
+                ..
+            } = op
+                && !self.blobs.contains_key(hash)
+            {
+                let b = read(rep.store.as_ref(), &self.layout.blob(hash)).await;
+                self.blobs.insert(*hash, b);
+            }
+        }
         rep.holds.insert(hash);
         assert!(
             self.changes
@@ -512,7 +552,7 @@ impl World {
                 .is_none()
         );
         if self.check_steps {
-            self.check_replica(r);
+            self.check_replica(r).await;
         }
     }
 
@@ -554,7 +594,7 @@ impl World {
                 } = op
                 {
                     let key = self.layout.blob(hash);
-                    let b = read(self.replicas[from].store.as_ref(), &key).await;
+                    let b = self.blobs[hash].clone();
                     self.replicas[to]
                         .store
                         .put(&key, PutPayload::from(b))
@@ -571,8 +611,37 @@ impl World {
         }
         self.replicas[to].repo.refresh().await.unwrap();
         if self.check_steps {
-            self.check_replica(to);
+            self.check_replica(to).await;
         }
+    }
+
+    async fn compact(&mut self, r: usize, concurrent: bool) {
+        let rep = &mut self.replicas[r];
+        if concurrent {
+            let mut a = Repo::open(rep.store.clone(), PREFIX).await.unwrap();
+            let mut b = Repo::open(rep.store.clone(), PREFIX).await.unwrap();
+            let (ra, rb) = futures::join!(a.compact(), b.compact());
+            ra.unwrap();
+            rb.unwrap();
+            rep.repo.refresh().await.unwrap();
+        } else {
+            rep.repo.compact().await.unwrap();
+        }
+        let changes = &self.changes;
+        rep.snap_covered = complete(&rep.holds, |h| &changes[h].change);
+        self.compacted = true;
+        if self.check_steps {
+            self.check_replica(r).await;
+        }
+    }
+
+    async fn gc(&mut self, r: usize) {
+        let opts = GcOptions {
+            older_than: std::time::Duration::ZERO,
+            dry_run: false,
+        };
+        self.replicas[r].repo.gc(&opts).await.unwrap();
+        self.reopen(r).await;
     }
 
     async fn reopen(&mut self, r: usize) {
@@ -580,28 +649,35 @@ impl World {
         let fresh = Repo::open(rep.store.clone(), PREFIX).await.unwrap();
         rep.repo.refresh().await.unwrap();
         assert_eq!(
-            fresh.view().entries(fresh.fold()),
-            rep.repo.view().entries(rep.repo.fold()),
+            fresh.entries().await.unwrap(),
+            rep.repo.entries().await.unwrap(),
             "a fresh open must show what refresh shows"
         );
         assert_eq!(fresh.pending(), rep.repo.pending());
         assert_ne!(fresh.actor(), rep.repo.actor());
         rep.repo = fresh;
         if self.check_steps {
-            self.check_replica(r);
+            self.check_replica(r).await;
         }
     }
 
     /// The replica applies exactly its causally complete changes, reports the rest as
     /// pending with the right missing deps, and shows what the model says.
-    fn check_replica(&self, r: usize) {
+    async fn check_replica(&self, r: usize) {
         let rep = &self.replicas[r];
         let repo = &rep.repo;
+        repo.load_all().await.unwrap();
         assert_eq!(repo.rejected(), vec![], "replica {r}: rejected changes");
         assert_eq!(repo.problems(), vec![], "replica {r}: problems");
         assert_eq!(repo.forks(), vec![], "replica {r}: forks");
         let complete = complete(&rep.holds, |h| &self.changes[h].change);
-        let applied: BTreeSet<ChangeHash> = repo.log().iter().map(|c| c.hash).collect();
+        // Applied: fetched and folded, or covered by the snapshot it opened from.
+        let log: BTreeSet<ChangeHash> = repo.log().iter().map(|c| c.hash).collect();
+        assert!(
+            log.is_subset(&complete),
+            "replica {r}: applied beyond complete"
+        );
+        let applied: BTreeSet<ChangeHash> = &log | &rep.snap_covered;
         assert_eq!(applied, complete, "replica {r}: applied set");
         let pending: BTreeMap<ChangeHash, Vec<ChangeHash>> = repo
             .pending()
@@ -629,12 +705,13 @@ impl World {
     async fn check_converged(&self) {
         let all: BTreeSet<ChangeHash> = self.changes.keys().copied().collect();
         let first = &self.replicas[0].repo;
-        let entries = first.view().entries(first.fold());
+        let entries = first.entries().await.unwrap();
         let list = first.list().await.unwrap();
         let conflicts = first.conflicts().await.unwrap();
         for (i, rep) in self.replicas.iter().enumerate() {
             assert_eq!(rep.holds, all, "replica {i} holds everything");
-            let applied: BTreeSet<ChangeHash> = rep.repo.log().iter().map(|c| c.hash).collect();
+            let log: BTreeSet<ChangeHash> = rep.repo.log().iter().map(|c| c.hash).collect();
+            let applied: BTreeSet<ChangeHash> = &log | &rep.snap_covered;
             assert_eq!(applied, all, "replica {i}: every change applied");
             assert_eq!(rep.repo.pending(), vec![], "replica {i}: nothing pending");
             assert_eq!(rep.repo.rejected(), vec![]);
@@ -642,9 +719,10 @@ impl World {
             // The store holds exactly what the test thinks it copied.
             let listed = rep.repo.bucket().list_changes().await.unwrap();
             let listed: BTreeSet<ChangeHash> = listed.0.iter().map(|c| c.name.hash).collect();
-            assert_eq!(listed, all, "replica {i}: listing");
+            assert!(listed.is_subset(&all), "replica {i}: listing");
+            assert_eq!(&listed | &rep.snap_covered, all, "replica {i}: listing");
             assert_eq!(
-                rep.repo.view().entries(rep.repo.fold()),
+                rep.repo.entries().await.unwrap(),
                 entries,
                 "replica {i}: entries differ from replica 0"
             );
@@ -664,8 +742,10 @@ impl World {
                 conflicts,
                 "replica {i}: conflicts"
             );
-            let order = |r: &Repo| r.log().iter().map(|c| c.hash).collect::<Vec<_>>();
-            assert_eq!(order(&rep.repo), order(first), "replica {i}: log order");
+            if !self.compacted {
+                let order = |r: &Repo| r.log().iter().map(|c| c.hash).collect::<Vec<_>>();
+                assert_eq!(order(&rep.repo), order(first), "replica {i}: log order");
+            }
             assert_eq!(
                 rep.repo.fold().heads(),
                 first.fold().heads(),
@@ -1396,7 +1476,7 @@ proptest! {
             let mut w = World::new(Backend::Memory, sc.replicas, false).await;
             w.run(&sc).await;
             let repo = &w.replicas[0].repo;
-            let entries = repo.view().entries(repo.fold());
+            let entries = repo.entries().await.unwrap();
             let conflicts = repo.conflicts().await.unwrap();
             let all: Vec<(ChangeHash, Change)> = w
                 .changes

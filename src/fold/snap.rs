@@ -387,8 +387,9 @@ impl Fold {
                 used.extend(reg.entries().iter().map(|e| e.0.change));
             }
         }
+        // Heads too: new changes depend on them and need their clock stamps.
         for (i, c) in self.infos.iter().enumerate() {
-            if listed.contains(&c.hash) {
+            if listed.contains(&c.hash) || self.heads.contains(&c.hash) {
                 used.insert(i as u32);
             }
         }
