@@ -278,7 +278,7 @@ impl Bucket {
                 }),
             }
         }
-        snaps.sort_by(|a, b| b.name.cmp(&a.name));
+        snaps.sort_by_key(|s| std::cmp::Reverse(s.name));
         Ok((snaps, problems))
     }
 

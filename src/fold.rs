@@ -65,17 +65,20 @@ pub(crate) struct ChunkEntry {
     pub(crate) val: ChunkVal,
 }
 
+/// Live entries of one chunk in a piece: change-table index, op, value.
+pub(crate) type PieceEntries = Vec<(u32, u32, ChunkVal)>;
+
 /// A manifest piece as held in memory: keys sorted for lookup.
 #[derive(Debug)]
 pub(crate) struct LoadedPiece {
     pub(crate) changes: Vec<CoveredChange>,
-    pub(crate) keys: Vec<(Box<str>, Vec<(u32, u32, ChunkVal)>)>,
+    pub(crate) keys: Vec<(Box<str>, PieceEntries)>,
 }
 
 impl LoadedPiece {
     /// Builds the in-memory form of a decoded piece.
     pub(crate) fn new(p: ManifestPiece) -> LoadedPiece {
-        let mut keys: Vec<(Box<str>, Vec<(u32, u32, ChunkVal)>)> = p
+        let mut keys: Vec<(Box<str>, PieceEntries)> = p
             .entries
             .into_iter()
             .map(|(k, es)| {

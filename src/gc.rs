@@ -146,7 +146,7 @@ impl Repo {
             .into_iter()
             .filter_map(|m| Some((lay.parse_snapshot_key(&m.location).ok()?, m)))
             .collect();
-        snaps.sort_by(|a, b| b.0.cmp(&a.0));
+        snaps.sort_by_key(|s| std::cmp::Reverse(s.0));
         let old = |m: &ObjectMeta| age(m) > window;
 
         // The retained snapshot: the newest one that reads.

@@ -20,7 +20,7 @@
 //! | [`view`] | the Zarr view of a fold: `zarr.json`, chunks, listings, conflicts |
 //! | [`session`] | staging Zarr-store writes as ops and committing them |
 //! | [`repo`] | a repository handle: open, refresh, read, commit |
-//! | [`compact`], [`gc`] | snapshots of the state; removing what nothing needs |
+//! | [`compact`], [`gc`], [`status`] | snapshots; removing what nothing needs; what a bucket holds |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
 //! | [`testing`] | a request-counting store for tests and benchmarks |
 //!
@@ -82,6 +82,7 @@ pub mod meta;
 pub mod repo;
 pub mod session;
 pub mod snapshot;
+pub mod status;
 pub mod testing;
 pub mod view;
 

@@ -66,6 +66,9 @@ pub struct TableEntry {
 /// A stamp inside a snapshot object: index into that object's change table, op number.
 pub type SnapStamp = (u32, u32);
 
+/// The live entries of one attribute register.
+pub type AttrRegister = Vec<(SnapStamp, Option<String>)>;
+
 /// What a node incarnation is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapKind {
@@ -104,7 +107,7 @@ pub struct SnapNode {
     /// Whether it was deleted.
     pub deleted: bool,
     /// Attribute registers: name and live entries (value `None` = deleted).
-    pub attrs: Vec<(String, Vec<(SnapStamp, Option<String>)>)>,
+    pub attrs: Vec<(String, AttrRegister)>,
     /// Dimension registers (arrays).
     pub dims: Vec<Option<Vec<(SnapStamp, u64)>>>,
     /// Chunk manifest pieces (arrays), ascending by `first`.

@@ -520,7 +520,7 @@ impl View {
             for k in &chunk_keys {
                 let mut entries = chunk_entries(fold, &node.members, k);
                 if entries.len() > 1 {
-                    entries.sort_by(|a, b| b.order.cmp(&a.order));
+                    entries.sort_by_key(|e| std::cmp::Reverse(e.order));
                     let side = |e: &ChunkEntry, value: String| ConflictSide {
                         change: e.order.hash,
                         actor: e.order.actor,

@@ -131,10 +131,23 @@ fn errors_are_one_clear_line() {
 fn demo_converges() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&["demo", dir.path().join("demo").to_str().unwrap()], None);
-    let digests: Vec<&str> = out.lines().filter(|l| l.contains("view digest")).collect();
+    let digests: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("view digest A"))
+        .collect();
     assert_eq!(digests.len(), 1, "{out}");
     let (a, b) = digests[0].split_once(", B = ").unwrap();
     assert_eq!(a.rsplit(' ').next().unwrap(), b.trim());
+    // Compaction and GC leave the view as it was.
+    let after = out
+        .lines()
+        .find(|l| l.contains("view digest after compaction and GC = "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(after.rsplit(' ').next().unwrap(), b.trim());
+    assert!(
+        out.contains("opens from it with 4 requests in 1 round trips"),
+        "{out}"
+    );
     assert!(out.contains("attribute \"units\": kept"), "{out}");
     assert!(out.contains("[120,120]"), "{out}");
     // A non-empty directory is refused rather than mixed into.
@@ -158,4 +171,47 @@ fn help_and_version() {
         let h = ok(&[cmd, "--help"], None);
         assert!(h.contains("Example"), "{cmd} --help lacks an example");
     }
+}
+
+#[test]
+fn compact_gc_and_status_report_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("data");
+    let repo = repo.to_str().unwrap();
+    ok(&["init", repo], None);
+    ok(&["put", repo, "x/zarr.json", "-"], Some(ARRAY.as_bytes()));
+    ok(&["put", repo, "x/c/0", "-"], Some(&[1u8; 5000]));
+    ok(&["put", repo, "x/c/0", "-"], Some(&[2u8; 5000]));
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&["status", repo, "--json"], None)).unwrap();
+    assert_eq!(st["snapshot"], serde_json::Value::Null);
+    assert_eq!(st["uncovered_changes"], 3);
+    assert_eq!(st["objects"]["change"]["count"], 3);
+
+    let c: serde_json::Value =
+        serde_json::from_str(&ok(&["compact", repo, "--json"], None)).unwrap();
+    assert_eq!(c["changes_folded"], 3, "{c}");
+    assert!(c["snapshot"].as_str().unwrap().ends_with(".snap"));
+    assert!(ok(&["compact", repo], None).starts_with("up to date"));
+
+    let dry = ok(&["gc", repo, "--older-than", "0s", "--dry-run"], None);
+    assert!(dry.contains("would delete 3 change"), "{dry}");
+    assert!(dry.contains("would delete 1 blob (5000 bytes)"), "{dry}");
+    let kept = ok(&["gc", repo, "--older-than", "1d"], None);
+    assert!(kept.contains("deleted nothing"), "{kept}");
+    let g: serde_json::Value =
+        serde_json::from_str(&ok(&["gc", repo, "--older-than", "0s", "--json"], None)).unwrap();
+    assert_eq!(g["totals"]["change"]["count"], 3, "{g}");
+    assert_eq!(g["totals"]["blob"]["count"], 1, "{g}");
+
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&["status", repo, "--json"], None)).unwrap();
+    assert_eq!(st["covered"], 3);
+    assert_eq!(st["uncovered_changes"], 0);
+    assert_eq!(st["objects"]["change"]["count"], 0);
+    assert_eq!(ok(&["cat", repo, "x/c/0"], None).len(), 5000);
+    // A bad duration is a usage error (clap's exit code 2), said in one place.
+    let out = crzarr(&["gc", repo, "--older-than", "7w"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unit must be s, m, h or d"));
 }

@@ -124,6 +124,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a snapshot so readers skip the history (idempotent; safe beside writers).
+    #[command(
+        after_help = "Example:\n  crzarr compact ./data\n  crzarr compact s3://bucket/sst --json"
+    )]
+    Compact {
+        /// Repository URL.
+        repo: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete what the newest snapshot makes unnecessary, if older than the window.
+    #[command(
+        after_help = "DURATION is a number with a unit: 90s, 30m, 6h, 7d.\nThe window must exceed your longest commit and compaction (by the store's clock).\n\nExample:\n  crzarr gc ./data --older-than 7d --dry-run\n  crzarr gc s3://bucket/sst --older-than 24h --json"
+    )]
+    Gc {
+        /// Repository URL.
+        repo: String,
+        /// Only objects last modified longer ago than this.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: std::time::Duration,
+        /// List what would be deleted, with sizes, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the newest snapshot, what it does not cover, and objects by kind.
+    #[command(after_help = "Example:\n  crzarr status ./data --json")]
+    Status {
+        /// Repository URL.
+        repo: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole story on local disk: two replicas edit apart, exchange changes, converge.
     #[command(after_help = "Example:\n  crzarr demo\n  crzarr demo /tmp/crzarr-demo")]
     Demo {
@@ -309,11 +346,20 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
                     .iter()
                     .map(|f| json!({"actor": f.actor.to_string(), "seq": f.seq, "changes": f.changes.iter().map(|d| d.to_hex()).collect::<Vec<_>>()}))
                     .collect();
+                let snapshot = r.fold().snapshot_base().map(|b| b.name.file_name());
                 return print_json(
-                    &json!({"changes": changes, "pending": pending, "forks": forks}),
+                    &json!({"snapshot": snapshot, "changes": changes, "pending": pending, "forks": forks}),
                 );
             }
             let mut out = std::io::stdout().lock();
+            if let Some(b) = r.fold().snapshot_base() {
+                writeln!(
+                    out,
+                    "snapshot {}: {} earlier changes compacted",
+                    b.name.file_name(),
+                    b.name.covered
+                )?;
+            }
             for c in log {
                 writeln!(
                     out,
@@ -361,8 +407,139 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
             }
             Ok(())
         }
+        Command::Compact { repo, json } => {
+            let mut r = open(&repo, concurrency).await?;
+            if !json {
+                eprintln!("compacting {} changes...", r.log().len());
+            }
+            let rep = r.compact().await?;
+            if json {
+                return print_json(&serde_json::to_value(&rep).unwrap_or_default());
+            }
+            match &rep.snapshot {
+                None => println!(
+                    "up to date: {} changes covered, nothing written",
+                    rep.covered
+                ),
+                Some(name) => println!(
+                    "wrote {name}: {} changes folded ({} covered in all, {} pending), {} manifest pieces written, {} reused, {} archive shards, {} bytes",
+                    rep.changes_folded,
+                    rep.covered,
+                    rep.pending,
+                    rep.manifests_written,
+                    rep.manifests_reused,
+                    rep.archive_shards_written,
+                    rep.bytes_written
+                ),
+            }
+            Ok(())
+        }
+        Command::Gc {
+            repo,
+            older_than,
+            dry_run,
+            json,
+        } => {
+            let mut r = open(&repo, concurrency).await?;
+            let rep = r
+                .gc(&crzarr::gc::GcOptions {
+                    older_than,
+                    dry_run,
+                })
+                .await?;
+            if json {
+                let mut v = serde_json::to_value(&rep).unwrap_or_default();
+                v["totals"] = json!(
+                    rep.totals()
+                        .iter()
+                        .map(|(k, (n, b))| (
+                            format!("{k:?}").to_lowercase(),
+                            json!({"count": n, "bytes": b})
+                        ))
+                        .collect::<serde_json::Map<_, _>>()
+                );
+                return print_json(&v);
+            }
+            let mut out = std::io::stdout().lock();
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            if dry_run {
+                for x in &rep.removed {
+                    writeln!(out, "{:>12}  {}", x.bytes, x.key)?;
+                }
+            }
+            for (k, (n, b)) in rep.totals() {
+                writeln!(
+                    out,
+                    "{verb} {n} {} ({b} bytes)",
+                    format!("{k:?}").to_lowercase()
+                )?;
+            }
+            if rep.removed.is_empty() {
+                writeln!(out, "{verb} nothing")?;
+            }
+            writeln!(
+                out,
+                "kept {} unneeded objects younger than the window",
+                rep.kept_recent
+            )?;
+            for n in &rep.notes {
+                writeln!(out, "note: {n}")?;
+            }
+            Ok(())
+        }
+        Command::Status { repo, json } => {
+            let r = open(&repo, concurrency).await?;
+            let st = r.status().await?;
+            if json {
+                return print_json(&serde_json::to_value(&st).unwrap_or_default());
+            }
+            let mut out = std::io::stdout().lock();
+            match (&st.snapshot, st.snapshot_age_secs) {
+                (Some(n), Some(age)) => {
+                    writeln!(out, "snapshot: {n} ({} changes, {age} s old)", st.covered)?
+                }
+                _ => writeln!(out, "snapshot: none (run `crzarr compact`)")?,
+            }
+            writeln!(
+                out,
+                "changes not in the snapshot: {}  pending: {}  forks: {}  problems: {}",
+                st.uncovered_changes, st.pending, st.forks, st.problems
+            )?;
+            for (k, t) in &st.objects {
+                writeln!(
+                    out,
+                    "{:<10} {:>8} objects {:>14} bytes",
+                    format!("{k:?}").to_lowercase(),
+                    t.count,
+                    t.bytes
+                )?;
+            }
+            Ok(())
+        }
         Command::Demo { dir } => demo::run(dir).await,
     }
+}
+
+/// Parses `90s`, `30m`, `6h`, `7d` (and `0s`).
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?}: add a unit (s, m, h or d)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number then a unit, like 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the Unix epoch (UTC).
@@ -389,6 +566,20 @@ pub(crate) fn format_millis(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_durations() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            super::parse_duration("7d"),
+            Ok(Duration::from_secs(604_800))
+        );
+        assert_eq!(super::parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(super::parse_duration("7").is_err());
+        assert!(super::parse_duration("7w").is_err());
+        assert!(super::parse_duration("d").is_err());
+    }
+
     #[test]
     fn formats_time() {
         assert_eq!(super::format_millis(0), "1970-01-01T00:00:00Z");

@@ -431,7 +431,7 @@ impl Fold {
         let mut reused_pieces = 0;
         let mut nodes: Vec<SnapNode> = Vec::with_capacity(self.nodes.len());
         for (s, n) in &self.nodes {
-            let mut attrs: Vec<(String, Vec<((u32, u32), Option<String>)>)> = n
+            let mut attrs: Vec<(String, crate::snapshot::AttrRegister)> = n
                 .attrs
                 .iter()
                 .map(|(k, reg)| {
@@ -600,7 +600,7 @@ impl Fold {
                     Error::Usage(format!("manifest piece {h} not loaded for export"))
                 })?;
                 if !es.is_empty() {
-                    es.sort_by(|a, b| a.order.cmp(&b.order));
+                    es.sort_by_key(|e| e.order);
                     rows.push((piece_order(meta, &k), k, es));
                 }
             }
