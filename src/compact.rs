@@ -195,6 +195,17 @@ impl Repo {
             hash: ObjectHash::of(&meta_bytes),
         };
 
+        let over = |started: Instant| -> Result<()> {
+            if started.elapsed() > limit {
+                return Err(Error::Limit(format!(
+                    "compaction ran {:?}, over its {limit:?} limit: no snapshot written \
+                     (garbage collection assumes compactions finish well inside its window)",
+                    started.elapsed()
+                )));
+            }
+            Ok(())
+        };
+        over(started)?;
         report.bytes_written =
             meta_bytes.len() as u64 + uploads.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         let results: Vec<Result<()>> = futures::stream::iter(uploads)
@@ -206,13 +217,8 @@ impl Repo {
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<()>>>()?;
-        if started.elapsed() > limit {
-            return Err(Error::Limit(format!(
-                "compaction ran {:?}, over its {limit:?} limit: no snapshot written \
-                 (garbage collection assumes compactions finish well inside its window)",
-                started.elapsed()
-            )));
-        }
+        // Pieces and shards written past the limit are orphans GC later removes.
+        over(started)?;
         bucket
             .put_once(&bucket.layout.snapshot(&name), meta_bytes.clone())
             .await?;

@@ -147,26 +147,45 @@ impl Repo {
             .filter_map(|m| Some((lay.parse_snapshot_key(&m.location).ok()?, m)))
             .collect();
         snaps.sort_by_key(|s| std::cmp::Reverse(s.0));
-        let old = |m: &ObjectMeta| age(m) > window;
+        let old = |m: &ObjectMeta| age(m) >= window;
 
         // The retained snapshot: the newest one that reads.
-        let mut retained: Option<(String, SnapshotMeta)> = None;
+        let mut retained: Option<(String, SnapshotMeta, ObjectMeta)> = None;
         for (name, m) in &snaps {
-            let Some(bytes) = bucket.get(&m.location, MAX_META_BYTES).await? else {
-                continue;
+            // Judged exactly as a reader judges it: what open would skip, GC skips.
+            let bytes = match bucket.get(&m.location, MAX_META_BYTES).await {
+                Ok(Some(b)) => b,
+                Ok(None) | Err(Error::TooLarge { .. }) => continue,
+                Err(e) => return Err(e),
             };
-            if let Ok(meta) = SnapshotMeta::decode(m.location.as_ref(), &bytes, &name.hash) {
-                retained = Some((name.file_name(), meta));
-                break;
+            let key = m.location.as_ref();
+            match crate::repo::decode_snapshot(key, &bytes, *name, self.id()) {
+                Ok(_) => {
+                    let meta = SnapshotMeta::decode(key, &bytes, &name.hash)?;
+                    retained = Some((name.file_name(), meta, m.clone()));
+                    break;
+                }
+                Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+                Err(_) => continue,
             }
         }
-        let Some((retained_name, meta)) = retained else {
+        let Some((retained_name, meta, retained_obj)) = retained else {
             report
                 .notes
                 .push("no snapshot: run `crzarr compact` first; nothing deleted".into());
             return Ok(report);
         };
         report.retained_snapshot = Some(retained_name.clone());
+        // A compactor that started before this snapshot appeared may still land one
+        // based on an older snapshot and reuse its objects. It finishes within its
+        // time limit, which the window must exceed; until the window has passed over
+        // the newest snapshot, nothing is deleted.
+        if !old(&retained_obj) {
+            report.notes.push(format!(
+                "the newest snapshot {retained_name} is younger than the window: nothing deleted yet"
+            ));
+            return Ok(report);
+        }
         let mut doomed: Vec<(ObjectKind, Path, u64)> = Vec::new();
 
         // Snapshots: the retained one supersedes the rest, or GC waits for compaction.
@@ -195,7 +214,7 @@ impl Repo {
         }
 
         // Change files the retained snapshot covers.
-        let covered: HashSet<ChangeHash> = meta.changes.iter().map(|e| e.change.hash).collect();
+        let covered: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
         let mut uncovered = Vec::new();
         for (n, m) in &changes {
             if !covered.contains(&n.hash) {
@@ -332,7 +351,7 @@ impl Repo {
                         // A writer may have re-uploaded this blob since the listing.
                         if kind == ObjectKind::Blob {
                             match store.head(&key).await {
-                                Ok(m) if age(&m) <= window => return Ok(false),
+                                Ok(m) if age(&m) < window => return Ok(false),
                                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
                                 Err(e) => return Err(Error::store(key.as_ref(), e)),
                                 Ok(_) => {}

@@ -63,6 +63,8 @@ pub struct Repo {
     archive: HashMap<ObjectHash, Arc<ArchiveShard>>,
     /// Snapshots known not to hold anything this fold lacks.
     known_snapshots: HashSet<SnapshotName>,
+    /// Pending changes needing changes that are neither listed nor covered.
+    missing_history: Vec<Problem>,
 }
 
 impl Repo {
@@ -156,6 +158,7 @@ impl Repo {
             concurrency: concurrency.max(1),
             archive: HashMap::new(),
             known_snapshots: HashSet::new(),
+            missing_history: Vec::new(),
         };
         for p in snap_problems {
             repo.problems.insert(p.key, p.error);
@@ -209,11 +212,7 @@ impl Repo {
                     .ok_or_else(|| Error::Vanished { key: key.clone() })?
             }
         };
-        let meta = SnapshotMeta::decode(&key, &bytes, &snap.name.hash)?;
-        if meta.covered != snap.name.covered {
-            return Err(Error::corrupt(&key, "covered count differs from the name"));
-        }
-        Fold::from_snapshot(&key, snap.name, meta, self.id)
+        decode_snapshot(&key, &bytes, snap.name, self.id)
     }
 
     /// How many requests may be in flight for fan-out.
@@ -248,12 +247,17 @@ impl Repo {
         if let Some(newest) = snaps.first()
             && !self.known_snapshots.contains(&newest.name)
         {
+            let based = self.fold.snapshot_base().is_some();
             match self.read_snapshot(newest, None).await {
-                Ok(f) if f.heads().iter().all(|h| self.fold.contains(h)) => {
+                // Nothing new in it, and no manifest pieces of an older snapshot
+                // (which garbage collection may remove) to depend on.
+                Ok(f) if !based && f.heads().iter().all(|h| self.fold.contains(h)) => {
                     self.known_snapshots.insert(newest.name);
                 }
                 Ok(_) | Err(Error::Vanished { .. }) => return self.reload().await,
-                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e @ (Error::Store { .. } | Error::UnsupportedVersion { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     let p = Problem {
                         key: newest.key.to_string(),
@@ -264,7 +268,10 @@ impl Repo {
                 }
             }
         }
-        let (mut report, vanished) = self.ingest(listing).await?;
+        let (mut report, vanished) = match self.ingest(listing).await {
+            Err(Error::Vanished { .. }) => return self.reload().await,
+            other => other?,
+        };
         if vanished {
             return self.reload().await;
         }
@@ -403,21 +410,22 @@ impl Repo {
             }
         }
         report.pending = self.fold.pending().len();
-        if self.fold.snapshot_base().is_some() {
-            for p in self.fold.pending() {
-                let Some(key) = self.pending_keys.get(&p.hash) else {
-                    continue;
-                };
-                if let Some(m) = p.missing.iter().find(|m| !listed_set.contains(m)) {
-                    report.problems.push(Problem {
+        self.missing_history.clear();
+        for p in self.fold.pending() {
+            let Some(key) = self.pending_keys.get(&p.hash) else {
+                continue;
+            };
+            if let Some(m) = p.missing.iter().find(|m| !listed_set.contains(m)) {
+                let problem = Problem {
+                    key: key.clone(),
+                    error: Error::HistoryHorizon {
                         key: key.clone(),
-                        error: Error::HistoryHorizon {
-                            key: key.clone(),
-                            missing: m.to_string(),
-                        }
-                        .to_string(),
-                    });
-                }
+                        missing: m.to_string(),
+                    }
+                    .to_string(),
+                };
+                report.problems.push(problem.clone());
+                self.missing_history.push(problem);
             }
         }
         self.view = View::build(&self.fold);
@@ -679,6 +687,14 @@ impl Repo {
             .collect()
     }
 
+    /// Pending changes that need a change which is neither in the bucket nor covered
+    /// by its snapshots: history that was garbage-collected, or a partial copy. Each
+    /// says what to do. (Not yet delivered is indistinguishable from lost: this is
+    /// advice, not an error.)
+    pub fn missing_history(&self) -> Vec<Problem> {
+        self.missing_history.clone()
+    }
+
     /// Applied changes in causal order.
     pub fn log(&self) -> Vec<&ChangeInfo> {
         self.fold.log()
@@ -745,6 +761,21 @@ impl Repo {
             .await?;
         Ok(hash)
     }
+}
+
+/// Decodes snapshot metadata and starts a fold from it: everything a reader checks
+/// (garbage collection judges by the same checks).
+pub(crate) fn decode_snapshot(
+    key: &str,
+    bytes: &[u8],
+    name: SnapshotName,
+    repo: RepoId,
+) -> Result<Fold> {
+    let meta = SnapshotMeta::decode(key, bytes, &name.hash)?;
+    if meta.covered != name.covered {
+        return Err(Error::corrupt(key, "covered count differs from the name"));
+    }
+    Fold::from_snapshot(key, name, meta, repo)
 }
 
 async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<Option<Change>> {

@@ -53,16 +53,6 @@ impl CoveredChange {
     }
 }
 
-/// One entry of the metadata's change table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableEntry {
-    /// The change.
-    pub change: CoveredChange,
-    /// Whether its file was listed when the snapshot was written (then open decides
-    /// from the listing alone that it is covered).
-    pub listed: bool,
-}
-
 /// A stamp inside a snapshot object: index into that object's change table, op number.
 pub type SnapStamp = (u32, u32);
 
@@ -162,8 +152,9 @@ pub struct SnapshotMeta {
     pub max_hlc: Hlc,
     /// Covered changes with no covered successor, ascending.
     pub heads: Vec<ChangeHash>,
-    /// Covered changes that are listed or that stamps refer to; stamps index this.
-    pub changes: Vec<TableEntry>,
+    /// Covered changes whose files were listed when it was written, the heads, and
+    /// changes its stamps refer to, ascending by hash; stamps index this table.
+    pub changes: Vec<CoveredChange>,
     /// Every incarnation, live and deleted.
     pub nodes: Vec<SnapNode>,
     /// Records of entries superseded before they arrived.
@@ -313,10 +304,13 @@ impl SnapshotMeta {
                 return Err(format!("node {:?}: pieces out of order", node.path));
             }
         }
+        if !self.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
+            return Err("change table not sorted by hash".into());
+        }
         if self
             .heads
             .iter()
-            .any(|h| !self.changes.iter().any(|c| c.change.hash == *h))
+            .any(|h| self.changes.binary_search_by(|c| c.hash.cmp(h)).is_err())
         {
             return Err("a head is missing from the change table".into());
         }

@@ -33,6 +33,8 @@ pub struct Status {
     pub forks: usize,
     /// Files skipped as damaged or foreign.
     pub problems: usize,
+    /// Pending changes that need history neither in the bucket nor covered.
+    pub missing_history: usize,
     /// Objects by kind.
     pub objects: BTreeMap<ObjectKind, ObjectTotals>,
 }
@@ -79,6 +81,7 @@ impl Repo {
             pending: self.pending().len(),
             forks: self.forks().len(),
             problems: self.problems().len(),
+            missing_history: self.missing_history().len(),
             objects,
         })
     }

@@ -381,6 +381,9 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
                     missing.join(", ")
                 )?;
             }
+            for m in r.missing_history() {
+                writeln!(out, "warning: {}", m.error)?;
+            }
             for f in forks {
                 writeln!(
                     out,
@@ -440,6 +443,12 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
             dry_run,
             json,
         } => {
+            if older_than < crzarr::compact::DEFAULT_COMPACTION_TIME_LIMIT {
+                eprintln!(
+                    "warning: a window under {} minutes is safe only while nothing else writes to or compacts this repository",
+                    crzarr::compact::DEFAULT_COMPACTION_TIME_LIMIT.as_secs() / 60
+                );
+            }
             let mut r = open(&repo, concurrency).await?;
             let rep = r
                 .gc(&crzarr::gc::GcOptions {
@@ -505,6 +514,9 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
                 "changes not in the snapshot: {}  pending: {}  forks: {}  problems: {}",
                 st.uncovered_changes, st.pending, st.forks, st.problems
             )?;
+            for m in r.missing_history() {
+                writeln!(out, "warning: {}", m.error)?;
+            }
             for (k, t) in &st.objects {
                 writeln!(
                     out,

@@ -2,7 +2,7 @@
 //! registers that live in manifest pieces, and exporting the state as a snapshot.
 
 use super::*;
-use crate::snapshot::{PIECE_ENTRIES, SnapFork, SnapNode, Superseded, TableEntry};
+use crate::snapshot::{PIECE_ENTRIES, SnapFork, SnapNode, Superseded};
 use std::collections::{BTreeSet, HashSet};
 
 /// A snapshot's state as a compactor writes it: metadata plus the pieces it needs.
@@ -37,7 +37,7 @@ impl Fold {
             });
         }
         let mut f = Fold::new(repo);
-        for TableEntry { change: c, .. } in &meta.changes {
+        for c in &meta.changes {
             if f.index.contains_key(&c.hash) {
                 return Err(corrupt(key, "a change appears twice in the table"));
             }
@@ -71,12 +71,6 @@ impl Fold {
                 return Err(corrupt(
                     key,
                     format!("node {:?}: wrong number of dimensions", n.path),
-                ));
-            }
-            if n.pieces.iter().any(|p| p.first.len() != ndim) {
-                return Err(corrupt(
-                    key,
-                    format!("node {:?}: piece coordinates", n.path),
                 ));
             }
             let attrs = n
@@ -407,15 +401,9 @@ impl Fold {
             hlc: c.hlc,
             ops: c.ops,
         };
-        let changes: Vec<TableEntry> = order
+        let changes: Vec<CoveredChange> = order
             .iter()
-            .map(|&i| {
-                let c = &self.infos[i as usize];
-                TableEntry {
-                    change: covered_of(c),
-                    listed: listed.contains(&c.hash),
-                }
-            })
+            .map(|&i| covered_of(&self.infos[i as usize]))
             .collect();
         let to_archive: Vec<CoveredChange> = self
             .infos
