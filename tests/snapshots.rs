@@ -835,3 +835,114 @@ async fn a_change_needing_history_nobody_has_says_what_to_do() {
         assert_eq!(a.problems(), vec![], "{}: not a damaged file", b.name);
     }
 }
+
+/// spec/merge.md, "Observed entries": an op may name an entry whose change has not
+/// arrived (here a change that observes a concurrent one, as only a non-causal or
+/// hostile writer would). The op applies at once and the entry is dropped whenever
+/// it arrives: before, after, or after a compaction in between.
+#[tokio::test]
+async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
+    use crzarr::change::{ChunkData, Op, OpRef};
+    let b = memory();
+    let mut w = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = w.session();
+    s.create_group("", Default::default()).unwrap();
+    s.create_array("x", &array_meta(&[4], &[2])).unwrap();
+    let c0 = s.commit(None).await.unwrap().unwrap();
+    let base = w.fold().hlc_of(&c0).unwrap();
+    let make = |hlc: u64, ops: Vec<Op>| {
+        let c = Change {
+            repo: w.id(),
+            actor: crzarr::ids::ActorId::generate(),
+            seq: 1,
+            deps: vec![c0],
+            hlc: crzarr::ids::Hlc(base.0 + hlc),
+            wall_ms: 0,
+            message: None,
+            ops,
+        };
+        let bytes = c.encode();
+        (ChangeHash::of(&bytes), c, bytes)
+    };
+    let (root, arr) = (OpRef::Change(c0, 0), OpRef::Change(c0, 1));
+    let y = make(
+        1,
+        vec![
+            Op::SetAttr {
+                node: root,
+                key: "k".into(),
+                value: "\"y\"".into(),
+                observed: vec![],
+            },
+            Op::SetChunk {
+                node: arr,
+                key: "c/0".into(),
+                data: ChunkData::Inline(vec![1]),
+                observed: vec![],
+            },
+        ],
+    );
+    let x = make(
+        2,
+        vec![
+            Op::SetAttr {
+                node: root,
+                key: "k".into(),
+                value: "\"x\"".into(),
+                observed: vec![OpRef::Change(y.0, 0)],
+            },
+            Op::SetChunk {
+                node: arr,
+                key: "c/0".into(),
+                data: ChunkData::Inline(vec![2]),
+                observed: vec![OpRef::Change(y.0, 1)],
+            },
+        ],
+    );
+    let base_changes = stash(&b).await;
+    let with = |extra: &[&(ChangeHash, Change, Vec<u8>)]| {
+        let mut v: Vec<(ChangeHash, Change)> =
+            base_changes.iter().map(|(h, c)| (*h, c.clone())).collect();
+        v.extend(extra.iter().map(|(h, c, _)| (*h, c.clone())));
+        v
+    };
+    let fold_state = |changes: Vec<(ChangeHash, Change)>| {
+        let fold = Fold::from_changes(w.id(), changes);
+        let view = View::build(&fold);
+        (view.entries(&fold), view.conflicts(&fold))
+    };
+    let y_first = fold_state(with(&[&y, &x]));
+    let x_first = fold_state(with(&[&x, &y]));
+    assert_eq!(y_first, x_first);
+    assert_eq!(
+        y_first.1,
+        vec![],
+        "the observed entries are gone, not conflicts"
+    );
+    let chunk = |st: &(BTreeMap<String, Entry>, Vec<Conflict>)| st.0.get("x/c/0").cloned();
+    assert_eq!(
+        chunk(&y_first),
+        Some(Entry::Chunk(crzarr::view::ChunkRef::Inline(vec![2])))
+    );
+
+    // Through a bucket, with a compaction between X and Y.
+    let put = |c: &(ChangeHash, Change, Vec<u8>)| {
+        let key = Layout::new(&b.prefix).change(&crzarr::layout::ChangeName {
+            hash: c.0,
+            actor: c.1.actor,
+            seq: c.1.seq,
+        });
+        (key, PutPayload::from(c.2.clone()))
+    };
+    let (k, p) = put(&x);
+    b.store.put(&k, p).await.unwrap();
+    w.refresh().await.unwrap();
+    w.compact().await.unwrap();
+    w.gc(&NOW).await.unwrap();
+    let (k, p) = put(&y);
+    b.store.put(&k, p).await.unwrap();
+    let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(r.problems(), vec![]);
+    let (entries, conflicts, _) = state(&r).await;
+    assert_eq!((entries, conflicts), y_first);
+}
