@@ -11,7 +11,6 @@ use crate::layout::SnapshotName;
 use crate::repo::Repo;
 use crate::snapshot::{
     ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_SHARD_BYTES, SnapFork,
-    SnapshotMeta,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -239,12 +238,15 @@ impl Repo {
     /// Whether this state holds everything snapshot `name` covers.
     async fn covers_snapshot(&self, bucket: &Bucket, name: SnapshotName) -> Result<bool> {
         let key = bucket.layout.snapshot(&name);
-        let Some(bytes) = bucket.get(&key, MAX_META_BYTES).await? else {
-            return Ok(false);
+        let bytes = match bucket.get(&key, MAX_META_BYTES).await {
+            Ok(Some(b)) => b,
+            Err(e @ Error::Store { .. }) => return Err(e),
+            // Gone, or too large to read: never superseded by us.
+            Ok(None) | Err(_) => return Ok(false),
         };
-        match SnapshotMeta::decode(key.as_ref(), &bytes, &name.hash) {
-            Ok(meta) => Ok(meta.heads.iter().all(|h| self.fold().contains(h))),
-            // A damaged or newer snapshot is never superseded by us.
+        // Judged as readers judge it: one they would skip is not ours to retire.
+        match crate::repo::decode_snapshot(key.as_ref(), &bytes, name, self.id()) {
+            Ok(f) => Ok(f.heads().iter().all(|h| self.fold().contains(h))),
             Err(_) => Ok(false),
         }
     }

@@ -299,7 +299,12 @@ impl Repo {
             .collect()
             .await;
         for ((name, key), r) in uncovered.iter().zip(fetched) {
-            let decoded = r?.map(|b| crate::change::Change::decode(key.as_ref(), &b, &name.hash));
+            let decoded = match r {
+                Ok(b) => b.map(|b| crate::change::Change::decode(key.as_ref(), &b, &name.hash)),
+                Err(e @ Error::Store { .. }) => return Err(e),
+                // Too large to read: its blobs are unknown.
+                Err(e) => Some(Err(e)),
+            };
             match decoded {
                 Some(Ok(change)) => {
                     for op in &change.ops {

@@ -244,8 +244,10 @@ impl Repo {
                 fresh.push(p);
             }
         }
+        // A damaged newest snapshot was reported once; it is not read again.
         if let Some(newest) = snaps.first()
             && !self.known_snapshots.contains(&newest.name)
+            && !self.problems.contains_key(newest.key.as_ref())
         {
             let based = self.fold.snapshot_base().is_some();
             match self.read_snapshot(newest, None).await {
@@ -492,8 +494,17 @@ impl Repo {
             .collect()
             .await;
         for r in fetched {
-            let (h, shard) = r?;
-            self.archive.insert(h, Arc::new(shard));
+            match r {
+                Ok((h, shard)) => {
+                    self.archive.insert(h, Arc::new(shard));
+                }
+                // A damaged shard is reported; what it would have covered stays
+                // pending (and shows in `missing_history`) instead of failing open.
+                Err(Error::Corrupt { key, reason }) => {
+                    self.problems.insert(key, reason);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let Some(base) = self.fold.snapshot_base() else {
             return Ok(Vec::new());

@@ -285,7 +285,8 @@ impl<T> Stream for CountedStream<T> {
 /// store.reset();
 /// repo.refresh().await?;
 /// let counts = store.snapshot();
-/// assert_eq!((counts.lists, counts.gets, counts.round_trips), (1, 0, 1));
+/// // Changes and snapshots are listed side by side: two requests, one round trip.
+/// assert_eq!((counts.lists, counts.gets, counts.round_trips), (2, 0, 1));
 /// # Ok(())
 /// # }
 /// ```

@@ -787,6 +787,24 @@ async fn chunk_keys_without_grid_coordinates_survive_compaction_and_gc() {
         assert_eq!(r.problems(), vec![], "{}", b.name);
         assert_eq!(state(&r).await, before, "{}", b.name);
     }
+    // More such keys than one piece holds: they stay in one piece (pieces must
+    // start at ascending coordinates, and these all order as none).
+    let b = local();
+    let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = a.session();
+    s.create_array("x", &array_meta(&[4], &[2])).unwrap();
+    for i in 0..crzarr::snapshot::PIECE_ENTRIES + 10 {
+        s.set(&format!("x/k{i}"), vec![1u8]).unwrap();
+    }
+    s.set("x/c/1", vec![2u8]).unwrap();
+    s.commit(None).await.unwrap();
+    a.compact().await.unwrap();
+    let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(r.problems(), vec![]);
+    assert_eq!(
+        r.list_prefix("x/").await.unwrap().len(),
+        crzarr::snapshot::PIECE_ENTRIES + 12
+    );
 }
 
 #[tokio::test]
@@ -945,4 +963,86 @@ async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
     assert_eq!(r.problems(), vec![]);
     let (entries, conflicts, _) = state(&r).await;
     assert_eq!((entries, conflicts), y_first);
+}
+
+#[tokio::test]
+async fn a_damaged_manifest_piece_or_archive_shard_is_named_and_contained() {
+    for b in backends() {
+        let (mut a, _) = history(&b).await;
+        // A change nothing stamps once compacted: it ends up in the archive.
+        let mut s = a.session();
+        s.set("x/c/3", vec![5u8; 4]).unwrap();
+        s.commit(None).await.unwrap();
+        // An offline writer that saw it: its next change depends on it.
+        let mut late = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        a.compact().await.unwrap();
+        a.gc(&NOW).await.unwrap();
+        // A second snapshot moves the first one's table into the archive.
+        let mut s = a.session();
+        s.create_array("y", &array_meta(&[4], &[2])).unwrap();
+        s.set("y/c/0", vec![3u8; 4]).unwrap();
+        s.commit(None).await.unwrap();
+        a.compact().await.unwrap();
+        a.gc(&NOW).await.unwrap();
+        let layout = Layout::new(&b.prefix);
+        let lay_list = |dir: object_store::path::Path| {
+            let store = b.store.clone();
+            async move {
+                use futures::TryStreamExt;
+                let v: Vec<object_store::ObjectMeta> =
+                    store.list(Some(&dir)).try_collect().await.unwrap();
+                v.into_iter().map(|m| m.location).collect::<Vec<_>>()
+            }
+        };
+        let shards = lay_list(layout.archive_dir()).await;
+        assert!(!shards.is_empty(), "{}: the archive has shards", b.name);
+        for k in &shards {
+            b.store
+                .put(k, PutPayload::from_static(b"CRZA\x01junk"))
+                .await
+                .unwrap();
+        }
+        let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        // Find x's piece and damage it; y's piece stays readable.
+        // x's piece is the one holding key c/1 (y has only c/0).
+        let mut x_piece = None;
+        for k in lay_list(layout.manifests_dir()).await {
+            let bytes = b.store.get(&k).await.unwrap().bytes().await.unwrap();
+            if bytes.windows(3).any(|w| w == b"c/1") {
+                x_piece = Some(k);
+            }
+        }
+        let x_piece = x_piece.unwrap();
+        b.store
+            .put(&x_piece, PutPayload::from_static(b"CRZM\x01junk"))
+            .await
+            .unwrap();
+        let err = reader.get("x/c/1").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { key, .. } if key == x_piece.as_ref()),
+            "{}: {err:?}",
+            b.name
+        );
+        assert_eq!(
+            reader.get("y/c/0").await.unwrap().as_deref(),
+            Some(&[3u8; 4][..]),
+            "{}: other arrays still read",
+            b.name
+        );
+        // A late change needs the archive: the damaged shard is reported, open works.
+        let mut s = late.session();
+        s.set_attr("x", "late", true.into()).unwrap();
+        s.commit(None).await.unwrap();
+        let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let problems = r.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| shards.iter().any(|s| s.as_ref() == p.key)),
+            "{}: {problems:?}",
+            b.name
+        );
+        assert_eq!(r.pending().len(), 1, "{}", b.name);
+        assert_eq!(r.missing_history().len(), 1, "{}", b.name);
+    }
 }

@@ -593,7 +593,7 @@ impl Fold {
                 }
             }
             rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-            for (j, run) in rows.chunks(PIECE_ENTRIES).enumerate() {
+            for (j, run) in split_runs(&rows).into_iter().enumerate() {
                 // The first run keeps the slot's start so the ranges stay contiguous.
                 let first = match (j, old.get(i)) {
                     (0, Some(p)) => p.first.clone().min(run[0].0.clone()),
@@ -616,6 +616,26 @@ impl Fold {
         out.dedup_by(|a, b| a.first == b.first && a.hash == b.hash);
         Ok((out, reused, made))
     }
+}
+
+/// Cuts sorted rows into pieces of about [`PIECE_ENTRIES`], never between rows
+/// with equal coordinates (keys without grid coordinates all order as `[]`), so
+/// every piece starts above the one before.
+#[allow(clippy::type_complexity)]
+fn split_runs(
+    rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)],
+) -> Vec<&[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = (start + PIECE_ENTRIES).min(rows.len());
+        while end < rows.len() && rows[end].0 == rows[end - 1].0 {
+            end += 1;
+        }
+        out.push(&rows[start..end]);
+        start = end;
+    }
+    out
 }
 
 fn encode_piece(rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]) -> (ManifestPiece, u32) {
