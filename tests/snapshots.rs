@@ -1046,3 +1046,152 @@ async fn a_damaged_manifest_piece_or_archive_shard_is_named_and_contained() {
         assert_eq!(r.missing_history().len(), 1, "{}", b.name);
     }
 }
+
+#[tokio::test]
+async fn forks_are_detected_against_the_table_at_once_and_the_archive_at_compaction() {
+    for b in [memory(), local()] {
+        let (mut a, _) = history(&b).await;
+        // K: a chunk-only change, soon archived. Then another change on top.
+        let mut s = a.session();
+        s.set("x/c/3", vec![5u8; 4]).unwrap();
+        let k = s.commit(None).await.unwrap().unwrap();
+        let k_info = a.log().into_iter().find(|c| c.hash == k).unwrap().clone();
+        let mut s = a.session();
+        s.set_attr("x", "n", 1.into()).unwrap();
+        let top = s.commit(None).await.unwrap().unwrap();
+        for _ in 0..2 {
+            a.compact().await.unwrap();
+            a.gc(&NOW).await.unwrap();
+            let mut s = a.session();
+            s.set_attr("x", "n", 2.into()).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        // A cloned writer reuses K's actor and seq for different content.
+        let head = a.fold().heads()[0];
+        let forged = |deps: Vec<ChangeHash>, seq: u64, actor: crzarr::ids::ActorId| {
+            let c = Change {
+                repo: a.id(),
+                actor,
+                seq,
+                deps,
+                hlc: crzarr::ids::Hlc(a.fold().hlc_of(&head).unwrap().0 + 100),
+                wall_ms: 0,
+                message: Some("clone".into()),
+                ops: vec![],
+            };
+            let bytes = c.encode();
+            let name = crzarr::layout::ChangeName {
+                hash: ChangeHash::of(&bytes),
+                actor,
+                seq,
+            };
+            (Layout::new(&b.prefix).change(&name), bytes, name.hash)
+        };
+        let (key, bytes, f1) = forged(vec![head], k_info.seq, k_info.actor);
+        b.store.put(&key, PutPayload::from(bytes)).await.unwrap();
+        let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(reader.pending(), vec![], "{}", b.name);
+        // K is archived: the reader cannot tell yet; the next compaction does.
+        let mut c = reader;
+        c.compact().await.unwrap();
+        let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let forks = fresh.forks();
+        assert_eq!(forks.len(), 1, "{}: {forks:?}", b.name);
+        let mut want = vec![k, f1];
+        want.sort();
+        assert_eq!(forks[0].changes, want, "{}", b.name);
+
+        // A fork of a covered change whose file is still listed (so it is in the
+        // snapshot's table) is seen by a reader at once, without a compaction.
+        let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let mut s = w.session();
+        s.set("x/c/4", vec![6u8; 4]).unwrap();
+        let t = s.commit(None).await.unwrap().unwrap();
+        let t_info = w.log().into_iter().find(|c| c.hash == t).unwrap().clone();
+        w.compact().await.unwrap();
+        let (key, bytes, f2) = forged(t_info.deps.clone(), t_info.seq, t_info.actor);
+        b.store.put(&key, PutPayload::from(bytes)).await.unwrap();
+        let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let mut want = vec![t, f2];
+        want.sort();
+        assert!(
+            r.forks().iter().any(|f| f.changes == want),
+            "{}: {:?}",
+            b.name,
+            r.forks()
+        );
+        let _ = top;
+    }
+}
+
+#[tokio::test]
+async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped() {
+    use crzarr::snapshot::SnapshotMeta;
+    for b in backends() {
+        let (mut a, _) = history(&b).await;
+        let before = state(&a).await;
+        let r = a.compact().await.unwrap();
+        let layout = Layout::new(&b.prefix);
+        let name = crzarr::layout::SnapshotName::parse(&r.snapshot.unwrap()).unwrap();
+        let bytes = b
+            .store
+            .get(&layout.snapshot(&name))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let good = SnapshotMeta::decode("x", &bytes, &name.hash).unwrap();
+        type Mutation = (&'static str, fn(&mut SnapshotMeta));
+        let cases: [Mutation; 6] = [
+            ("stamp out of range", |m| m.nodes[0].stamp.0 = 999),
+            ("a head is missing from the change table", |m| {
+                m.heads = vec![ChangeHash([9; 32])]
+            }),
+            ("change table not sorted by hash", |m| m.changes.reverse()),
+            ("covered count differs from the name", |m| m.covered += 7),
+            ("belongs to repository", |m| {
+                m.repo = crzarr::ids::RepoId::generate()
+            }),
+            ("two nodes with one stamp", |m| {
+                let n = m.nodes[0].clone();
+                m.nodes.push(n)
+            }),
+        ];
+        for (i, (want, mutate)) in cases.iter().enumerate() {
+            let mut m = good.clone();
+            mutate(&mut m);
+            let bad = m.encode();
+            // Named as covering more, so a reader tries it first.
+            let bad_name = crzarr::layout::SnapshotName {
+                covered: if *want == "covered count differs from the name" {
+                    100 + i as u64
+                } else {
+                    m.covered + 100 + i as u64
+                },
+                hash: crzarr::ids::ObjectHash::of(&bad),
+            };
+            let mut m2 = m.clone();
+            if *want != "covered count differs from the name" {
+                m2.covered = bad_name.covered;
+            }
+            let bad = m2.encode();
+            let bad_name = crzarr::layout::SnapshotName {
+                hash: crzarr::ids::ObjectHash::of(&bad),
+                ..bad_name
+            };
+            let key = layout.snapshot(&bad_name);
+            b.store.put(&key, PutPayload::from(bad)).await.unwrap();
+            let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+            let p = r.problems();
+            assert!(
+                p.iter()
+                    .any(|p| p.key == key.as_ref() && p.error.contains(want)),
+                "{} {want}: {p:?}",
+                b.name
+            );
+            assert_eq!(state(&r).await, before, "{} {want}", b.name);
+            b.store.delete(&key).await.unwrap();
+        }
+    }
+}
