@@ -1195,3 +1195,73 @@ async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped()
         }
     }
 }
+
+/// Coverage requirement 3: after many short-lived writers (one change each, as a
+/// cluster job per chunk would write), what open reads does not grow with them.
+#[tokio::test]
+async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
+    use crzarr::change::{ChunkData, Op, OpRef};
+    let mut sizes = Vec::new();
+    for writers in [100usize, 2000] {
+        let b = memory();
+        let mut w = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+        let mut s = w.session();
+        s.create_array("x", &array_meta(&[4096], &[1])).unwrap();
+        let c0 = s.commit(None).await.unwrap().unwrap();
+        let mut prev = c0;
+        let mut hlc = w.fold().hlc_of(&c0).unwrap().0;
+        let layout = Layout::new(&b.prefix);
+        for i in 0..writers {
+            hlc += 1;
+            let c = Change {
+                repo: w.id(),
+                actor: crzarr::ids::ActorId::generate(),
+                seq: 1,
+                deps: vec![prev],
+                hlc: crzarr::ids::Hlc(hlc),
+                wall_ms: 0,
+                message: None,
+                ops: vec![Op::SetChunk {
+                    node: OpRef::Change(c0, 0),
+                    key: format!("c/{i}"),
+                    data: ChunkData::Inline(vec![1]),
+                    observed: vec![],
+                }],
+            };
+            let bytes = c.encode();
+            let name = crzarr::layout::ChangeName {
+                hash: ChangeHash::of(&bytes),
+                actor: c.actor,
+                seq: 1,
+            };
+            b.store
+                .put(&layout.change(&name), PutPayload::from(bytes))
+                .await
+                .unwrap();
+            prev = name.hash;
+        }
+        let mut c = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        c.compact().await.unwrap();
+        c.gc(&NOW).await.unwrap();
+        // One more change, so the next snapshot moves collected writers to the archive.
+        let mut s = c.session();
+        s.set_attr("x", "done", true.into()).unwrap();
+        s.commit(None).await.unwrap();
+        c.compact().await.unwrap();
+        c.gc(&NOW).await.unwrap();
+        let counting = CountingStore::new(b.store.clone());
+        let r = Repo::open(Arc::new(counting.clone()), &b.prefix)
+            .await
+            .unwrap();
+        let n = counting.take();
+        assert_eq!((n.requests(), n.round_trips), (4, 1), "{writers}: {n:?}");
+        assert_eq!(r.list_prefix("x/c/").await.unwrap().len(), writers);
+        let hint = b.store.get(&layout.latest_hint()).await.unwrap();
+        sizes.push(hint.meta.size);
+    }
+    // Same metadata size (to a few bytes of varint) for 20 times the writers.
+    assert!(
+        sizes[1] <= sizes[0] + 16,
+        "metadata grew with writers: {sizes:?}"
+    );
+}
