@@ -6,7 +6,8 @@
 //!    writers: a genesis change (root group, 1-d array `x` of 1-element chunks), then
 //!    changes from a fresh actor each (seq 1), each depending on the one before and
 //!    writing one inline chunk `x/c/<i>`. Change files are built and PUT directly
-//!    (the public commit path would take far longer for 100k changes).
+//!    (the public commit path would take far longer for 100k changes). The LIST of
+//!    the change files alone is timed too: every open starts with it.
 //! 2. Metadata-only open of a dataset with 10M chunk refs (1000 changes of 10,000
 //!    inline 1-byte chunks by one writer, then compacted): open time, request
 //!    counts, snapshot metadata size, and peak memory of the open, measured in a
@@ -23,8 +24,10 @@
 //!
 //! Timings are criterion medians (open and reads; `iter_custom`, so only the
 //! measured call is timed: opening before a first read and dropping are not),
-//! except compaction (manual runs). Request counts come from one extra run through
-//! `CountingStore` (deterministic), never from the timed runs.
+//! except compaction and the open of 100k changes without a snapshot (seconds each:
+//! the median of 3 manual runs). Request counts come from one extra run through
+//! `CountingStore`, never from the timed runs. On `LocalFileSystem` completions are
+//! real, so "round trips" of a fan-out grow with N / 32 (requests in flight).
 //!
 //! `cargo bench --bench snapshot` (several minutes: building the 10M dataset and
 //! compacting it take most of it). Without `--bench` (as under `cargo test
@@ -45,7 +48,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
@@ -358,6 +361,34 @@ async fn open_loop(store: Arc<dyn ObjectStore>, iters: u64) -> Duration {
     total
 }
 
+/// Opens of more changes than this are timed by a few manual runs.
+const SLOW_OPEN: usize = 100_000;
+
+/// `runs` timed opens.
+async fn manual_opens(store: &Arc<dyn ObjectStore>, runs: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        times.push(open_loop(store.clone(), 1).await);
+    }
+    times
+}
+
+/// `iters` listings of the change files (what every open starts with).
+async fn list_loop(store: Arc<dyn ObjectStore>, iters: u64) -> Duration {
+    let dir = Layout::new(PREFIX).ops_dir();
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let t = Instant::now();
+        let n = store
+            .list(Some(&dir))
+            .try_fold(0usize, |n, _| async move { Ok(n + 1) });
+        let n = n.await.expect("list");
+        total += t.elapsed();
+        std::hint::black_box(n);
+    }
+    total
+}
+
 /// Deletes what compaction wrote (snapshots, pieces, archive, hint), so the bucket
 /// holds uncompacted history again.
 fn undo_compaction(ds: &Dataset) {
@@ -382,17 +413,20 @@ async fn compaction_runs(ds: &Dataset, runs: usize) -> (Vec<Duration>, String) {
         if r > 0 {
             undo_compaction(ds);
         }
+        let t = Instant::now();
         let mut repo = Repo::open(ds.store.clone(), PREFIX).await.expect("open");
+        let opened = t.elapsed();
         assert_eq!(repo.fold().uncompacted(), ds.changes, "uncompacted history");
         let t = Instant::now();
         let report = repo.compact().await.expect("compact");
         times.push(t.elapsed());
         assert_eq!(report.covered, ds.changes as u64);
         note = format!(
-            "{} pieces, {} archive shards, {:.1} MB written",
+            "{} pieces, {} archive shards, {:.1} MB written; open before it {:.1} s",
             report.manifests_written,
             report.archive_shards_written,
-            report.bytes_written as f64 / 1e6
+            report.bytes_written as f64 / 1e6,
+            opened.as_secs_f64()
         );
         drop(repo);
     }
@@ -472,7 +506,16 @@ fn print_rows(rows: &[Row]) {
         };
         let mut note = r.note.clone();
         if let Some((_, runs)) = r.manual {
-            note = format!("median of {runs} runs; {note}");
+            let runs = if runs == 1 {
+                "1 run".to_string()
+            } else {
+                format!("median of {runs} runs")
+            };
+            note = if note.is_empty() {
+                runs
+            } else {
+                format!("{runs}; {note}")
+            };
         }
         println!(
             "{:<34} {:>11} {:>6} {:>6} {:>11}  {}",
@@ -581,18 +624,30 @@ fn bench_histories(
         assert_eq!(repo.log().len(), n, "all changes applied");
         assert!(repo.problems().is_empty(), "{:?}", repo.problems());
         drop(repo);
-        let mut g = group(c, "snap_open");
-        g.bench_function(BenchmarkId::new("no_snapshot", &name), |b| {
-            b.to_async(rt)
-                .iter_custom(|iters| open_loop(ds.store.clone(), iters))
-        });
-        g.finish();
-        rows.push(Row::bench(
-            format!("open {name}, no snapshot"),
-            format!("snap_open/no_snapshot/{name}"),
-            counts,
-            String::new(),
-        ));
+        if n >= SLOW_OPEN {
+            // Seconds per open: a few runs instead of criterion's ten samples.
+            let times = rt.block_on(manual_opens(&ds.store, scale.compaction_runs));
+            rows.push(Row {
+                case: format!("open {name}, no snapshot"),
+                id: None,
+                manual: Some((median(&times), times.len())),
+                counts: Some(counts),
+                note: String::new(),
+            });
+        } else {
+            let mut g = group(c, "snap_open");
+            g.bench_function(BenchmarkId::new("no_snapshot", &name), |b| {
+                b.to_async(rt)
+                    .iter_custom(|iters| open_loop(ds.store.clone(), iters))
+            });
+            g.finish();
+            rows.push(Row::bench(
+                format!("open {name}, no snapshot"),
+                format!("snap_open/no_snapshot/{name}"),
+                counts,
+                String::new(),
+            ));
+        }
 
         let (times, note) = rt.block_on(compaction_runs(&ds, scale.compaction_runs));
         compactions.push(Row {
@@ -618,6 +673,52 @@ fn bench_histories(
             format!("snap_open/snapshot/{name}"),
             counts,
             format!("metadata {:.2} MB, {pieces} pieces", meta as f64 / 1e6),
+        ));
+        // The LIST of change files alone: part of every open, snapshot or not.
+        let mut g = group(c, "snap_list");
+        g.bench_function(BenchmarkId::new("changes", &name), |b| {
+            b.to_async(rt)
+                .iter_custom(|iters| list_loop(ds.store.clone(), iters))
+        });
+        g.finish();
+        rows.push(Row {
+            case: format!("  LIST of the {name} change files"),
+            id: Some(format!("snap_list/changes/{name}")),
+            manual: None,
+            counts: None,
+            note: "part of both opens above".into(),
+        });
+
+        // The steady state with GC running: collected change files leave the
+        // listing, and the next compaction moves them from the table to the archive.
+        rt.block_on(async {
+            let zero = crzarr::gc::GcOptions {
+                older_than: Duration::ZERO,
+                dry_run: false,
+            };
+            let mut r = Repo::open(ds.store.clone(), PREFIX).await.expect("open");
+            r.gc(&zero).await.expect("gc");
+            let mut s = r.session();
+            s.set_attr("x", "gc", true.into()).expect("attr");
+            s.commit(None).await.expect("commit");
+            r.compact().await.expect("compact");
+            r.gc(&zero).await.expect("gc");
+        });
+        let (repo, counts, _) = rt.block_on(counted_open(&ds.store));
+        assert_eq!(repo.fold().uncompacted(), 0, "opened from the snapshot");
+        drop(repo);
+        let (meta, _, _) = rt.block_on(snapshot_sizes(&ds.store));
+        let mut g = group(c, "snap_open");
+        g.bench_function(BenchmarkId::new("snapshot_after_gc", &name), |b| {
+            b.to_async(rt)
+                .iter_custom(|iters| open_loop(ds.store.clone(), iters))
+        });
+        g.finish();
+        rows.push(Row::bench(
+            format!("open {name}, snapshot, after GC"),
+            format!("snap_open/snapshot_after_gc/{name}"),
+            counts,
+            format!("metadata {:.3} MB", meta as f64 / 1e6),
         ));
 
         if n == largest {
