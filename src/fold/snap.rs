@@ -539,60 +539,78 @@ impl Fold {
         n: &Node,
         meta: &ArrayMeta,
     ) -> Result<(Vec<PieceRef>, usize, Vec<(ObjectHash, Vec<u8>)>)> {
-        // Keys whose registers may differ from the old pieces.
-        let mut dirty_keys: HashSet<Box<str>> = n.chunks.keys().map(Box::from).collect();
-        if let Some(regs) = self.superseded.get(&n.path) {
-            for r in regs.keys() {
-                if let RegKey::Chunk(k) = r {
-                    dirty_keys.insert(k.clone());
-                }
-            }
-        }
         let old: &[PieceRef] = &n.base;
-        let piece_index = |k: &str| -> usize {
+        let slot_of = |c: &[u64]| -> usize {
             if old.is_empty() {
                 return 0;
             }
-            let c = piece_order(meta, k);
-            old.partition_point(|p| p.first <= c).saturating_sub(1)
+            old.partition_point(|p| p.first.as_slice() <= c)
+                .saturating_sub(1)
         };
-        let mut dirty_pieces: BTreeSet<usize> = BTreeSet::new();
-        for k in &dirty_keys {
-            dirty_pieces.insert(piece_index(k));
+        // Keys whose registers may differ from the old pieces, by slot, with their
+        // coordinates (parsed once: this loop sees every key of a new array).
+        let superseded_keys = self
+            .superseded
+            .get(&n.path)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|r| match r {
+                RegKey::Chunk(k) => Some(&**k),
+                _ => None,
+            });
+        let mut dirty_set: HashSet<&str> = HashSet::new();
+        let mut dirty: HashMap<usize, Vec<(Vec<u64>, &str)>> = HashMap::new();
+        for k in n.chunks.keys().chain(superseded_keys) {
+            if dirty_set.insert(k) {
+                let c = piece_order(meta, k);
+                dirty.entry(slot_of(&c)).or_default().push((c, k));
+            }
         }
         let mut out: Vec<PieceRef> = Vec::new();
         let mut made = Vec::new();
         let mut reused = 0;
         let slots = old.len().max(1);
         for i in 0..slots {
-            if !dirty_pieces.contains(&i) {
+            let Some(changed) = dirty.remove(&i) else {
                 if let Some(p) = old.get(i) {
                     out.push(p.clone());
                     reused += 1;
                 }
                 continue;
-            }
-            // Every key in this slot: the old piece's and the changed ones.
-            let mut keys: BTreeSet<Box<str>> = BTreeSet::new();
+            };
+            let mut rows: Vec<(Vec<u64>, Box<str>, Vec<ChunkEntry>)> =
+                Vec::with_capacity(changed.len());
+            // Keys of the old piece nothing touched keep their entries as they are.
             if let Some(p) = old.get(i) {
                 let piece = self.loaded_piece(&p.hash).ok_or_else(|| {
                     Error::Usage(format!("manifest piece {} not loaded for export", p.hash))
                 })?;
-                keys.extend(piece.keys.iter().map(|(k, _)| k.clone()));
+                for (k, es) in &piece.keys {
+                    if dirty_set.contains(&**k) {
+                        continue;
+                    }
+                    let es = es
+                        .iter()
+                        .map(|(c, op, v)| ChunkEntry {
+                            order: piece.order(*c, *op),
+                            val: v.clone(),
+                        })
+                        .collect();
+                    rows.push((piece_order(meta, k), k.clone(), es));
+                }
             }
-            keys.extend(dirty_keys.iter().filter(|k| piece_index(k) == i).cloned());
-            let mut rows: Vec<(Vec<u64>, Box<str>, Vec<ChunkEntry>)> = Vec::new();
-            for k in keys {
+            for (c, k) in changed {
                 let mut es = Vec::new();
-                self.chunk_entries(s, &k, &mut es).map_err(|h| {
+                self.chunk_entries(s, k, &mut es).map_err(|h| {
                     Error::Usage(format!("manifest piece {h} not loaded for export"))
                 })?;
                 if !es.is_empty() {
                     es.sort_by_key(|e| e.order);
-                    rows.push((piece_order(meta, &k), k, es));
+                    rows.push((c, k.into(), es));
                 }
             }
-            rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            // Keys are unique: an unstable sort gives one order.
+            rows.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
             for (j, run) in split_runs(&rows).into_iter().enumerate() {
                 // The first run keeps the slot's start so the ranges stay contiguous.
                 let first = match (j, old.get(i)) {
