@@ -150,6 +150,15 @@ fn demo_converges() {
     );
     assert!(out.contains("attribute \"units\": kept"), "{out}");
     assert!(out.contains("[120,120]"), "{out}");
+    // The two laptops' concurrent changes, drawn as two lines of descent that meet.
+    let b = dir.path().join("demo").join("laptop-b");
+    let graph = ok(&["log", b.to_str().unwrap(), "--graph"], None);
+    let shape: Vec<&str> = graph
+        .lines()
+        .map(|l| l.split("  ").next().unwrap_or("").trim_end())
+        .collect();
+    assert_eq!(shape, ["*", "| *", "|/", "*"], "{graph}");
+    assert!(graph.contains("create sst"), "{graph}");
     // A non-empty directory is refused rather than mixed into.
     fails(&["demo", dir.path().to_str().unwrap()], "not empty");
 }

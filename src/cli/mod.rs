@@ -1,6 +1,7 @@
 //! Command-line adapter over the library: argument parsing, output, exit codes.
 
 mod demo;
+mod graph;
 
 use clap::{Parser, Subcommand};
 use crzarr::connect::connect;
@@ -107,10 +108,13 @@ enum Command {
         key: String,
     },
     /// Show the changes, oldest first, and any waiting for dependencies.
-    #[command(after_help = "Example:\n  crzarr log ./data --json")]
+    #[command(after_help = "Example:\n  crzarr log ./data --graph\n  crzarr log ./data --json")]
     Log {
         /// Repository URL.
         repo: String,
+        /// Draw the change DAG, newest first, one lane per line of descent.
+        #[arg(long)]
+        graph: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -319,7 +323,7 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
             std::io::stdout().lock().write_all(&bytes)?;
             Ok(())
         }
-        Command::Log { repo, json } => {
+        Command::Log { repo, graph, json } => {
             let r = open(&repo, concurrency).await?;
             let log = r.log();
             let pending = r.pending();
@@ -360,17 +364,23 @@ async fn run(cmd: Command, concurrency: usize) -> Result<()> {
                     b.name.covered
                 )?;
             }
-            for c in log {
-                writeln!(
-                    out,
-                    "{}  {}  {} #{}  {} ops  {}",
-                    c.hash.short(),
-                    format_millis(c.wall_ms),
-                    c.actor,
-                    c.seq,
-                    c.ops,
-                    c.message.as_deref().unwrap_or("")
-                )?;
+            if graph {
+                for line in graph::render(&log) {
+                    writeln!(out, "{line}")?;
+                }
+            } else {
+                for c in log {
+                    writeln!(
+                        out,
+                        "{}  {}  {} #{}  {} ops  {}",
+                        c.hash.short(),
+                        format_millis(c.wall_ms),
+                        c.actor,
+                        c.seq,
+                        c.ops,
+                        c.message.as_deref().unwrap_or("")
+                    )?;
+                }
             }
             for p in pending {
                 let missing: Vec<String> = p.missing.iter().map(|m| m.short()).collect();
