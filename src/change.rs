@@ -10,6 +10,72 @@ use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
 use crate::key;
 use serde::{Deserialize, Serialize};
 
+/// The framing every crzarr object shares: `magic (4) | version (1) | MessagePack`,
+/// with exactly one encoding per value. Change files and snapshot objects use it.
+pub(crate) struct Frame {
+    /// First four bytes.
+    pub(crate) magic: &'static [u8; 4],
+    /// Version byte written and read by this build.
+    pub(crate) version: u8,
+    /// What the object is, in the bad-magic message ("change file").
+    pub(crate) file: &'static str,
+    /// What the body is, in the malformed-body message ("change").
+    pub(crate) body: &'static str,
+}
+
+impl Frame {
+    /// The object's bytes.
+    pub(crate) fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(self.magic);
+        out.push(self.version);
+        // Plain owned data into a Vec cannot fail.
+        let _ = rmp_serde::encode::write(&mut out, value);
+        out
+    }
+
+    /// Checks magic and version, decodes the body and requires it to be the one
+    /// canonical encoding (which also rejects trailing bytes).
+    pub(crate) fn decode<T: for<'de> Deserialize<'de> + Serialize>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T> {
+        if bytes.len() < 5 || &bytes[..4] != self.magic {
+            return Err(Error::corrupt(
+                key,
+                format!("not a crzarr {} (bad magic)", self.file),
+            ));
+        }
+        if bytes[4] != self.version {
+            return Err(Error::UnsupportedVersion {
+                key: key.into(),
+                found: bytes[4] as u32,
+                supported: self.version as u32,
+            });
+        }
+        let body = &bytes[5..];
+        let value: T = rmp_serde::from_slice(body)
+            .map_err(|e| Error::corrupt(key, format!("malformed {}: {e}", self.body)))?;
+        let mut again = Vec::with_capacity(body.len());
+        let _ = rmp_serde::encode::write(&mut again, &value);
+        if again != body {
+            return Err(Error::corrupt(
+                key,
+                "non-canonical encoding or trailing bytes",
+            ));
+        }
+        Ok(value)
+    }
+}
+
+const CHANGE_FRAME: Frame = Frame {
+    magic: CHANGE_MAGIC,
+    version: CHANGE_VERSION,
+    file: "change file",
+    body: "change",
+};
+
 /// First four bytes of every change file.
 pub const CHANGE_MAGIC: &[u8; 4] = b"CRZC";
 /// Change format version written and read by this build.
@@ -264,13 +330,7 @@ fn deserialize_ops<'de, D: serde::Deserializer<'de>>(
 impl Change {
     /// The canonical bytes of this change: the file content.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.ops.len() * 64);
-        out.extend_from_slice(CHANGE_MAGIC);
-        out.push(CHANGE_VERSION);
-        // Serializing plain owned data into a Vec cannot fail.
-        let body = rmp_serde::to_vec(self).unwrap_or_default();
-        out.extend_from_slice(&body);
-        out
+        CHANGE_FRAME.encode(self)
     }
 
     /// Decodes and verifies a change file. `key` names it in errors; `hash` is the
@@ -294,29 +354,7 @@ impl Change {
 
     /// Decodes and validates a change without checking its hash.
     pub fn decode_unverified(key: &str, bytes: &[u8]) -> Result<Change> {
-        if bytes.len() < 5 || &bytes[..4] != CHANGE_MAGIC {
-            return Err(Error::corrupt(key, "not a crzarr change file (bad magic)"));
-        }
-        if bytes[4] != CHANGE_VERSION {
-            return Err(Error::UnsupportedVersion {
-                key: key.into(),
-                found: bytes[4] as u32,
-                supported: CHANGE_VERSION as u32,
-            });
-        }
-        let body = &bytes[5..];
-        let change: Change = rmp_serde::from_slice(body)
-            .map_err(|e| Error::corrupt(key, format!("malformed change: {e}")))?;
-        // One canonical encoding: what we decoded must re-encode to the same bytes.
-        // This also rejects trailing bytes.
-        let mut again = Vec::with_capacity(body.len());
-        let _ = rmp_serde::encode::write(&mut again, &change);
-        if again != body {
-            return Err(Error::corrupt(
-                key,
-                "non-canonical encoding or trailing bytes",
-            ));
-        }
+        let change: Change = CHANGE_FRAME.decode(key, bytes)?;
         change
             .validate()
             .map_err(|reason| Error::corrupt(key, reason))?;

@@ -9,6 +9,7 @@
 //! Every object is `magic (4) | version (1) | msgpack body`, content-addressed by
 //! blake3 of those bytes, and decoded strictly: a bad object is refused with its key.
 
+use crate::change::Frame;
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use serde::{Deserialize, Serialize};
@@ -206,65 +207,53 @@ pub struct ArchiveShard {
     pub changes: Vec<CoveredChange>,
 }
 
-fn encode<T: Serialize>(magic: &[u8; 4], value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(magic);
-    out.push(SNAPSHOT_VERSION);
-    // Plain owned data into a Vec: cannot fail.
-    let _ = rmp_serde::encode::write(&mut out, value);
-    out
-}
+const META_FRAME: Frame = Frame {
+    magic: META_MAGIC,
+    version: SNAPSHOT_VERSION,
+    file: "snapshot",
+    body: "snapshot",
+};
+const PIECE_FRAME: Frame = Frame {
+    magic: PIECE_MAGIC,
+    version: SNAPSHOT_VERSION,
+    file: "manifest piece",
+    body: "manifest piece",
+};
+const SHARD_FRAME: Frame = Frame {
+    magic: SHARD_MAGIC,
+    version: SNAPSHOT_VERSION,
+    file: "archive shard",
+    body: "archive shard",
+};
 
+/// Checks the content hash, then decodes the frame.
 fn decode<T: for<'de> Deserialize<'de> + Serialize>(
+    frame: &Frame,
     key: &str,
-    magic: &[u8; 4],
     bytes: &[u8],
     hash: &ObjectHash,
-    what: &str,
 ) -> Result<T> {
     if ObjectHash::of(bytes) != *hash {
         return Err(Error::corrupt(
             key,
-            format!("{what} content does not match its hash (truncated or altered)"),
+            format!(
+                "{} content does not match its hash (truncated or altered)",
+                frame.file
+            ),
         ));
     }
-    if bytes.len() < 5 || &bytes[..4] != magic {
-        return Err(Error::corrupt(
-            key,
-            format!("not a crzarr {what} (bad magic)"),
-        ));
-    }
-    if bytes[4] != SNAPSHOT_VERSION {
-        return Err(Error::UnsupportedVersion {
-            key: key.into(),
-            found: bytes[4] as u32,
-            supported: SNAPSHOT_VERSION as u32,
-        });
-    }
-    let body = &bytes[5..];
-    let value: T = rmp_serde::from_slice(body)
-        .map_err(|e| Error::corrupt(key, format!("malformed {what}: {e}")))?;
-    // One encoding per value: also rejects trailing bytes.
-    let mut again = Vec::with_capacity(body.len());
-    let _ = rmp_serde::encode::write(&mut again, &value);
-    if again != body {
-        return Err(Error::corrupt(
-            key,
-            format!("non-canonical {what} encoding or trailing bytes"),
-        ));
-    }
-    Ok(value)
+    frame.decode(key, bytes)
 }
 
 impl SnapshotMeta {
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        encode(META_MAGIC, self)
+        META_FRAME.encode(self)
     }
 
     /// Decodes and checks a metadata object against the hash its name claims.
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<SnapshotMeta> {
-        let m: SnapshotMeta = decode(key, META_MAGIC, bytes, hash, "snapshot")?;
+        let m: SnapshotMeta = decode(&META_FRAME, key, bytes, hash)?;
         m.check().map_err(|r| Error::corrupt(key, r))?;
         Ok(m)
     }
@@ -321,12 +310,12 @@ impl SnapshotMeta {
 impl ManifestPiece {
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        encode(PIECE_MAGIC, self)
+        PIECE_FRAME.encode(self)
     }
 
     /// Decodes and checks a piece against its hash.
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ManifestPiece> {
-        let p: ManifestPiece = decode(key, PIECE_MAGIC, bytes, hash, "manifest piece")?;
+        let p: ManifestPiece = decode(&PIECE_FRAME, key, bytes, hash)?;
         let n = p.changes.len() as u32;
         if p.entries
             .iter()
@@ -344,12 +333,12 @@ impl ManifestPiece {
 impl ArchiveShard {
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        encode(SHARD_MAGIC, self)
+        SHARD_FRAME.encode(self)
     }
 
     /// Decodes and checks a shard against its hash.
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ArchiveShard> {
-        let s: ArchiveShard = decode(key, SHARD_MAGIC, bytes, hash, "archive shard")?;
+        let s: ArchiveShard = decode(&SHARD_FRAME, key, bytes, hash)?;
         if !s.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
             return Err(Error::corrupt(key, "archive shard not sorted by hash"));
         }
