@@ -39,6 +39,8 @@ pub struct ListedChange {
     pub key: Path,
     /// Size reported by the store.
     pub size: u64,
+    /// Last-modified time reported by the store (by the store's clock).
+    pub modified: std::time::SystemTime,
 }
 
 /// A snapshot metadata object seen in a listing.
@@ -50,6 +52,8 @@ pub struct ListedSnapshot {
     pub key: Path,
     /// Size reported by the store.
     pub size: u64,
+    /// Last-modified time reported by the store (by the store's clock).
+    pub modified: std::time::SystemTime,
 }
 
 /// A file that was skipped, with the reason.
@@ -230,30 +234,21 @@ impl Bucket {
         }
     }
 
-    /// Lists `.crdt/ops/`: change files sorted by name, and anything else found there.
+    /// Lists `.crdt/ops/`: change files sorted by hash, and anything else found there.
     pub async fn list_changes(&self) -> Result<(Vec<ListedChange>, Vec<Problem>)> {
         let dir = self.layout.ops_dir();
-        let metas: Vec<ObjectMeta> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(|e| Error::store(dir.as_ref(), e))?;
-        let mut changes = Vec::with_capacity(metas.len());
-        let mut problems = Vec::new();
-        for m in metas {
-            match self.layout.parse_change_key(&m.location) {
-                Ok(name) => changes.push(ListedChange {
-                    name,
-                    key: m.location,
-                    size: m.size,
-                }),
-                Err(reason) => problems.push(Problem {
-                    key: m.location.to_string(),
-                    error: format!("foreign file: {reason}"),
-                }),
-            }
-        }
+        let (named, problems) = parse_listing(self.list_all(&dir).await?, |k| {
+            self.layout.parse_change_key(k)
+        });
+        let mut changes: Vec<ListedChange> = named
+            .into_iter()
+            .map(|(name, m)| ListedChange {
+                name,
+                size: m.size,
+                modified: m.last_modified.into(),
+                key: m.location,
+            })
+            .collect();
         // Store listing order is not trusted: sort on the client.
         changes.sort_by_key(|c| c.name.hash);
         Ok((changes, problems))
@@ -263,21 +258,18 @@ impl Bucket {
     /// anything else found there.
     pub async fn list_snapshots(&self) -> Result<(Vec<ListedSnapshot>, Vec<Problem>)> {
         let dir = self.layout.snapshots_dir();
-        let mut snaps = Vec::new();
-        let mut problems = Vec::new();
-        for m in self.list_all(&dir).await? {
-            match self.layout.parse_snapshot_key(&m.location) {
-                Ok(name) => snaps.push(ListedSnapshot {
-                    name,
-                    key: m.location,
-                    size: m.size,
-                }),
-                Err(reason) => problems.push(Problem {
-                    key: m.location.to_string(),
-                    error: format!("foreign file: {reason}"),
-                }),
-            }
-        }
+        let (named, problems) = parse_listing(self.list_all(&dir).await?, |k| {
+            self.layout.parse_snapshot_key(k)
+        });
+        let mut snaps: Vec<ListedSnapshot> = named
+            .into_iter()
+            .map(|(name, m)| ListedSnapshot {
+                name,
+                size: m.size,
+                modified: m.last_modified.into(),
+                key: m.location,
+            })
+            .collect();
         snaps.sort_by_key(|s| std::cmp::Reverse(s.name));
         Ok((snaps, problems))
     }
@@ -290,4 +282,23 @@ impl Bucket {
             .await
             .map_err(|e| Error::store(dir.as_ref(), e))
     }
+}
+
+/// Splits a listing into objects whose key `parse` accepts and foreign files.
+fn parse_listing<N>(
+    metas: Vec<ObjectMeta>,
+    parse: impl Fn(&Path) -> std::result::Result<N, &'static str>,
+) -> (Vec<(N, ObjectMeta)>, Vec<Problem>) {
+    let mut named = Vec::with_capacity(metas.len());
+    let mut problems = Vec::new();
+    for m in metas {
+        match parse(&m.location) {
+            Ok(n) => named.push((n, m)),
+            Err(reason) => problems.push(Problem {
+                key: m.location.to_string(),
+                error: format!("foreign file: {reason}"),
+            }),
+        }
+    }
+    (named, problems)
 }

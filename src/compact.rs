@@ -58,11 +58,14 @@ impl Repo {
     /// [`Repo::compact`] with a time limit other than the default.
     pub async fn compact_within(&mut self, limit: Duration) -> Result<CompactReport> {
         let started = Instant::now();
-        self.refresh().await?;
         let bucket = self.bucket().clone();
-        let (listing, snaps) = futures::join!(bucket.list_changes(), bucket.list_snapshots());
-        let listed: HashSet<ChangeHash> = listing?.0.iter().map(|c| c.name.hash).collect();
-        let (snaps, _) = snaps?;
+        // One pair of listings serves the refresh and the compaction.
+        let (listing, snap_listing) =
+            futures::join!(bucket.list_changes(), bucket.list_snapshots());
+        let (listing, snap_listing) = (listing?, snap_listing?);
+        let listed: HashSet<ChangeHash> = listing.0.iter().map(|c| c.name.hash).collect();
+        let snaps = snap_listing.0.clone();
+        self.refresh_from(listing, snap_listing).await?;
         let base = self.fold().snapshot_base().cloned();
         let base_name = base.as_ref().map(|b| b.name);
 

@@ -13,6 +13,7 @@ use crate::bucket::Bucket;
 use crate::change::{ChunkData, MAX_CHANGE_BYTES, Op};
 use crate::compact::read_shards;
 use crate::error::{Error, Result};
+use crate::fold::Fold;
 use crate::ids::{BlobHash, ChangeHash, ObjectHash};
 use crate::repo::Repo;
 use crate::snapshot::{MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta};
@@ -22,7 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What garbage collection may delete, and how.
 #[derive(Clone, Debug)]
@@ -116,60 +117,49 @@ impl Repo {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        let now = store_now(&bucket).await?.last_modified;
+        let now: SystemTime = store_now(&bucket).await?.last_modified.into();
         let window = opts.older_than;
         // Age by the store's clock; a time in the store's future counts as new.
-        let age = move |m: &ObjectMeta| (now - m.last_modified).to_std().unwrap_or_default();
+        let old = move |t: SystemTime| now.duration_since(t).unwrap_or_default() >= window;
         let lay = &bucket.layout;
-        let dirs = [
-            lay.ops_dir(),
-            lay.snapshots_dir(),
-            lay.manifests_dir(),
-            lay.archive_dir(),
-            lay.blobs_dir(),
-        ];
-        let (ops, snap_objs, manifests, archive, blobs) = futures::join!(
-            bucket.list_all(&dirs[0]),
-            bucket.list_all(&dirs[1]),
-            bucket.list_all(&dirs[2]),
-            bucket.list_all(&dirs[3]),
-            bucket.list_all(&dirs[4]),
+        let (manifests_dir, archive_dir, blobs_dir) =
+            (lay.manifests_dir(), lay.archive_dir(), lay.blobs_dir());
+        let (changes, snaps, manifests, archive, blobs) = futures::join!(
+            bucket.list_changes(),
+            bucket.list_snapshots(),
+            bucket.list_all(&manifests_dir),
+            bucket.list_all(&archive_dir),
+            bucket.list_all(&blobs_dir),
         );
-        let (ops, snap_objs, manifests, archive, blobs) =
-            (ops?, snap_objs?, manifests?, archive?, blobs?);
         // Foreign files are never ours to delete: only parsed names are considered.
-        let changes: Vec<(crate::layout::ChangeName, ObjectMeta)> = ops
-            .into_iter()
-            .filter_map(|m| Some((lay.parse_change_key(&m.location).ok()?, m)))
-            .collect();
-        let mut snaps: Vec<(crate::layout::SnapshotName, ObjectMeta)> = snap_objs
-            .into_iter()
-            .filter_map(|m| Some((lay.parse_snapshot_key(&m.location).ok()?, m)))
-            .collect();
-        snaps.sort_by_key(|s| std::cmp::Reverse(s.0));
-        let old = |m: &ObjectMeta| age(m) >= window;
+        let ((changes, _), (snaps, _)) = (changes?, snaps?);
+        let (manifests, archive, blobs) = (manifests?, archive?, blobs?);
 
         // The retained snapshot: the newest one that reads.
-        let mut retained: Option<(String, SnapshotMeta, ObjectMeta)> = None;
-        for (name, m) in &snaps {
+        let mut retained: Option<(String, SnapshotMeta, SystemTime)> = None;
+        for snap in &snaps {
             // Judged exactly as a reader judges it: what open would skip, GC skips.
-            let bytes = match bucket.get(&m.location, MAX_META_BYTES).await {
+            let bytes = match bucket.get(&snap.key, MAX_META_BYTES).await {
                 Ok(Some(b)) => b,
                 Ok(None) | Err(Error::TooLarge { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let key = m.location.as_ref();
-            match crate::repo::decode_snapshot(key, &bytes, *name, self.id()) {
-                Ok(_) => {
-                    let meta = SnapshotMeta::decode(key, &bytes, &name.hash)?;
-                    retained = Some((name.file_name(), meta, m.clone()));
+            let key = snap.key.as_ref();
+            let checked =
+                crate::repo::decode_snapshot_meta(key, &bytes, snap.name).and_then(|meta| {
+                    Fold::from_snapshot(key, snap.name, meta.clone(), self.id())?;
+                    Ok(meta)
+                });
+            match checked {
+                Ok(meta) => {
+                    retained = Some((snap.name.file_name(), meta, snap.modified));
                     break;
                 }
                 Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
                 Err(_) => continue,
             }
         }
-        let Some((retained_name, meta, retained_obj)) = retained else {
+        let Some((retained_name, meta, retained_modified)) = retained else {
             report
                 .notes
                 .push("no snapshot: run `crzarr compact` first; nothing deleted".into());
@@ -180,7 +170,7 @@ impl Repo {
         // based on an older snapshot and reuse its objects. It finishes within its
         // time limit, which the window must exceed; until the window has passed over
         // the newest snapshot, nothing is deleted.
-        if !old(&retained_obj) {
+        if !old(retained_modified) {
             report.notes.push(format!(
                 "the newest snapshot {retained_name} is younger than the window: nothing deleted yet"
             ));
@@ -192,7 +182,7 @@ impl Repo {
         let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
         let concurrent: Vec<String> = snaps
             .iter()
-            .map(|(n, _)| n.file_name())
+            .map(|s| s.name.file_name())
             .filter(|n| *n != retained_name && !superseded.contains(n.as_str()))
             .collect();
         if !concurrent.is_empty() {
@@ -202,12 +192,12 @@ impl Repo {
             ));
             return Ok(report);
         }
-        for (n, m) in &snaps {
-            if n.file_name() == retained_name {
+        for snap in &snaps {
+            if snap.name.file_name() == retained_name {
                 continue;
             }
-            if old(m) {
-                doomed.push((ObjectKind::Snapshot, m.location.clone(), m.size));
+            if old(snap.modified) {
+                doomed.push((ObjectKind::Snapshot, snap.key.clone(), snap.size));
             } else {
                 report.kept_recent += 1;
             }
@@ -216,11 +206,11 @@ impl Repo {
         // Change files the retained snapshot covers.
         let covered: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
         let mut uncovered = Vec::new();
-        for (n, m) in &changes {
-            if !covered.contains(&n.hash) {
-                uncovered.push((*n, m.location.clone()));
-            } else if old(m) {
-                doomed.push((ObjectKind::Change, m.location.clone(), m.size));
+        for c in &changes {
+            if !covered.contains(&c.name.hash) {
+                uncovered.push((c.name, c.key.clone()));
+            } else if old(c.modified) {
+                doomed.push((ObjectKind::Change, c.key.clone(), c.size));
             } else {
                 report.kept_recent += 1;
             }
@@ -238,8 +228,8 @@ impl Repo {
             (ObjectKind::Archive, &archive, &shards),
         ] {
             let dir = match kind {
-                ObjectKind::Manifest => &dirs[2],
-                _ => &dirs[3],
+                ObjectKind::Manifest => &manifests_dir,
+                _ => &archive_dir,
             };
             for m in list {
                 let Some(h) = lay.parse_object_key(dir, &m.location) else {
@@ -248,7 +238,7 @@ impl Repo {
                 if keep.contains(&h) {
                     continue;
                 }
-                if old(m) {
+                if old(m.last_modified.into()) {
                     doomed.push((kind, m.location.clone(), m.size));
                 } else {
                     report.kept_recent += 1;
@@ -326,7 +316,7 @@ impl Repo {
         if blobs_known {
             for m in &blobs {
                 let Some(h) = lay
-                    .parse_object_key(&dirs[4], &m.location)
+                    .parse_object_key(&blobs_dir, &m.location)
                     .map(|h| BlobHash(h.0))
                 else {
                     continue;
@@ -334,7 +324,7 @@ impl Repo {
                 if live.contains(&h) {
                     continue;
                 }
-                if old(m) {
+                if old(m.last_modified.into()) {
                     doomed.push((ObjectKind::Blob, m.location.clone(), m.size));
                 } else {
                     report.kept_recent += 1;
@@ -356,7 +346,7 @@ impl Repo {
                         // A writer may have re-uploaded this blob since the listing.
                         if kind == ObjectKind::Blob {
                             match store.head(&key).await {
-                                Ok(m) if age(&m) < window => return Ok(false),
+                                Ok(m) if !old(m.last_modified.into()) => return Ok(false),
                                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
                                 Err(e) => return Err(Error::store(key.as_ref(), e)),
                                 Ok(_) => {}

@@ -236,7 +236,15 @@ impl Repo {
     pub async fn refresh(&mut self) -> Result<RefreshReport> {
         let (listing, snaps) =
             futures::join!(self.bucket.list_changes(), self.bucket.list_snapshots());
-        let (listing, (snaps, snap_problems)) = (listing?, snaps?);
+        self.refresh_from(listing?, snaps?).await
+    }
+
+    /// [`Repo::refresh`] from listings the caller already made.
+    pub(crate) async fn refresh_from(
+        &mut self,
+        listing: (Vec<ListedChange>, Vec<Problem>),
+        (snaps, snap_problems): (Vec<ListedSnapshot>, Vec<Problem>),
+    ) -> Result<RefreshReport> {
         let mut fresh = Vec::new();
         for p in snap_problems {
             if !self.problems.contains_key(&p.key) {
@@ -782,11 +790,20 @@ pub(crate) fn decode_snapshot(
     name: SnapshotName,
     repo: RepoId,
 ) -> Result<Fold> {
+    Fold::from_snapshot(key, name, decode_snapshot_meta(key, bytes, name)?, repo)
+}
+
+/// Decodes snapshot metadata and checks it against its name.
+pub(crate) fn decode_snapshot_meta(
+    key: &str,
+    bytes: &[u8],
+    name: SnapshotName,
+) -> Result<SnapshotMeta> {
     let meta = SnapshotMeta::decode(key, bytes, &name.hash)?;
     if meta.covered != name.covered {
         return Err(Error::corrupt(key, "covered count differs from the name"));
     }
-    Fold::from_snapshot(key, name, meta, repo)
+    Ok(meta)
 }
 
 async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<Option<Change>> {

@@ -37,10 +37,8 @@ impl Fold {
             });
         }
         let mut f = Fold::new(repo);
+        // Decoding checked the table is strictly ascending: no duplicates.
         for c in &meta.changes {
-            if f.index.contains_key(&c.hash) {
-                return Err(corrupt(key, "a change appears twice in the table"));
-            }
             f.push_covered(c);
         }
         for h in &meta.heads {
@@ -203,11 +201,10 @@ impl Fold {
     /// Pieces not yet loaded that reading `key` (or, with `None`, every key) of the
     /// given incarnations needs.
     pub(crate) fn missing_pieces(&self, members: &[Stamp], key: Option<&str>) -> Vec<PieceRef> {
-        let loaded = self
-            .pieces
-            .read()
-            .map(|m| m.keys().copied().collect::<HashSet<_>>());
-        let loaded = loaded.unwrap_or_default();
+        let Ok(loaded) = self.pieces.read() else {
+            return Vec::new();
+        };
+        let mut seen: HashSet<ObjectHash> = HashSet::new();
         let mut out: Vec<PieceRef> = Vec::new();
         for m in members {
             let Some(n) = self.nodes.get(m).filter(|n| !n.deleted) else {
@@ -218,7 +215,7 @@ impl Fold {
                 None => n.base.iter().collect(),
             };
             for p in wanted {
-                if !loaded.contains(&p.hash) && !out.iter().any(|o| o.hash == p.hash) {
+                if !loaded.contains_key(&p.hash) && seen.insert(p.hash) {
                     out.push(p.clone());
                 }
             }
@@ -280,10 +277,14 @@ impl Fold {
         if let Some(p) = Fold::piece_for(n, key) {
             let piece = self.loaded_piece(&p.hash).ok_or(p.hash)?;
             if let Some(es) = piece.get(key) {
-                let reg = RegKey::Chunk(key.into());
+                // Records exist only for entries superseded while out of memory.
+                let ids = self
+                    .superseded
+                    .get(&n.path)
+                    .and_then(|m| m.get(&RegKey::Chunk(key.into())));
                 for (c, op, v) in es {
                     let order = piece.order(*c, *op);
-                    if !self.is_superseded(&n.path, &reg, &(order.hash, order.op)) {
+                    if !ids.is_some_and(|ids| ids.contains(&(order.hash, order.op))) {
                         out.push(ChunkEntry {
                             order,
                             val: v.clone(),
