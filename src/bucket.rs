@@ -7,7 +7,9 @@ use crate::layout::{ChangeName, Layout, SnapshotName};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{
+    GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -208,13 +210,7 @@ impl Bucket {
 
     /// Writes the marker for `id` unless one exists; returns the id now in force.
     pub async fn write_marker(&self, id: RepoId) -> Result<RepoId> {
-        let m = Marker {
-            format: MARKER_FORMAT.into(),
-            format_version: REPO_FORMAT_VERSION,
-            repo_id: id.to_string(),
-        };
-        let mut text = serde_json::to_vec_pretty(&m).unwrap_or_default();
-        text.push(b'\n');
+        let text = marker_text(id);
         let key = self.layout.marker();
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -232,6 +228,17 @@ impl Bucket {
                 .ok_or_else(|| Error::corrupt(key.as_ref(), "marker vanished")),
             Err(e) => Err(Error::store(key.as_ref(), e)),
         }
+    }
+
+    /// Replaces the marker with one for `id`. Only for a repository that holds nothing
+    /// yet (sync's `force`): every change names the repository it belongs to.
+    pub async fn overwrite_marker(&self, id: RepoId) -> Result<()> {
+        let key = self.layout.marker();
+        self.store
+            .put(&key, PutPayload::from(marker_text(id)))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::store(key.as_ref(), e))
     }
 
     /// Lists `.crdt/ops/`: change files sorted by hash, and anything else found there.
@@ -282,6 +289,18 @@ impl Bucket {
             .await
             .map_err(|e| Error::store(dir.as_ref(), e))
     }
+}
+
+/// The marker's bytes for `id`.
+fn marker_text(id: RepoId) -> Vec<u8> {
+    let m = Marker {
+        format: MARKER_FORMAT.into(),
+        format_version: REPO_FORMAT_VERSION,
+        repo_id: id.to_string(),
+    };
+    let mut text = serde_json::to_vec_pretty(&m).unwrap_or_default();
+    text.push(b'\n');
+    text
 }
 
 /// Splits a listing into objects whose key `parse` accepts and foreign files.

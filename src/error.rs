@@ -63,6 +63,22 @@ pub enum Error {
         /// Repo id expected.
         expected: String,
     },
+    /// Two locations hold different repositories: they are never merged.
+    #[error(
+        "{a} is repository {a_id} but {b} is repository {b_id}; different repositories are never merged: {hint}"
+    )]
+    RepoMismatch {
+        /// First location.
+        a: String,
+        /// Its repository id.
+        a_id: String,
+        /// Second location.
+        b: String,
+        /// Its repository id.
+        b_id: String,
+        /// What the user can do.
+        hint: String,
+    },
     /// A Zarr key or node path supplied by the user is not acceptable.
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey {

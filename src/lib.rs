@@ -21,6 +21,7 @@
 //! | [`session`] | staging Zarr-store writes as ops and committing them |
 //! | [`repo`] | a repository handle: open, refresh, read, commit |
 //! | [`compact`], [`gc`], [`status`] | snapshots; removing what nothing needs; what a bucket holds |
+//! | [`sync`] | replication between buckets: copy what one side lacks, verified, in writer order |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
 //! | [`testing`] | a request-counting store for tests and benchmarks |
 //!
@@ -83,6 +84,7 @@ pub mod repo;
 pub mod session;
 pub mod snapshot;
 pub mod status;
+pub mod sync;
 pub mod testing;
 pub mod view;
 

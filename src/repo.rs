@@ -818,8 +818,19 @@ async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<O
     let Some(bytes) = bucket.get(&c.key, MAX_CHANGE_BYTES).await? else {
         return Ok(None);
     };
-    let change = Change::decode(&key, &bytes, &c.name.hash)?;
-    if change.actor != c.name.actor || change.seq != c.name.seq {
+    check_change(&key, &bytes, &c.name, id).map(Some)
+}
+
+/// Decodes a change file and checks it against its name and repository: what every
+/// reader (and sync, before copying) requires of it.
+pub(crate) fn check_change(
+    key: &str,
+    bytes: &[u8],
+    name: &ChangeName,
+    id: RepoId,
+) -> Result<Change> {
+    let change = Change::decode(key, bytes, &name.hash)?;
+    if change.actor != name.actor || change.seq != name.seq {
         return Err(Error::corrupt(
             key,
             "actor or seq in the file name does not match its header",
@@ -827,10 +838,10 @@ async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<O
     }
     if change.repo != id {
         return Err(Error::ForeignRepo {
-            key,
+            key: key.to_string(),
             found: change.repo.to_string(),
             expected: id.to_string(),
         });
     }
-    Ok(Some(change))
+    Ok(change)
 }

@@ -1,0 +1,1172 @@
+//! Replication between two buckets of one repository (`spec/format.md` §16).
+//!
+//! Every object crzarr writes is immutable and content-addressed, so a sync is a set
+//! union: copy what one side has and the other lacks. What is missing is decided from
+//! names alone (one LIST each of `.crdt/ops/` and `.crdt/snapshots/` per side), plus the
+//! destination's newest snapshot when the listings differ, so that history the
+//! destination compacted and garbage-collected is not copied back to it.
+//!
+//! Writes follow the writer's order, so no reader on the destination ever sees part
+//! of a change: a change's blobs land before its file; a snapshot's manifest pieces,
+//! archive shards and blobs land before its metadata. Every object is checked against
+//! its name before it is written; a bad one is reported and not copied, and neither is
+//! anything that needs it. Killing a sync at any point and running it again completes
+//! it: every write is idempotent.
+
+use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
+use crate::change::{Change, ChunkData, MAX_CHANGE_BYTES, Op};
+use crate::error::{Error, Result};
+use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::snapshot::{
+    ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
+    SnapChunk, SnapshotMeta,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Change files copied per batch: each batch fetches its changes, copies their blobs,
+/// then writes the change files, so memory stays bounded on a large first sync.
+const BATCH: usize = 4096;
+
+/// Which way objects move between the two sides `a` and `b`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Both ways: afterwards each side holds the union.
+    #[default]
+    Both,
+    /// From `a` to `b` only.
+    Push,
+    /// From `b` to `a` only.
+    Pull,
+}
+
+impl Direction {
+    fn a_to_b(self) -> bool {
+        self != Direction::Pull
+    }
+    fn b_to_a(self) -> bool {
+        self != Direction::Push
+    }
+}
+
+/// One of the two sides of a sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The first location.
+    A,
+    /// The second location.
+    B,
+}
+
+/// How to sync.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Which way to copy.
+    pub direction: Direction,
+    /// Requests in flight per direction.
+    pub concurrency: usize,
+    /// Let a side whose repository id differs, but which holds no changes and no
+    /// snapshots (initialized by mistake), become a replica of the other.
+    pub force: bool,
+    /// Live counters for a progress display.
+    pub progress: Option<Arc<SyncProgress>>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            direction: Direction::Both,
+            concurrency: crate::bucket::DEFAULT_CONCURRENCY,
+            force: false,
+            progress: None,
+        }
+    }
+}
+
+/// Counters a sync updates as it goes, for a progress bar. Totals grow as the sync
+/// learns what to copy (a change's blobs are known once the change is read).
+#[derive(Debug, Default)]
+pub struct SyncProgress {
+    objects_total: AtomicU64,
+    objects_done: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+}
+
+impl SyncProgress {
+    /// New counters at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Objects written so far, and objects known to need writing.
+    pub fn objects(&self) -> (u64, u64) {
+        (
+            self.objects_done.load(Ordering::Relaxed),
+            self.objects_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes written so far, and bytes known to need writing.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_done.load(Ordering::Relaxed),
+            self.bytes_total.load(Ordering::Relaxed),
+        )
+    }
+
+    fn plan(&self, objects: u64, bytes: u64) {
+        self.objects_total.fetch_add(objects, Ordering::Relaxed);
+        self.bytes_total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn done(&self, bytes: u64) {
+        self.objects_done.fetch_add(1, Ordering::Relaxed);
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What moved in one direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Transfer {
+    /// Change files copied.
+    pub changes: u64,
+    /// Blobs copied.
+    pub blobs: u64,
+    /// Snapshot metadata objects copied.
+    pub snapshots: u64,
+    /// Manifest pieces and archive shards copied.
+    pub manifests: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Damaged change files on the destination replaced by the source's good copy.
+    pub repaired: u64,
+}
+
+impl Transfer {
+    /// Objects written.
+    pub fn objects(&self) -> u64 {
+        self.changes + self.blobs + self.snapshots + self.manifests + self.repaired
+    }
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    /// The repository id both sides hold.
+    pub repo_id: String,
+    /// The side that had no repository and was made a replica (or re-identified with
+    /// `force`).
+    pub initialized: Option<Side>,
+    /// Copied from `a` to `b`.
+    pub a_to_b: Transfer,
+    /// Copied from `b` to `a`.
+    pub b_to_a: Transfer,
+    /// Objects not copied because they (or something they need) failed verification,
+    /// and history that could not be carried over; each with its key.
+    pub refused: Vec<Problem>,
+    /// Files in the listings that are not crzarr objects: never copied.
+    pub ignored: Vec<Problem>,
+    /// Wall time of the sync, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl SyncReport {
+    /// Whether nothing was refused.
+    pub fn is_clean(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// Whether anything was written.
+    pub fn copied_anything(&self) -> bool {
+        self.a_to_b.objects() + self.b_to_a.objects() > 0 || self.initialized.is_some()
+    }
+}
+
+/// Copies what each side lacks from the other (see [`SyncOptions`] for one direction
+/// only). A side with no repository is created as a replica of the other; two
+/// repositories with different ids are refused.
+pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncReport> {
+    let started = Instant::now();
+    let concurrency = opts.concurrency.max(1);
+    // One round trip: both markers and all four listings.
+    let (ma, mb, la, lb) = futures::join!(
+        a.read_marker(),
+        b.read_marker(),
+        Listing::read(a),
+        Listing::read(b)
+    );
+    let (ma, mb) = (ma?, mb?);
+    let mut sa = SideState::new(a, la?);
+    let mut sb = SideState::new(b, lb?);
+    let (id, initialized) = settle_identity(opts, &sa, &sb, ma, mb).await?;
+    let mut report = SyncReport {
+        repo_id: id.to_string(),
+        initialized,
+        a_to_b: Transfer::default(),
+        b_to_a: Transfer::default(),
+        refused: Vec::new(),
+        ignored: sa
+            .listing
+            .foreign
+            .drain(..)
+            .chain(sb.listing.foreign.drain(..))
+            .collect(),
+        elapsed_ms: 0,
+    };
+    let differs = sa.listing.hashes != sb.listing.hashes
+        || sa.listing.newest_name() != sb.listing.newest_name()
+        || sa.sizes_differ(&sb);
+    if differs {
+        // The newest readable snapshot of each side, in one round trip.
+        let (na, nb) = futures::join!(sa.read_newest(id), sb.read_newest(id));
+        report.refused.extend(na?);
+        report.refused.extend(nb?);
+        let ab = if opts.direction.a_to_b() {
+            Some(plan(&mut sa, &mut sb, &mut report.refused).await?)
+        } else {
+            None
+        };
+        let ba = if opts.direction.b_to_a() {
+            Some(plan(&mut sb, &mut sa, &mut report.refused).await?)
+        } else {
+            None
+        };
+        let copy = |p: Option<Plan>, from: &Bucket, to: &Bucket| {
+            let copier = Copier::new(
+                from.clone(),
+                to.clone(),
+                id,
+                concurrency,
+                opts.progress.clone(),
+            );
+            async move {
+                match p {
+                    Some(p) => copier.run(p).await,
+                    None => Ok((Transfer::default(), Vec::new())),
+                }
+            }
+        };
+        // Both directions at once: their writes never touch the same bucket.
+        let (rab, rba) = futures::join!(copy(ab, a, b), copy(ba, b, a));
+        let (tab, mut pab) = rab?;
+        let (tba, mut pba) = rba?;
+        report.a_to_b = tab;
+        report.b_to_a = tba;
+        report.refused.append(&mut pab);
+        report.refused.append(&mut pba);
+    }
+    report.refused.sort_by(|x, y| x.key.cmp(&y.key));
+    report.refused.dedup();
+    report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(report)
+}
+
+/// Decides the repository id and creates or re-identifies a side when allowed.
+async fn settle_identity(
+    opts: &SyncOptions,
+    sa: &SideState<'_>,
+    sb: &SideState<'_>,
+    ma: Option<RepoId>,
+    mb: Option<RepoId>,
+) -> Result<(RepoId, Option<Side>)> {
+    let where_ = |s: &SideState<'_>| format!("{}/{}", s.bucket.store, s.bucket.layout.root());
+    match (ma, mb) {
+        (None, None) => Err(Error::NotARepo {
+            location: format!("{} nor {}", where_(sa), where_(sb)),
+        }),
+        (Some(id), None) if opts.direction.a_to_b() => {
+            Ok((sb.bucket.write_marker(id).await?, Some(Side::B)))
+        }
+        (None, Some(id)) if opts.direction.b_to_a() => {
+            Ok((sa.bucket.write_marker(id).await?, Some(Side::A)))
+        }
+        (Some(_), None) => Err(Error::NotARepo {
+            location: where_(sb),
+        }),
+        (None, Some(_)) => Err(Error::NotARepo {
+            location: where_(sa),
+        }),
+        (Some(x), Some(y)) if x == y => Ok((x, None)),
+        (Some(x), Some(y)) => {
+            // Only an empty side may take the other's id: its own changes would
+            // otherwise become foreign to every reader.
+            let target = match (sa.is_empty(), sb.is_empty()) {
+                (_, true) if opts.direction.a_to_b() => Some((Side::B, sb, x)),
+                (true, _) if opts.direction.b_to_a() => Some((Side::A, sa, y)),
+                _ => None,
+            };
+            match target {
+                Some((side, s, id)) if opts.force => {
+                    s.bucket.overwrite_marker(id).await?;
+                    Ok((id, Some(side)))
+                }
+                _ => Err(Error::RepoMismatch {
+                    a: where_(sa),
+                    a_id: x.to_string(),
+                    b: where_(sb),
+                    b_id: y.to_string(),
+                    hint: match target {
+                        Some(_) => "the empty side was probably initialized by mistake: pass --force to make it a replica of the other".into(),
+                        None => "both hold changes, and a change belongs to exactly one repository: copy data across with a Zarr client instead".into(),
+                    },
+                }),
+            }
+        }
+    }
+}
+
+/// One side's listings, split into what crzarr names and what it does not.
+struct Listing {
+    changes: Vec<ListedChange>,
+    hashes: HashSet<ChangeHash>,
+    snaps: Vec<ListedSnapshot>,
+    foreign: Vec<Problem>,
+}
+
+impl Listing {
+    async fn read(bucket: &Bucket) -> Result<Listing> {
+        let (changes, snaps) = futures::join!(bucket.list_changes(), bucket.list_snapshots());
+        let ((changes, mut foreign), (snaps, mut snap_foreign)) = (changes?, snaps?);
+        foreign.append(&mut snap_foreign);
+        let hashes = changes.iter().map(|c| c.name.hash).collect();
+        Ok(Listing {
+            changes,
+            hashes,
+            snaps,
+            foreign,
+        })
+    }
+
+    fn newest_name(&self) -> Option<crate::layout::SnapshotName> {
+        self.snaps.first().map(|s| s.name)
+    }
+}
+
+/// The newest snapshot of a side that decodes, with its metadata (its change table
+/// moved into the side's [`Coverage`]).
+struct Newest {
+    listed: ListedSnapshot,
+    bytes: Bytes,
+    meta: SnapshotMeta,
+}
+
+/// Which changes a side's newest snapshot covers: its change table, then archive
+/// shards read on demand (each at most once).
+#[derive(Clone)]
+struct Coverage {
+    bucket: Bucket,
+    table: Arc<Vec<CoveredChange>>,
+    shards: Vec<Option<ObjectHash>>,
+    loaded: HashMap<usize, Option<Arc<ArchiveShard>>>,
+}
+
+impl Coverage {
+    fn new(bucket: &Bucket) -> Self {
+        Coverage {
+            bucket: bucket.clone(),
+            table: Arc::new(Vec::new()),
+            shards: Vec::new(),
+            loaded: HashMap::new(),
+        }
+    }
+
+    /// Which of `hashes` are covered. Damaged shards are reported and count as
+    /// covering nothing (which can only cause extra copying).
+    async fn covered(
+        &mut self,
+        hashes: &[ChangeHash],
+        problems: &mut Vec<Problem>,
+    ) -> Result<HashSet<ChangeHash>> {
+        let table = self.table.clone();
+        let in_table = |h: &ChangeHash| table.binary_search_by(|c| c.hash.cmp(h)).is_ok();
+        let mut out: HashSet<ChangeHash> = hashes.iter().filter(|h| in_table(h)).copied().collect();
+        let rest: Vec<ChangeHash> = hashes.iter().filter(|h| !in_table(h)).copied().collect();
+        let shards: std::collections::BTreeSet<usize> =
+            rest.iter().map(CoveredChange::shard).collect();
+        self.load(shards.into_iter().collect(), problems).await?;
+        for h in rest {
+            if let Some(Some(s)) = self.loaded.get(&CoveredChange::shard(&h))
+                && s.find(&h).is_some()
+            {
+                out.insert(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every covered change.
+    async fn all(&mut self, problems: &mut Vec<Problem>) -> Result<HashSet<ChangeHash>> {
+        self.load((0..self.shards.len()).collect(), problems)
+            .await?;
+        let mut out: HashSet<ChangeHash> = self.table.iter().map(|c| c.hash).collect();
+        for s in self.loaded.values().flatten() {
+            out.extend(s.changes.iter().map(|c| c.hash));
+        }
+        Ok(out)
+    }
+
+    async fn load(&mut self, shards: Vec<usize>, problems: &mut Vec<Problem>) -> Result<()> {
+        let mut todo = Vec::new();
+        for i in shards {
+            if self.loaded.contains_key(&i) {
+                continue;
+            }
+            match self.shards.get(i).copied().flatten() {
+                Some(h) => todo.push((i, h)),
+                None => {
+                    self.loaded.insert(i, None);
+                }
+            }
+        }
+        let bucket = self.bucket.clone();
+        let got: Vec<(usize, Result<ArchiveShard>)> = futures::stream::iter(todo)
+            .map(|(i, h)| {
+                let bucket = bucket.clone();
+                async move { (i, read_shard(&bucket, &h).await.map(|(s, _)| s)) }
+            })
+            .buffer_unordered(crate::snapshot::ARCHIVE_SHARDS)
+            .collect()
+            .await;
+        for (i, r) in got {
+            match r {
+                Ok(s) => {
+                    self.loaded.insert(i, Some(Arc::new(s)));
+                }
+                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e) => {
+                    problems.push(problem(&e));
+                    self.loaded.insert(i, None);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What is known of one side while planning.
+struct SideState<'a> {
+    bucket: &'a Bucket,
+    listing: Listing,
+    newest: Option<Newest>,
+    coverage: Coverage,
+}
+
+impl<'a> SideState<'a> {
+    fn new(bucket: &'a Bucket, listing: Listing) -> Self {
+        SideState {
+            bucket,
+            listing,
+            newest: None,
+            coverage: Coverage::new(bucket),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.listing.changes.is_empty() && self.listing.snaps.is_empty()
+    }
+
+    /// Whether a change listed on both sides has different sizes (one copy is damaged).
+    fn sizes_differ(&self, other: &SideState<'_>) -> bool {
+        let theirs: HashMap<ChangeHash, u64> = other
+            .listing
+            .changes
+            .iter()
+            .map(|c| (c.name.hash, c.size))
+            .collect();
+        self.listing
+            .changes
+            .iter()
+            .any(|c| theirs.get(&c.name.hash).is_some_and(|s| *s != c.size))
+    }
+
+    /// Reads the newest snapshot that decodes; damaged ones are returned as problems
+    /// (and never copied).
+    async fn read_newest(&mut self, id: RepoId) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        for snap in &self.listing.snaps {
+            let key = snap.key.to_string();
+            let got = if snap.size > MAX_META_BYTES {
+                Err(Error::TooLarge {
+                    key: key.clone(),
+                    size: snap.size,
+                    limit: MAX_META_BYTES,
+                })
+            } else {
+                match self.bucket.get(&snap.key, MAX_META_BYTES).await {
+                    // Removed by garbage collection since the listing: try the next.
+                    Ok(None) => continue,
+                    Ok(Some(bytes)) => crate::repo::decode_snapshot_meta(&key, &bytes, snap.name)
+                        .and_then(|m| {
+                            if m.repo == id {
+                                Ok((bytes, m))
+                            } else {
+                                Err(Error::ForeignRepo {
+                                    key: key.clone(),
+                                    found: m.repo.to_string(),
+                                    expected: id.to_string(),
+                                })
+                            }
+                        }),
+                    Err(e) => Err(e),
+                }
+            };
+            match got {
+                Ok((bytes, mut meta)) => {
+                    self.coverage.table = Arc::new(std::mem::take(&mut meta.changes));
+                    self.coverage.shards = meta.archive.clone();
+                    self.newest = Some(Newest {
+                        listed: snap.clone(),
+                        bytes,
+                        meta,
+                    });
+                    break;
+                }
+                Err(e @ (Error::Store { .. } | Error::UnsupportedVersion { .. })) => {
+                    return Err(e);
+                }
+                Err(e) => problems.push(Problem {
+                    key,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// Reads an archive shard and checks it against its name.
+async fn read_shard(bucket: &Bucket, hash: &ObjectHash) -> Result<(ArchiveShard, Bytes)> {
+    let key = bucket.layout.archive_shard(hash);
+    let bytes = bucket
+        .get(&key, MAX_SHARD_BYTES)
+        .await?
+        .ok_or_else(|| Error::Vanished {
+            key: key.to_string(),
+        })?;
+    Ok((ArchiveShard::decode(key.as_ref(), &bytes, hash)?, bytes))
+}
+
+/// Reads a manifest piece and checks it against its name.
+async fn read_piece(bucket: &Bucket, hash: &ObjectHash) -> Result<(ManifestPiece, Bytes)> {
+    let key = bucket.layout.manifest(hash);
+    let bytes = bucket
+        .get(&key, MAX_PIECE_BYTES)
+        .await?
+        .ok_or_else(|| Error::Vanished {
+            key: key.to_string(),
+        })?;
+    Ok((ManifestPiece::decode(key.as_ref(), &bytes, hash)?, bytes))
+}
+
+/// An error about one object, as a reported problem.
+fn problem(e: &Error) -> Problem {
+    let key = match e {
+        Error::Corrupt { key, .. }
+        | Error::TooLarge { key, .. }
+        | Error::UnsupportedVersion { key, .. }
+        | Error::ForeignRepo { key, .. }
+        | Error::Vanished { key }
+        | Error::HistoryHorizon { key, .. }
+        | Error::Store { key, .. } => key.clone(),
+        _ => String::new(),
+    };
+    Problem {
+        key,
+        error: e.to_string(),
+    }
+}
+
+/// What to copy in one direction.
+struct Plan {
+    changes: Vec<ListedChange>,
+    /// Listed on both sides with different sizes: the destination's copy is replaced
+    /// by the source's once that is verified (a damaged copy never has the right size
+    /// and hash both, and the right one is never replaced by a wrong one).
+    repairs: Vec<ListedChange>,
+    snapshot: Option<SnapshotCopy>,
+}
+
+/// A snapshot to copy, and what the destination already has of it.
+struct SnapshotCopy {
+    listed: ListedSnapshot,
+    bytes: Bytes,
+    meta: SnapshotMeta,
+    /// Pieces and shards of the destination's newest snapshot: already there.
+    present: HashSet<ObjectHash>,
+    /// Changes listed on the destination: their blobs are there.
+    dst_listed: HashSet<ChangeHash>,
+    /// The destination's snapshot coverage: those changes' live blobs are there.
+    dst_coverage: Coverage,
+    /// Whether it becomes the destination's newest snapshot (then the hint follows).
+    newest: bool,
+}
+
+/// Decides what `src` has that `dst` lacks.
+async fn plan(
+    src: &mut SideState<'_>,
+    dst: &mut SideState<'_>,
+    problems: &mut Vec<Problem>,
+) -> Result<Plan> {
+    let dst_sizes: HashMap<ChangeHash, u64> = dst
+        .listing
+        .changes
+        .iter()
+        .map(|c| (c.name.hash, c.size))
+        .collect();
+    let mut changes = Vec::new();
+    let mut repairs = Vec::new();
+    for c in &src.listing.changes {
+        match dst_sizes.get(&c.name.hash) {
+            None => changes.push(c.clone()),
+            Some(s) if *s != c.size => repairs.push(c.clone()),
+            Some(_) => {}
+        }
+    }
+    // History the destination compacted (and maybe collected) is not copied back.
+    if !changes.is_empty() && dst.newest.is_some() {
+        let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.name.hash).collect();
+        let covered = dst.coverage.covered(&hashes, problems).await?;
+        changes.retain(|c| !covered.contains(&c.name.hash));
+    }
+    let snapshot = plan_snapshot(src, dst, problems).await?;
+    Ok(Plan {
+        changes,
+        repairs,
+        snapshot,
+    })
+}
+
+/// Whether the source's newest snapshot goes across. It does when the destination has
+/// no snapshot, or when it covers everything the destination's newest covers: a
+/// reader there opens from the newest name, and garbage collection there may already
+/// have removed what the destination's own snapshot covers. Otherwise the changes it
+/// covers go as files; any whose files are gone are reported.
+async fn plan_snapshot(
+    src: &mut SideState<'_>,
+    dst: &mut SideState<'_>,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<SnapshotCopy>> {
+    let Some(s) = &src.newest else {
+        return Ok(None);
+    };
+    let (name, s_heads, s_key) = (
+        s.listed.name,
+        s.meta.heads.clone(),
+        s.listed.key.to_string(),
+    );
+    if dst.listing.snaps.iter().any(|d| d.name == name) {
+        return Ok(None);
+    }
+    let take = match &dst.newest {
+        None => true,
+        Some(d) => {
+            // Coverage is causally closed: covering the heads covers everything.
+            let d_heads = d.meta.heads.clone();
+            src.coverage.covered(&d_heads, problems).await?.len() == d_heads.len()
+        }
+    };
+    if take {
+        let Some(s) = src.newest.as_ref() else {
+            return Ok(None);
+        };
+        let (present, newest) = match &dst.newest {
+            Some(d) => (
+                d.meta
+                    .nodes
+                    .iter()
+                    .flat_map(|n| n.pieces.iter().map(|p| p.hash))
+                    .chain(d.meta.archive.iter().flatten().copied())
+                    .collect(),
+                name > d.listed.name,
+            ),
+            None => (
+                HashSet::new(),
+                dst.listing.snaps.iter().all(|d| d.name < name),
+            ),
+        };
+        return Ok(Some(SnapshotCopy {
+            listed: s.listed.clone(),
+            bytes: s.bytes.clone(),
+            meta: s.meta.clone(),
+            present,
+            dst_listed: dst.listing.hashes.clone(),
+            dst_coverage: dst.coverage.clone(),
+            newest,
+        }));
+    }
+    // Not copied: is there covered history the destination cannot get as files?
+    if dst.coverage.covered(&s_heads, problems).await?.len() == s_heads.len() {
+        return Ok(None);
+    }
+    let mut lost: Vec<ChangeHash> = src
+        .coverage
+        .all(problems)
+        .await?
+        .into_iter()
+        .filter(|h| !dst.listing.hashes.contains(h) && !src.listing.hashes.contains(h))
+        .collect();
+    let known = dst.coverage.covered(&lost, problems).await?;
+    lost.retain(|h| !known.contains(h));
+    if !lost.is_empty() {
+        let d = dst
+            .newest
+            .as_ref()
+            .map(|d| d.listed.key.to_string())
+            .unwrap_or_default();
+        problems.push(Problem {
+            key: s_key,
+            error: format!(
+                "not copied: it covers {} changes the destination lacks whose files were \
+                 garbage-collected here, and it does not cover everything the destination's \
+                 snapshot {d} covers, so it cannot replace it there; those changes stay \
+                 missing on the destination (the two sides were compacted and collected \
+                 apart: sync before collecting garbage)",
+                lost.len()
+            ),
+        });
+    }
+    Ok(None)
+}
+
+/// Executes a plan from one bucket to another.
+struct Copier {
+    src: Bucket,
+    dst: Bucket,
+    id: RepoId,
+    concurrency: usize,
+    progress: Option<Arc<SyncProgress>>,
+    done: Transfer,
+    refused: Vec<Problem>,
+    /// Blobs written (or found bad) in this sync: never twice.
+    blobs: HashMap<BlobHash, bool>,
+}
+
+/// A change file fetched from the source and verified.
+struct Fetched {
+    listed: ListedChange,
+    bytes: Bytes,
+    blobs: Vec<(BlobHash, u64)>,
+}
+
+impl Copier {
+    fn new(
+        src: Bucket,
+        dst: Bucket,
+        id: RepoId,
+        concurrency: usize,
+        progress: Option<Arc<SyncProgress>>,
+    ) -> Self {
+        Copier {
+            src,
+            dst,
+            id,
+            concurrency,
+            progress,
+            done: Transfer::default(),
+            refused: Vec::new(),
+            blobs: HashMap::new(),
+        }
+    }
+
+    fn plan_progress(&self, objects: u64, bytes: u64) {
+        if let Some(p) = &self.progress {
+            p.plan(objects, bytes);
+        }
+    }
+
+    fn tick(&self, bytes: u64) {
+        if let Some(p) = &self.progress {
+            p.done(bytes);
+        }
+    }
+
+    fn refuse(&mut self, key: impl Into<String>, error: impl Into<String>) {
+        self.refused.push(Problem {
+            key: key.into(),
+            error: error.into(),
+        });
+    }
+
+    async fn run(mut self, plan: Plan) -> Result<(Transfer, Vec<Problem>)> {
+        self.plan_progress(
+            (plan.changes.len() + plan.repairs.len()) as u64,
+            plan.changes
+                .iter()
+                .chain(&plan.repairs)
+                .map(|c| c.size)
+                .sum(),
+        );
+        for batch in plan.changes.chunks(BATCH) {
+            self.copy_changes(batch, false).await?;
+        }
+        if !plan.repairs.is_empty() {
+            self.copy_changes(&plan.repairs, true).await?;
+        }
+        if let Some(s) = plan.snapshot {
+            self.copy_snapshot(s).await?;
+        }
+        Ok((self.done, self.refused))
+    }
+
+    /// Fetches and verifies changes, copies their blobs, then writes the change files
+    /// whose blobs all landed.
+    async fn copy_changes(&mut self, batch: &[ListedChange], repair: bool) -> Result<()> {
+        let src = self.src.clone();
+        let id = self.id;
+        let fetched: Vec<(ListedChange, Result<Fetched>)> =
+            futures::stream::iter(batch.iter().cloned())
+                .map(|c| {
+                    let src = src.clone();
+                    async move {
+                        let r = fetch_change(&src, id, &c).await;
+                        (c, r)
+                    }
+                })
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+        let mut good = Vec::with_capacity(fetched.len());
+        for (c, r) in fetched {
+            match r {
+                Ok(f) => good.push(f),
+                Err(e @ Error::Store { .. }) => return Err(e),
+                // Removed by garbage collection after the listing: a newer snapshot
+                // covers it, and that snapshot travels instead.
+                Err(Error::Vanished { .. }) => {}
+                Err(e) => self.refuse(c.key.to_string(), e.to_string()),
+            }
+        }
+        let wanted: BTreeMap<BlobHash, u64> = good
+            .iter()
+            .flat_map(|f| f.blobs.iter().copied())
+            .filter(|(h, _)| !self.blobs.contains_key(h))
+            .collect();
+        self.copy_blobs(wanted).await?;
+        let mut writes = Vec::with_capacity(good.len());
+        for f in good {
+            match f
+                .blobs
+                .iter()
+                .find(|(h, _)| self.blobs.get(h) != Some(&true))
+            {
+                Some((h, _)) => self.refuse(
+                    f.listed.key.to_string(),
+                    format!(
+                        "not copied: it needs blob {} which is missing or damaged here",
+                        self.src.layout.blob(h)
+                    ),
+                ),
+                None => writes.push(f),
+            }
+        }
+        let dst = self.dst.clone();
+        let written: Vec<Result<u64>> = futures::stream::iter(writes)
+            .map(|f| {
+                let dst = dst.clone();
+                async move {
+                    let key = dst.layout.change(&f.listed.name);
+                    let n = f.bytes.len() as u64;
+                    if repair {
+                        dst.put_blob(&key, f.bytes).await?;
+                    } else {
+                        dst.put_once(&key, f.bytes).await?;
+                    }
+                    Ok(n)
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for w in written {
+            let n = w?;
+            self.tick(n);
+            self.done.bytes += n;
+            if repair {
+                self.done.repaired += 1;
+            } else {
+                self.done.changes += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies blobs (each GET verified against its name, then PUT), in parallel.
+    async fn copy_blobs(&mut self, wanted: BTreeMap<BlobHash, u64>) -> Result<()> {
+        self.plan_progress(wanted.len() as u64, wanted.values().sum());
+        let (src, dst) = (self.src.clone(), self.dst.clone());
+        let results: Vec<(BlobHash, Result<u64>)> = futures::stream::iter(wanted)
+            .map(|(h, len)| {
+                let (src, dst) = (src.clone(), dst.clone());
+                async move {
+                    let r = async {
+                        let bytes = read_blob(&src, &h, len).await?;
+                        dst.put_blob(&dst.layout.blob(&h), bytes).await?;
+                        Ok(len)
+                    }
+                    .await;
+                    (h, r)
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for (h, r) in results {
+            match r {
+                Ok(n) => {
+                    self.blobs.insert(h, true);
+                    self.tick(n);
+                    self.done.blobs += 1;
+                    self.done.bytes += n;
+                }
+                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e) => {
+                    self.blobs.insert(h, false);
+                    self.refused.push(problem(&e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a snapshot: pieces and shards the destination lacks, the blobs of live
+    /// values written by changes the destination does not know, then the metadata.
+    async fn copy_snapshot(&mut self, mut s: SnapshotCopy) -> Result<()> {
+        let key = s.listed.key.to_string();
+        let pieces: Vec<ObjectHash> = s
+            .meta
+            .nodes
+            .iter()
+            .flat_map(|n| n.pieces.iter().map(|p| p.hash))
+            .filter(|h| !s.present.contains(h))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let shards: Vec<ObjectHash> = s
+            .meta
+            .archive
+            .iter()
+            .flatten()
+            .filter(|h| !s.present.contains(h))
+            .copied()
+            .collect();
+        self.plan_progress((pieces.len() + shards.len() + 1) as u64, s.listed.size);
+        let src = self.src.clone();
+        // Pieces and shards are read and verified first; blobs are learned from pieces.
+        let (read_pieces, read_shards) = futures::join!(
+            futures::stream::iter(pieces)
+                .map(|h| {
+                    let src = src.clone();
+                    async move { (h, read_piece(&src, &h).await) }
+                })
+                .buffer_unordered(self.concurrency)
+                .collect::<Vec<_>>(),
+            futures::stream::iter(shards)
+                .map(|h| {
+                    let src = src.clone();
+                    async move { (h, read_shard(&src, &h).await) }
+                })
+                .buffer_unordered(self.concurrency)
+                .collect::<Vec<_>>()
+        );
+        let mut objects: Vec<(object_store::path::Path, Bytes)> = Vec::new();
+        let mut values: Vec<(Option<ChangeHash>, BlobHash, u64)> = Vec::new();
+        let mut failed = None;
+        for (h, r) in read_pieces {
+            match r {
+                Ok((piece, bytes)) => {
+                    for (_, entries) in &piece.entries {
+                        for ((change, _), v) in entries {
+                            if let SnapChunk::Blob { hash, len } = v {
+                                let writer = piece.changes.get(*change as usize).map(|c| c.hash);
+                                values.push((writer, *hash, *len));
+                            }
+                        }
+                    }
+                    objects.push((self.dst.layout.manifest(&h), bytes));
+                }
+                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e) => failed = Some(e),
+            }
+        }
+        for (h, r) in read_shards {
+            match r {
+                Ok((_, bytes)) => objects.push((self.dst.layout.archive_shard(&h), bytes)),
+                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            // Collected since the listing: a newer snapshot replaced this one there,
+            // and the next sync copies that.
+            Some(Error::Vanished { .. }) => return Ok(()),
+            Some(e) => {
+                self.refuse(
+                    key,
+                    format!("not copied: one of its objects failed verification: {e}"),
+                );
+                return Ok(());
+            }
+            None => {}
+        }
+        // Blobs of live values whose writer the destination does not know.
+        let writers: Vec<ChangeHash> = values
+            .iter()
+            .filter_map(|(w, _, _)| *w)
+            .filter(|w| !s.dst_listed.contains(w))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut coverage_problems = Vec::new();
+        let known = s
+            .dst_coverage
+            .covered(&writers, &mut coverage_problems)
+            .await?;
+        self.refused.append(&mut coverage_problems);
+        let wanted: BTreeMap<BlobHash, u64> = values
+            .into_iter()
+            .filter(|(w, _, _)| !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w)))
+            .filter(|(_, h, _)| self.blobs.get(h) != Some(&true))
+            .map(|(_, h, len)| (h, len))
+            .collect();
+        let needed: Vec<BlobHash> = wanted.keys().copied().collect();
+        self.copy_blobs(wanted).await?;
+        if let Some(h) = needed.iter().find(|h| self.blobs.get(h) != Some(&true)) {
+            self.refuse(
+                key,
+                format!(
+                    "not copied: it needs blob {} which is missing or damaged here",
+                    self.src.layout.blob(h)
+                ),
+            );
+            return Ok(());
+        }
+        let dst = self.dst.clone();
+        let written: Vec<Result<u64>> = futures::stream::iter(objects)
+            .map(|(k, b)| {
+                let dst = dst.clone();
+                async move {
+                    let n = b.len() as u64;
+                    dst.put_blob(&k, b).await?;
+                    Ok(n)
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for w in written {
+            let n = w?;
+            self.tick(n);
+            self.done.manifests += 1;
+            self.done.bytes += n;
+        }
+        // The metadata last: the snapshot appears whole or not at all.
+        let meta_key = self.dst.layout.snapshot(&s.listed.name);
+        self.dst.put_once(&meta_key, s.bytes.clone()).await?;
+        let n = s.bytes.len() as u64;
+        self.tick(n);
+        self.done.snapshots += 1;
+        self.done.bytes += n;
+        if s.newest {
+            // Only a hint: a lost race with a compactor costs readers one round trip.
+            self.dst
+                .put_blob(&self.dst.layout.latest_hint(), s.bytes)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Fetches a change from the source and checks it like a reader would: size, hash,
+/// strict decoding, name against header, repository.
+async fn fetch_change(src: &Bucket, id: RepoId, c: &ListedChange) -> Result<Fetched> {
+    let key = c.key.to_string();
+    if c.size > MAX_CHANGE_BYTES {
+        return Err(Error::TooLarge {
+            key,
+            size: c.size,
+            limit: MAX_CHANGE_BYTES,
+        });
+    }
+    let bytes = src
+        .get(&c.key, MAX_CHANGE_BYTES)
+        .await?
+        .ok_or_else(|| Error::Vanished { key: key.clone() })?;
+    let change: Change = crate::repo::check_change(&key, &bytes, &c.name, id)?;
+    let mut blobs = Vec::new();
+    for op in &change.ops {
+        if let Op::SetChunk {
+            data: ChunkData::Blob { hash, len },
+            ..
+        } = op
+        {
+            blobs.push((*hash, *len));
+        }
+    }
+    Ok(Fetched {
+        listed: c.clone(),
+        bytes,
+        blobs,
+    })
+}
+
+/// Reads a blob and checks it against its name and the length its reference gives.
+async fn read_blob(src: &Bucket, hash: &BlobHash, len: u64) -> Result<Bytes> {
+    let key = src.layout.blob(hash);
+    let bytes = match src.get(&key, len).await {
+        Err(Error::TooLarge { .. }) => {
+            return Err(Error::corrupt(
+                key.as_ref(),
+                "blob content does not match its hash (longer than its reference)",
+            ));
+        }
+        other => other?,
+    }
+    .ok_or_else(|| Error::corrupt(key.as_ref(), "blob is missing"))?;
+    if bytes.len() as u64 != len || BlobHash::of(&bytes) != *hash {
+        return Err(Error::corrupt(
+            key.as_ref(),
+            "blob content does not match its hash",
+        ));
+    }
+    Ok(bytes)
+}
+
+impl crate::repo::Repo {
+    /// Syncs this repository's bucket with `other` (both ways unless `opts` says
+    /// otherwise), then refreshes this handle.
+    pub async fn sync(&mut self, other: &Bucket, opts: &SyncOptions) -> Result<SyncReport> {
+        let report = sync(self.bucket(), other, opts).await?;
+        self.refresh().await?;
+        Ok(report)
+    }
+
+    /// Copies what `other` holds and this repository's bucket lacks, then refreshes:
+    /// the step before modifying a replica that others also write.
+    pub async fn pull_from(&mut self, other: &Bucket) -> Result<SyncReport> {
+        let opts = SyncOptions {
+            direction: Direction::Pull,
+            concurrency: self.concurrency(),
+            ..SyncOptions::default()
+        };
+        self.sync(other, &opts).await
+    }
+
+    /// Copies what this repository's bucket holds and `other` lacks (creating the
+    /// repository there if it has none).
+    pub async fn push_to(&self, other: &Bucket) -> Result<SyncReport> {
+        let opts = SyncOptions {
+            direction: Direction::Push,
+            concurrency: self.concurrency(),
+            ..SyncOptions::default()
+        };
+        sync(self.bucket(), other, &opts).await
+    }
+}
