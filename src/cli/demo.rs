@@ -1,13 +1,12 @@
-//! `crzarr demo`: two replicas edited apart on local disk, exchanged, converged.
+//! `crzarr demo`: a cloud bucket and two laptops edit apart, sync, converge, compact.
 
 use crzarr::bucket::Bucket;
-use crzarr::change::{Change, ChunkData, Op};
 use crzarr::connect::connect;
 use crzarr::repo::Repo;
+use crzarr::sync::{SyncOptions, sync};
 use crzarr::view::{Conflict, ConflictTarget, Entry};
 use crzarr::{Error, Result};
 use serde_json::json;
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 const SIDE: u64 = 80;
@@ -62,42 +61,6 @@ pub(crate) fn describe_conflict(c: &Conflict) -> String {
     )
 }
 
-/// Copies the change files `to` lacks from `from`, blobs first, so `to` never lists
-/// a change whose blobs are missing. (A minimal exchange; `crzarr sync` generalises it.)
-async fn exchange(from: &Bucket, to: &Bucket) -> Result<usize> {
-    let (src, _) = from.list_changes().await?;
-    let (dst, _) = to.list_changes().await?;
-    let have: HashSet<_> = dst.iter().map(|c| c.name.hash).collect();
-    let mut copied = 0;
-    for c in src.into_iter().filter(|c| !have.contains(&c.name.hash)) {
-        let key = c.key.to_string();
-        let Some(bytes) = from.get(&c.key, crzarr::change::MAX_CHANGE_BYTES).await? else {
-            continue;
-        };
-        let change = Change::decode(&key, &bytes, &c.name.hash)?;
-        for op in &change.ops {
-            if let Op::SetChunk {
-                data: ChunkData::Blob { hash, len },
-                ..
-            } = op
-            {
-                let blob_key = from.layout().blob(hash);
-                let blob = from
-                    .get(&blob_key, *len)
-                    .await?
-                    .ok_or_else(|| Error::MissingBlob {
-                        key: key.clone(),
-                        blob_key: blob_key.to_string(),
-                    })?;
-                to.put_blob(&to.layout().blob(hash), blob).await?;
-            }
-        }
-        to.put_once(&to.layout().change(&c.name), bytes).await?;
-        copied += 1;
-    }
-    Ok(copied)
-}
-
 async fn view_digest(repo: &Repo) -> Result<String> {
     let mut h = blake3::Hasher::new();
     for (k, e) in repo.entries().await? {
@@ -112,6 +75,34 @@ async fn view_digest(repo: &Repo) -> Result<String> {
 
 fn say(step: &str, text: &str) {
     println!("\n{step} {text}");
+}
+
+/// One line about a sync in one direction.
+fn moved(t: &crzarr::sync::Transfer) -> String {
+    let mut parts = vec![
+        format!("{} change file(s)", t.changes),
+        format!("{} blob(s)", t.blobs),
+    ];
+    if t.snapshots > 0 {
+        parts.push(format!(
+            "{} snapshot(s) with {} manifest object(s)",
+            t.snapshots, t.manifests
+        ));
+    }
+    format!("{}, {} bytes", parts.join(", "), t.bytes)
+}
+
+fn bucket_at(path: &std::path::Path) -> Result<Bucket> {
+    let loc = connect(&path.to_string_lossy(), true)?;
+    Ok(Bucket::new(loc.store, &loc.prefix))
+}
+
+async fn open_at(b: &Bucket) -> Result<Repo> {
+    Repo::open(b.store().clone(), &b.layout().root().to_string()).await
+}
+
+fn bug(what: &str) -> Error {
+    Error::Usage(format!("{what} (this is a bug)"))
 }
 
 /// Runs the demo in `dir` (a fresh temporary directory by default).
@@ -131,22 +122,29 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
             ulid::Ulid::new().to_string().to_lowercase()
         )),
     };
-    let path_a = dir.join("laptop-a");
-    let path_b = dir.join("laptop-b");
+    let (path_cloud, path_a, path_b, path_c) = (
+        dir.join("cloud"),
+        dir.join("laptop-a"),
+        dir.join("laptop-b"),
+        dir.join("new-laptop"),
+    );
     println!(
-        "crzarr demo: two replicas of one Zarr store on local disk, under {}",
+        "crzarr demo: one Zarr store kept in a \"cloud\" bucket and on two laptops, all on local disk under {}",
         dir.display()
     );
-
-    let a_loc = connect(&path_a.to_string_lossy(), true)?;
-    let b_loc = connect(&path_b.to_string_lossy(), true)?;
-    let mut a = Repo::init(a_loc.store.clone(), &a_loc.prefix).await?;
+    let (cloud_b, a_b, b_b) = (
+        bucket_at(&path_cloud)?,
+        bucket_at(&path_a)?,
+        bucket_at(&path_b)?,
+    );
+    let opts = SyncOptions::default();
 
     say(
         "1.",
-        "Laptop A creates a repository: a root group and an 80x80 float32 array `sst` in four 40x40 chunks.",
+        "A cluster job creates the dataset in the cloud bucket: a root group and an 80x80 float32 array `sst` in four 40x40 chunks.",
     );
-    let mut s = a.session();
+    let mut cloud = Repo::init(cloud_b.store().clone(), "").await?;
+    let mut s = cloud.session();
     s.create_group(
         "",
         serde_json::Map::from_iter([("title".to_string(), json!("crzarr demo"))]),
@@ -158,7 +156,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     let first = s
         .commit(Some("create sst"))
         .await?
-        .ok_or_else(|| Error::Usage("nothing committed".into()))?;
+        .ok_or_else(|| bug("nothing committed"))?;
     println!(
         "   One change file, {}…, holds the whole commit; the four chunks went to content-addressed blobs first.",
         first.short()
@@ -166,17 +164,17 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
 
     say(
         "2.",
-        "Laptop B starts as a copy: it receives A's change file and blobs, nothing else.",
+        "Two laptops take a copy with `crzarr sync`: an empty directory becomes a replica of the cloud's repository.",
     );
-    let b_bucket = Bucket::new(b_loc.store.clone(), &b_loc.prefix);
-    b_bucket.write_marker(a.id()).await?;
-    exchange(a.bucket(), &b_bucket).await?;
-    let mut b = Repo::open(b_loc.store.clone(), &b_loc.prefix).await?;
-    println!("   B shows the same {} keys as A.", b.list().await?.len());
+    let r = sync(&cloud_b, &a_b, &opts).await?;
+    sync(&cloud_b, &b_b, &opts).await?;
+    println!("   Each laptop received {}.", moved(&r.a_to_b));
+    let mut a = open_at(&a_b).await?;
+    let mut b = open_at(&b_b).await?;
 
     say(
         "3.",
-        "Both laptops go offline and edit the same array at the same time.",
+        "Both laptops go offline and edit the same array and the same attribute at the same time.",
     );
     let mut s = a.session();
     s.set_attr("sst", "units", json!("K"))?;
@@ -198,62 +196,76 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         "   B: units = \"degC\", source = \"buoy network\", rewrites chunk c/0/0, deletes c/1/1 and grows to 120 columns."
     );
     println!(
-        "   Now A and B differ: A has {} keys, B has {}.",
+        "   Now the laptops differ: A has {} keys, B has {}.",
         a.list().await?.len(),
         b.list().await?.len()
     );
 
     say(
         "4.",
-        "They reconnect and exchange change files, each copying what it lacks (blobs before the change that uses them).",
+        "Back online, each laptop syncs with the cloud; then the cloud syncs back to each. No locks, no coordinator, no rebase.",
     );
-    let to_b = exchange(a.bucket(), b.bucket()).await?;
-    let to_a = exchange(b.bucket(), a.bucket()).await?;
+    let ra = sync(&a_b, &cloud_b, &opts).await?;
+    println!("   laptop A -> cloud: {}", moved(&ra.a_to_b));
+    let rb = sync(&b_b, &cloud_b, &opts).await?;
+    println!("   laptop B -> cloud: {}", moved(&rb.a_to_b));
+    println!(
+        "   cloud -> laptop B in the same run: {} (A's change, which the cloud had just received)",
+        moved(&rb.b_to_a)
+    );
+    let rc = sync(&cloud_b, &a_b, &opts).await?;
+    println!("   cloud -> laptop A: {}", moved(&rc.a_to_b));
+    for r in [&ra, &rb, &rc] {
+        if !r.is_clean() {
+            return Err(bug("a sync refused an object"));
+        }
+    }
     a.refresh().await?;
     b.refresh().await?;
-    println!("   {to_b} change(s) went to B and {to_a} to A. No locks, no coordinator, no rebase.");
+    cloud.refresh().await?;
 
     say(
         "5.",
-        "Both replicas now show the same Zarr store, byte for byte:",
+        "All three copies now show the same Zarr store, byte for byte:",
     );
-    let (da, db) = (view_digest(&a).await?, view_digest(&b).await?);
-    println!("   view digest A = {da}, B = {db}");
-    if da != db || a.list().await? != b.list().await? {
-        return Err(Error::Usage(
-            "the replicas did not converge (this is a bug)".into(),
-        ));
+    let digests = [
+        view_digest(&cloud).await?,
+        view_digest(&a).await?,
+        view_digest(&b).await?,
+    ];
+    println!(
+        "   view digest cloud = {}, laptop A = {}, laptop B = {}",
+        digests[0], digests[1], digests[2]
+    );
+    if digests.iter().any(|d| *d != digests[0]) {
+        return Err(bug("the replicas did not converge"));
     }
     let meta: serde_json::Value =
-        serde_json::from_slice(&a.get("sst/zarr.json").await?.unwrap_or_default())
+        serde_json::from_slice(&cloud.get("sst/zarr.json").await?.unwrap_or_default())
             .unwrap_or_default();
     println!(
         "   sst shape {} (both grows kept), attributes {}",
         meta["shape"], meta["attributes"]
     );
-    for k in a.list().await? {
+    for k in cloud.list().await? {
         println!("     {k}");
     }
-
-    say(
-        "6.",
-        "Concurrent overwrites were resolved by the same rule everywhere (causal order, then clock, then writer id):",
+    println!(
+        "   Concurrent overwrites were resolved by one rule everywhere (causal order, then clock, then writer id):"
     );
-    let conflicts = a.conflicts().await?;
-    if conflicts != b.conflicts().await? {
-        return Err(Error::Usage(
-            "the replicas report different conflicts (this is a bug)".into(),
-        ));
+    let conflicts = cloud.conflicts().await?;
+    if conflicts != a.conflicts().await? || conflicts != b.conflicts().await? {
+        return Err(bug("the replicas report different conflicts"));
     }
     for c in &conflicts {
         println!("   {}", describe_conflict(c));
     }
 
     say(
-        "7.",
-        "A compaction job writes a snapshot of A's bucket; readers then skip the history.",
+        "6.",
+        "A compaction job writes a snapshot in the cloud; garbage collection then removes what it makes unnecessary.",
     );
-    let rep = a.compact().await?;
+    let rep = cloud.compact().await?;
     println!(
         "   {}: {} changes folded, {} manifest piece(s), {} bytes.",
         rep.snapshot.as_deref().unwrap_or("(up to date)"),
@@ -261,18 +273,9 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         rep.manifests_written,
         rep.bytes_written
     );
-    let counting = crzarr::testing::CountingStore::new(a_loc.store.clone());
-    let c = Repo::open(std::sync::Arc::new(counting.clone()), &a_loc.prefix).await?;
-    let n = counting.take();
-    println!(
-        "   A new reader opens from it with {} requests in {} round trips, fetching {} change files.",
-        n.requests(),
-        n.round_trips,
-        c.log().len()
-    );
     // Nothing else writes to this demo bucket, so a zero window is safe here; on a
     // shared bucket use a window longer than any commit (e.g. --older-than 1d).
-    let gc = a
+    let gc = cloud
         .gc(&crzarr::gc::GcOptions {
             older_than: std::time::Duration::ZERO,
             dry_run: false,
@@ -283,20 +286,43 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         "   Garbage collection removed {} objects ({freed} bytes): covered change files and blobs of overwritten chunks.",
         gc.removed.len()
     );
-    let c = Repo::open(a_loc.store.clone(), &a_loc.prefix).await?;
+    let counting = crzarr::testing::CountingStore::new(cloud_b.store().clone());
+    let fresh = Repo::open(std::sync::Arc::new(counting.clone()), "").await?;
+    let n = counting.take();
+    println!(
+        "   A new reader of the cloud opens from the snapshot with {} requests in {} round trip(s), fetching {} change files.",
+        n.requests(),
+        n.round_trips,
+        fresh.log().len()
+    );
+
+    say(
+        "7.",
+        "A new laptop syncs from the compacted cloud: it gets the snapshot and the blobs it uses, not the collected history.",
+    );
+    let c_b = bucket_at(&path_c)?;
+    let r = sync(&cloud_b, &c_b, &opts).await?;
+    println!("   cloud -> new laptop: {}", moved(&r.a_to_b));
+    let r = sync(&cloud_b, &a_b, &opts).await?;
+    println!(
+        "   cloud -> laptop A: {} (A still holds the history; the snapshot covers it, nothing goes back)",
+        moved(&r.a_to_b)
+    );
+    let c = open_at(&c_b).await?;
     let dc = view_digest(&c).await?;
-    println!("   view digest after compaction and GC = {dc}");
-    if dc != da {
-        return Err(Error::Usage(
-            "the snapshot shows a different view (this is a bug)".into(),
-        ));
+    a.refresh().await?;
+    let da = view_digest(&a).await?;
+    println!("   view digest new laptop = {dc}, laptop A = {da}");
+    if dc != digests[0] || da != digests[0] {
+        return Err(bug("a replica shows a different view after compaction"));
     }
     println!(
-        "\nTry it yourself:\n  crzarr status {}\n  crzarr ls {}\n  crzarr log {}\n  crzarr conflicts {}",
+        "\nTry it yourself:\n  crzarr log --graph {}\n  crzarr conflicts {}\n  crzarr status {}\n  crzarr sync {} {}",
+        path_b.display(),
         path_a.display(),
-        path_a.display(),
-        path_a.display(),
-        path_b.display()
+        path_cloud.display(),
+        path_b.display(),
+        path_cloud.display()
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod demo;
 mod graph;
+mod sync;
 
 use clap::{Parser, Subcommand};
 use crzarr::connect::connect;
@@ -165,6 +166,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy what each of two replicas lacks from the other, so both hold the union.
+    #[command(
+        after_help = "Only what is missing moves: decided from listings of change and snapshot names, never by listing blobs.\nEvery object is checked against its hash before it is written; a corrupt one is reported and not copied.\nSafe to interrupt and rerun, and to run in both directions at once.\n\nExit status: 0 when done (also when there was nothing to do), 2 when an object was refused, 1 on error.\n\nExample:\n  crzarr sync ./laptop s3://bucket/sst\n  crzarr sync s3://bucket/sst gs://mirror/sst --push --json\n\nScheduled, every 15 minutes (crontab -e):\n  */15 * * * * crzarr sync /data/sst s3://bucket/sst >> /var/log/crzarr-sync.log 2>&1"
+    )]
+    Sync {
+        #[command(flatten)]
+        args: sync::SyncArgs,
+    },
+    /// Keep two replicas in sync: run `sync` every interval until Ctrl-C.
+    #[command(
+        after_help = "A round that fails (a side unreachable) is reported and retried at the next interval.\nCtrl-C stops at once; an interrupted round is completed by the next sync.\n\nExample:\n  crzarr watch ./laptop s3://bucket/sst --interval 30s\n  crzarr watch s3://bucket/sst gs://mirror/sst --interval 5m --json"
+    )]
+    Watch {
+        #[command(flatten)]
+        args: sync::SyncArgs,
+        /// Time between rounds: a number with a unit (30s, 5m, 1h).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+    },
     /// Run the whole story on local disk: two replicas edit apart, exchange changes, converge.
     #[command(after_help = "Example:\n  crzarr demo\n  crzarr demo /tmp/crzarr-demo")]
     Demo {
@@ -187,11 +207,30 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command, cli.concurrency)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            match advice(&e) {
+                Some(a) => eprintln!("error: {e}; {a}"),
+                None => eprintln!("error: {e}"),
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about an error whose message does not already say.
+fn advice(e: &Error) -> Option<&'static str> {
+    match e {
+        Error::Store { .. } => Some(
+            "check the URL, credentials and network, then rerun (every command is safe to repeat)",
+        ),
+        Error::Corrupt { .. } | Error::TooLarge { .. } => {
+            Some("the object is damaged here: `crzarr sync` from a replica restores what it can")
+        }
+        Error::MissingBlob { .. } => Some("sync from a replica that has it"),
+        Error::ForeignRepo { .. } => Some("this file was copied in from another repository"),
+        Error::Vanished { .. } => Some("rerun the command"),
+        _ => None,
     }
 }
 
@@ -226,8 +265,21 @@ fn report_commit(hash: Option<crzarr::ids::ChangeHash>, json: bool) -> Result<()
     }
 }
 
-async fn run(cmd: Command, concurrency: usize) -> Result<()> {
+async fn run(cmd: Command, concurrency: usize) -> Result<ExitCode> {
     match cmd {
+        Command::Sync { args } => sync::run_sync(args, concurrency).await,
+        Command::Watch { args, interval } => sync::run_watch(args, interval, concurrency).await,
+        cmd => run_command(cmd, concurrency)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// Commands whose only outcomes are success and error.
+async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
+    match cmd {
+        // Dispatched by `run`: they have a third outcome (something refused).
+        Command::Sync { .. } | Command::Watch { .. } => Ok(()),
         Command::Init { repo, json } => {
             let loc = connect(&repo, true)?;
             let r = Repo::init(loc.store, &loc.prefix).await?;
