@@ -98,7 +98,7 @@ fn bucket_at(path: &std::path::Path) -> Result<Bucket> {
 }
 
 async fn open_at(b: &Bucket) -> Result<Repo> {
-    Repo::open(b.store().clone(), &b.layout().root().to_string()).await
+    Repo::open(b.store().clone(), b.layout().root().as_ref()).await
 }
 
 fn bug(what: &str) -> Error {
