@@ -131,21 +131,41 @@ fn errors_are_one_clear_line() {
 fn demo_converges() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&["demo", dir.path().join("demo").to_str().unwrap()], None);
-    let digests: Vec<&str> = out
+    // "view digest cloud = X, laptop A = Y, laptop B = Z": all three equal.
+    let line = out
         .lines()
-        .filter(|l| l.contains("view digest A"))
+        .find(|l| l.contains("view digest cloud = "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let digests: Vec<&str> = line
+        .split(", ")
+        .map(|p| p.rsplit(' ').next().unwrap())
         .collect();
-    assert_eq!(digests.len(), 1, "{out}");
-    let (a, b) = digests[0].split_once(", B = ").unwrap();
-    assert_eq!(a.rsplit(' ').next().unwrap(), b.trim());
-    // Compaction and GC leave the view as it was.
+    assert_eq!(digests.len(), 3, "{line}");
+    assert!(digests.iter().all(|d| *d == digests[0]), "{line}");
+    let digest = digests[0];
+    // After compaction and GC, a new laptop synced from the cloud (snapshot, no history)
+    // and laptop A (history plus the copied snapshot) show the same view.
     let after = out
         .lines()
-        .find(|l| l.contains("view digest after compaction and GC = "))
+        .find(|l| l.contains("view digest new laptop = "))
         .unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(after.rsplit(' ').next().unwrap(), b.trim());
+    assert_eq!(
+        after,
+        format!("   view digest new laptop = {digest}, laptop A = {digest}"),
+        "{out}"
+    );
     assert!(
-        out.contains("opens from it with 4 requests in 1 round trips"),
+        out.contains("opens from the snapshot with 4 requests in 1 round trip(s)"),
+        "{out}"
+    );
+    // The new laptop got the snapshot and no change files; laptop A got the snapshot
+    // and sent nothing back.
+    assert!(
+        out.contains("cloud -> new laptop: 0 change file(s), 5 blob(s), 1 snapshot(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cloud -> laptop A: 0 change file(s), 0 blob(s), 1 snapshot(s)"),
         "{out}"
     );
     assert!(out.contains("attribute \"units\": kept"), "{out}");
@@ -223,4 +243,464 @@ fn compact_gc_and_status_report_what_they_did() {
     let out = crzarr(&["gc", repo, "--older-than", "7w"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unit must be s, m, h or d"));
+}
+
+/// Sorted names of the files directly in `dir` (none if it is missing), staging files
+/// (`name#<digits>`, left by an interrupted local write) excluded.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.contains('#'))
+        .collect();
+    v.sort();
+    v
+}
+
+fn ops(repo: &std::path::Path) -> Vec<String> {
+    files_in(&repo.join(".crdt").join("ops"))
+}
+
+/// Whether the change whose hash starts its file name is in `repo`.
+fn has_change(repo: &std::path::Path, hash: &str) -> bool {
+    ops(repo).iter().any(|n| n.starts_with(hash))
+}
+
+/// The change hash `put --json` / `set-attr --json` printed.
+fn committed(out: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    v["change"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string()
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const SIDES: [&str; 2] = ["a_to_b", "b_to_a"];
+const TRANSFER: [&str; 5] = ["changes", "blobs", "snapshots", "manifests", "bytes"];
+
+/// A report that copied nothing either way.
+fn assert_noop(v: &serde_json::Value) {
+    for side in SIDES {
+        for f in TRANSFER {
+            assert_eq!(v[side][f], 0, "{side}.{f}: {v}");
+        }
+    }
+    assert_eq!(v["initialized"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["refused"], serde_json::json!([]), "{v}");
+}
+
+/// Total size of the files in these `.crdt/` directories.
+fn bytes_in(repo: &std::path::Path, dirs: &[&str]) -> u64 {
+    dirs.iter()
+        .flat_map(|d| {
+            let dir = repo.join(".crdt").join(d);
+            files_in(&dir).into_iter().map(move |n| dir.join(n))
+        })
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn version_and_an_example_for_every_command() {
+    assert_eq!(
+        ok(&["--version"], None),
+        format!("crzarr {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let help = ok(&["--help"], None);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    for expected in ["init", "put", "sync", "watch", "demo"] {
+        assert!(commands.contains(&expected), "{expected} in {commands:?}");
+    }
+    for cmd in commands {
+        let h = ok(&[cmd, "--help"], None);
+        let example: Vec<&str> = h
+            .lines()
+            .skip_while(|l| l.trim() != "Example:")
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .collect();
+        assert!(
+            example
+                .iter()
+                .any(|l| l.trim().starts_with(&format!("crzarr {cmd} "))),
+            "`crzarr {cmd} --help` lacks an Example section showing `crzarr {cmd}`:\n{h}"
+        );
+    }
+}
+
+/// A repository with a group, an array, a blob chunk and an inline chunk, compacted,
+/// then one more change: 5 changes, 1 blob, 1 snapshot. Returns its id.
+fn sample_repo(repo: &str, blob: &[u8]) -> String {
+    let init: serde_json::Value =
+        serde_json::from_str(&ok(&["init", repo, "--json"], None)).unwrap();
+    ok(
+        &["put", repo, "zarr.json", "-"],
+        Some(br#"{"zarr_format":3,"node_type":"group"}"#),
+    );
+    ok(&["put", repo, "x/zarr.json", "-"], Some(ARRAY.as_bytes()));
+    ok(&["put", repo, "x/c/0", "-"], Some(blob));
+    ok(&["put", repo, "x/c/1", "-"], Some(&[3, 4]));
+    ok(&["compact", repo], None);
+    ok(&["set-attr", repo, "x", "units", "\"K\""], None);
+    init["repo_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn sync_makes_a_replica_then_has_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("new").join("b"));
+    let blob: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let id = sample_repo(s(&a), &blob);
+
+    let out = crzarr(&["sync", s(&a), s(&b), "--json"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    for side in SIDES {
+        for f in TRANSFER {
+            assert!(v[side][f].is_u64(), "{side}.{f}: {v}");
+        }
+    }
+    assert!(v["refused"].is_array() && v["ignored"].is_array(), "{v}");
+    assert!(v["elapsed_ms"].is_u64(), "{v}");
+    assert_eq!(v["repo_id"], id.as_str(), "{v}");
+    assert_eq!(v["initialized"], "b", "{v}");
+    assert_eq!((&v["a"], &v["b"]), (&s(&a).into(), &s(&b).into()), "{v}");
+    assert_eq!(v["direction"], "both", "{v}");
+    assert_eq!(v["refused"], serde_json::json!([]), "{v}");
+    assert_eq!(v["ignored"], serde_json::json!([]), "{v}");
+    // B is now a replica: same repository, same objects, same view.
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join(".crdt").join("repo.json")).unwrap()).unwrap();
+    assert_eq!(marker["repo_id"], id.as_str());
+    let t = &v["a_to_b"];
+    assert_eq!(t["changes"], 5, "{v}");
+    assert_eq!(ops(&b), ops(&a));
+    assert_eq!(t["blobs"], 1, "{v}");
+    assert_eq!(files_in(&b.join(".crdt/blobs")).len(), 1);
+    assert_eq!(t["snapshots"], 1, "{v}");
+    assert_eq!(files_in(&b.join(".crdt/snapshots")).len(), 1);
+    let manifests = files_in(&b.join(".crdt/manifests")).len();
+    assert!(
+        manifests >= 1,
+        "the snapshot's manifest piece was not copied"
+    );
+    let shards = files_in(&b.join(".crdt/archive")).len();
+    assert_eq!(t["manifests"], (manifests + shards) as u64, "{v}");
+    let copied = bytes_in(&b, &["ops", "blobs", "snapshots", "manifests", "archive"]);
+    // The `.crdt/latest` hint is a copy of the snapshot metadata: counted or not.
+    let hint = std::fs::metadata(b.join(".crdt/latest")).map_or(0, |m| m.len());
+    let bytes = t["bytes"].as_u64().unwrap();
+    assert!(
+        (copied..=copied + hint).contains(&bytes),
+        "bytes {bytes}, objects copied {copied}: {v}"
+    );
+    for f in TRANSFER {
+        assert_eq!(v["b_to_a"][f], 0, "b_to_a.{f}: {v}");
+    }
+    assert_eq!(ok(&["ls", s(&b)], None), ok(&["ls", s(&a)], None));
+    assert_eq!(crzarr(&["cat", s(&b), "x/c/0"], None).stdout, blob);
+    assert_eq!(
+        ok(&["cat", s(&b), "x/zarr.json"], None),
+        ok(&["cat", s(&a), "x/zarr.json"], None)
+    );
+
+    // A second run finds nothing to do, and says so with exit 0.
+    let out = crzarr(&["sync", s(&a), s(&b), "--json"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_noop(&json_of(&out));
+    let text = ok(&["sync", s(&a), s(&b)], None);
+    assert!(text.contains("nothing to copy"), "{text}");
+
+    // The summary without --json names the new replica.
+    let c = dir.path().join("c");
+    let text = ok(&["sync", s(&a), s(&c)], None);
+    assert!(
+        text.contains(&format!("is now a replica of repository {id}")),
+        "{text}"
+    );
+    assert!(text.contains("done in"), "{text}");
+    assert_eq!(ok(&["ls", s(&c)], None), ok(&["ls", s(&a)], None));
+}
+
+#[test]
+fn sync_refuses_a_corrupt_change_and_copies_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&["init", s(&a)], None);
+    ok(&["put", s(&a), "x/zarr.json", "-"], Some(ARRAY.as_bytes()));
+    ok(&["sync", s(&a), s(&b)], None);
+    let good = committed(&ok(&["put", s(&a), "x/c/1", "-", "--json"], Some(&[5, 6])));
+    let bad = committed(&ok(
+        &["set-attr", s(&a), "x", "units", "\"K\"", "--json"],
+        None,
+    ));
+    let name = ops(&a).into_iter().find(|n| n.starts_with(&bad)).unwrap();
+    let path = a.join(".crdt").join("ops").join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    for x in &mut bytes[mid..mid + 4] {
+        *x ^= 0xff;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = crzarr(&["sync", s(&a), s(&b), "--json"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    let refused = v["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{v}");
+    assert!(
+        refused[0]["key"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(".crdt/ops/{name}")),
+        "{v}"
+    );
+    assert!(!refused[0]["error"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(v["a_to_b"]["changes"], 1, "the good change is copied: {v}");
+    assert!(has_change(&b, &good));
+    assert!(!has_change(&b, &bad), "the corrupt change was copied");
+    assert!(ok(&["ls", s(&b)], None).contains("x/c/1"));
+    // Without --json too: exit 2, the key named; still not copied.
+    let out = crzarr(&["sync", s(&a), s(&b)], None);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&name), "{text}");
+    assert!(!has_change(&b, &bad));
+}
+
+#[test]
+fn sync_refuses_two_different_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, c, d) = (
+        dir.path().join("a"),
+        dir.path().join("c"),
+        dir.path().join("d"),
+    );
+    for r in [&a, &c] {
+        ok(&["init", s(r)], None);
+        ok(
+            &["put", s(r), "zarr.json", "-"],
+            Some(br#"{"zarr_format":3,"node_type":"group"}"#),
+        );
+    }
+    let before = ops(&c);
+    for args in [
+        vec!["sync", s(&a), s(&c)],
+        vec!["sync", s(&a), s(&c), "--push"],
+        vec!["sync", s(&a), s(&c), "--force"],
+    ] {
+        let out = crzarr(&args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(s(&a)) && err.contains(s(&c)), "{err}");
+    }
+    assert_eq!(ops(&c), before, "nothing was copied");
+    assert_eq!(ops(&a).len(), 1, "nothing was copied");
+
+    // An empty repository initialized by mistake: refused, unless --force.
+    ok(&["init", s(&d)], None);
+    let out = crzarr(&["sync", s(&a), s(&d)], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let out = crzarr(&["sync", s(&a), s(&d), "--force", "--json"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json_of(&out)["initialized"], "b");
+    assert_eq!(ok(&["ls", s(&d)], None), ok(&["ls", s(&a)], None));
+}
+
+/// A running `crzarr watch`, killed if the test ends before it does.
+struct Watch(std::process::Child);
+
+impl Watch {
+    fn start(a: &std::path::Path, b: &std::path::Path) -> Watch {
+        Watch(
+            Command::new(env!("CARGO_BIN_EXE_crzarr"))
+                .args(["watch", s(a), s(b), "--interval", "1s"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    /// SIGINT, as Ctrl-C sends; the exit status and stdout, stderr once it has exited.
+    fn interrupt(mut self, within: std::time::Duration) -> (Option<i32>, String, String) {
+        use std::io::Read;
+        let pid = self.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = std::time::Instant::now() + within;
+        while self.running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watch did not stop within {within:?} of SIGINT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        let mut err = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (self.0.try_wait().unwrap().unwrap().code(), out, err)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `within` passes; returns whether it held.
+fn eventually(within: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn watch_carries_new_commits_across_and_stops_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&["init", s(&a)], None);
+    let first = committed(&ok(
+        &["put", s(&a), "x/zarr.json", "-", "--json"],
+        Some(ARRAY.as_bytes()),
+    ));
+    let mut w = Watch::start(&a, &b);
+    let secs = std::time::Duration::from_secs;
+    assert!(
+        eventually(secs(10), || has_change(&b, &first)),
+        "first round"
+    );
+    let h = committed(&ok(
+        &["put", s(&a), "x/c/0", "-", "--json"],
+        Some(&[7u8; 5000]),
+    ));
+    let t = std::time::Instant::now();
+    assert!(
+        eventually(secs(5), || has_change(&b, &h)),
+        "a commit to A did not reach B within 5 s"
+    );
+    eprintln!("reached B after {:?}", t.elapsed());
+    assert!(w.running());
+    let (code, out, err) = w.interrupt(secs(3));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.lines().any(|l| l.trim() == "stopped"), "{err}");
+    assert!(
+        out.contains("1 change"),
+        "a round reports what it copied: {out}"
+    );
+    assert_eq!(ok(&["ls", s(&b)], None), ok(&["ls", s(&a)], None));
+    assert_eq!(
+        crzarr(&["cat", s(&b), "x/c/0"], None).stdout,
+        vec![7u8; 5000]
+    );
+}
+
+#[test]
+fn watch_keeps_going_while_a_side_is_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let parent = dir.path().join("mount");
+    let b = parent.join("b");
+    ok(&["init", s(&a)], None);
+    let first = committed(&ok(
+        &["put", s(&a), "x/zarr.json", "-", "--json"],
+        Some(ARRAY.as_bytes()),
+    ));
+    let mut w = Watch::start(&a, &b);
+    let secs = std::time::Duration::from_secs;
+    assert!(
+        eventually(secs(10), || has_change(&b, &first)),
+        "first round"
+    );
+    // B's location becomes unusable (its parent is now a file), and A moves on.
+    std::fs::remove_dir_all(&parent).unwrap();
+    std::fs::write(&parent, b"not a directory").unwrap();
+    let h = committed(&ok(&["put", s(&a), "x/c/1", "-", "--json"], Some(&[1, 2])));
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert!(w.running(), "watch gave up on a failed round");
+    // Back again (empty): the next round makes B a replica once more.
+    std::fs::remove_file(&parent).unwrap();
+    assert!(
+        eventually(secs(5), || has_change(&b, &h) && has_change(&b, &first)),
+        "B did not catch up after it came back"
+    );
+    let (code, out, err) = w.interrupt(secs(3));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let warnings = err.lines().filter(|l| l.starts_with("warning:")).count();
+    assert!(
+        (2..=6).contains(&warnings),
+        "one warning per failed round (about 3 in 3.5 s at 1 s): {err}"
+    );
+    assert!(err.lines().any(|l| l.trim() == "stopped"), "{err}");
+    assert_eq!(ok(&["ls", s(&b)], None), ok(&["ls", s(&a)], None));
 }
