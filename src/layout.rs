@@ -9,6 +9,7 @@
 //! <prefix>/.crdt/archive/<hash>                    coverage archive shards
 //! <prefix>/.crdt/latest                            hint: copy of the newest metadata
 //! <prefix>/.crdt/clock                             probe GC writes to read the store's time
+//! <prefix>/.crdt/quarantine/<relative key>         objects `verify --quarantine` moved aside
 //! ```
 
 use crate::ids::{ActorId, BlobHash, ChangeHash, ObjectHash};
@@ -22,6 +23,7 @@ const MANIFESTS: &str = "manifests";
 const ARCHIVE: &str = "archive";
 const LATEST: &str = "latest";
 const CLOCK: &str = "clock";
+const QUARANTINE: &str = "quarantine";
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const MARKER: &str = "repo.json";
 const CHANGE_SUFFIX: &str = ".change";
@@ -99,6 +101,29 @@ impl SnapshotName {
     }
 }
 
+/// What a key under `.crdt/` is, by its name alone ([`Layout::parse_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BucketKey {
+    /// `.crdt/repo.json`.
+    Marker,
+    /// `.crdt/latest`.
+    LatestHint,
+    /// `.crdt/clock`.
+    ClockProbe,
+    /// A change file under `.crdt/ops/`.
+    Change(ChangeName),
+    /// A blob under `.crdt/blobs/`.
+    Blob(BlobHash),
+    /// Snapshot metadata under `.crdt/snapshots/`.
+    Snapshot(SnapshotName),
+    /// A chunk-manifest piece under `.crdt/manifests/`.
+    Manifest(ObjectHash),
+    /// A coverage archive shard under `.crdt/archive/`.
+    Archive(ObjectHash),
+    /// Anything under `.crdt/quarantine/`, moved aside by `verify --quarantine`.
+    Quarantined,
+}
+
 impl Layout {
     /// A layout rooted at `prefix` (may be empty) inside the store.
     pub fn new(prefix: &str) -> Self {
@@ -115,6 +140,11 @@ impl Layout {
 
     fn crdt(&self) -> Path {
         self.root.clone().join(CRDT)
+    }
+
+    /// The directory holding everything crzarr writes: `<prefix>/.crdt`.
+    pub fn crdt_dir(&self) -> Path {
+        self.crdt()
     }
 
     /// The marker written by `init`.
@@ -180,6 +210,61 @@ impl Layout {
     /// The object garbage collection writes to learn the store's current time.
     pub fn clock_probe(&self) -> Path {
         self.crdt().join(CLOCK)
+    }
+
+    /// The directory `verify --quarantine` moves corrupt objects into. Readers, GC,
+    /// status and sync never list it.
+    pub fn quarantine_dir(&self) -> Path {
+        self.crdt().join(QUARANTINE)
+    }
+
+    /// Where `verify --quarantine` moves `key`: `.crdt/quarantine/<key relative to
+    /// .crdt/>`. `None` for a key outside `.crdt/`, already in quarantine, or `.crdt`
+    /// itself.
+    pub fn quarantine(&self, key: &Path) -> Option<Path> {
+        let rest: Vec<_> = key.prefix_match(&self.crdt())?.collect();
+        if rest.is_empty() || rest[0].as_ref() == QUARANTINE {
+            return None;
+        }
+        let mut to = self.quarantine_dir();
+        for part in rest {
+            to = to.join(part);
+        }
+        Some(to)
+    }
+
+    /// Classifies a listed key under `.crdt/` by its name: `Ok` for every name this
+    /// layout defines, `Err` with the reason for anything else (an unknown file).
+    pub fn parse_key(&self, key: &Path) -> Result<BucketKey, &'static str> {
+        let rest: Vec<_> = key
+            .prefix_match(&self.crdt())
+            .ok_or("not under .crdt/")?
+            .collect();
+        let object = |nested: &'static str| {
+            if rest.len() != 2 {
+                return Err(nested);
+            }
+            ObjectHash::from_hex(rest[1].as_ref())
+                .ok_or("file name is not a 64-digit lower-case hex hash")
+        };
+        match rest.first().map(|p| p.as_ref()) {
+            None => Err("not a file"),
+            Some(MARKER) if rest.len() == 1 => Ok(BucketKey::Marker),
+            Some(LATEST) if rest.len() == 1 => Ok(BucketKey::LatestHint),
+            Some(CLOCK) if rest.len() == 1 => Ok(BucketKey::ClockProbe),
+            Some(OPS) => self.parse_change_key(key).map(BucketKey::Change),
+            Some(SNAPSHOTS) => self.parse_snapshot_key(key).map(BucketKey::Snapshot),
+            Some(BLOBS) => object("nested directory under .crdt/blobs/")
+                .map(|h| BucketKey::Blob(BlobHash(h.0))),
+            Some(MANIFESTS) => {
+                object("nested directory under .crdt/manifests/").map(BucketKey::Manifest)
+            }
+            Some(ARCHIVE) => {
+                object("nested directory under .crdt/archive/").map(BucketKey::Archive)
+            }
+            Some(QUARANTINE) if rest.len() > 1 => Ok(BucketKey::Quarantined),
+            Some(_) => Err("not a name crzarr uses under .crdt/"),
+        }
     }
 
     /// Parses a listed key under `snapshots_dir`.
@@ -254,5 +339,56 @@ mod tests {
                 .is_err()
         );
         assert_eq!(Layout::new("").marker().as_ref(), ".crdt/repo.json");
+    }
+
+    #[test]
+    fn every_key_the_layout_builds_parses_back_and_nothing_else_does() {
+        let l = Layout::new("p");
+        let h = ObjectHash::of(b"o");
+        let b = BlobHash::of(b"b");
+        let c = ChangeName {
+            hash: ChangeHash::of(b"c"),
+            actor: ActorId::generate(),
+            seq: 3,
+        };
+        let s = SnapshotName {
+            covered: 7,
+            hash: h,
+        };
+        assert_eq!(l.parse_key(&l.marker()), Ok(BucketKey::Marker));
+        assert_eq!(l.parse_key(&l.latest_hint()), Ok(BucketKey::LatestHint));
+        assert_eq!(l.parse_key(&l.clock_probe()), Ok(BucketKey::ClockProbe));
+        assert_eq!(l.parse_key(&l.change(&c)), Ok(BucketKey::Change(c)));
+        assert_eq!(l.parse_key(&l.blob(&b)), Ok(BucketKey::Blob(b)));
+        assert_eq!(l.parse_key(&l.snapshot(&s)), Ok(BucketKey::Snapshot(s)));
+        assert_eq!(l.parse_key(&l.manifest(&h)), Ok(BucketKey::Manifest(h)));
+        assert_eq!(l.parse_key(&l.archive_shard(&h)), Ok(BucketKey::Archive(h)));
+        let moved = l.quarantine(&l.change(&c)).unwrap();
+        assert_eq!(
+            moved.as_ref(),
+            format!("p/.crdt/quarantine/ops/{}", c.file_name())
+        );
+        assert_eq!(l.parse_key(&moved), Ok(BucketKey::Quarantined));
+        assert_eq!(l.quarantine(&moved), None, "never quarantined twice");
+        assert_eq!(l.quarantine(&Path::from("p/zarr.json")), None);
+        for bad in [
+            "p/.crdt/notes.txt",
+            "p/.crdt/blobs/xyz",
+            "p/.crdt/blobs/a/b",
+            "p/.crdt/manifests/ABC",
+            "p/.crdt/archive/x/y",
+            "p/.crdt/ops/x.change",
+            "p/.crdt/snapshots/1.snap",
+            "p/.crdt/repo.json/x",
+            "p/.crdt/other/x",
+            "p/.crdt/quarantine",
+            "p/zarr.json",
+        ] {
+            assert!(l.parse_key(&Path::from(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(
+            l.parse_key(&l.blobs_dir().join(h.to_hex().to_uppercase())),
+            Err("file name is not a 64-digit lower-case hex hash")
+        );
     }
 }

@@ -22,6 +22,7 @@
 //! | [`repo`] | a repository handle: open, refresh, read, commit |
 //! | [`compact`], [`gc`], [`status`] | snapshots; removing what nothing needs; what a bucket holds |
 //! | [`sync`] | replication between buckets: copy what one side lacks, verified, in writer order |
+//! | [`verify`] | fsck: every object checked as readers check it, dangling references, quarantine |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
 //! | [`testing`] | a request-counting store for tests and benchmarks |
 //!
@@ -86,6 +87,7 @@ pub mod snapshot;
 pub mod status;
 pub mod sync;
 pub mod testing;
+pub mod verify;
 pub mod view;
 
 pub use error::{Error, Result};

@@ -704,3 +704,106 @@ fn watch_keeps_going_while_a_side_is_unusable() {
     assert!(err.lines().any(|l| l.trim() == "stopped"), "{err}");
     assert_eq!(ok(&["ls", s(&b)], None), ok(&["ls", s(&a)], None));
 }
+
+#[test]
+fn verify_exit_codes_json_and_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("data");
+    ok(&["init", s(&repo)], None);
+    ok(
+        &["put", s(&repo), "x/zarr.json", "-"],
+        Some(ARRAY.as_bytes()),
+    );
+    ok(&["put", s(&repo), "x/c/0", "-"], Some(&[7u8; 5000]));
+    let head = committed(&ok(
+        &["set-attr", s(&repo), "x", "units", "\"K\"", "--json"],
+        None,
+    ));
+
+    // Clean: exit 0, a summary, and the report as JSON.
+    let text = ok(&["verify", s(&repo)], None);
+    assert!(
+        text.contains(
+            "checked 3 change files, 0 snapshots, 0 manifest pieces, 0 archive shards, 0 blobs"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("blobs not read: use --blobs"), "{text}");
+    assert!(text.contains("clean: 0 problems, 0 info"), "{text}");
+    let out = crzarr(&["verify", s(&repo), "--blobs", "--json"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    assert_eq!(v["problems"], 0, "{v}");
+    assert_eq!(v["checked"]["change"], 3, "{v}");
+    assert_eq!(v["checked"]["blob"], 1, "{v}");
+    assert!(v["bytes_hashed"].as_u64().unwrap() > 5000, "{v}");
+    assert!(v["elapsed_ms"].is_u64() && v["repo_id"].is_string(), "{v}");
+    assert_eq!(v["moved"], serde_json::json!([]), "{v}");
+
+    // A damaged change: exit 2, one line naming it, and the same in JSON.
+    let name = ops(&repo)
+        .into_iter()
+        .find(|n| n.starts_with(&head))
+        .unwrap();
+    let path = repo.join(".crdt").join("ops").join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = crzarr(&["verify", s(&repo)], None);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("problem: corrupt_change: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&name), "{line}");
+    assert!(text.contains("NOT clean: 1 problem,"), "{text}");
+    let out = crzarr(&["verify", s(&repo), "--json"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let v = json_of(&out);
+    assert_eq!(v["problems"], 1, "{v}");
+    let f = &v["findings"][0];
+    assert_eq!(
+        (&f["kind"], &f["severity"]),
+        (&"corrupt_change".into(), &"problem".into()),
+        "{v}"
+    );
+    assert!(
+        f["key"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(".crdt/ops/{name}"))
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "verify modified it");
+
+    // --quarantine moves it and says so; afterwards only information remains.
+    let out = crzarr(&["verify", s(&repo), "--quarantine", "--json"], None);
+    assert_eq!(out.status.code(), Some(2), "the problem was found");
+    let v = json_of(&out);
+    let moved = v["moved"].as_array().unwrap();
+    assert_eq!(moved.len(), 1, "{v}");
+    assert!(moved[0]["from"].as_str().unwrap().ends_with(&name), "{v}");
+    let moved_to = repo
+        .join(".crdt")
+        .join("quarantine")
+        .join("ops")
+        .join(&name);
+    assert_eq!(std::fs::read(&moved_to).unwrap(), bytes);
+    assert!(!path.exists());
+    let out = crzarr(&["verify", s(&repo)], None);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("info: quarantined: "), "{text}");
+    assert!(text.contains("clean: 0 problems, 1 info"), "{text}");
+    assert_eq!(
+        ok(&["ls", s(&repo)], None),
+        "x/c/0\nx/zarr.json\nzarr.json\n"
+    );
+
+    fails(
+        &["verify", s(&dir.path().join("nothing"))],
+        "no crzarr repository",
+    );
+}

@@ -166,6 +166,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check every object as readers do; report damage, dangling references, pending changes, forks and unknown files.
+    #[command(
+        after_help = "Read-only: nothing is modified unless --quarantine is given, which moves objects that fail their hash or decoding to .crdt/quarantine/ (readers, GC and sync ignore it) and lists what it moved.\n\nExit status: 0 when no problem was found (informational findings allowed), 2 when a problem was found, 1 on error.\n\nExample:\n  crzarr verify ./data\n  crzarr verify s3://bucket/sst --blobs --json\n  crzarr verify ./data --quarantine"
+    )]
+    Verify {
+        /// Repository URL.
+        repo: String,
+        /// Also read every referenced blob and check its hash and length, and list blobs nothing references.
+        #[arg(long)]
+        blobs: bool,
+        /// Move objects that fail their hash or decoding to .crdt/quarantine/.
+        #[arg(long)]
+        quarantine: bool,
+        /// Print JSON (the report).
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy what each of two replicas lacks from the other, so both hold the union.
     #[command(
         after_help = "Only what is missing moves: decided from listings of change and snapshot names, never by listing blobs.\nEvery object is checked against its hash before it is written; a corrupt one is reported and not copied.\nSafe to interrupt and rerun, and to run in both directions at once.\n\nExit status: 0 when done (also when there was nothing to do), 2 when an object was refused, 1 on error.\n\nExample:\n  crzarr sync ./laptop s3://bucket/sst\n  crzarr sync s3://bucket/sst gs://mirror/sst --push --json\n\nScheduled, every 15 minutes (crontab -e):\n  */15 * * * * crzarr sync /data/sst s3://bucket/sst >> /var/log/crzarr-sync.log 2>&1"
@@ -269,6 +286,23 @@ async fn run(cmd: Command, concurrency: usize) -> Result<ExitCode> {
     match cmd {
         Command::Sync { args } => sync::run_sync(args, concurrency).await,
         Command::Watch { args, interval } => sync::run_watch(args, interval, concurrency).await,
+        Command::Verify {
+            repo,
+            blobs,
+            quarantine,
+            json,
+        } => {
+            run_verify(
+                &repo,
+                &crzarr::verify::VerifyOptions {
+                    blobs,
+                    quarantine,
+                    concurrency,
+                },
+                json,
+            )
+            .await
+        }
         cmd => run_command(cmd, concurrency)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -278,8 +312,8 @@ async fn run(cmd: Command, concurrency: usize) -> Result<ExitCode> {
 /// Commands whose only outcomes are success and error.
 async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
     match cmd {
-        // Dispatched by `run`: they have a third outcome (something refused).
-        Command::Sync { .. } | Command::Watch { .. } => Ok(()),
+        // Dispatched by `run`: they have a third outcome (something refused or found).
+        Command::Sync { .. } | Command::Watch { .. } | Command::Verify { .. } => Ok(()),
         Command::Init { repo, json } => {
             let loc = connect(&repo, true)?;
             let r = Repo::init(loc.store, &loc.prefix).await?;
@@ -592,6 +626,82 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
         }
         Command::Demo { dir } => demo::run(dir).await,
     }
+}
+
+/// Exit code when `verify` found a problem.
+const EXIT_PROBLEMS: u8 = 2;
+
+/// `crzarr verify`: one line per finding, then what was moved and a summary (or the
+/// report as JSON); exit 2 when a finding is a problem.
+async fn run_verify(
+    url: &str,
+    opts: &crzarr::verify::VerifyOptions,
+    json: bool,
+) -> Result<ExitCode> {
+    use crzarr::verify::{Severity, verify};
+    let loc = connect(url, false)?;
+    let bucket = crzarr::bucket::Bucket::new(loc.store, &loc.prefix);
+    let rep = verify(&bucket, opts).await?;
+    if json {
+        print_json(&serde_json::to_value(&rep).unwrap_or_default())?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for f in &rep.findings {
+            let severity = match f.severity {
+                Severity::Problem => "problem",
+                Severity::Info => "info",
+            };
+            writeln!(
+                out,
+                "{severity}: {}: {}: {}",
+                f.kind.as_str(),
+                f.key,
+                f.message
+            )?;
+        }
+        for m in &rep.moved {
+            writeln!(out, "moved {} -> {}", m.from, m.to)?;
+        }
+        use crzarr::gc::ObjectKind;
+        let checked: Vec<String> = [
+            (ObjectKind::Change, "change file"),
+            (ObjectKind::Snapshot, "snapshot"),
+            (ObjectKind::Manifest, "manifest piece"),
+            (ObjectKind::Archive, "archive shard"),
+            (ObjectKind::Blob, "blob"),
+        ]
+        .iter()
+        .map(|(k, name)| {
+            let n = rep.checked.get(k).copied().unwrap_or(0);
+            format!("{n} {name}{}", if n == 1 { "" } else { "s" })
+        })
+        .collect();
+        writeln!(
+            out,
+            "checked {} ({} bytes hashed{})",
+            checked.join(", "),
+            rep.bytes_hashed,
+            if opts.blobs {
+                ""
+            } else {
+                "; blobs not read: use --blobs"
+            }
+        )?;
+        writeln!(
+            out,
+            "{}: {} problem{}, {} info in {:.2} s",
+            if rep.is_clean() { "clean" } else { "NOT clean" },
+            rep.problems,
+            if rep.problems == 1 { "" } else { "s" },
+            rep.infos,
+            rep.elapsed_ms as f64 / 1000.0
+        )?;
+    }
+    Ok(if rep.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PROBLEMS)
+    })
 }
 
 /// Parses `90s`, `30m`, `6h`, `7d` (and `0s`).
