@@ -2,16 +2,19 @@
 //!
 //! Every object crzarr writes is immutable and content-addressed, so a sync is a set
 //! union: copy what one side has and the other lacks. What is missing is decided from
-//! names alone (one LIST each of `.crdt/ops/` and `.crdt/snapshots/` per side), plus the
-//! destination's newest snapshot when the listings differ, so that history the
-//! destination compacted and garbage-collected is not copied back to it.
+//! names alone (one LIST each of `.crdt/ops/` and `.crdt/snapshots/` per side), plus,
+//! when the listings differ, a side's newest snapshot where it decides something: a
+//! destination's, so that history it compacted and garbage-collected is not copied
+//! back to it and a source snapshot can be judged against it; a source's, when the
+//! destination does not list it.
 //!
 //! Writes follow the writer's order, so no reader on the destination ever sees part
 //! of a change: a change's blobs land before its file; a snapshot's manifest pieces,
 //! archive shards and blobs land before its metadata. Every object is checked against
 //! its name before it is written; a bad one is reported and not copied, and neither is
-//! anything that needs it. Killing a sync at any point and running it again completes
-//! it: every write is idempotent.
+//! anything that needs it (a snapshot refused part-way may leave pieces and blobs that
+//! nothing names, as a killed sync does). Killing a sync at any point and running it
+//! again completes it: every write is idempotent.
 
 use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
 use crate::change::{Change, ChunkData, MAX_CHANGE_BYTES, Op};
@@ -91,7 +94,9 @@ impl Default for SyncOptions {
 }
 
 /// Counters a sync updates as it goes, for a progress bar. Totals grow as the sync
-/// learns what to copy (a change's blobs are known once the change is read).
+/// learns what to copy (a change's blobs are known once the change is read) and
+/// shrink by what it refuses or finds gone, so that when a sync completes, what was done
+/// equals the total (the objects and bytes its report counts).
 #[derive(Debug, Default)]
 pub struct SyncProgress {
     objects_total: AtomicU64,
@@ -125,6 +130,17 @@ impl SyncProgress {
     fn plan(&self, objects: u64, bytes: u64) {
         self.objects_total.fetch_add(objects, Ordering::Relaxed);
         self.bytes_total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Takes back planned work that will not be done (refused, or gone).
+    fn unplan(&self, objects: u64, bytes: u64) {
+        let sub = |total: &AtomicU64, n: u64| {
+            let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(n))
+            });
+        };
+        sub(&self.objects_total, objects);
+        sub(&self.bytes_total, bytes);
     }
 
     fn done(&self, bytes: u64) {
@@ -225,20 +241,46 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
         || sa.listing.newest_name() != sb.listing.newest_name()
         || sa.sizes_differ(&sb);
     if differs {
-        // The newest readable snapshot of each side, in one round trip.
-        let (na, nb) = futures::join!(sa.read_newest(id), sb.read_newest(id));
+        // The newest readable snapshot of each side that needs it, in one round trip.
+        let (a_to_b, b_to_a) = (opts.direction.a_to_b(), opts.direction.b_to_a());
+        let need_a = sa.needs_newest(&sb, b_to_a, a_to_b);
+        let need_b = sb.needs_newest(&sa, a_to_b, b_to_a);
+        let (na, nb) = futures::join!(
+            async {
+                match need_a {
+                    true => sa.read_newest(id).await,
+                    false => Ok(Vec::new()),
+                }
+            },
+            async {
+                match need_b {
+                    true => sb.read_newest(id).await,
+                    false => Ok(Vec::new()),
+                }
+            }
+        );
         report.refused.extend(na?);
         report.refused.extend(nb?);
-        let ab = if opts.direction.a_to_b() {
+        let mut ab = if a_to_b {
             Some(plan(&mut sa, &mut sb, &mut report.refused).await?)
         } else {
             None
         };
-        let ba = if opts.direction.b_to_a() {
+        let mut ba = if b_to_a {
             Some(plan(&mut sb, &mut sa, &mut report.refused).await?)
         } else {
             None
         };
+        // A change listed on both sides with different sizes: each side's copy is
+        // fetched and verified before anything is written, so that which one is
+        // damaged does not depend on how the two directions interleave (one would
+        // otherwise read the copy the other had just repaired).
+        let (ra, rb) = futures::join!(
+            prefetch_repairs(ab.as_mut(), a, id, concurrency),
+            prefetch_repairs(ba.as_mut(), b, id, concurrency)
+        );
+        ra?;
+        rb?;
         let copy = |p: Option<Plan>, from: &Bucket, to: &Bucket| {
             let copier = Copier::new(
                 from.clone(),
@@ -315,6 +357,8 @@ async fn settle_identity(
                     b_id: y.to_string(),
                     hint: match target {
                         Some(_) => "the empty side was probably initialized by mistake: pass --force to make it a replica of the other".into(),
+                        // An empty side that this direction only reads from.
+                        None if sa.is_empty() || sb.is_empty() => "the empty side was probably initialized by mistake, but nothing is copied to it in this direction: sync towards it with --force to make it a replica of the other".into(),
                         None => "both hold changes, and a change belongs to exactly one repository: copy data across with a Zarr client instead".into(),
                     },
                 }),
@@ -473,6 +517,23 @@ impl<'a> SideState<'a> {
         self.listing.changes.is_empty() && self.listing.snaps.is_empty()
     }
 
+    /// Whether this side's newest snapshot must be read: as a destination
+    /// (`receives`), when the other side lists change files this one lacks (this
+    /// side's snapshot may cover them) or a newest snapshot this one does not list
+    /// (to judge whether it replaces this side's); as a source (`sends`), when this
+    /// side's newest snapshot is not listed on the other (to copy or judge it).
+    fn needs_newest(&self, other: &SideState<'_>, receives: bool, sends: bool) -> bool {
+        let lists = |s: &SideState<'_>, name| s.listing.snaps.iter().any(|x| x.name == name);
+        let lacks_changes = other
+            .listing
+            .hashes
+            .iter()
+            .any(|h| !self.listing.hashes.contains(h));
+        let theirs_new = other.listing.newest_name().is_some_and(|n| !lists(self, n));
+        let mine_new = self.listing.newest_name().is_some_and(|n| !lists(other, n));
+        (receives && (lacks_changes || theirs_new)) || (sends && mine_new)
+    }
+
     /// Whether a change listed on both sides has different sizes (one copy is damaged).
     fn sizes_differ(&self, other: &SideState<'_>) -> bool {
         let theirs: HashMap<ChangeHash, u64> = other
@@ -591,6 +652,8 @@ struct Plan {
     /// by the source's once that is verified (a damaged copy never has the right size
     /// and hash both, and the right one is never replaced by a wrong one).
     repairs: Vec<ListedChange>,
+    /// The source's copies of `repairs`, fetched and verified before any write.
+    fetched_repairs: FetchedBatch,
     snapshot: Option<SnapshotCopy>,
 }
 
@@ -640,6 +703,7 @@ async fn plan(
     Ok(Plan {
         changes,
         repairs,
+        fetched_repairs: Vec::new(),
         snapshot,
     })
 }
@@ -756,6 +820,53 @@ struct Fetched {
     blobs: Vec<(BlobHash, u64)>,
 }
 
+/// Changes fetched from the source, each verified or not.
+type FetchedBatch = Vec<(ListedChange, Result<Fetched>)>;
+
+/// Fetches and verifies changes from `src`, in parallel.
+async fn fetch_changes(
+    src: &Bucket,
+    id: RepoId,
+    batch: &[ListedChange],
+    concurrency: usize,
+) -> FetchedBatch {
+    futures::stream::iter(batch.iter().cloned())
+        .map(|c| {
+            let src = src.clone();
+            async move {
+                let r = fetch_change(&src, id, &c).await;
+                (c, r)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Fetches and verifies the source's copies of the changes a plan repairs.
+async fn prefetch_repairs(
+    plan: Option<&mut Plan>,
+    src: &Bucket,
+    id: RepoId,
+    concurrency: usize,
+) -> Result<()> {
+    if let Some(p) = plan
+        && !p.repairs.is_empty()
+    {
+        let mut fetched = fetch_changes(src, id, &p.repairs, concurrency).await;
+        // A store error fails the sync now, before anything is written.
+        if let Some(i) = fetched
+            .iter()
+            .position(|(_, r)| matches!(r, Err(Error::Store { .. })))
+            && let (_, Err(e)) = fetched.swap_remove(i)
+        {
+            return Err(e);
+        }
+        p.fetched_repairs = fetched;
+    }
+    Ok(())
+}
+
 impl Copier {
     fn new(
         src: Bucket,
@@ -782,6 +893,12 @@ impl Copier {
         }
     }
 
+    fn unplan_progress(&self, objects: u64, bytes: u64) {
+        if let Some(p) = &self.progress {
+            p.unplan(objects, bytes);
+        }
+    }
+
     fn tick(&self, bytes: u64) {
         if let Some(p) = &self.progress {
             p.done(bytes);
@@ -795,20 +912,22 @@ impl Copier {
         });
     }
 
-    async fn run(mut self, plan: Plan) -> Result<(Transfer, Vec<Problem>)> {
+    async fn run(mut self, mut plan: Plan) -> Result<(Transfer, Vec<Problem>)> {
         self.plan_progress(
-            (plan.changes.len() + plan.repairs.len()) as u64,
+            (plan.changes.len() + plan.fetched_repairs.len()) as u64,
             plan.changes
                 .iter()
-                .chain(&plan.repairs)
                 .map(|c| c.size)
+                .chain(plan.fetched_repairs.iter().map(|(c, _)| c.size))
                 .sum(),
         );
         for batch in plan.changes.chunks(BATCH) {
-            self.copy_changes(batch, false).await?;
+            let fetched = fetch_changes(&self.src, self.id, batch, self.concurrency).await;
+            self.land_changes(fetched, false).await?;
         }
-        if !plan.repairs.is_empty() {
-            self.copy_changes(&plan.repairs, true).await?;
+        let repairs = std::mem::take(&mut plan.fetched_repairs);
+        if !repairs.is_empty() {
+            self.land_changes(repairs, true).await?;
         }
         if let Some(s) = plan.snapshot {
             self.copy_snapshot(s).await?;
@@ -816,32 +935,21 @@ impl Copier {
         Ok((self.done, self.refused))
     }
 
-    /// Fetches and verifies changes, copies their blobs, then writes the change files
-    /// whose blobs all landed.
-    async fn copy_changes(&mut self, batch: &[ListedChange], repair: bool) -> Result<()> {
-        let src = self.src.clone();
-        let id = self.id;
-        let fetched: Vec<(ListedChange, Result<Fetched>)> =
-            futures::stream::iter(batch.iter().cloned())
-                .map(|c| {
-                    let src = src.clone();
-                    async move {
-                        let r = fetch_change(&src, id, &c).await;
-                        (c, r)
-                    }
-                })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
+    /// Copies the blobs of verified changes, then writes the change files whose
+    /// blobs all landed (`repair`: overwriting the destination's damaged copy).
+    async fn land_changes(&mut self, fetched: FetchedBatch, repair: bool) -> Result<()> {
         let mut good = Vec::with_capacity(fetched.len());
         for (c, r) in fetched {
             match r {
                 Ok(f) => good.push(f),
                 Err(e @ Error::Store { .. }) => return Err(e),
                 // Removed by garbage collection after the listing: a newer snapshot
-                // covers it, and that snapshot travels instead.
-                Err(Error::Vanished { .. }) => {}
-                Err(e) => self.refuse(c.key.to_string(), e.to_string()),
+                // covers it, and the next sync copies that.
+                Err(Error::Vanished { .. }) => self.unplan_progress(1, c.size),
+                Err(e) => {
+                    self.unplan_progress(1, c.size);
+                    self.refuse(c.key.to_string(), e.to_string());
+                }
             }
         }
         let wanted: BTreeMap<BlobHash, u64> = good
@@ -857,13 +965,16 @@ impl Copier {
                 .iter()
                 .find(|(h, _)| self.blobs.get(h) != Some(&true))
             {
-                Some((h, _)) => self.refuse(
-                    f.listed.key.to_string(),
-                    format!(
-                        "not copied: it needs blob {} which is missing or damaged here",
-                        self.src.layout.blob(h)
-                    ),
-                ),
+                Some((h, _)) => {
+                    self.unplan_progress(1, f.listed.size);
+                    self.refuse(
+                        f.listed.key.to_string(),
+                        format!(
+                            "not copied: it needs blob {} which is missing or damaged here",
+                            self.src.layout.blob(h)
+                        ),
+                    );
+                }
                 None => writes.push(f),
             }
         }
@@ -902,25 +1013,24 @@ impl Copier {
     async fn copy_blobs(&mut self, wanted: BTreeMap<BlobHash, u64>) -> Result<()> {
         self.plan_progress(wanted.len() as u64, wanted.values().sum());
         let (src, dst) = (self.src.clone(), self.dst.clone());
-        let results: Vec<(BlobHash, Result<u64>)> = futures::stream::iter(wanted)
+        let results: Vec<(BlobHash, u64, Result<()>)> = futures::stream::iter(wanted)
             .map(|(h, len)| {
                 let (src, dst) = (src.clone(), dst.clone());
                 async move {
                     let r = async {
                         let bytes = read_blob(&src, &h, len).await?;
-                        dst.put_blob(&dst.layout.blob(&h), bytes).await?;
-                        Ok(len)
+                        dst.put_blob(&dst.layout.blob(&h), bytes).await
                     }
                     .await;
-                    (h, r)
+                    (h, len, r)
                 }
             })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        for (h, r) in results {
+        for (h, n, r) in results {
             match r {
-                Ok(n) => {
+                Ok(()) => {
                     self.blobs.insert(h, true);
                     self.tick(n);
                     self.done.blobs += 1;
@@ -928,6 +1038,7 @@ impl Copier {
                 }
                 Err(e @ Error::Store { .. }) => return Err(e),
                 Err(e) => {
+                    self.unplan_progress(1, n);
                     self.blobs.insert(h, false);
                     self.refused.push(problem(&e));
                 }
@@ -936,17 +1047,21 @@ impl Copier {
         Ok(())
     }
 
-    /// Copies a snapshot: pieces and shards the destination lacks, the blobs of live
-    /// values written by changes the destination does not know, then the metadata.
+    /// Copies a snapshot: the shards and pieces the destination lacks, in waves of
+    /// `concurrency` (so memory holds one wave), each object verified then written,
+    /// then the blobs of the wave's live values written by changes the destination
+    /// does not know; the metadata last. If anything fails verification the metadata
+    /// is not written: pieces, shards and blobs already written are named by nothing
+    /// there (like those of a killed sync), and garbage collection removes them.
     async fn copy_snapshot(&mut self, mut s: SnapshotCopy) -> Result<()> {
         let key = s.listed.key.to_string();
-        let pieces: Vec<ObjectHash> = s
+        let pieces: Vec<(ObjectHash, u64)> = s
             .meta
             .nodes
             .iter()
-            .flat_map(|n| n.pieces.iter().map(|p| p.hash))
-            .filter(|h| !s.present.contains(h))
-            .collect::<std::collections::BTreeSet<_>>()
+            .flat_map(|n| n.pieces.iter().map(|p| (p.hash, p.bytes)))
+            .filter(|(h, _)| !s.present.contains(h))
+            .collect::<BTreeMap<_, _>>()
             .into_iter()
             .collect();
         let shards: Vec<ObjectHash> = s
@@ -956,116 +1071,126 @@ impl Copier {
             .flatten()
             .filter(|h| !s.present.contains(h))
             .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
-        self.plan_progress((pieces.len() + shards.len() + 1) as u64, s.listed.size);
-        let src = self.src.clone();
-        // Pieces and shards are read and verified first; blobs are learned from pieces.
-        let (read_pieces, read_shards) = futures::join!(
-            futures::stream::iter(pieces)
-                .map(|h| {
-                    let src = src.clone();
-                    async move { (h, read_piece(&src, &h).await) }
-                })
-                .buffer_unordered(self.concurrency)
-                .collect::<Vec<_>>(),
-            futures::stream::iter(shards)
-                .map(|h| {
-                    let src = src.clone();
-                    async move { (h, read_shard(&src, &h).await) }
-                })
-                .buffer_unordered(self.concurrency)
-                .collect::<Vec<_>>()
-        );
-        let mut objects: Vec<(object_store::path::Path, Bytes)> = Vec::new();
-        let mut values: Vec<(Option<ChangeHash>, BlobHash, u64)> = Vec::new();
+        // Shard sizes are learnt when they are read.
+        let objects = (pieces.len() + shards.len() + 1) as u64;
+        let mut planned = s.listed.size + pieces.iter().map(|(_, n)| n).sum::<u64>();
+        self.plan_progress(objects, planned);
+        let (src, dst) = (self.src.clone(), self.dst.clone());
+        let todo: Vec<(ObjectHash, bool)> = shards
+            .into_iter()
+            .map(|h| (h, false))
+            .chain(pieces.into_iter().map(|(h, _)| (h, true)))
+            .collect();
+        let (mut written, mut written_bytes) = (0u64, 0u64);
         let mut failed = None;
-        for (h, r) in read_pieces {
-            match r {
-                Ok((piece, bytes)) => {
+        // In waves of `concurrency` objects, each wave collected whole (no request
+        // is left waiting unpolled while blobs are copied), then its pieces' blobs.
+        'waves: for wave in todo.chunks(self.concurrency) {
+            let results: Vec<Result<(u64, Option<ManifestPiece>)>> =
+                futures::stream::iter(wave.iter().copied())
+                    .map(|(h, is_piece)| {
+                        let (src, dst) = (src.clone(), dst.clone());
+                        async move {
+                            let (key, bytes, piece) = if is_piece {
+                                let (piece, bytes) = read_piece(&src, &h).await?;
+                                (dst.layout.manifest(&h), bytes, Some(piece))
+                            } else {
+                                let (_, bytes) = read_shard(&src, &h).await?;
+                                (dst.layout.archive_shard(&h), bytes, None)
+                            };
+                            let n = bytes.len() as u64;
+                            dst.put_blob(&key, bytes).await?;
+                            Ok((n, piece))
+                        }
+                    })
+                    .buffer_unordered(self.concurrency)
+                    .collect()
+                    .await;
+            // Blob values of this wave's pieces, by the change that wrote them.
+            let mut values: BTreeMap<Option<ChangeHash>, Vec<(BlobHash, u64)>> = BTreeMap::new();
+            for r in results {
+                let (n, piece) = match r {
+                    Ok(x) => x,
+                    Err(e @ Error::Store { .. }) => return Err(e),
+                    // Collected since the listing: a newer snapshot replaced this
+                    // one there, and the next sync copies that.
+                    Err(Error::Vanished { .. }) => {
+                        failed.get_or_insert(None);
+                        continue;
+                    }
+                    Err(e) => {
+                        if !matches!(failed, Some(Some(_))) {
+                            failed = Some(Some(format!(
+                                "not copied: one of its objects failed verification: {e}"
+                            )));
+                        }
+                        continue;
+                    }
+                };
+                if piece.is_none() {
+                    self.plan_progress(0, n);
+                    planned += n;
+                }
+                self.tick(n);
+                (written, written_bytes) = (written + 1, written_bytes + n);
+                self.done.manifests += 1;
+                self.done.bytes += n;
+                if let Some(piece) = &piece {
                     for (_, entries) in &piece.entries {
                         for ((change, _), v) in entries {
                             if let SnapChunk::Blob { hash, len } = v {
                                 let writer = piece.changes.get(*change as usize).map(|c| c.hash);
-                                values.push((writer, *hash, *len));
+                                values.entry(writer).or_default().push((*hash, *len));
                             }
                         }
                     }
-                    objects.push((self.dst.layout.manifest(&h), bytes));
                 }
-                Err(e @ Error::Store { .. }) => return Err(e),
-                Err(e) => failed = Some(e),
             }
-        }
-        for (h, r) in read_shards {
-            match r {
-                Ok((_, bytes)) => objects.push((self.dst.layout.archive_shard(&h), bytes)),
-                Err(e @ Error::Store { .. }) => return Err(e),
-                Err(e) => failed = Some(e),
+            if failed.is_some() {
+                break 'waves;
             }
-        }
-        match failed {
-            // Collected since the listing: a newer snapshot replaced this one there,
-            // and the next sync copies that.
-            Some(Error::Vanished { .. }) => return Ok(()),
-            Some(e) => {
-                self.refuse(
-                    key,
-                    format!("not copied: one of its objects failed verification: {e}"),
-                );
-                return Ok(());
-            }
-            None => {}
-        }
-        // Blobs of live values whose writer the destination does not know.
-        let writers: Vec<ChangeHash> = values
-            .iter()
-            .filter_map(|(w, _, _)| *w)
-            .filter(|w| !s.dst_listed.contains(w))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut coverage_problems = Vec::new();
-        let known = s
-            .dst_coverage
-            .covered(&writers, &mut coverage_problems)
-            .await?;
-        self.refused.append(&mut coverage_problems);
-        let wanted: BTreeMap<BlobHash, u64> = values
-            .into_iter()
-            .filter(|(w, _, _)| !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w)))
-            .filter(|(_, h, _)| self.blobs.get(h) != Some(&true))
-            .map(|(_, h, len)| (h, len))
-            .collect();
-        let needed: Vec<BlobHash> = wanted.keys().copied().collect();
-        self.copy_blobs(wanted).await?;
-        if let Some(h) = needed.iter().find(|h| self.blobs.get(h) != Some(&true)) {
-            self.refuse(
-                key,
-                format!(
+            // Blobs of live values whose writer the destination does not know.
+            let writers: Vec<ChangeHash> = values
+                .keys()
+                .filter_map(|w| *w)
+                .filter(|w| !s.dst_listed.contains(w))
+                .collect();
+            let mut coverage_problems = Vec::new();
+            let known = s
+                .dst_coverage
+                .covered(&writers, &mut coverage_problems)
+                .await?;
+            self.refused.append(&mut coverage_problems);
+            let wanted: BTreeMap<BlobHash, u64> = values
+                .into_iter()
+                .filter(|(w, _)| {
+                    !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w))
+                })
+                .flat_map(|(_, blobs)| blobs)
+                .filter(|(h, _)| self.blobs.get(h) != Some(&true))
+                .collect();
+            let needed: Vec<BlobHash> = wanted.keys().copied().collect();
+            self.copy_blobs(wanted).await?;
+            if let Some(h) = needed.iter().find(|h| self.blobs.get(h) != Some(&true)) {
+                failed = Some(Some(format!(
                     "not copied: it needs blob {} which is missing or damaged here",
                     self.src.layout.blob(h)
-                ),
-            );
-            return Ok(());
+                )));
+                break 'waves;
+            }
         }
-        let dst = self.dst.clone();
-        let written: Vec<Result<u64>> = futures::stream::iter(objects)
-            .map(|(k, b)| {
-                let dst = dst.clone();
-                async move {
-                    let n = b.len() as u64;
-                    dst.put_blob(&k, b).await?;
-                    Ok(n)
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for w in written {
-            let n = w?;
-            self.tick(n);
-            self.done.manifests += 1;
-            self.done.bytes += n;
+        if let Some(why) = failed {
+            self.unplan_progress(
+                objects.saturating_sub(written),
+                planned.saturating_sub(written_bytes),
+            );
+            if let Some(why) = why {
+                self.refuse(key, why);
+            }
+            return Ok(());
         }
         // The metadata last: the snapshot appears whole or not at all.
         let meta_key = self.dst.layout.snapshot(&s.listed.name);
