@@ -219,9 +219,11 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
         Listing::read(a),
         Listing::read(b)
     );
-    let (ma, mb) = (ma?, mb?);
-    let mut sa = SideState::new(a, la?);
-    let mut sb = SideState::new(b, lb?);
+    // Keys are relative to each store: name the side, or an unreachable one is
+    // indistinguishable from the other in `watch`'s warnings.
+    let (ma, mb) = (ma.map_err(|e| locate(a, e))?, mb.map_err(|e| locate(b, e))?);
+    let mut sa = SideState::new(a, la.map_err(|e| locate(a, e))?);
+    let mut sb = SideState::new(b, lb.map_err(|e| locate(b, e))?);
     let (id, initialized) = settle_identity(opts, &sa, &sb, ma, mb).await?;
     let mut report = SyncReport {
         repo_id: id.to_string(),
@@ -309,6 +311,17 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
     report.refused.dedup();
     report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
+}
+
+/// A store error with the store named in its key.
+fn locate(bucket: &Bucket, e: Error) -> Error {
+    match e {
+        Error::Store { key, source } => Error::Store {
+            key: format!("{} {key}", bucket.store),
+            source,
+        },
+        e => e,
+    }
 }
 
 /// Decides the repository id and creates or re-identifies a side when allowed.
