@@ -202,7 +202,7 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         interval: std::time::Duration,
     },
-    /// Run the whole story on local disk: two replicas edit apart, exchange changes, converge.
+    /// Run the whole story on local disk: a cloud bucket and two laptops edit apart, sync, converge.
     #[command(after_help = "Example:\n  crzarr demo\n  crzarr demo /tmp/crzarr-demo")]
     Demo {
         /// Empty or new directory to work in (default: a new directory under the system temp dir).
