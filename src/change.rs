@@ -41,6 +41,21 @@ impl Frame {
         key: &str,
         bytes: &[u8],
     ) -> Result<T> {
+        self.decode_seed(key, bytes, |_| std::marker::PhantomData::<T>)
+    }
+
+    /// [`Frame::decode`] with a seed made from the body's length (for decoders that
+    /// bound what a header may make them reserve by the bytes that could back it).
+    pub(crate) fn decode_seed<T, S>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        seed: impl FnOnce(usize) -> S,
+    ) -> Result<T>
+    where
+        T: Serialize,
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = T>,
+    {
         if bytes.len() < 5 || &bytes[..4] != self.magic {
             return Err(Error::corrupt(
                 key,
@@ -55,7 +70,9 @@ impl Frame {
             });
         }
         let body = &bytes[5..];
-        let value: T = rmp_serde::from_slice(body)
+        let mut de = rmp_serde::Deserializer::from_read_ref(body);
+        let value: T = seed(body.len())
+            .deserialize(&mut de)
             .map_err(|e| Error::corrupt(key, format!("malformed {}: {e}", self.body)))?;
         let mut again = Vec::with_capacity(body.len());
         let _ = rmp_serde::encode::write(&mut again, &value);
@@ -290,41 +307,166 @@ pub struct Change {
     pub ops: Vec<Op>,
 }
 
+/// Smallest encoding of one op in bytes (spec/format.md §5): a file of `n` bytes holds
+/// at most `n / MIN_OP_BYTES` ops, whatever its headers claim.
+const MIN_OP_BYTES: usize = 7;
+
+/// Ops reserved up front when the body's length is not known (derived decoding).
+const UNBOUNDED_RESERVE: usize = 1024;
+
 /// Decodes the op list with its count checked against [`MAX_OPS`] before any op is
-/// decoded, and the vector reserved once: growing by doubling held up to three
-/// times the ops in memory while decoding a large (or hostile) change.
+/// decoded. The vector is reserved once, for the claimed count but never more than
+/// the input could hold: growing by doubling held up to three times the ops in
+/// memory while decoding a large change, and reserving a hostile claim in full asked
+/// for hundreds of megabytes for an 87-byte file.
 fn deserialize_ops<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Vec<Op>, D::Error> {
-    struct OpsVisitor;
-    impl<'de> serde::de::Visitor<'de> for OpsVisitor {
-        type Value = Vec<Op>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "a list of at most {MAX_OPS} ops")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> std::result::Result<Vec<Op>, A::Error> {
-            use serde::de::Error as _;
-            let claimed = seq.size_hint().unwrap_or(0);
-            if claimed > MAX_OPS {
-                return Err(A::Error::custom(format!(
-                    "{claimed} ops exceeds the limit of {MAX_OPS}"
-                )));
-            }
-            // Reserving address space touches no memory: pages fill only as ops decode.
-            let mut ops = Vec::with_capacity(claimed);
-            while let Some(op) = seq.next_element()? {
-                if ops.len() == MAX_OPS {
-                    return Err(A::Error::custom(format!("more than {MAX_OPS} ops")));
-                }
-                ops.push(op);
-            }
-            Ok(ops)
-        }
+    d.deserialize_seq(OpsVisitor {
+        reserve_cap: UNBOUNDED_RESERVE,
+    })
+}
+
+struct OpsVisitor {
+    reserve_cap: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for OpsVisitor {
+    type Value = Vec<Op>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a list of at most {MAX_OPS} ops")
     }
-    d.deserialize_seq(OpsVisitor)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<Op>, A::Error> {
+        use serde::de::Error as _;
+        let claimed = seq.size_hint().unwrap_or(0);
+        if claimed > MAX_OPS {
+            return Err(A::Error::custom(format!(
+                "{claimed} ops exceeds the limit of {MAX_OPS}"
+            )));
+        }
+        let mut ops = Vec::with_capacity(claimed.min(self.reserve_cap));
+        while let Some(op) = seq.next_element()? {
+            if ops.len() == MAX_OPS {
+                return Err(A::Error::custom(format!("more than {MAX_OPS} ops")));
+            }
+            ops.push(op);
+        }
+        Ok(ops)
+    }
+}
+
+/// Decodes a [`Change`] whose body is `body_len` bytes long, so the op list reserves
+/// no more than those bytes could encode.
+struct ChangeSeed {
+    body_len: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ChangeSeed {
+    type Value = Change;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Change, D::Error> {
+        // As derived decoding does: rmp_serde takes either form for a struct.
+        d.deserialize_any(self)
+    }
+}
+
+/// The op list of a change body of known length.
+struct OpsSeed {
+    reserve_cap: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for OpsSeed {
+    type Value = Vec<Op>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<Op>, D::Error> {
+        d.deserialize_seq(OpsVisitor {
+            reserve_cap: self.reserve_cap,
+        })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ChangeSeed {
+    type Value = Change;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a change: an array of 8 elements")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Change, A::Error> {
+        use serde::de::Error as _;
+        let missing = |i: usize| A::Error::invalid_length(i, &"an array of 8 elements");
+        let repo = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let actor = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let seq_no = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let deps = seq.next_element()?.ok_or_else(|| missing(3))?;
+        let hlc = seq.next_element()?.ok_or_else(|| missing(4))?;
+        let wall_ms = seq.next_element()?.ok_or_else(|| missing(5))?;
+        let message = seq.next_element()?.ok_or_else(|| missing(6))?;
+        let ops = seq
+            .next_element_seed(OpsSeed {
+                reserve_cap: self.body_len / MIN_OP_BYTES,
+            })?
+            .ok_or_else(|| missing(7))?;
+        // Extra elements are refused by the canonical re-encoding check.
+        Ok(Change {
+            repo,
+            actor,
+            seq: seq_no,
+            deps,
+            hlc,
+            wall_ms,
+            message,
+            ops,
+        })
+    }
+
+    /// Fields by name: never canonical, but decoded so that the canonical check
+    /// (not a type error) is what refuses it, as for every other non-canonical form.
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Change, A::Error> {
+        use serde::de::Error as _;
+        let (mut repo, mut actor, mut seq_no, mut deps) = (None, None, None, None);
+        let (mut hlc, mut wall_ms, mut message, mut ops) = (None, None, None, None);
+        while let Some(name) = map.next_key::<String>()? {
+            match name.as_str() {
+                "repo" => repo = Some(map.next_value()?),
+                "actor" => actor = Some(map.next_value()?),
+                "seq" => seq_no = Some(map.next_value()?),
+                "deps" => deps = Some(map.next_value()?),
+                "hlc" => hlc = Some(map.next_value()?),
+                "wall_ms" => wall_ms = Some(map.next_value()?),
+                "message" => message = Some(map.next_value()?),
+                "ops" => {
+                    ops = Some(map.next_value_seed(OpsSeed {
+                        reserve_cap: self.body_len / MIN_OP_BYTES,
+                    })?)
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Change {
+            repo: repo.ok_or_else(|| A::Error::missing_field("repo"))?,
+            actor: actor.ok_or_else(|| A::Error::missing_field("actor"))?,
+            seq: seq_no.ok_or_else(|| A::Error::missing_field("seq"))?,
+            deps: deps.ok_or_else(|| A::Error::missing_field("deps"))?,
+            hlc: hlc.ok_or_else(|| A::Error::missing_field("hlc"))?,
+            wall_ms: wall_ms.ok_or_else(|| A::Error::missing_field("wall_ms"))?,
+            message: message.ok_or_else(|| A::Error::missing_field("message"))?,
+            ops: ops.ok_or_else(|| A::Error::missing_field("ops"))?,
+        })
+    }
 }
 
 impl Change {
@@ -354,7 +496,8 @@ impl Change {
 
     /// Decodes and validates a change without checking its hash.
     pub fn decode_unverified(key: &str, bytes: &[u8]) -> Result<Change> {
-        let change: Change = CHANGE_FRAME.decode(key, bytes)?;
+        let change: Change =
+            CHANGE_FRAME.decode_seed(key, bytes, |body_len| ChangeSeed { body_len })?;
         change
             .validate()
             .map_err(|reason| Error::corrupt(key, reason))?;
