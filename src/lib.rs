@@ -24,7 +24,7 @@
 //! | [`sync`] | replication between buckets: copy what one side lacks, verified, in writer order |
 //! | [`verify`] | fsck: every object checked as readers check it, dangling references, quarantine |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
-//! | [`testing`] | a request-counting store for tests and benchmarks |
+//! | [`testing`] | a request-counting store and a fault-injecting store for tests and benchmarks |
 //!
 //! The normative format and merge rules are in `spec/`.
 //!

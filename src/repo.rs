@@ -346,10 +346,9 @@ impl Repo {
         let mut vanished = false;
         for (c, r) in results {
             match r {
-                Ok(Some(change)) => {
-                    self.seen.insert(c.name.hash);
-                    decoded.push((c, change));
-                }
+                // Marked seen only once folded in: a store error below must not
+                // leave it seen but never applied (no later refresh would fetch it).
+                Ok(Some(change)) => decoded.push((c, change)),
                 // Gone between LIST and GET: garbage collection removed it after a
                 // newer snapshot covered it.
                 Ok(None) => vanished = true,
@@ -365,6 +364,9 @@ impl Repo {
             }
         }
         self.resolve_archived(&mut decoded, &listed_set).await?;
+        for (c, _) in &decoded {
+            self.seen.insert(c.name.hash);
+        }
         // Any order folds to the same state; stamp order just keeps the queue short.
         decoded.sort_by_key(|(c, ch)| (ch.hlc, ch.actor, ch.seq, c.name.hash));
         for (c, change) in decoded {

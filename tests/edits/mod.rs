@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;
+use crzarr::session::WriteSession;
 use crzarr::view::Entry;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -221,6 +222,11 @@ impl ArrInfo {
 /// Stages `edits` in one session and commits. Edits the session refuses (no such
 /// node, a node inside an array, a chunk of a group...) are skipped.
 pub async fn apply_edits(repo: &mut Repo, edits: &[Edit]) -> Option<ChangeHash> {
+    stage_edits(repo, edits).commit(None).await.unwrap()
+}
+
+/// Stages `edits` in one session, as [`apply_edits`] does, and returns it uncommitted.
+pub fn stage_edits<'r>(repo: &'r mut Repo, edits: &[Edit]) -> WriteSession<'r> {
     let mut arrays: BTreeMap<&str, Option<ArrInfo>> = BTreeMap::new();
     for p in PATHS {
         let info = match repo.view().get(repo.fold(), &meta_key(p)) {
@@ -321,7 +327,7 @@ pub async fn apply_edits(repo: &mut Repo, edits: &[Edit]) -> Option<ChangeHash> 
             }
         }
     }
-    s.commit(None).await.unwrap()
+    s
 }
 
 pub fn meta_key(path: &str) -> String {
