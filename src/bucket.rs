@@ -2,7 +2,7 @@
 //! content-addressed objects, and listing of change files. Keys come from [`Layout`].
 
 use crate::error::{Error, Result};
-use crate::ids::RepoId;
+use crate::ids::{BlobHash, RepoId};
 use crate::layout::{ChangeName, Layout, SnapshotName};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -166,6 +166,29 @@ impl Bucket {
             .await
             .map(|_| ())
             .map_err(|e| Error::store(key.as_ref(), e))
+    }
+
+    /// Reads the blob `hash` and checks it against its name and the length its
+    /// reference gives; `Ok(None)` if it does not exist.
+    pub async fn get_blob(&self, hash: &BlobHash, len: u64) -> Result<Option<Bytes>> {
+        let key = self.layout.blob(hash);
+        let bytes = match self.get(&key, len).await {
+            // Longer than the reference says: damaged, not merely large.
+            Err(Error::TooLarge { .. }) => {
+                return Err(Error::corrupt(
+                    key.as_ref(),
+                    "blob content does not match its hash (longer than its reference)",
+                ));
+            }
+            other => other?,
+        };
+        match bytes {
+            Some(b) if b.len() as u64 != len || BlobHash::of(&b) != *hash => Err(Error::corrupt(
+                key.as_ref(),
+                "blob content does not match its hash",
+            )),
+            other => Ok(other),
+        }
     }
 
     /// Reads the repository marker; `Ok(None)` if absent.

@@ -622,28 +622,13 @@ impl Repo {
     }
 
     async fn get_blob(&self, key: &str, hash: &BlobHash, len: u64) -> Result<Bytes> {
-        let blob_key = self.bucket.layout.blob(hash);
-        let bytes = match self.bucket.get(&blob_key, len).await {
-            // Longer than the chunk reference says: damaged, not merely large.
-            Err(Error::TooLarge { .. }) => {
-                return Err(Error::corrupt(
-                    blob_key.as_ref(),
-                    "blob content does not match its hash (longer than its reference)",
-                ));
-            }
-            other => other,
-        }?
-        .ok_or_else(|| Error::MissingBlob {
-            key: key.into(),
-            blob_key: blob_key.to_string(),
-        })?;
-        if bytes.len() as u64 != len || BlobHash::of(&bytes) != *hash {
-            return Err(Error::corrupt(
-                blob_key.as_ref(),
-                "blob content does not match its hash",
-            ));
-        }
-        Ok(bytes)
+        self.bucket
+            .get_blob(hash, len)
+            .await?
+            .ok_or_else(|| Error::MissingBlob {
+                key: key.into(),
+                blob_key: self.bucket.layout.blob(hash).to_string(),
+            })
     }
 
     /// Whether the view has `key`.

@@ -1031,7 +1031,9 @@ impl Copier {
                 let (src, dst) = (src.clone(), dst.clone());
                 async move {
                     let r = async {
-                        let bytes = read_blob(&src, &h, len).await?;
+                        let bytes = src.get_blob(&h, len).await?.ok_or_else(|| {
+                            Error::corrupt(src.layout.blob(&h).as_ref(), "blob is missing")
+                        })?;
                         dst.put_blob(&dst.layout.blob(&h), bytes).await
                     }
                     .await;
@@ -1253,28 +1255,6 @@ async fn fetch_change(src: &Bucket, id: RepoId, c: &ListedChange) -> Result<Fetc
         bytes,
         blobs,
     })
-}
-
-/// Reads a blob and checks it against its name and the length its reference gives.
-async fn read_blob(src: &Bucket, hash: &BlobHash, len: u64) -> Result<Bytes> {
-    let key = src.layout.blob(hash);
-    let bytes = match src.get(&key, len).await {
-        Err(Error::TooLarge { .. }) => {
-            return Err(Error::corrupt(
-                key.as_ref(),
-                "blob content does not match its hash (longer than its reference)",
-            ));
-        }
-        other => other?,
-    }
-    .ok_or_else(|| Error::corrupt(key.as_ref(), "blob is missing"))?;
-    if bytes.len() as u64 != len || BlobHash::of(&bytes) != *hash {
-        return Err(Error::corrupt(
-            key.as_ref(),
-            "blob content does not match its hash",
-        ));
-    }
-    Ok(bytes)
 }
 
 impl crate::repo::Repo {
