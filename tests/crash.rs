@@ -22,21 +22,19 @@
 //! the kills per command.
 
 mod common;
+mod crash_support;
 
 use common::array_meta;
+use crash_support::{Rng, local_store, present_or_covered};
 use crzarr::bucket::Bucket;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;
-use crzarr::snapshot::{ArchiveShard, SnapshotMeta};
 use crzarr::view::{Conflict, Entry};
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_SEED: u64 = 0xC4A5_11ED_0006_2026;
@@ -59,47 +57,6 @@ const CHUNK: u64 = 65_536;
 const CHUNKS: u64 = 12;
 /// The arrays (`x` also takes the attributes).
 const ARRAYS: [&str; 3] = ["x", "y", "z"];
-
-/// xorshift64*: small, seeded, good enough to pick moments and sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
-fn local_store(root: &Path) -> Arc<dyn ObjectStore> {
-    Arc::new(LocalFileSystem::new_with_prefix(root).expect("local store"))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -200,27 +157,6 @@ fn file_set(roots: &[&Path]) -> HashSet<PathBuf> {
         files(r, &mut v);
     }
     v.into_iter().collect()
-}
-
-/// Changes present at a replica: listed as files, or covered by its newest snapshot
-/// (its change table and its archive shards).
-async fn present_or_covered(root: &Path) -> HashSet<ChangeHash> {
-    let bucket = Bucket::new(local_store(root), "");
-    let (listed, _) = bucket.list_changes().await.unwrap();
-    let mut out: HashSet<ChangeHash> = listed.iter().map(|c| c.name.hash).collect();
-    let (snaps, _) = bucket.list_snapshots().await.unwrap();
-    if let Some(newest) = snaps.first() {
-        let bytes = bucket.get(&newest.key, u64::MAX).await.unwrap().unwrap();
-        let meta = SnapshotMeta::decode(newest.key.as_ref(), &bytes, &newest.name.hash).unwrap();
-        out.extend(meta.changes.iter().map(|c| c.hash));
-        for h in meta.archive.iter().flatten() {
-            let key = bucket.layout().archive_shard(h);
-            let b = bucket.get(&key, u64::MAX).await.unwrap().unwrap();
-            let shard = ArchiveShard::decode(key.as_ref(), &b, h).unwrap();
-            out.extend(shard.changes.iter().map(|c| c.hash));
-        }
-    }
-    out
 }
 
 /// What a killed commit may leave a key as: its old value or its new one.

@@ -12,8 +12,10 @@
 //! run prints one line (`--nocapture` shows them) saying what the destination held.
 
 mod common;
+mod crash_support;
 
 use common::array_meta;
+use crash_support::{Rng, local_store, present_or_covered};
 use crzarr::bucket::Bucket;
 use crzarr::change::{Change, ChunkData, Op};
 use crzarr::gc::GcOptions;
@@ -24,7 +26,6 @@ use crzarr::snapshot::{ArchiveShard, ManifestPiece, SnapChunk, SnapshotMeta};
 use crzarr::view::{ChunkRef, Conflict, Entry};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -42,47 +43,6 @@ const MAX_RUNS: usize = 80;
 const MAX_EPISODE_KILLS: usize = 8;
 const CONCURRENCY: [usize; 3] = [2, 8, 32];
 const SIGKILL: i32 = 9;
-
-/// xorshift64*: small, seeded, good enough to pick moments and sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
-fn local_store(root: &Path) -> Arc<dyn ObjectStore> {
-    Arc::new(LocalFileSystem::new_with_prefix(root).expect("local store"))
-}
 
 /// Chunks of `big` go to blobs (20-100 KB), chunks of `small` travel inline.
 const BIG_CHUNK: u64 = 131_072;
@@ -491,27 +451,6 @@ async fn check_side(root: &Path) -> (Seen, Vec<String>) {
     c.reader(store).await;
     seen.blobs_checked = c.blobs.len();
     (seen, c.violations)
-}
-
-/// Changes present at a side: listed as files, or covered by its newest snapshot
-/// (its change table and its archive shards).
-async fn present_or_covered(root: &Path) -> HashSet<ChangeHash> {
-    let bucket = Bucket::new(local_store(root), "");
-    let (listed, _) = bucket.list_changes().await.unwrap();
-    let mut out: HashSet<ChangeHash> = listed.iter().map(|c| c.name.hash).collect();
-    let (snaps, _) = bucket.list_snapshots().await.unwrap();
-    if let Some(newest) = snaps.first() {
-        let bytes = bucket.get(&newest.key, u64::MAX).await.unwrap().unwrap();
-        let meta = SnapshotMeta::decode(newest.key.as_ref(), &bytes, &newest.name.hash).unwrap();
-        out.extend(meta.changes.iter().map(|c| c.hash));
-        for h in meta.archive.iter().flatten() {
-            let key = bucket.layout().archive_shard(h);
-            let b = bucket.get(&key, u64::MAX).await.unwrap().unwrap();
-            let shard = ArchiveShard::decode(key.as_ref(), &b, h).unwrap();
-            out.extend(shard.changes.iter().map(|c| c.hash));
-        }
-    }
-    out
 }
 
 type State = (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>);
