@@ -292,9 +292,34 @@ impl SnapshotMeta {
             if !node.pieces.windows(2).all(|w| w[0].first < w[1].first) {
                 return Err(format!("node {:?}: pieces out of order", node.path));
             }
+            if !node.attrs.windows(2).all(|w| w[0].0 < w[1].0) {
+                return Err(format!("node {:?}: attributes out of order", node.path));
+            }
         }
         if !self.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
             return Err("change table not sorted by hash".into());
+        }
+        // The order a writer produces is part of the canonical form (one state, one
+        // encoding); anything else is damage or a foreign writer.
+        if !self.heads.windows(2).all(|w| w[0] < w[1]) {
+            return Err("heads not sorted".into());
+        }
+        if !self
+            .nodes
+            .windows(2)
+            .all(|w| (&w[0].path, w[0].stamp) < (&w[1].path, w[1].stamp))
+        {
+            return Err("nodes not sorted by path and stamp".into());
+        }
+        if !self
+            .superseded
+            .windows(2)
+            .all(|w| (&w[0].path, &w[0].reg, w[0].entry) < (&w[1].path, &w[1].reg, w[1].entry))
+        {
+            return Err("superseded records not sorted".into());
+        }
+        if !self.supersedes.windows(2).all(|w| w[0] < w[1]) {
+            return Err("superseded snapshot names not sorted".into());
         }
         if self
             .heads
@@ -316,6 +341,22 @@ impl ManifestPiece {
     /// Decodes and checks a piece against its hash.
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ManifestPiece> {
         let p: ManifestPiece = decode(&PIECE_FRAME, key, bytes, hash)?;
+        if !p.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
+            return Err(Error::corrupt(
+                key,
+                "manifest piece change table not sorted by hash",
+            ));
+        }
+        // Entries are ordered by grid coordinates, which need the array's metadata;
+        // here only uniqueness is checked, so no key has two registers to choose from.
+        let mut keys: Vec<&str> = p.entries.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::corrupt(
+                key,
+                format!("manifest piece holds chunk key {:?} twice", w[0]),
+            ));
+        }
         let n = p.changes.len() as u32;
         if p.entries
             .iter()

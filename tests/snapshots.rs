@@ -1143,7 +1143,7 @@ async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped()
             .unwrap();
         let good = SnapshotMeta::decode("x", &bytes, &name.hash).unwrap();
         type Mutation = (&'static str, fn(&mut SnapshotMeta));
-        let cases: [Mutation; 6] = [
+        let cases: [Mutation; 8] = [
             ("stamp out of range", |m| m.nodes[0].stamp.0 = 999),
             ("a head is missing from the change table", |m| {
                 m.heads = vec![ChangeHash([9; 32])]
@@ -1154,8 +1154,14 @@ async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped()
                 m.repo = crzarr::ids::RepoId::generate()
             }),
             ("two nodes with one stamp", |m| {
-                let n = m.nodes[0].clone();
+                // Another path, sorting last, so only the stamp is shared.
+                let mut n = m.nodes[0].clone();
+                n.path = "zzz".into();
                 m.nodes.push(n)
+            }),
+            ("nodes not sorted by path and stamp", |m| m.nodes.reverse()),
+            ("heads not sorted", |m| {
+                m.heads = m.changes.iter().rev().take(2).map(|c| c.hash).collect()
             }),
         ];
         for (i, (want, mutate)) in cases.iter().enumerate() {
