@@ -489,6 +489,9 @@ fn scenario(max_steps: usize, gc_weight: u32, prepare: f64) -> impl Strategy<Val
 enum Kind {
     Memory,
     Local,
+    /// Replicas alternate between the loopback S3 server and local disk, so syncs
+    /// run local -> S3 and S3 -> local.
+    LocalAndS3,
 }
 
 struct Replica {
@@ -509,10 +512,15 @@ struct World {
     concurrency: usize,
 }
 
-fn new_store(kind: Kind) -> (Arc<dyn ObjectStore>, Option<tempfile::TempDir>) {
+fn new_store(kind: Kind, index: usize) -> (Arc<dyn ObjectStore>, Option<tempfile::TempDir>) {
     match kind {
         Kind::Memory => (mem(), None),
-        Kind::Local => {
+        Kind::LocalAndS3 if index % 2 == 0 => {
+            let b = common::s3().expect("S3 backend");
+            let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
+            (Arc::new(store), None)
+        }
+        Kind::Local | Kind::LocalAndS3 => {
             let dir = tempfile::tempdir().unwrap();
             let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
             (Arc::new(fs), Some(dir))
@@ -531,7 +539,7 @@ impl World {
             concurrency: DEFAULT_CONCURRENCY,
         };
         for i in 0..n {
-            let (store, dir) = new_store(kind);
+            let (store, dir) = new_store(kind, i);
             let repo = if i == 0 {
                 Repo::init(store.clone(), PREFIX).await.unwrap()
             } else {
@@ -869,6 +877,17 @@ proptest! {
     #[test]
     fn unsafe_gc_never_loses_history_silently(sc in scenario(30, 2, 0.2)) {
         converge(Kind::Memory, &sc, false);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(16, 60))]
+    #[test]
+    fn replicas_converge_through_sync_between_local_disk_and_s3(sc in scenario(16, 1, 0.7)) {
+        if common::s3().is_none() {
+            return Ok(());
+        }
+        converge(Kind::LocalAndS3, &sc, true);
     }
 }
 
@@ -1941,4 +1960,78 @@ async fn progress_counts_what_is_written_and_ends_complete() {
             );
         }
     }
+}
+
+/// One laptop (local disk) and one bucket (the loopback S3 server) edit concurrently and
+/// sync both ways: pushes and pulls in each direction, then a compaction and GC on the S3
+/// side that the laptop picks up.
+#[tokio::test]
+async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
+    let Some(s3) = common::s3() else { return };
+    let disk = common::local();
+    let s3b = Bucket::new(s3.store.clone(), &s3.prefix);
+    let diskb = Bucket::new(disk.store.clone(), &disk.prefix);
+
+    let mut laptop = Repo::init(disk.store.clone(), &disk.prefix).await.unwrap();
+    let mut s = laptop.session();
+    s.create_group("", Default::default()).unwrap();
+    s.create_array("x", &array_meta(&[8], &[2])).unwrap();
+    s.set("x/c/0", blob(1)).unwrap();
+    s.commit(None).await.unwrap();
+    // local -> S3 (creates the S3 replica).
+    let r = laptop.push_to(&s3b).await.unwrap();
+    assert_eq!(r.initialized, Some(Side::B), "{r:?}");
+    assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (1, 1), "{r:?}");
+    let mut cloud = Repo::open(s3.store.clone(), &s3.prefix).await.unwrap();
+    assert!(state(&cloud).await == state(&laptop).await);
+
+    // Concurrent edits on both sides.
+    let mut s = cloud.session();
+    s.set("x/c/1", blob(2)).unwrap();
+    s.set_attr("x", "units", "K".into()).unwrap();
+    s.commit(None).await.unwrap();
+    let mut s = laptop.session();
+    s.set("x/c/2", blob(3)).unwrap();
+    s.set_attr("x", "units", "C".into()).unwrap();
+    s.commit(None).await.unwrap();
+
+    // S3 -> local, then local -> S3.
+    let r = laptop.pull_from(&s3b).await.unwrap();
+    assert_eq!(
+        (r.b_to_a.changes, r.b_to_a.blobs, r.a_to_b.objects()),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    let r = laptop.push_to(&s3b).await.unwrap();
+    assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (1, 1), "{r:?}");
+    cloud.refresh().await.unwrap();
+    let want = state(&laptop).await;
+    assert!(state(&cloud).await == want);
+    assert_eq!(
+        want.1.len(),
+        1,
+        "the attribute conflict is shown on both: {:?}",
+        want.1
+    );
+    for k in ["x/c/0", "x/c/1", "x/c/2"] {
+        assert_eq!(
+            cloud.get(k).await.unwrap(),
+            laptop.get(k).await.unwrap(),
+            "{k}"
+        );
+    }
+
+    // Compaction and GC on S3; the laptop takes the snapshot, nothing goes back.
+    cloud.compact().await.unwrap();
+    cloud.gc(&NOW).await.unwrap();
+    let r = sync(&s3b, &diskb, &opts(Direction::Both)).await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!((r.a_to_b.snapshots, r.b_to_a.objects()), (1, 0), "{r:?}");
+    laptop.refresh().await.unwrap();
+    assert!(state(&laptop).await == want);
+    let fresh = Repo::open(disk.store.clone(), &disk.prefix).await.unwrap();
+    assert_eq!(fresh.problems(), vec![]);
+    assert!(state(&fresh).await == want);
+    let r = sync(&diskb, &s3b, &opts(Direction::Both)).await.unwrap();
+    assert!(r.is_clean() && !r.copied_anything(), "{r:?}");
 }
