@@ -9,12 +9,13 @@
 //! re-checked just before deletion, so one re-uploaded by a writer since the listing
 //! survives.
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
 use crate::change::{ChunkData, MAX_CHANGE_BYTES, Op};
 use crate::compact::read_shards;
 use crate::error::{Error, Result};
 use crate::fold::Fold;
 use crate::ids::{BlobHash, ChangeHash, ObjectHash};
+use crate::layout::SnapshotName;
 use crate::repo::Repo;
 use crate::snapshot::{MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta};
 use bytes::Bytes;
@@ -132,12 +133,12 @@ impl Repo {
             bucket.list_all(&blobs_dir),
         );
         // Foreign files are never ours to delete: only parsed names are considered.
-        let ((changes, _), (snaps, _)) = (changes?, snaps?);
+        let (changes, snaps) = (changes?, snaps?);
         let (manifests, archive, blobs) = (manifests?, archive?, blobs?);
 
         // The retained snapshot: the newest one that reads.
-        let mut retained: Option<(String, SnapshotMeta, SystemTime)> = None;
-        for snap in &snaps {
+        let mut retained: Option<(SnapshotName, SnapshotMeta, SystemTime)> = None;
+        for snap in &snaps.0 {
             // Judged exactly as a reader judges it: what open would skip, GC skips.
             let bytes = match bucket.get(&snap.key, MAX_META_BYTES).await {
                 Ok(Some(b)) => b,
@@ -152,19 +153,20 @@ impl Repo {
                 });
             match checked {
                 Ok(meta) => {
-                    retained = Some((snap.name.file_name(), meta, snap.modified));
+                    retained = Some((snap.name, meta, snap.modified));
                     break;
                 }
                 Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
                 Err(_) => continue,
             }
         }
-        let Some((retained_name, meta, retained_modified)) = retained else {
+        let Some((retained_snapshot, meta, retained_modified)) = retained else {
             report
                 .notes
                 .push("no snapshot: run `crzarr compact` first; nothing deleted".into());
             return Ok(report);
         };
+        let retained_name = retained_snapshot.file_name();
         report.retained_snapshot = Some(retained_name.clone());
         // A compactor that started before this snapshot appeared may still land one
         // based on an older snapshot and reuse its objects. It finishes within its
@@ -181,6 +183,7 @@ impl Repo {
         // Snapshots: the retained one supersedes the rest, or GC waits for compaction.
         let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
         let concurrent: Vec<String> = snaps
+            .0
             .iter()
             .map(|s| s.name.file_name())
             .filter(|n| *n != retained_name && !superseded.contains(n.as_str()))
@@ -192,7 +195,7 @@ impl Repo {
             ));
             return Ok(report);
         }
-        for snap in &snaps {
+        for snap in &snaps.0 {
             if snap.name.file_name() == retained_name {
                 continue;
             }
@@ -206,7 +209,7 @@ impl Repo {
         // Change files the retained snapshot covers.
         let covered: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
         let mut uncovered = Vec::new();
-        for c in &changes {
+        for c in &changes.0 {
             if !covered.contains(&c.name.hash) {
                 uncovered.push((c.name, c.key.clone()));
             } else if old(c.modified) {
@@ -362,14 +365,29 @@ impl Repo {
                 .collect()
                 .await;
             let mut kept = Vec::new();
+            let mut failed = None;
             for ((kind, key, bytes), r) in doomed.into_iter().zip(results) {
-                if r? {
-                    kept.push((kind, key, bytes));
-                } else {
-                    report.kept_recent += 1;
+                match r {
+                    Ok(true) => kept.push((kind, key, bytes)),
+                    Ok(false) => report.kept_recent += 1,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        // It may have been deleted before the error was reported.
+                        kept.push((kind, key, bytes));
+                    }
                 }
             }
             doomed = kept;
+            if let Some(e) = failed {
+                // Some deletes happened: the handle must not keep reading what they took.
+                self.rebase_after_gc(&retained_snapshot, &doomed, changes, snaps)
+                    .await?;
+                return Err(e);
+            }
+        }
+        if !opts.dry_run {
+            self.rebase_after_gc(&retained_snapshot, &doomed, changes, snaps)
+                .await?;
         }
         report.removed = doomed
             .into_iter()
@@ -380,5 +398,39 @@ impl Repo {
             })
             .collect();
         Ok(report)
+    }
+
+    /// After deleting `removed`, rebases this handle on the retained snapshot when it
+    /// still reads an older one, whose pieces may be gone: its own compaction's
+    /// snapshot may have landed but reported failure, or a listing missed it. The
+    /// listings just made are used, so this does not depend on a later listing.
+    async fn rebase_after_gc(
+        &mut self,
+        retained: &SnapshotName,
+        removed: &[(ObjectKind, Path, u64)],
+        changes: (Vec<ListedChange>, Vec<Problem>),
+        snaps: (Vec<ListedSnapshot>, Vec<Problem>),
+    ) -> Result<()> {
+        let based_on_older = self
+            .fold()
+            .snapshot_base()
+            .is_some_and(|b| b.name != *retained);
+        if removed.is_empty() || !based_on_older {
+            return Ok(());
+        }
+        let gone: HashSet<&Path> = removed.iter().map(|d| &d.1).collect();
+        let (changes, change_problems) = changes;
+        let (snaps, snap_problems) = snaps;
+        let changes = changes
+            .into_iter()
+            .filter(|c| !gone.contains(&c.key))
+            .collect();
+        let snaps = snaps
+            .into_iter()
+            .filter(|s| !gone.contains(&s.key))
+            .collect();
+        self.reload_from((changes, change_problems), (snaps, snap_problems))
+            .await
+            .map(|_| ())
     }
 }

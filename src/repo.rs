@@ -142,9 +142,28 @@ impl Repo {
         let id = id?.ok_or_else(|| Error::NotARepo {
             location: format!("{}/{}", bucket.store, bucket.layout.root()),
         })?;
-        let (listing, (snaps, snap_problems)) = (listing?, snaps?);
         // A missing or unreadable hint only costs a round trip.
-        let hint = hint.ok().flatten();
+        Self::open_from(
+            bucket,
+            id,
+            listing?,
+            snaps?,
+            hint.ok().flatten(),
+            concurrency,
+        )
+        .await
+    }
+
+    /// Builds a handle from listings already made: the newest snapshot that reads,
+    /// then the uncovered changes.
+    async fn open_from(
+        bucket: Bucket,
+        id: RepoId,
+        listing: (Vec<ListedChange>, Vec<Problem>),
+        (snaps, snap_problems): (Vec<ListedSnapshot>, Vec<Problem>),
+        hint: Option<Bytes>,
+        concurrency: usize,
+    ) -> Result<(Repo, RefreshReport)> {
         let mut repo = Repo {
             bucket,
             id,
@@ -252,9 +271,20 @@ impl Repo {
                 fresh.push(p);
             }
         }
-        // A damaged newest snapshot was reported once; it is not read again.
+        // The snapshot this handle reads was collected: pieces it has not loaded yet
+        // may be gone, so it starts again from what is listed now.
+        let base = self.fold.snapshot_base().map(|b| b.name);
+        if let Some(base) = base
+            && !snaps.iter().any(|s| s.name == base)
+        {
+            return self.reload().await;
+        }
+        // A damaged newest snapshot was reported once; it is not read again. A handle
+        // that reads an older snapshot's pieces moves to the newest one even when it
+        // holds nothing new: garbage collection may remove the older one's pieces.
         if let Some(newest) = snaps.first()
-            && !self.known_snapshots.contains(&newest.name)
+            && (!self.known_snapshots.contains(&newest.name)
+                || base.is_some_and(|b| b != newest.name))
             && !self.problems.contains_key(newest.key.as_ref())
         {
             let based = self.fold.snapshot_base().is_some();
@@ -292,12 +322,43 @@ impl Repo {
 
     /// Replaces the state with a fresh open, keeping this handle's writer identity.
     pub(crate) async fn reload(&mut self) -> Result<RefreshReport> {
-        let (mut fresh, report) =
+        let (fresh, report) =
             Self::open_reporting(self.bucket.clone(), Some(self.id), self.concurrency).await?;
+        self.replace_keeping_writer(fresh);
+        Ok(report)
+    }
+
+    /// Replaces the state with one built from listings the caller made (garbage
+    /// collection, which has just listed and deleted), keeping the writer identity.
+    /// Falls back to a fresh open when a listed object has vanished since.
+    pub(crate) async fn reload_from(
+        &mut self,
+        listing: (Vec<ListedChange>, Vec<Problem>),
+        snaps: (Vec<ListedSnapshot>, Vec<Problem>),
+    ) -> Result<RefreshReport> {
+        let fresh = Self::open_from(
+            self.bucket.clone(),
+            self.id,
+            listing,
+            snaps,
+            None,
+            self.concurrency,
+        )
+        .await;
+        match fresh {
+            Ok((fresh, report)) => {
+                self.replace_keeping_writer(fresh);
+                Ok(report)
+            }
+            Err(Error::Vanished { .. }) => self.reload().await,
+            Err(e) => Err(e),
+        }
+    }
+
+    fn replace_keeping_writer(&mut self, mut fresh: Repo) {
         fresh.actor = self.actor;
         fresh.next_seq = self.next_seq;
         *self = fresh;
-        Ok(report)
     }
 
     /// Folds a listing in; the flag says a listed file vanished before it was read.

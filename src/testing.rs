@@ -568,6 +568,8 @@ impl FaultCounts {
 struct FaultState {
     rng: u64,
     enabled: bool,
+    /// Listings are never stale while set.
+    consistent_listings: bool,
     counts: FaultCounts,
     /// Locations of the most recent PUTs, newest last, at most `stale_window`.
     recent: std::collections::VecDeque<Path>,
@@ -644,6 +646,7 @@ impl FaultyStore {
         let state = FaultState {
             rng: config.seed,
             enabled: true,
+            consistent_listings: false,
             counts: FaultCounts::default(),
             recent: Default::default(),
             vanishing: Default::default(),
@@ -673,6 +676,13 @@ impl FaultyStore {
         if !enabled {
             s.vanishing.clear();
         }
+    }
+
+    /// Makes listings consistent (never stale) while set, other faults unchanged: the
+    /// precondition of a garbage collection whose window is shorter than the listings'
+    /// lag (spec/format.md §14, choosing the window), as tests with a zero window need.
+    pub fn set_consistent_listings(&self, consistent: bool) {
+        self.lock().consistent_listings = consistent;
     }
 
     /// Whether faults are being injected.
@@ -756,7 +766,7 @@ impl FaultyStore {
                 s.counts.failed_lists += 1;
             }
             let omit: std::collections::BTreeSet<Path> =
-                if !fail && s.roll(self.config.p_stale_list) {
+                if !fail && !s.consistent_listings && s.roll(self.config.p_stale_list) {
                     s.recent.iter().cloned().collect()
                 } else {
                     Default::default()
