@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Frame {
     /// First four bytes.
     pub(crate) magic: &'static [u8; 4],
-    /// Version byte written and read by this build.
+    /// Newest version byte written and read by this build.
     pub(crate) version: u8,
+    /// Oldest version byte read (formats only ever add: older bodies decode as newer).
+    pub(crate) oldest: u8,
     /// What the object is, in the bad-magic message ("change file").
     pub(crate) file: &'static str,
     /// What the body is, in the malformed-body message ("change").
@@ -26,9 +28,14 @@ pub(crate) struct Frame {
 impl Frame {
     /// The object's bytes.
     pub(crate) fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {
+        self.encode_as(value, self.version)
+    }
+
+    /// The object's bytes with this version byte (the oldest that can hold `value`).
+    pub(crate) fn encode_as<T: Serialize>(&self, value: &T, version: u8) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(self.magic);
-        out.push(self.version);
+        out.push(version);
         // Plain owned data into a Vec cannot fail.
         let _ = rmp_serde::encode::write(&mut out, value);
         out
@@ -62,7 +69,7 @@ impl Frame {
                 format!("not a crzarr {} (bad magic)", self.file),
             ));
         }
-        if bytes[4] != self.version {
+        if !(self.oldest..=self.version).contains(&bytes[4]) {
             return Err(Error::UnsupportedVersion {
                 key: key.into(),
                 found: bytes[4] as u32,
@@ -89,14 +96,19 @@ impl Frame {
 const CHANGE_FRAME: Frame = Frame {
     magic: CHANGE_MAGIC,
     version: CHANGE_VERSION,
+    oldest: CHANGE_VERSION_PLAIN,
     file: "change file",
     body: "change",
 };
 
 /// First four bytes of every change file.
 pub const CHANGE_MAGIC: &[u8; 4] = b"CRZC";
-/// Change format version written and read by this build.
-pub const CHANGE_VERSION: u8 = 1;
+/// Newest change format version written and read by this build. Version 2 is
+/// version 1 plus [`ChunkData::Reference`]; a change without references is written as
+/// version 1, so builds that read only version 1 still read it.
+pub const CHANGE_VERSION: u8 = 2;
+/// The change format version of changes that hold no reference.
+pub const CHANGE_VERSION_PLAIN: u8 = 1;
 /// Largest change file accepted (bytes).
 pub const MAX_CHANGE_BYTES: u64 = 64 << 20;
 /// Most ops in one change.
@@ -140,6 +152,52 @@ pub enum ChunkData {
     /// Held in the change file itself (at most [`INLINE_MAX`] bytes).
     #[serde(rename = "i")]
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// An object outside the repository, adopted in place (`import --by-reference`).
+    /// Only change format 2 may hold it.
+    #[serde(rename = "r")]
+    Reference(ChunkReference),
+}
+
+/// A chunk kept where it is, in another store, with what that store reported for it
+/// when it was adopted. A reader serves it only while the object still matches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkReference {
+    /// The store and prefix holding it, as a URL (`file:///abs/dir`, `s3://bucket/p`).
+    pub source: String,
+    /// Its key under `source`.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The ETag the store reported, if it reports one.
+    pub etag: Option<String>,
+    /// Its last-modified time (ms since the Unix epoch) as the store reported it.
+    pub modified_ms: u64,
+}
+
+/// Longest `source` URL or `key` of a [`ChunkReference`] (bytes).
+pub const MAX_REFERENCE_TEXT: usize = 4096;
+
+impl ChunkReference {
+    /// Checks its fields' limits (a URL and a key, both non-empty and bounded).
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        if self.source.is_empty() || self.key.is_empty() {
+            return Err("reference with an empty source or key".into());
+        }
+        let etag = self.etag.as_deref().map_or(0, str::len);
+        if self.source.len().max(self.key.len()).max(etag) > MAX_REFERENCE_TEXT {
+            return Err(format!(
+                "reference text longer than {MAX_REFERENCE_TEXT} bytes"
+            ));
+        }
+        if self
+            .key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(format!("reference key {:?} is not a plain key", self.key));
+        }
+        Ok(())
+    }
 }
 
 /// New size of one array dimension, superseding the sizes the writer saw.
@@ -472,7 +530,25 @@ impl<'de> serde::de::Visitor<'de> for ChangeSeed {
 impl Change {
     /// The canonical bytes of this change: the file content.
     pub fn encode(&self) -> Vec<u8> {
-        CHANGE_FRAME.encode(self)
+        CHANGE_FRAME.encode_as(self, self.format_version())
+    }
+
+    /// The one format version this change is written in: 2 when it holds a reference.
+    pub fn format_version(&self) -> u8 {
+        let refs = self.ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::SetChunk {
+                    data: ChunkData::Reference(_),
+                    ..
+                }
+            )
+        });
+        if refs {
+            CHANGE_VERSION
+        } else {
+            CHANGE_VERSION_PLAIN
+        }
     }
 
     /// Decodes and verifies a change file. `key` names it in errors; `hash` is the
@@ -501,6 +577,17 @@ impl Change {
         change
             .validate()
             .map_err(|reason| Error::corrupt(key, reason))?;
+        // One encoding per change: the version byte is part of it.
+        if bytes[4] != change.format_version() {
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "format version {} for a change that is written as version {}",
+                    bytes[4],
+                    change.format_version()
+                ),
+            ));
+        }
         Ok(change)
     }
 
@@ -656,10 +743,12 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
         } => {
             check_ref(node, i, is_create, true)?;
             key::check_chunk_key(key).map_err(e)?;
-            if let ChunkData::Inline(b) = data
-                && b.len() > INLINE_MAX
-            {
-                return Err("inline chunk larger than the inline limit".into());
+            match data {
+                ChunkData::Inline(b) if b.len() > INLINE_MAX => {
+                    return Err("inline chunk larger than the inline limit".into());
+                }
+                ChunkData::Reference(r) => r.check()?,
+                _ => {}
             }
             check_observed(observed, i, is_create)
         }

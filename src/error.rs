@@ -109,6 +109,20 @@ pub enum Error {
         /// Bucket key of the blob.
         blob_key: String,
     },
+    /// A chunk adopted in place (`import --by-reference`) no longer matches the object
+    /// it references: changed, removed, or unreachable. It is never served silently.
+    #[error(
+        "chunk {key:?} references {object}, which {reason} since it was adopted: \
+         re-import it (`crzarr import --by-reference`) or write the chunk"
+    )]
+    ReferenceChanged {
+        /// Zarr key of the chunk.
+        key: String,
+        /// The referenced object (source URL and key).
+        object: String,
+        /// What differs (size, ETag, modification time) or `is gone`.
+        reason: String,
+    },
     /// A limit protecting memory was reached.
     #[error("limit reached: {0}")]
     Limit(String),

@@ -18,7 +18,7 @@
 //! an unloaded piece, or whose change is not applied yet, is remembered as superseded
 //! and dropped whenever it shows up.
 
-use crate::change::{Change, ChunkData, Op, OpRef};
+use crate::change::{Change, ChunkData, ChunkReference, Op, OpRef};
 use crate::chunkmap::ChunkMap;
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
@@ -88,6 +88,7 @@ impl LoadedPiece {
                         let v = match v {
                             SnapChunk::Blob { hash, len } => ChunkVal::Blob { hash, len },
                             SnapChunk::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+                            SnapChunk::Reference(r) => ChunkVal::Reference(Box::new(r)),
                             SnapChunk::Deleted => ChunkVal::Deleted,
                         };
                         (c, op, v)
@@ -144,8 +145,13 @@ pub struct SnapshotBase {
 /// A chunk register value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ChunkVal {
-    Blob { hash: BlobHash, len: u64 },
+    Blob {
+        hash: BlobHash,
+        len: u64,
+    },
     Inline(Box<[u8]>),
+    /// Boxed: rare, and large next to the others.
+    Reference(Box<ChunkReference>),
     Deleted,
 }
 
@@ -953,6 +959,7 @@ impl Fold {
                 let val = match data {
                     ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
                     ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+                    ChunkData::Reference(r) => ChunkVal::Reference(Box::new(r)),
                 };
                 self.write_chunk(s, node, key, val, &observed);
             }

@@ -23,6 +23,9 @@
 //! | [`compact`], [`gc`], [`status`] | snapshots; removing what nothing needs; what a bucket holds |
 //! | [`sync`] | replication between buckets: copy what one side lacks, verified, in writer order |
 //! | [`verify`] | fsck: every object checked as readers check it, dangling references, quarantine |
+//! | [`import`], [`export`] | plain Zarr v3 stores in and out: one change per import, incremental export |
+//! | [`reference`] | chunks adopted in place: where they are read from, the integrity rule |
+//! | [`progress`] | counters of long transfers, for progress bars |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
 //! | [`testing`] | a request-counting store and a fault-injecting store for tests and benchmarks |
 //!
@@ -75,12 +78,16 @@ mod chunkmap;
 pub mod compact;
 pub mod connect;
 pub mod error;
+pub mod export;
 pub mod fold;
 pub mod gc;
 pub mod ids;
+pub mod import;
 pub mod key;
 pub mod layout;
 pub mod meta;
+pub mod progress;
+pub mod reference;
 pub mod repo;
 pub mod session;
 pub mod snapshot;

@@ -9,6 +9,7 @@ use crate::fold::{
 };
 use crate::ids::{ActorId, BlobHash, ChangeHash, ObjectHash, RepoId};
 use crate::layout::{ChangeName, SnapshotName};
+use crate::reference::ReferenceSources;
 use crate::session::WriteSession;
 use crate::snapshot::{
     ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES,
@@ -65,6 +66,8 @@ pub struct Repo {
     known_snapshots: HashSet<SnapshotName>,
     /// Pending changes needing changes that are neither listed nor covered.
     missing_history: Vec<Problem>,
+    /// Where chunks adopted in place are read from.
+    sources: Arc<ReferenceSources>,
 }
 
 impl Repo {
@@ -178,6 +181,7 @@ impl Repo {
             archive: HashMap::new(),
             known_snapshots: HashSet::new(),
             missing_history: Vec::new(),
+            sources: Arc::default(),
         };
         for p in snap_problems {
             repo.problems.insert(p.key, p.error);
@@ -358,6 +362,7 @@ impl Repo {
     fn replace_keeping_writer(&mut self, mut fresh: Repo) {
         fresh.actor = self.actor;
         fresh.next_seq = self.next_seq;
+        fresh.sources = self.sources.clone();
         *self = fresh;
     }
 
@@ -679,7 +684,16 @@ impl Repo {
             Some(Entry::Chunk(ChunkRef::Blob { hash, len })) => {
                 self.get_blob(key, &hash, len).await.map(Some)
             }
+            Some(Entry::Chunk(ChunkRef::Reference(r))) => {
+                self.sources.read(key, &r).await.map(Some)
+            }
         }
+    }
+
+    /// The stores that chunks adopted in place (`import --by-reference`) are read
+    /// from; register one a URL cannot reach (an in-memory store, other credentials).
+    pub fn reference_sources(&self) -> &ReferenceSources {
+        &self.sources
     }
 
     async fn get_blob(&self, key: &str, hash: &BlobHash, len: u64) -> Result<Bytes> {

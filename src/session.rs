@@ -4,7 +4,7 @@
 //! `a/b`; setting `a/b/c/0/1` writes a chunk of array `a/b`; deleting `a/b/zarr.json`
 //! or the prefix `a/b/` deletes node `a/b` and its subtree.
 
-use crate::change::{Change, ChunkData, DimSize, INLINE_MAX, Op, OpRef};
+use crate::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, OpRef};
 use crate::error::{Error, Result};
 use crate::fold::Stamp;
 use crate::ids::{BlobHash, ChangeHash, Hlc, now_millis};
@@ -575,6 +575,37 @@ impl<'r> WriteSession<'r> {
             ChunkData::Blob { hash, len }
         };
         self.write_chunk(&h, chunk, Some(data));
+        Ok(())
+    }
+
+    /// Writes one chunk whose bytes the caller already stored as a blob (the import
+    /// streams large stores this way rather than holding every chunk until commit).
+    pub(crate) fn set_chunk_stored(
+        &mut self,
+        array: &str,
+        chunk: &str,
+        hash: BlobHash,
+        len: u64,
+    ) -> Result<()> {
+        key::check_chunk_key(chunk)?;
+        let h = self.array_handle(array)?;
+        self.write_chunk(&h, chunk, Some(ChunkData::Blob { hash, len }));
+        Ok(())
+    }
+
+    /// Writes one chunk as a reference to an object in another store, adopted in place.
+    pub(crate) fn set_chunk_reference(
+        &mut self,
+        array: &str,
+        chunk: &str,
+        reference: ChunkReference,
+    ) -> Result<()> {
+        key::check_chunk_key(chunk)?;
+        reference
+            .check()
+            .map_err(|r| Error::invalid_key(key::chunk_store_key(array, chunk), r))?;
+        let h = self.array_handle(array)?;
+        self.write_chunk(&h, chunk, Some(ChunkData::Reference(reference)));
         Ok(())
     }
 

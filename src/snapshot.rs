@@ -9,13 +9,16 @@
 //! Every object is `magic (4) | version (1) | msgpack body`, content-addressed by
 //! blake3 of those bytes, and decoded strictly: a bad object is refused with its key.
 
-use crate::change::Frame;
+use crate::change::{ChunkReference, Frame};
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot object format this build reads and writes.
 pub const SNAPSHOT_VERSION: u8 = 1;
+/// Newest manifest piece version: 2 is 1 plus [`SnapChunk::Reference`]. A piece without
+/// references is written as version 1 ([`SNAPSHOT_VERSION`]).
+pub const PIECE_VERSION: u8 = 2;
 const META_MAGIC: &[u8; 4] = b"CRZS";
 const PIECE_MAGIC: &[u8; 4] = b"CRZM";
 const SHARD_MAGIC: &[u8; 4] = b"CRZA";
@@ -184,6 +187,9 @@ pub enum SnapChunk {
     /// Inline bytes.
     #[serde(rename = "i")]
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// An object adopted in place (piece version 2 only).
+    #[serde(rename = "r")]
+    Reference(ChunkReference),
     /// Deleted (a tombstone that still wins over older concurrent writes).
     #[serde(rename = "d")]
     Deleted,
@@ -210,18 +216,21 @@ pub struct ArchiveShard {
 const META_FRAME: Frame = Frame {
     magic: META_MAGIC,
     version: SNAPSHOT_VERSION,
+    oldest: SNAPSHOT_VERSION,
     file: "snapshot",
     body: "snapshot",
 };
 const PIECE_FRAME: Frame = Frame {
     magic: PIECE_MAGIC,
-    version: SNAPSHOT_VERSION,
+    version: PIECE_VERSION,
+    oldest: SNAPSHOT_VERSION,
     file: "manifest piece",
     body: "manifest piece",
 };
 const SHARD_FRAME: Frame = Frame {
     magic: SHARD_MAGIC,
     version: SNAPSHOT_VERSION,
+    oldest: SNAPSHOT_VERSION,
     file: "archive shard",
     body: "archive shard",
 };
@@ -335,12 +344,47 @@ impl SnapshotMeta {
 impl ManifestPiece {
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        PIECE_FRAME.encode(self)
+        PIECE_FRAME.encode_as(self, self.format_version())
+    }
+
+    /// The one version this piece is written in: 2 when it holds a reference.
+    pub fn format_version(&self) -> u8 {
+        let refs = self
+            .entries
+            .iter()
+            .flat_map(|(_, es)| es)
+            .any(|(_, v)| matches!(v, SnapChunk::Reference(_)));
+        if refs {
+            PIECE_VERSION
+        } else {
+            SNAPSHOT_VERSION
+        }
     }
 
     /// Decodes and checks a piece against its hash.
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ManifestPiece> {
         let p: ManifestPiece = decode(&PIECE_FRAME, key, bytes, hash)?;
+        if bytes[4] != p.format_version() {
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "format version {} for a piece that is written as version {}",
+                    bytes[4],
+                    p.format_version()
+                ),
+            ));
+        }
+        if let Some(r) = p
+            .entries
+            .iter()
+            .flat_map(|(_, es)| es)
+            .find_map(|(_, v)| match v {
+                SnapChunk::Reference(r) => r.check().err(),
+                _ => None,
+            })
+        {
+            return Err(Error::corrupt(key, r));
+        }
         if !p.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
             return Err(Error::corrupt(
                 key,

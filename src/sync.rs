@@ -20,6 +20,7 @@ use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
 use crate::change::{Change, ChunkData, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::progress::Progress;
 use crate::snapshot::{
     ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
     SnapChunk, SnapshotMeta,
@@ -29,7 +30,6 @@ use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Change files copied per batch: each batch fetches its changes, copies their blobs,
@@ -79,7 +79,7 @@ pub struct SyncOptions {
     /// snapshots (initialized by mistake), become a replica of the other.
     pub force: bool,
     /// Live counters for a progress display.
-    pub progress: Option<Arc<SyncProgress>>,
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for SyncOptions {
@@ -90,62 +90,6 @@ impl Default for SyncOptions {
             force: false,
             progress: None,
         }
-    }
-}
-
-/// Counters a sync updates as it goes, for a progress bar. Totals grow as the sync
-/// learns what to copy (a change's blobs are known once the change is read) and
-/// shrink by what it refuses or finds gone, so that when a sync completes, what was done
-/// equals the total (the objects and bytes its report counts).
-#[derive(Debug, Default)]
-pub struct SyncProgress {
-    objects_total: AtomicU64,
-    objects_done: AtomicU64,
-    bytes_total: AtomicU64,
-    bytes_done: AtomicU64,
-}
-
-impl SyncProgress {
-    /// New counters at zero.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Objects written so far, and objects known to need writing.
-    pub fn objects(&self) -> (u64, u64) {
-        (
-            self.objects_done.load(Ordering::Relaxed),
-            self.objects_total.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Bytes written so far, and bytes known to need writing.
-    pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes_done.load(Ordering::Relaxed),
-            self.bytes_total.load(Ordering::Relaxed),
-        )
-    }
-
-    fn plan(&self, objects: u64, bytes: u64) {
-        self.objects_total.fetch_add(objects, Ordering::Relaxed);
-        self.bytes_total.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// Takes back planned work that will not be done (refused, or gone).
-    fn unplan(&self, objects: u64, bytes: u64) {
-        let sub = |total: &AtomicU64, n: u64| {
-            let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some(t.saturating_sub(n))
-            });
-        };
-        sub(&self.objects_total, objects);
-        sub(&self.bytes_total, bytes);
-    }
-
-    fn done(&self, bytes: u64) {
-        self.objects_done.fetch_add(1, Ordering::Relaxed);
-        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -819,7 +763,7 @@ struct Copier {
     dst: Bucket,
     id: RepoId,
     concurrency: usize,
-    progress: Option<Arc<SyncProgress>>,
+    progress: Option<Arc<Progress>>,
     done: Transfer,
     refused: Vec<Problem>,
     /// Blobs written (or found bad) in this sync: never twice.
@@ -886,7 +830,7 @@ impl Copier {
         dst: Bucket,
         id: RepoId,
         concurrency: usize,
-        progress: Option<Arc<SyncProgress>>,
+        progress: Option<Arc<Progress>>,
     ) -> Self {
         Copier {
             src,

@@ -9,7 +9,7 @@
 //! [`Repo`] opened on the bucket.
 
 use crate::bucket::{Bucket, DEFAULT_CONCURRENCY};
-use crate::change::{ChunkData, MAX_CHANGE_BYTES, Op};
+use crate::change::{ChunkData, ChunkReference, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::fold::Fold;
 use crate::gc::ObjectKind;
@@ -19,6 +19,7 @@ use crate::repo::Repo;
 use crate::snapshot::{
     ArchiveShard, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece, SnapChunk,
 };
+use crate::view::{ChunkRef, Entry};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -111,6 +112,8 @@ pub enum FindingKind {
     UnreferencedBlob,
     /// An object already under `.crdt/quarantine/`.
     Quarantined,
+    /// A chunk adopted in place whose object changed or vanished since (one HEAD each).
+    ReferenceChanged,
 }
 
 impl FindingKind {
@@ -139,6 +142,7 @@ impl FindingKind {
             FindingKind::StaleHint => "stale_hint",
             FindingKind::UnreferencedBlob => "unreferenced_blob",
             FindingKind::Quarantined => "quarantined",
+            FindingKind::ReferenceChanged => "reference_changed",
         }
     }
 
@@ -505,6 +509,9 @@ pub async fn verify(bucket: &Bucket, opts: &VerifyOptions) -> Result<VerifyRepor
         report
             .findings
             .extend(from_reader(bucket, repo, &inv, &known));
+        report
+            .findings
+            .extend(changed_references(repo, concurrency).await?);
     }
     if opts.quarantine {
         report.moved = quarantine(bucket, id, corrupt, concurrency, &mut report.findings).await?;
@@ -1262,4 +1269,37 @@ async fn move_aside(bucket: &Bucket, id: RepoId, job: &Job) -> Result<Option<Pat
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Some(to)),
         Err(e) => Err(Error::store(from.as_ref(), e)),
     }
+}
+
+/// Chunks of the view adopted in place whose objects no longer match (one HEAD each).
+async fn changed_references(repo: &Repo, concurrency: usize) -> Result<Vec<Finding>> {
+    repo.load_all().await?;
+    let refs: Vec<(String, ChunkReference)> = repo
+        .entries()
+        .await?
+        .into_iter()
+        .filter_map(|(k, e)| match e {
+            Entry::Chunk(ChunkRef::Reference(r)) => Some((k, r)),
+            _ => None,
+        })
+        .collect();
+    let checked: Vec<Result<Option<Finding>>> = futures::stream::iter(refs)
+        .map(|(k, r)| async move {
+            Ok(repo.reference_sources().check(&r).await?.map(|why| {
+                Finding::new(
+                    FindingKind::ReferenceChanged,
+                    k,
+                    format!(
+                        "references {}/{}, which {why} since it was adopted; readers refuse it: \
+                         re-import it or write the chunk",
+                        r.source.trim_end_matches('/'),
+                        r.key
+                    ),
+                )
+            }))
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    checked.into_iter().filter_map(Result::transpose).collect()
 }

@@ -1,6 +1,7 @@
 //! The Zarr v3 view of a fold: which node each path shows, its rendered `zarr.json`,
 //! chunk lookup, key listings and the conflicts the merge rules resolved.
 
+use crate::change::ChunkReference;
 use crate::fold::{ChunkEntry, ChunkVal, Fold, NodeKind, Stamp};
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crate::key;
@@ -21,6 +22,8 @@ pub enum ChunkRef {
     },
     /// In the change file.
     Inline(Vec<u8>),
+    /// An object in another store, adopted in place; served only while it matches.
+    Reference(ChunkReference),
 }
 
 /// One key of the view and what it serves.
@@ -335,6 +338,7 @@ impl View {
                 len: *len,
             }),
             ChunkVal::Inline(b) => Some(ChunkRef::Inline(b.to_vec())),
+            ChunkVal::Reference(r) => Some(ChunkRef::Reference((**r).clone())),
             ChunkVal::Deleted => None,
         }
     }
@@ -534,6 +538,9 @@ impl View {
                             format!("blob {} ({len} bytes)", hash.short())
                         }
                         ChunkVal::Inline(b) => format!("inline ({} bytes)", b.len()),
+                        ChunkVal::Reference(r) => {
+                            format!("reference {}/{} ({} bytes)", r.source, r.key, r.size)
+                        }
                         ChunkVal::Deleted => "(deleted)".to_string(),
                     };
                     out.push(Conflict {

@@ -598,6 +598,7 @@ impl World {
                     assert_eq!(BlobHash::of(&want), *hash);
                 }
                 Entry::Metadata(b) => assert_eq!(&want[..], &b[..]),
+                Entry::Chunk(ChunkRef::Reference(r)) => panic!("no edit adopts objects: {r:?}"),
             }
             for (i, rep) in self.replicas.iter().enumerate().skip(1) {
                 let got = rep.repo.get(key).await.unwrap().unwrap();

@@ -87,7 +87,11 @@ fn faults(vanish: bool) -> impl Strategy<Value = FaultConfig> {
         (
             p(),
             0..4usize,
-            if vanish { p().boxed() } else { Just(0.0).boxed() },
+            if vanish {
+                p().boxed()
+            } else {
+                Just(0.0).boxed()
+            },
             prop::bool::weighted(0.2),
             any::<bool>(),
         ),

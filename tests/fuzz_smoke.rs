@@ -19,7 +19,7 @@
 
 use crzarr::Error;
 use crzarr::change::{
-    CHANGE_MAGIC, CHANGE_VERSION, Change, ChunkData, DimSize, INLINE_MAX, MAX_OPS, Op, OpRef,
+    CHANGE_MAGIC, CHANGE_VERSION_PLAIN, Change, ChunkData, DimSize, INLINE_MAX, MAX_OPS, Op, OpRef,
 };
 use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
@@ -884,6 +884,22 @@ fn stored_meta() -> String {
     canonical_json(&doc)
 }
 
+/// A chunk write adopting an object in place (change format 2).
+fn reference_op(key: &str) -> Op {
+    Op::SetChunk {
+        node: OpRef::Local(0),
+        key: key.into(),
+        data: ChunkData::Reference(crzarr::change::ChunkReference {
+            source: "s3://archive/sst".into(),
+            key: format!("x/{key}"),
+            size: 4096,
+            etag: Some("\"9b2cf535f27731c974343645a3985328\"".into()),
+            modified_ms: 1_700_000_000_000,
+        }),
+        observed: vec![],
+    }
+}
+
 fn valid_change() -> Change {
     let earlier = ChangeHash([4; 32]);
     Change {
@@ -955,7 +971,7 @@ fn valid_change() -> Change {
 /// that the op list (or a field before it) can be anything.
 fn change_header(deps: &[u8], message: &[u8]) -> Vec<u8> {
     let mut b = CHANGE_MAGIC.to_vec();
-    b.push(CHANGE_VERSION);
+    b.push(CHANGE_VERSION_PLAIN);
     b.push(0x98);
     b.extend([0xc4, 16]);
     b.extend(repo_id().0.to_bytes());
@@ -1122,9 +1138,53 @@ fn corpus() -> Vec<CorpusFile> {
         ),
         file(
             "change-unknown-version.bin",
+            [&valid[..4], &[3], &valid[5..]].concat(),
+            Via::Change,
+            Err("UnsupportedVersion", "format version 3 is not supported"),
+        ),
+        file(
+            "change-version-2-without-reference.bin",
             [&valid[..4], &[2], &valid[5..]].concat(),
             Via::Change,
-            Err("UnsupportedVersion", "format version 2 is not supported"),
+            Err(
+                "Corrupt",
+                "format version 2 for a change that is written as version 1",
+            ),
+        ),
+        file(
+            "change-valid-reference.bin",
+            with(&|c| c.ops.push(reference_op("c/2/2"))),
+            Via::Change,
+            Ok,
+        ),
+        file(
+            "change-reference-as-version-1.bin",
+            {
+                let mut b = with(&|c| c.ops.push(reference_op("c/2/2")));
+                b[4] = 1;
+                b
+            },
+            Via::Change,
+            Err(
+                "Corrupt",
+                "format version 1 for a change that is written as version 2",
+            ),
+        ),
+        file(
+            "change-reference-traversal.bin",
+            with(&|c| {
+                let mut op = reference_op("c/2/2");
+                if let Op::SetChunk {
+                    data: ChunkData::Reference(r),
+                    ..
+                } = &mut op
+                {
+                    r.key = "x/../../etc/passwd".into();
+                }
+                c.ops.push(op)
+            }),
+            Via::Change,
+            Err("Corrupt", "is not a plain key"),
         ),
         file(
             "change-huge-count.bin",

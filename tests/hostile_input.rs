@@ -11,8 +11,8 @@ use bytes::Bytes;
 use common::{Backend, array_meta, memory};
 use crzarr::Error;
 use crzarr::change::{
-    CHANGE_MAGIC, CHANGE_VERSION, Change, ChunkData, DimSize, INLINE_MAX, MAX_CHANGE_BYTES, Op,
-    OpRef,
+    CHANGE_MAGIC, CHANGE_VERSION, CHANGE_VERSION_PLAIN, Change, ChunkData, DimSize, INLINE_MAX,
+    MAX_CHANGE_BYTES, Op, OpRef,
 };
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
 use crzarr::layout::{ChangeName, Layout};
@@ -363,7 +363,7 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
             b[4] = CHANGE_VERSION + 1;
             one(
                 fx.named(b, &valid),
-                "format version 2 is not supported (this build reads version 1); upgrade crzarr",
+                "format version 3 is not supported (this build reads version 2); upgrade crzarr",
             )
         }
         "wrong_magic" => {
@@ -377,21 +377,21 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
                 with_msg(fx.named_raw(Vec::new()), msg),
                 with_msg(fx.named_raw(b"CRZC".to_vec()), msg),
                 with_msg(
-                    fx.named_raw(vec![b'C', b'R', b'Z', b'C', CHANGE_VERSION]),
+                    fx.named_raw(vec![b'C', b'R', b'Z', b'C', CHANGE_VERSION_PLAIN]),
                     "malformed change",
                 ),
             ]
         }
         "garbage_msgpack" => {
             let mut b = CHANGE_MAGIC.to_vec();
-            b.push(CHANGE_VERSION);
+            b.push(CHANGE_VERSION_PLAIN);
             b.extend_from_slice(b"\xc1\xff\x00garbage that is not msgpack");
             one(fx.named_raw(b), "malformed change")
         }
         "valid_msgpack_wrong_shape" => {
             // Well-formed MessagePack that is not a change: an array of 8 integers.
             let mut b = CHANGE_MAGIC.to_vec();
-            b.push(CHANGE_VERSION);
+            b.push(CHANGE_VERSION_PLAIN);
             b.extend_from_slice(&[0x98, 1, 2, 3, 4, 5, 6, 7, 8]);
             one(fx.named_raw(b), "malformed change")
         }
@@ -415,7 +415,7 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
         }
         "struct_encoded_as_map" => {
             let mut b = CHANGE_MAGIC.to_vec();
-            b.push(CHANGE_VERSION);
+            b.push(CHANGE_VERSION_PLAIN);
             b.extend(rmp_serde::to_vec_named(&valid).unwrap());
             one(
                 fx.named(b, &valid),
@@ -1631,7 +1631,7 @@ async fn format_spec_example_bytes() {
 fn raw_change(deps: &[u8], message: &[u8], ops: &[u8]) -> Vec<u8> {
     let c = sample_change();
     let mut b = CHANGE_MAGIC.to_vec();
-    b.push(CHANGE_VERSION);
+    b.push(CHANGE_VERSION_PLAIN);
     b.push(0x98);
     b.extend(rmp_serde::to_vec(&c.repo).unwrap());
     b.extend(rmp_serde::to_vec(&c.actor).unwrap());
@@ -1666,7 +1666,7 @@ fn decode_refuses_length_bombs() {
     let one_dep = [&[0x91][..], &dep].concat();
     let msg = [0xa1, b'm'];
     let cat = |parts: &[&[u8]]| parts.concat();
-    let prefix = [&CHANGE_MAGIC[..], &[CHANGE_VERSION]].concat();
+    let prefix = [&CHANGE_MAGIC[..], &[CHANGE_VERSION_PLAIN]].concat();
     let bombs: Vec<(&str, Vec<u8>)> = vec![
         ("top-level array", cat(&[&prefix, &huge_arr, &[0x01]])),
         ("top-level map", cat(&[&prefix, &huge_map, &[0xa1, b'r']])),

@@ -42,8 +42,9 @@ use crzarr::fold::Fold;
 use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash};
 use crzarr::layout::{ChangeName, Layout};
+use crzarr::progress::Progress;
 use crzarr::repo::Repo;
-use crzarr::sync::{Direction, Side, SyncOptions, SyncProgress, SyncReport, sync};
+use crzarr::sync::{Direction, Side, SyncOptions, SyncReport, sync};
 use crzarr::testing::{CountingStore, RequestCounts};
 use crzarr::view::{ChunkRef, Conflict, Entry, View};
 use edits::{Edit, apply_edits, base_edits, edit};
@@ -196,6 +197,7 @@ async fn check_valid(store: &Arc<dyn ObjectStore>, ctx: &str) -> Repo {
             Entry::Chunk(ChunkRef::Inline(b)) | Entry::Metadata(b) => {
                 assert_eq!(&got[..], &b[..], "{ctx}: {k}")
             }
+            Entry::Chunk(ChunkRef::Reference(r)) => panic!("{ctx}: no edit adopts objects: {r:?}"),
         }
     }
     r
@@ -515,7 +517,7 @@ struct World {
 fn new_store(kind: Kind, index: usize) -> (Arc<dyn ObjectStore>, Option<tempfile::TempDir>) {
     match kind {
         Kind::Memory => (mem(), None),
-        Kind::LocalAndS3 if index % 2 == 0 => {
+        Kind::LocalAndS3 if index.is_multiple_of(2) => {
             let b = common::s3().expect("S3 backend");
             let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
             (Arc::new(store), None)
@@ -1940,7 +1942,7 @@ async fn progress_counts_what_is_written_and_ends_complete() {
         ("damaged shard", &damaged, false),
     ] {
         for concurrency in [1, 32] {
-            let progress = Arc::new(SyncProgress::new());
+            let progress = Arc::new(Progress::new());
             let o = SyncOptions {
                 direction: Direction::Push,
                 concurrency,

@@ -3,7 +3,8 @@
 
 use crzarr::bucket::Bucket;
 use crzarr::connect::connect;
-use crzarr::sync::{Direction, SyncOptions, SyncProgress, SyncReport, Transfer, sync};
+use crzarr::progress::Progress;
+use crzarr::sync::{Direction, SyncOptions, SyncReport, Transfer, sync};
 use crzarr::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -78,7 +79,7 @@ impl SyncArgs {
         }
     }
 
-    fn options(&self, concurrency: usize, progress: Option<Arc<SyncProgress>>) -> SyncOptions {
+    fn options(&self, concurrency: usize, progress: Option<Arc<Progress>>) -> SyncOptions {
         SyncOptions {
             direction: self.direction(),
             concurrency,
@@ -91,7 +92,7 @@ impl SyncArgs {
 /// `crzarr sync A B`.
 pub(crate) async fn run_sync(args: SyncArgs, concurrency: usize) -> Result<ExitCode> {
     let (a, b) = args.buckets()?;
-    let progress = Arc::new(SyncProgress::new());
+    let progress = Arc::new(Progress::new());
     let bar = progress_bar();
     let ticker = {
         let (bar, progress) = (bar.clone(), progress.clone());
@@ -178,7 +179,7 @@ fn exit_code(report: &SyncReport) -> ExitCode {
 }
 
 /// A bar on stderr when it is a terminal; drawing nothing otherwise.
-fn progress_bar() -> ProgressBar {
+pub(crate) fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} objects {msg}",
@@ -188,7 +189,7 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-fn draw(bar: &ProgressBar, progress: &SyncProgress) {
+pub(crate) fn draw(bar: &ProgressBar, progress: &Progress) {
     let (done, total) = progress.objects();
     let (bytes, bytes_total) = progress.bytes();
     bar.set_length(total);

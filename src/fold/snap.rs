@@ -693,6 +693,7 @@ fn encode_piece(rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]) -> (ManifestPiec
                                 len: *len,
                             },
                             ChunkVal::Inline(b) => SnapChunk::Inline(b.to_vec()),
+                            ChunkVal::Reference(r) => SnapChunk::Reference((**r).clone()),
                             ChunkVal::Deleted => SnapChunk::Deleted,
                         };
                         ((idx[&e.order.hash], e.order.op), v)

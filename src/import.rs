@@ -1,0 +1,426 @@
+//! Import: a plain Zarr v3 store (a directory or any object-store URL) into the
+//! repository as one change. Re-importing records only the difference: nodes added,
+//! changed or deleted, chunks written or deleted.
+//!
+//! Every `zarr.json` is validated as a client's write is (`meta::parse_node_doc`), and
+//! an invalid one refuses the whole import, naming its key. Zarr v2 metadata is refused.
+//! Keys that are neither metadata nor a chunk of an array (stray files, a `.crdt/`
+//! directory) are reported in [`ImportReport::ignored`] and not imported.
+//!
+//! Chunk bytes are read with bounded concurrency; a chunk that differs from the view is
+//! stored as a blob as soon as it is read, so memory holds at most `concurrency` chunks,
+//! and the change that references them is written last, as every commit is.
+
+use crate::bucket::DEFAULT_CONCURRENCY;
+use crate::change::{ChunkReference, INLINE_MAX};
+use crate::error::{Error, Result};
+use crate::ids::{BlobHash, ChangeHash};
+use crate::key::{self, META_FILE};
+use crate::meta::{NodeDoc, parse_node_doc};
+use crate::progress::Progress;
+use crate::reference::reference_to;
+use crate::repo::Repo;
+use crate::view::{ChunkRef, Entry, NodeType};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How to import.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Commit message (default: `import` and the source's description).
+    pub message: Option<String>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Counters for a progress bar: source objects read and their bytes.
+    pub progress: Option<Arc<Progress>>,
+    /// Adopt chunks in place instead of copying them: each chunk is recorded as a
+    /// reference into the source, whose absolute URL this is (`file:///abs/dir`,
+    /// `s3://bucket/prefix`). Readers then read the source's objects, and only while
+    /// they still match what was recorded (spec/format.md §5.3). Metadata is copied.
+    pub by_reference: Option<String>,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            message: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            progress: None,
+            by_reference: None,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// The change recorded, or `None` when the source equals the view.
+    pub change: Option<ChangeHash>,
+    /// Nodes the view did not have.
+    pub nodes_created: u64,
+    /// Nodes whose metadata (attributes, shape, or layout) changed.
+    pub nodes_updated: u64,
+    /// Nodes (with their subtrees) the source no longer has.
+    pub nodes_deleted: u64,
+    /// Chunks new or different from the view.
+    pub chunks_written: u64,
+    /// Chunks identical to the view's.
+    pub chunks_unchanged: u64,
+    /// Chunks the source no longer has (of arrays it still has).
+    pub chunks_deleted: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Source keys that are neither metadata nor a chunk of an array, not imported.
+    pub ignored: Vec<String>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// One object of a plain Zarr store: its key relative to the store's root.
+pub(crate) struct PlainObject {
+    pub(crate) key: String,
+    pub(crate) meta: ObjectMeta,
+}
+
+/// Lists a plain Zarr store under `prefix`, sorted by key.
+pub(crate) async fn list_plain(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<PlainObject>> {
+    let root = Path::from(prefix);
+    let listed: Vec<ObjectMeta> = store
+        .list((!prefix.is_empty()).then_some(&root))
+        .try_collect()
+        .await
+        .map_err(|e| Error::store(root.as_ref(), e))?;
+    let mut out: Vec<PlainObject> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let full = meta.location.as_ref();
+            let key = if root.as_ref().is_empty() {
+                full.to_string()
+            } else {
+                full.strip_prefix(root.as_ref())?
+                    .strip_prefix('/')?
+                    .to_string()
+            };
+            Some(PlainObject { key, meta })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// The node path of a metadata key (`zarr.json` or `a/b/zarr.json`).
+fn meta_path(k: &str) -> Option<&str> {
+    if k == META_FILE {
+        Some("")
+    } else {
+        k.strip_suffix(META_FILE)?.strip_suffix('/')
+    }
+}
+
+const V2_METADATA: [&str; 4] = [".zarray", ".zgroup", ".zattrs", ".zmetadata"];
+
+/// The deepest node whose subtree holds `k`.
+fn owner<'n>(nodes: &'n BTreeMap<String, (Bytes, NodeDoc)>, k: &str) -> Option<&'n str> {
+    let mut up = key::parent(k);
+    while let Some(p) = up {
+        if nodes.contains_key(p) {
+            return nodes.get_key_value(p).map(|(k, _)| k.as_str());
+        }
+        up = key::parent(p);
+    }
+    None
+}
+
+/// A chunk read from the source and what the change must say about it.
+enum Read {
+    Same,
+    Inline(String, String, Bytes),
+    Stored(String, String, BlobHash, u64),
+    Reference(String, String, ChunkReference),
+}
+
+impl Repo {
+    /// Imports the plain Zarr v3 store at `prefix` in `src` as one change: what differs
+    /// from the current view (see the [module docs](self)).
+    pub async fn import(
+        &mut self,
+        src: Arc<dyn ObjectStore>,
+        prefix: &str,
+        opts: &ImportOptions,
+    ) -> Result<ImportReport> {
+        let started = Instant::now();
+        let concurrency = opts.concurrency.max(1);
+        let full = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}/{k}")
+            }
+        };
+        let listing = list_plain(src.as_ref(), prefix).await?;
+        let mut report = ImportReport::default();
+        if let Some(p) = &opts.progress {
+            let bytes = listing.iter().map(|o| o.meta.size).sum();
+            p.plan(listing.len() as u64, bytes);
+        }
+
+        // Metadata first: all of it must be valid before anything is written.
+        let mut meta_keys = Vec::new();
+        let mut others = Vec::new();
+        for o in listing {
+            if let Some(v2) = V2_METADATA
+                .iter()
+                .find(|n| o.key == **n || o.key.ends_with(&format!("/{n}")))
+            {
+                return Err(Error::invalid_metadata(
+                    full(&o.key),
+                    format!(
+                        "{v2} is Zarr v2 metadata; crzarr imports Zarr v3 stores (convert with zarr-python first)"
+                    ),
+                ));
+            }
+            match meta_path(&o.key) {
+                Some(p) if key::check_key(&o.key).is_ok() => meta_keys.push((p.to_string(), o)),
+                _ => others.push(o),
+            }
+        }
+        let docs: Vec<(String, Bytes)> = futures::stream::iter(meta_keys)
+            .map(|(path, o)| {
+                let src = src.clone();
+                async move {
+                    let bytes = match src.get(&o.meta.location).await {
+                        Ok(g) => g.bytes().await,
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| Error::store(o.meta.location.as_ref(), e))?;
+                    Ok::<_, Error>((path, bytes))
+                }
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        let mut nodes: BTreeMap<String, (Bytes, NodeDoc)> = BTreeMap::new();
+        for (path, bytes) in docs {
+            report.bytes_read += bytes.len() as u64;
+            if let Some(p) = &opts.progress {
+                p.done(bytes.len() as u64);
+            }
+            let meta_key = full(&key::meta_key(&path));
+            key::check_node_path(&path).map_err(|e| match e {
+                Error::InvalidKey { reason, .. } => Error::invalid_metadata(&meta_key, reason),
+                e => e,
+            })?;
+            let doc = parse_node_doc(&meta_key, &bytes)?;
+            nodes.insert(path, (bytes, doc));
+        }
+        for path in nodes.keys() {
+            if let Some(a) = owner(&nodes, path)
+                && matches!(nodes.get(a), Some((_, NodeDoc::Array { .. })))
+            {
+                return Err(Error::invalid_metadata(
+                    full(&key::meta_key(path)),
+                    format!("a node inside array {a:?}"),
+                ));
+            }
+        }
+
+        // The view to compare with: every manifest piece is needed.
+        self.load_all().await?;
+        let entries = self.entries().await?;
+        let view = self.view();
+        let fold = self.fold();
+        let mut created = Vec::new();
+        let mut updated = Vec::new();
+        // Arrays whose chunks are all new: created, or recreated with another layout.
+        let mut fresh: BTreeSet<&str> = BTreeSet::new();
+        for (path, (bytes, doc)) in &nodes {
+            let shown = match view.node_type(path) {
+                Some(NodeType::Group | NodeType::Array) => {
+                    entries.get(&key::meta_key(path)).and_then(|e| match e {
+                        Entry::Metadata(b) => parse_node_doc(path, b).ok(),
+                        Entry::Chunk(_) => None,
+                    })
+                }
+                _ => None,
+            };
+            match (&shown, doc) {
+                (None, _) => created.push((path.clone(), bytes.clone())),
+                (Some(old), new) if old == new => {}
+                (Some(_), _) => updated.push((path.clone(), bytes.clone())),
+            }
+            if let NodeDoc::Array { meta, .. } = doc {
+                let same = matches!(&shown, Some(NodeDoc::Array { meta: old, .. }) if old.same_layout(meta));
+                if !same {
+                    fresh.insert(path.as_str());
+                }
+            }
+        }
+        // Nodes the source no longer has: only the topmost of each deleted subtree.
+        let mut deleted: Vec<String> = Vec::new();
+        for path in view.node_paths() {
+            if !matches!(view.node_type(path), Some(NodeType::Group | NodeType::Array))
+                || nodes.contains_key(path)
+                || deleted.iter().any(|d| key::in_subtree(d, path))
+                // The source still has a node below it (an implicit parent): keep it.
+                || nodes.keys().any(|n| key::in_subtree(path, n))
+            {
+                continue;
+            }
+            deleted.push(path.to_string());
+        }
+
+        // Chunks: read, compare with the view, store what differs as a blob right away.
+        let mut chunks = Vec::new();
+        for o in others {
+            let array = match owner(&nodes, &o.key) {
+                Some(a) if matches!(nodes.get(a), Some((_, NodeDoc::Array { .. }))) => a,
+                _ => {
+                    report.ignored.push(full(&o.key));
+                    if let Some(p) = &opts.progress {
+                        p.unplan(1, o.meta.size);
+                    }
+                    continue;
+                }
+            };
+            let rel = if array.is_empty() {
+                o.key.clone()
+            } else {
+                o.key[array.len() + 1..].to_string()
+            };
+            if key::check_chunk_key(&rel).is_err() || key::check_key(&o.key).is_err() {
+                report.ignored.push(full(&o.key));
+                continue;
+            }
+            let shown = if fresh.contains(array) {
+                None
+            } else {
+                match entries.get(&o.key) {
+                    Some(Entry::Chunk(c)) => Some(c.clone()),
+                    _ => None,
+                }
+            };
+            chunks.push((array.to_string(), rel, o, shown));
+        }
+        let src_chunks: BTreeSet<String> = chunks.iter().map(|c| c.2.key.clone()).collect();
+        let bucket = self.bucket().clone();
+        let progress = opts.progress.clone();
+        let by_reference = opts.by_reference.clone();
+        let reads: Vec<(Read, u64)> = futures::stream::iter(chunks)
+            .map(|(array, rel, o, shown)| {
+                let (src, bucket, progress) = (src.clone(), bucket.clone(), progress.clone());
+                let by_reference = by_reference.clone();
+                async move {
+                    if let Some(source) = by_reference {
+                        // Nothing is read: the listing's size, ETag and time are recorded.
+                        if let Some(p) = &progress {
+                            p.done(0);
+                        }
+                        let r = reference_to(&source, &o.key, &o.meta);
+                        let read = match shown {
+                            Some(ChunkRef::Reference(old)) if old == r => Read::Same,
+                            _ => Read::Reference(array, rel, r),
+                        };
+                        return Ok::<_, Error>((read, 0));
+                    }
+                    let bytes = match src.get(&o.meta.location).await {
+                        Ok(g) => g.bytes().await,
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| Error::store(o.meta.location.as_ref(), e))?;
+                    let n = bytes.len() as u64;
+                    if let Some(p) = &progress {
+                        p.done(n);
+                    }
+                    let read = if bytes.len() <= INLINE_MAX {
+                        match shown {
+                            Some(ChunkRef::Inline(b)) if b == bytes => Read::Same,
+                            _ => Read::Inline(array, rel, bytes),
+                        }
+                    } else {
+                        let hash = BlobHash::of(&bytes);
+                        match shown {
+                            Some(ChunkRef::Blob { hash: h, .. }) if h == hash => Read::Same,
+                            _ => {
+                                bucket.put_blob(&bucket.layout.blob(&hash), bytes).await?;
+                                Read::Stored(array, rel, hash, n)
+                            }
+                        }
+                    };
+                    Ok::<_, Error>((read, n))
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+
+        // Chunks of kept arrays the source no longer has.
+        let mut chunk_deletes = Vec::new();
+        for (path, (_, doc)) in &nodes {
+            if !matches!(doc, NodeDoc::Array { .. }) || fresh.contains(path.as_str()) {
+                continue;
+            }
+            for rel in view.chunk_keys(fold, path) {
+                let k = if path.is_empty() {
+                    rel.clone()
+                } else {
+                    format!("{path}/{rel}")
+                };
+                if !src_chunks.contains(&k) {
+                    chunk_deletes.push((path.clone(), rel));
+                }
+            }
+        }
+
+        let (n_created, n_updated, n_deleted) = (
+            created.len() as u64,
+            updated.len() as u64,
+            deleted.len() as u64,
+        );
+        let message = opts.message.clone();
+        let mut s = self.session();
+        for path in &deleted {
+            s.delete(&key::meta_key(path))?;
+        }
+        for (path, bytes) in &created {
+            s.set(&key::meta_key(path), bytes.clone())?;
+        }
+        for (path, bytes) in &updated {
+            s.set(&key::meta_key(path), bytes.clone())?;
+        }
+        for (read, n) in reads {
+            report.bytes_read += n;
+            match read {
+                Read::Same => report.chunks_unchanged += 1,
+                Read::Inline(array, rel, bytes) => {
+                    s.set_chunk(&array, &rel, bytes)?;
+                    report.chunks_written += 1;
+                }
+                Read::Stored(array, rel, hash, len) => {
+                    s.set_chunk_stored(&array, &rel, hash, len)?;
+                    report.chunks_written += 1;
+                }
+                Read::Reference(array, rel, r) => {
+                    s.set_chunk_reference(&array, &rel, r)?;
+                    report.chunks_written += 1;
+                }
+            }
+        }
+        for (array, rel) in &chunk_deletes {
+            s.delete_chunk(array, rel)?;
+        }
+        report.chunks_deleted = chunk_deletes.len() as u64;
+        report.nodes_created = n_created;
+        report.nodes_updated = n_updated;
+        report.nodes_deleted = n_deleted;
+        report.change = s.commit(message.as_deref().or(Some("import"))).await?;
+        report.ignored.sort();
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+}
