@@ -28,6 +28,7 @@
 //! | [`progress`] | counters of long transfers, for progress bars |
 //! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
 //! | [`testing`] | a request-counting store and a fault-injecting store for tests and benchmarks |
+//! | `zarrs_store` | (feature `zarrs`) crzarr as a store for the `zarrs` crate, writes staged until commit |
 //!
 //! The normative format and merge rules are in `spec/`.
 //!
@@ -96,6 +97,8 @@ pub mod sync;
 pub mod testing;
 pub mod verify;
 pub mod view;
+#[cfg(feature = "zarrs")]
+pub mod zarrs_store;
 
 pub use error::{Error, Result};
 pub use repo::Repo;
