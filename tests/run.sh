@@ -23,8 +23,28 @@ export CRZARR_REQUIRE_S3=1
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets --features zarrs --quiet -- -D warnings
 
 echo "== tests (benchmarks are built by clippy above and run by 'cargo bench')"
 cargo test --lib --bins --tests --quiet
 cargo test --doc --quiet
+echo "== zarrs adapter (feature zarrs): zarrs' own store tests, arrays written through it"
+cargo test --features zarrs --test zarrs_adapter --lib --quiet
+cargo test --features zarrs --doc --quiet
+
+echo "== interop: zarr-python and tensorstore read what crzarr exports (tests/interop)"
+cargo build --quiet --bin crzarr
+cargo build --quiet --features zarrs --example zarrs_two_writers
+export CRZARR_BIN="$root/target/debug/crzarr"
+export CRZARR_ZARRS_EXAMPLE="$root/target/debug/examples/zarrs_two_writers"
+"$root/.venv/bin/python" -m pytest tests/interop -q -p no:cacheprovider -rs | tee "$work/interop.log"
+# Every test must run: a skip is a failure here.
+if grep -Eq '[0-9]+ (skipped|xfailed|deselected)' "$work/interop.log"; then
+  echo "interop tests were skipped; failing" >&2
+  exit 1
+fi
+echo "== interop: $(grep -Eo '[0-9]+ passed' "$work/interop.log" | tail -n 1) (zarr-python $("$root/.venv/bin/python" -c 'import zarr; print(zarr.__version__)'), tensorstore)"
+
+echo "== the vs-Icechunk harness builds (benches/vs-icechunk, run by hand: see benches/README.md)"
+cargo check --quiet --manifest-path benches/vs-icechunk/Cargo.toml
 echo "== all tests passed"
