@@ -33,8 +33,9 @@ cargo test --features zarrs --test zarrs_adapter --lib --quiet
 cargo test --features zarrs --doc --quiet
 
 echo "== interop: zarr-python and tensorstore read what crzarr exports (tests/interop)"
-cargo build --quiet --bin crzarr
-cargo build --quiet --features zarrs --example zarrs_two_writers
+# The test profile: the artifacts `cargo test` just built are reused (disk and time).
+cargo build --quiet --profile test --bin crzarr
+cargo build --quiet --profile test --features zarrs --example zarrs_two_writers
 export CRZARR_BIN="$root/target/debug/crzarr"
 export CRZARR_ZARRS_EXAMPLE="$root/target/debug/examples/zarrs_two_writers"
 "$root/.venv/bin/python" -m pytest tests/interop -q -p no:cacheprovider -rs | tee "$work/interop.log"
