@@ -12,7 +12,7 @@
 
 use crate::bucket::DEFAULT_CONCURRENCY;
 use crate::error::{Error, Result};
-use crate::import::list_plain;
+use crate::import::{list_plain, plain_key};
 use crate::key::META_FILE;
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -74,13 +74,7 @@ impl Repo {
     ) -> Result<ExportReport> {
         let started = Instant::now();
         let concurrency = opts.concurrency.max(1);
-        let full = |k: &str| {
-            if prefix.is_empty() {
-                Path::from(k)
-            } else {
-                Path::from(format!("{prefix}/{k}"))
-            }
-        };
+        let full = |k: &str| Path::from(plain_key(prefix, k));
         let (listing, loaded) = futures::join!(list_plain(dst.as_ref(), prefix), self.load_all());
         let (listing, ()) = (listing?, loaded?);
         if let Some(o) = listing.iter().find(|o| o.key.starts_with(".crdt/")) {

@@ -129,12 +129,21 @@ const V2_METADATA: [&str; 4] = [".zarray", ".zgroup", ".zattrs", ".zmetadata"];
 fn owner<'n>(nodes: &'n BTreeMap<String, (Bytes, NodeDoc)>, k: &str) -> Option<&'n str> {
     let mut up = key::parent(k);
     while let Some(p) = up {
-        if nodes.contains_key(p) {
-            return nodes.get_key_value(p).map(|(k, _)| k.as_str());
+        if let Some((k, _)) = nodes.get_key_value(p) {
+            return Some(k);
         }
         up = key::parent(p);
     }
     None
+}
+
+/// The full key of `k` in a plain store under `prefix`.
+pub(crate) fn plain_key(prefix: &str, k: &str) -> String {
+    if prefix.is_empty() {
+        k.to_string()
+    } else {
+        format!("{prefix}/{k}")
+    }
 }
 
 /// A chunk read from the source and what the change must say about it.
@@ -156,13 +165,7 @@ impl Repo {
     ) -> Result<ImportReport> {
         let started = Instant::now();
         let concurrency = opts.concurrency.max(1);
-        let full = |k: &str| {
-            if prefix.is_empty() {
-                k.to_string()
-            } else {
-                format!("{prefix}/{k}")
-            }
-        };
+        let full = |k: &str| plain_key(prefix, k);
         let listing = list_plain(src.as_ref(), prefix).await?;
         let mut report = ImportReport::default();
         if let Some(p) = &opts.progress {

@@ -382,19 +382,24 @@ async fn adopted() -> (
     );
     let b = common::local();
     let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
-    let rep = r
-        .import(
-            src.clone(),
-            "archive",
-            &ImportOptions {
-                by_reference: Some(url.clone()),
-                ..ImportOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!((rep.chunks_written, rep.bytes_read), (4, rep.bytes_read));
+    let rep = adopt(&mut r, &src, &url).await;
+    // Only metadata is read: the chunks stay where they are.
+    let metadata: usize = plain_store()
+        .iter()
+        .filter(|(k, _)| k.ends_with("zarr.json"))
+        .map(|(_, v)| v.len())
+        .sum();
+    assert_eq!((rep.chunks_written, rep.bytes_read), (4, metadata as u64));
     (dir, src, url, b, r)
+}
+
+/// Imports `archive` from `src` by reference to `url`.
+async fn adopt(r: &mut Repo, src: &Arc<dyn ObjectStore>, url: &str) -> ImportReport {
+    let opts = ImportOptions {
+        by_reference: Some(url.to_string()),
+        ..ImportOptions::default()
+    };
+    r.import(src.clone(), "archive", &opts).await.unwrap()
 }
 
 async fn blob_count(b: &Backend) -> usize {
@@ -516,17 +521,7 @@ async fn a_changed_or_vanished_original_is_reported_never_served() {
     assert_eq!(keys, ["x/c/0", "x/c/1"], "{report:?}");
     // Re-importing by reference adopts the new state.
     let mut r = r;
-    let rep = r
-        .import(
-            src.clone(),
-            "archive",
-            &ImportOptions {
-                by_reference: Some(url.clone()),
-                ..ImportOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let rep = adopt(&mut r, &src, &url).await;
     assert_eq!(
         (rep.chunks_written, rep.chunks_deleted, rep.chunks_unchanged),
         (1, 1, 2),
