@@ -104,10 +104,13 @@ const CHANGE_FRAME: Frame = Frame {
 /// First four bytes of every change file.
 pub const CHANGE_MAGIC: &[u8; 4] = b"CRZC";
 /// Newest change format version written and read by this build. Version 2 is
-/// version 1 plus [`ChunkData::Reference`]; a change without references is written as
-/// version 1, so builds that read only version 1 still read it.
-pub const CHANGE_VERSION: u8 = 2;
-/// The change format version of changes that hold no reference.
+/// version 1 plus [`ChunkData::Reference`]; version 3 is version 2 plus
+/// [`Op::SetObject`] and [`Op::DeleteObject`]. A change is written in the oldest
+/// version that holds it, so builds that read only older versions still read it.
+pub const CHANGE_VERSION: u8 = 3;
+/// The change format version of changes that hold references but no object op.
+pub const CHANGE_VERSION_REFERENCES: u8 = 2;
+/// The change format version of changes that hold no reference and no object op.
 pub const CHANGE_VERSION_PLAIN: u8 = 1;
 /// Largest change file accepted (bytes).
 pub const MAX_CHANGE_BYTES: u64 = 64 << 20;
@@ -285,6 +288,25 @@ pub enum Op {
         /// Entries superseded.
         observed: Vec<OpRef>,
     },
+    /// Write one object: a store key outside every node's metadata and chunks
+    /// (change format 3).
+    #[serde(rename = "so")]
+    SetObject {
+        /// Store key.
+        key: String,
+        /// The bytes: a blob or inline, never a reference.
+        data: ChunkData,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
+    /// Delete one object (change format 3).
+    #[serde(rename = "do")]
+    DeleteObject {
+        /// Store key.
+        key: String,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
     /// Delete the listed incarnations (a node and the subtree the writer saw).
     #[serde(rename = "dn")]
     DeleteNode {
@@ -313,6 +335,25 @@ impl Op {
                 dims.iter().flat_map(|d| d.observed.iter()).for_each(f);
             }
             Op::DeleteNode { incarnations, .. } => incarnations.iter().for_each(f),
+            Op::SetObject { observed, .. } | Op::DeleteObject { observed, .. } => {
+                observed.iter().for_each(f)
+            }
+        }
+    }
+
+    /// The blob this op writes, if it writes one (a chunk or an object stored as a
+    /// blob): what sync copies and GC keeps for it.
+    pub fn blob(&self) -> Option<(BlobHash, u64)> {
+        match self {
+            Op::SetChunk {
+                data: ChunkData::Blob { hash, len },
+                ..
+            }
+            | Op::SetObject {
+                data: ChunkData::Blob { hash, len },
+                ..
+            } => Some((*hash, *len)),
+            _ => None,
         }
     }
 
@@ -320,7 +361,10 @@ impl Op {
     /// incarnations a delete removes), not on `observed` entries.
     pub fn for_each_node_ref(&self, mut f: impl FnMut(&OpRef)) {
         match self {
-            Op::CreateGroup { .. } | Op::CreateArray { .. } => {}
+            Op::CreateGroup { .. }
+            | Op::CreateArray { .. }
+            | Op::SetObject { .. }
+            | Op::DeleteObject { .. } => {}
             Op::SetAttr { node, .. }
             | Op::DeleteAttr { node, .. }
             | Op::SetChunk { node, .. }
@@ -533,22 +577,21 @@ impl Change {
         CHANGE_FRAME.encode_as(self, self.format_version())
     }
 
-    /// The one format version this change is written in: 2 when it holds a reference.
+    /// The one format version this change is written in: 3 when it holds an object
+    /// op, else 2 when it holds a reference, else 1.
     pub fn format_version(&self) -> u8 {
-        let refs = self.ops.iter().any(|op| {
-            matches!(
-                op,
+        let mut version = CHANGE_VERSION_PLAIN;
+        for op in &self.ops {
+            match op {
+                Op::SetObject { .. } | Op::DeleteObject { .. } => return CHANGE_VERSION,
                 Op::SetChunk {
                     data: ChunkData::Reference(_),
                     ..
-                }
-            )
-        });
-        if refs {
-            CHANGE_VERSION
-        } else {
-            CHANGE_VERSION_PLAIN
+                } => version = CHANGE_VERSION_REFERENCES,
+                _ => {}
+            }
         }
+        version
     }
 
     /// Decodes and verifies a change file. `key` names it in errors; `hash` is the
@@ -759,6 +802,27 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
         } => {
             check_ref(node, i, is_create, true)?;
             key::check_chunk_key(key).map_err(e)?;
+            check_observed(observed, i, is_create)
+        }
+        Op::SetObject {
+            key,
+            data,
+            observed,
+        } => {
+            key::check_object_key(key).map_err(e)?;
+            match data {
+                ChunkData::Inline(b) if b.len() > INLINE_MAX => {
+                    return Err("inline object larger than the inline limit".into());
+                }
+                ChunkData::Reference(_) => {
+                    return Err("an object cannot be a reference".into());
+                }
+                _ => {}
+            }
+            check_observed(observed, i, is_create)
+        }
+        Op::DeleteObject { key, observed } => {
+            key::check_object_key(key).map_err(e)?;
             check_observed(observed, i, is_create)
         }
         Op::DeleteNode { path, incarnations } => {

@@ -102,8 +102,10 @@ impl Repo {
                     async move {
                         let bytes: Bytes = match entry {
                             Entry::Metadata(b) => Bytes::from(b.clone()),
-                            Entry::Chunk(ChunkRef::Inline(b)) => Bytes::from(b.clone()),
-                            Entry::Chunk(ChunkRef::Blob { hash, len }) => {
+                            Entry::Chunk(ChunkRef::Inline(b))
+                            | Entry::Object(ChunkRef::Inline(b)) => Bytes::from(b.clone()),
+                            Entry::Chunk(ChunkRef::Blob { hash, len })
+                            | Entry::Object(ChunkRef::Blob { hash, len }) => {
                                 self.bucket().get_blob(hash, *len).await?.ok_or_else(|| {
                                     Error::MissingBlob {
                                         key: k.clone(),
@@ -111,7 +113,8 @@ impl Repo {
                                     }
                                 })?
                             }
-                            Entry::Chunk(ChunkRef::Reference(r)) => {
+                            Entry::Chunk(ChunkRef::Reference(r))
+                            | Entry::Object(ChunkRef::Reference(r)) => {
                                 self.reference_sources().read(k, r).await?
                             }
                         };

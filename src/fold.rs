@@ -84,15 +84,7 @@ impl LoadedPiece {
             .map(|(k, es)| {
                 let es = es
                     .into_iter()
-                    .map(|((c, op), v)| {
-                        let v = match v {
-                            SnapChunk::Blob { hash, len } => ChunkVal::Blob { hash, len },
-                            SnapChunk::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
-                            SnapChunk::Reference(r) => ChunkVal::Reference(Box::new(r)),
-                            SnapChunk::Deleted => ChunkVal::Deleted,
-                        };
-                        (c, op, v)
-                    })
+                    .map(|((c, op), v)| (c, op, ChunkVal::from_snap(v)))
                     .collect();
                 (k.into_boxed_str(), es)
             })
@@ -153,6 +145,31 @@ pub(crate) enum ChunkVal {
     /// Boxed: rare, and large next to the others.
     Reference(Box<ChunkReference>),
     Deleted,
+}
+
+impl ChunkVal {
+    /// The value as a snapshot holds it.
+    pub(crate) fn from_snap(v: SnapChunk) -> ChunkVal {
+        match v {
+            SnapChunk::Blob { hash, len } => ChunkVal::Blob { hash, len },
+            SnapChunk::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+            SnapChunk::Reference(r) => ChunkVal::Reference(Box::new(r)),
+            SnapChunk::Deleted => ChunkVal::Deleted,
+        }
+    }
+
+    /// The value as a snapshot writes it.
+    pub(crate) fn to_snap(&self) -> SnapChunk {
+        match self {
+            ChunkVal::Blob { hash, len } => SnapChunk::Blob {
+                hash: *hash,
+                len: *len,
+            },
+            ChunkVal::Inline(b) => SnapChunk::Inline(b.to_vec()),
+            ChunkVal::Reference(r) => SnapChunk::Reference((**r).clone()),
+            ChunkVal::Deleted => SnapChunk::Deleted,
+        }
+    }
 }
 
 /// A multi-value register: its live (unobserved) entries. Almost always one.
@@ -403,6 +420,8 @@ pub struct Fold {
     waiters: HashMap<ChangeHash, Vec<ChangeHash>>,
     rejected: HashMap<ChangeHash, String>,
     claims: HashMap<(ActorId, u64), Vec<ChangeHash>>,
+    /// Object registers by store key (keys outside nodes' metadata and chunks).
+    pub(crate) objects: BTreeMap<Box<str>, Register<ChunkVal>>,
     /// Entries superseded where they may still appear: by path, then register.
     pub(crate) superseded: HashMap<Box<str>, HashMap<RegKey, Vec<EntryId>>>,
     /// Manifest pieces read so far (a cache: loading one never changes the state).
@@ -426,6 +445,7 @@ impl Fold {
             waiters: HashMap::new(),
             rejected: HashMap::new(),
             claims: HashMap::new(),
+            objects: BTreeMap::new(),
             superseded: HashMap::new(),
             pieces: RwLock::new(HashMap::new()),
             base: None,
@@ -973,6 +993,46 @@ impl Fold {
                     let t = self.resolve(r, own);
                     self.delete_node(t);
                 }
+            }
+            Op::SetObject {
+                key,
+                data,
+                observed,
+            } => {
+                let val = match data {
+                    ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
+                    ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+                    // Refused when the change was decoded.
+                    ChunkData::Reference(_) => return,
+                };
+                self.write_object(s, key, val, &observed);
+            }
+            Op::DeleteObject { key, observed } => {
+                self.write_object(s, key, ChunkVal::Deleted, &observed)
+            }
+        }
+    }
+
+    /// Writes an object register. Objects belong to no node: they live as long as
+    /// their register, whatever happens to nodes around their key.
+    fn write_object(&mut self, s: Stamp, key: String, val: ChunkVal, observed: &[OpRef]) {
+        let (observed, ids) = self.observe(observed, s.change);
+        let reg = RegKey::Object(key.as_str().into());
+        self.remember_superseded("", reg.clone(), &ids, false);
+        let dead = self.is_superseded("", &reg, &self.own_id(s));
+        let key = key.into_boxed_str();
+        if dead {
+            if let Some(r) = self.objects.get_mut(&key)
+                && r.remove_observed(&observed)
+            {
+                self.objects.remove(&key);
+            }
+            return;
+        }
+        match self.objects.get_mut(&key) {
+            Some(r) => r.write(s, val, &observed),
+            None => {
+                self.objects.insert(key, Register::new(s, val));
             }
         }
     }

@@ -10,7 +10,7 @@
 //! survives.
 
 use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
-use crate::change::{ChunkData, MAX_CHANGE_BYTES, Op};
+use crate::change::MAX_CHANGE_BYTES;
 use crate::compact::read_shards;
 use crate::error::{Error, Result};
 use crate::fold::Fold;
@@ -251,8 +251,9 @@ impl Repo {
         // The archive must still read: a damaged shard means the coverage is unknown.
         read_shards(&bucket, Some(&meta.archive)).await?;
 
-        // Blobs: referenced by the retained snapshot's pieces or an uncovered change.
-        let mut live: HashSet<BlobHash> = HashSet::new();
+        // Blobs: referenced by the retained snapshot (its objects and its pieces) or
+        // an uncovered change.
+        let mut live: HashSet<BlobHash> = meta.object_blobs().map(|b| b.0).collect();
         let mut blobs_known = true;
         let piece_list: Vec<ObjectHash> = pieces.iter().copied().collect();
         let fetched: Vec<Result<(ObjectHash, Option<Bytes>)>> = futures::stream::iter(piece_list)
@@ -300,15 +301,7 @@ impl Repo {
             };
             match decoded {
                 Some(Ok(change)) => {
-                    for op in &change.ops {
-                        if let Op::SetChunk {
-                            data: ChunkData::Blob { hash, .. },
-                            ..
-                        } = op
-                        {
-                            live.insert(*hash);
-                        }
-                    }
+                    live.extend(change.ops.iter().filter_map(|op| op.blob()).map(|b| b.0));
                 }
                 // Gone: it was covered and collected; its blobs are in the pieces.
                 None => {}

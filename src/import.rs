@@ -247,7 +247,7 @@ impl Repo {
                 Some(NodeType::Group | NodeType::Array) => {
                     entries.get(&key::meta_key(path)).and_then(|e| match e {
                         Entry::Metadata(b) => parse_node_doc(path, b).ok(),
-                        Entry::Chunk(_) => None,
+                        Entry::Chunk(_) | Entry::Object(_) => None,
                     })
                 }
                 _ => None,

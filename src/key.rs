@@ -86,6 +86,20 @@ pub fn check_chunk_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Validates the key of an object: a store key that is neither a node's `zarr.json`
+/// nor a chunk (zarrs' and other tools' own files). No segment may be `zarr.json`, so
+/// objects never stand in for node metadata.
+pub fn check_object_key(key: &str) -> Result<()> {
+    check_key(key)?;
+    if key.split('/').any(|s| s == META_FILE) {
+        return Err(Error::invalid_key(
+            key,
+            "`zarr.json` is node metadata, not an object key segment",
+        ));
+    }
+    Ok(())
+}
+
 /// Store key of a node's metadata.
 pub fn meta_key(path: &str) -> String {
     if path.is_empty() {
@@ -145,6 +159,10 @@ mod tests {
         assert!(check_node_path("a/__b").is_err());
         assert!(check_node_path("a/zarr.json").is_err());
         assert!(check_chunk_key("c/zarr.json").is_err());
+        assert!(check_object_key("a/zarr.json").is_err());
+        assert!(check_object_key("zarr.json/x").is_err());
+        assert!(check_object_key("a/.crdt").is_err());
+        assert!(check_object_key("a/b").is_ok());
         assert!(check_key(&"a".repeat(1025)).is_err());
         assert!(check_key("a/b/c").is_ok());
     }

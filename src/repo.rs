@@ -680,13 +680,11 @@ impl Repo {
         match self.view.get(&self.fold, key) {
             None => Ok(None),
             Some(Entry::Metadata(b)) => Ok(Some(Bytes::from(b))),
-            Some(Entry::Chunk(ChunkRef::Inline(b))) => Ok(Some(Bytes::from(b))),
-            Some(Entry::Chunk(ChunkRef::Blob { hash, len })) => {
-                self.get_blob(key, &hash, len).await.map(Some)
-            }
-            Some(Entry::Chunk(ChunkRef::Reference(r))) => {
-                self.sources.read(key, &r).await.map(Some)
-            }
+            Some(Entry::Chunk(c) | Entry::Object(c)) => match c {
+                ChunkRef::Inline(b) => Ok(Some(Bytes::from(b))),
+                ChunkRef::Blob { hash, len } => self.get_blob(key, &hash, len).await.map(Some),
+                ChunkRef::Reference(r) => self.sources.read(key, &r).await.map(Some),
+            },
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Writes have a Zarr store's meaning: setting `a/b/zarr.json` creates or updates node
 //! `a/b`; setting `a/b/c/0/1` writes a chunk of array `a/b`; deleting `a/b/zarr.json`
-//! or the prefix `a/b/` deletes node `a/b` and its subtree.
+//! or the prefix `a/b/` deletes node `a/b` and its subtree. Any other key (one no
+//! array owns, like `notes/readme.txt`) is an *object*: bytes kept as they are.
 
 use crate::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, OpRef};
 use crate::error::{Error, Result};
@@ -60,6 +61,7 @@ pub struct WriteSession<'r> {
     deleted: Vec<String>,
     state: HashMap<OpRef, NodeState>,
     chunk_ops: HashMap<(OpRef, String), usize>,
+    object_ops: HashMap<String, usize>,
     attr_ops: HashMap<(OpRef, String), usize>,
     resize_op: HashMap<OpRef, usize>,
     deferred: Deferred,
@@ -76,6 +78,7 @@ impl<'r> WriteSession<'r> {
             deleted: Vec::new(),
             state: HashMap::new(),
             chunk_ops: HashMap::new(),
+            object_ops: HashMap::new(),
             attr_ops: HashMap::new(),
             resize_op: HashMap::new(),
             deferred: Deferred::default(),
@@ -169,8 +172,8 @@ impl<'r> WriteSession<'r> {
         Ok(())
     }
 
-    /// Sets a store key: a `zarr.json` creates or updates a node, anything else
-    /// writes a chunk of the array it lies in.
+    /// Sets a store key: a `zarr.json` creates or updates a node, a key inside an
+    /// array writes one of its chunks, any other key writes an object.
     pub fn set(&mut self, store_key: &str, value: impl Into<Bytes>) -> Result<()> {
         key::check_key(store_key)?;
         let value: Bytes = value.into();
@@ -179,36 +182,146 @@ impl<'r> WriteSession<'r> {
             let doc = meta::parse_node_doc(store_key, &value)?;
             return self.put_node(path, doc);
         }
-        let (arr, chunk) = self.split_chunk(store_key).ok_or_else(|| {
-            Error::invalid_key(store_key, "not a zarr.json and not inside any array")
-        })?;
-        self.set_chunk(&arr, &chunk, value)
+        match self.split_chunk(store_key) {
+            Some((arr, chunk)) => self.set_chunk(&arr, &chunk, value),
+            None => self.set_object(store_key, value),
+        }
     }
 
-    /// Deletes a store key: a `zarr.json` deletes the node and its subtree, a chunk
-    /// key deletes the chunk. Deleting what is not there does nothing.
+    /// Writes an object: bytes at a store key that is no node's metadata. A key an
+    /// array owns is hidden while that array is shown (use [`WriteSession::set`],
+    /// which writes such keys as chunks).
+    pub fn set_object(&mut self, store_key: &str, bytes: Bytes) -> Result<()> {
+        key::check_object_key(store_key)?;
+        let data = if bytes.len() <= INLINE_MAX {
+            ChunkData::Inline(bytes.to_vec())
+        } else {
+            let hash = BlobHash::of(&bytes);
+            let len = bytes.len() as u64;
+            self.blobs.insert(hash, bytes);
+            ChunkData::Blob { hash, len }
+        };
+        self.write_object(store_key, Some(data));
+        Ok(())
+    }
+
+    /// Deletes the object at `store_key`, if there is one.
+    pub fn delete_object(&mut self, store_key: &str) -> Result<()> {
+        key::check_object_key(store_key)?;
+        let exists = self.object_ops.contains_key(store_key)
+            || crate::view::object_value(self.repo.fold(), store_key).is_some();
+        if exists {
+            self.write_object(store_key, None);
+        }
+        Ok(())
+    }
+
+    fn write_object(&mut self, store_key: &str, data: Option<ChunkData>) {
+        let prior = self.object_ops.get(store_key).copied();
+        let observed = match prior.map(|i| &self.ops[i]) {
+            Some(Op::SetObject { observed, .. } | Op::DeleteObject { observed, .. }) => {
+                observed.clone()
+            }
+            _ => self.refs(
+                self.repo
+                    .fold()
+                    .objects
+                    .get(store_key)
+                    .map(|r| r.entries().iter().map(|e| e.0).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            ),
+        };
+        let key = store_key.to_string();
+        let op = match data {
+            Some(data) => Op::SetObject {
+                key,
+                data,
+                observed,
+            },
+            None => Op::DeleteObject { key, observed },
+        };
+        match prior {
+            Some(i) => {
+                self.prepared = None;
+                self.ops[i] = op;
+            }
+            None => {
+                let i = self.push(op);
+                self.object_ops.insert(store_key.to_string(), i);
+            }
+        }
+    }
+
+    /// Deletes every object under `prefix` (`""`: all), shown or hidden by an array:
+    /// a deleted subtree must not uncover objects it hid.
+    fn delete_objects_under(&mut self, prefix: &str) {
+        let mut keys: Vec<String> = self
+            .repo
+            .fold()
+            .objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| crate::view::object_value(self.repo.fold(), k).is_some())
+            .map(|(k, _)| k.to_string())
+            .collect();
+        keys.extend(
+            self.object_ops
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned(),
+        );
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            self.write_object(&k, None);
+        }
+    }
+
+    /// Deletes a store key: a `zarr.json` deletes the node and its subtree (objects
+    /// under it included), a chunk key deletes the chunk, any other key deletes the
+    /// object there. Deleting what
+    /// is not there does nothing.
     pub fn delete(&mut self, store_key: &str) -> Result<()> {
         key::check_key(store_key)?;
         if let Some(path) = meta_path(store_key) {
             key::check_node_path(path)?;
-            self.delete_node(path);
+            if self.delete_node(path) {
+                // Objects under the node are part of its subtree.
+                let prefix = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{path}/")
+                };
+                self.delete_objects_under(&prefix);
+            }
             return Ok(());
         }
         if let Some((arr, chunk)) = self.split_chunk(store_key) {
             self.delete_chunk(&arr, &chunk)?;
         }
+        // An object the array hides goes too, so deleting the array later does not
+        // uncover it.
+        if key::check_object_key(store_key).is_ok() {
+            self.delete_object(store_key)?;
+        }
         Ok(())
     }
 
     /// Deletes every key under `prefix`: a node path deletes that subtree, a prefix
-    /// inside an array deletes the chunks under it, `""` deletes everything.
+    /// inside an array deletes the chunks under it, `""` deletes everything; objects
+    /// under `prefix` go in every case.
     pub fn delete_prefix(&mut self, prefix: &str) -> Result<()> {
         let p = prefix.strip_suffix('/').unwrap_or(prefix);
         if p.is_empty() {
             self.delete_node("");
+            self.delete_objects_under("");
             return Ok(());
         }
         key::check_key(p)?;
+        self.delete_objects_under(&format!("{p}/"));
         if self.delete_node(p) {
             return Ok(());
         }
@@ -815,12 +928,16 @@ impl<'r> WriteSession<'r> {
                         .for_each(fix);
                 }
                 Op::DeleteNode { incarnations, .. } => incarnations.iter_mut().for_each(fix),
+                Op::SetObject { observed, .. } | Op::DeleteObject { observed, .. } => {
+                    observed.iter_mut().for_each(fix)
+                }
                 Op::CreateGroup { .. } | Op::CreateArray { .. } => {}
             }
             self.ops.push(op);
         }
         // Indices moved: the staging maps are rebuilt from scratch on the next commit.
         self.chunk_ops.clear();
+        self.object_ops.clear();
         self.attr_ops.clear();
         self.resize_op.clear();
         self.created.clear();
@@ -935,6 +1052,7 @@ impl<'r> WriteSession<'r> {
         self.deleted.clear();
         self.state.clear();
         self.chunk_ops.clear();
+        self.object_ops.clear();
         self.attr_ops.clear();
         self.resize_op.clear();
         self.prepared = None;

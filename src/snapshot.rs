@@ -14,8 +14,11 @@ use crate::error::{Error, Result};
 use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use serde::{Deserialize, Serialize};
 
-/// Version of the snapshot object format this build reads and writes.
+/// Version of the snapshot object format of objects that hold no object register.
 pub const SNAPSHOT_VERSION: u8 = 1;
+/// Newest snapshot metadata version: 2 is 1 plus [`SnapshotMeta::objects`] and
+/// [`RegKey::Object`]. Metadata without them is written as version 1.
+pub const SNAPSHOT_META_VERSION: u8 = 2;
 /// Newest manifest piece version: 2 is 1 plus [`SnapChunk::Reference`]. A piece without
 /// references is written as version 1 ([`SNAPSHOT_VERSION`]).
 pub const PIECE_VERSION: u8 = 2;
@@ -120,6 +123,9 @@ pub enum RegKey {
     /// A chunk.
     #[serde(rename = "c")]
     Chunk(Box<str>),
+    /// An object, by store key (its records have path `""`; metadata version 2 only).
+    #[serde(rename = "o")]
+    Object(Box<str>),
 }
 
 /// Entries named in an `observed` list whose change was not applied yet: if the
@@ -171,7 +177,15 @@ pub struct SnapshotMeta {
     pub supersedes: Vec<String>,
     /// Writer's wall clock when written (for humans; never used for decisions).
     pub written_ms: u64,
+    /// Object registers: store key and live entries, ascending by key (version 2;
+    /// absent from the encoding when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectRegister>,
 }
+
+/// One object register in a snapshot: its store key and live entries, ascending by
+/// stamp order. Values are blobs, inline bytes or tombstones, never references.
+pub type ObjectRegister = (String, Vec<(SnapStamp, SnapChunk)>);
 
 /// A chunk value in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +229,7 @@ pub struct ArchiveShard {
 
 const META_FRAME: Frame = Frame {
     magic: META_MAGIC,
-    version: SNAPSHOT_VERSION,
+    version: SNAPSHOT_META_VERSION,
     oldest: SNAPSHOT_VERSION,
     file: "snapshot",
     body: "snapshot",
@@ -257,12 +271,48 @@ fn decode<T: for<'de> Deserialize<'de> + Serialize>(
 impl SnapshotMeta {
     /// The object's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        META_FRAME.encode(self)
+        META_FRAME.encode_as(self, self.format_version())
+    }
+
+    /// Blobs the object registers hold: hash and length.
+    pub fn object_blobs(&self) -> impl Iterator<Item = (BlobHash, u64)> + '_ {
+        self.objects
+            .iter()
+            .flat_map(|(_, es)| es)
+            .filter_map(|(_, v)| match v {
+                SnapChunk::Blob { hash, len } => Some((*hash, *len)),
+                _ => None,
+            })
+    }
+
+    /// The one version this metadata is written in: 2 when it holds object registers
+    /// or records about them.
+    pub fn format_version(&self) -> u8 {
+        let objects = !self.objects.is_empty()
+            || self
+                .superseded
+                .iter()
+                .any(|r| matches!(r.reg, RegKey::Object(_)));
+        if objects {
+            SNAPSHOT_META_VERSION
+        } else {
+            SNAPSHOT_VERSION
+        }
     }
 
     /// Decodes and checks a metadata object against the hash its name claims.
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<SnapshotMeta> {
         let m: SnapshotMeta = decode(&META_FRAME, key, bytes, hash)?;
+        if bytes[4] != m.format_version() {
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "format version {} for a snapshot that is written as version {}",
+                    bytes[4],
+                    m.format_version()
+                ),
+            ));
+        }
         m.check().map_err(|r| Error::corrupt(key, r))?;
         Ok(m)
     }
@@ -326,6 +376,31 @@ impl SnapshotMeta {
             .all(|w| (&w[0].path, &w[0].reg, w[0].entry) < (&w[1].path, &w[1].reg, w[1].entry))
         {
             return Err("superseded records not sorted".into());
+        }
+        if !self.objects.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err("objects not sorted by key".into());
+        }
+        for (k, es) in &self.objects {
+            crate::key::check_object_key(k).map_err(|e| e.to_string())?;
+            if es.is_empty() || es.iter().any(|e| !stamp_ok(&e.0)) {
+                return Err(format!("object {k:?}: empty register or bad stamp"));
+            }
+            if es.iter().any(|e| match &e.1 {
+                SnapChunk::Reference(_) => true,
+                SnapChunk::Inline(b) => b.len() > crate::change::INLINE_MAX,
+                _ => false,
+            }) {
+                return Err(format!(
+                    "object {k:?}: a reference or oversized inline value"
+                ));
+            }
+        }
+        if self
+            .superseded
+            .iter()
+            .any(|r| matches!(r.reg, RegKey::Object(_)) && !r.path.is_empty())
+        {
+            return Err("an object record with a node path".into());
         }
         if !self.supersedes.windows(2).all(|w| w[0] < w[1]) {
             return Err("superseded snapshot names not sorted".into());

@@ -17,7 +17,7 @@
 //! again completes it: every write is idempotent.
 
 use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
-use crate::change::{Change, ChunkData, MAX_CHANGE_BYTES, Op};
+use crate::change::{Change, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crate::progress::Progress;
@@ -1012,6 +1012,61 @@ impl Copier {
     /// does not know; the metadata last. If anything fails verification the metadata
     /// is not written: pieces, shards and blobs already written are named by nothing
     /// there (like those of a killed sync), and garbage collection removes them.
+    /// Copies the blobs of the snapshot's objects; `Some` names one that is missing.
+    async fn copy_object_blobs(&mut self, s: &mut SnapshotCopy) -> Result<Option<String>> {
+        let mut values: BTreeMap<Option<ChangeHash>, Vec<(BlobHash, u64)>> = BTreeMap::new();
+        for (_, entries) in &s.meta.objects {
+            for ((change, _), v) in entries {
+                if let SnapChunk::Blob { hash, len } = v {
+                    let writer = s.meta.changes.get(*change as usize).map(|c| c.hash);
+                    values.entry(writer).or_default().push((*hash, *len));
+                }
+            }
+        }
+        self.copy_values(s, values).await
+    }
+
+    /// Copies the blobs of live values, by the change that wrote them, whose writer
+    /// the destination does not know (a known writer's blobs are there already).
+    /// `Some` names a blob that is missing or damaged here.
+    async fn copy_values(
+        &mut self,
+        s: &mut SnapshotCopy,
+        values: BTreeMap<Option<ChangeHash>, Vec<(BlobHash, u64)>>,
+    ) -> Result<Option<String>> {
+        if values.is_empty() {
+            return Ok(None);
+        }
+        let writers: Vec<ChangeHash> = values
+            .keys()
+            .filter_map(|w| *w)
+            .filter(|w| !s.dst_listed.contains(w))
+            .collect();
+        let mut coverage_problems = Vec::new();
+        let known = s
+            .dst_coverage
+            .covered(&writers, &mut coverage_problems)
+            .await?;
+        self.refused.append(&mut coverage_problems);
+        let wanted: BTreeMap<BlobHash, u64> = values
+            .into_iter()
+            .filter(|(w, _)| !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w)))
+            .flat_map(|(_, blobs)| blobs)
+            .filter(|(h, _)| self.blobs.get(h) != Some(&true))
+            .collect();
+        let needed: Vec<BlobHash> = wanted.keys().copied().collect();
+        self.copy_blobs(wanted).await?;
+        Ok(needed
+            .iter()
+            .find(|h| self.blobs.get(h) != Some(&true))
+            .map(|h| {
+                format!(
+                    "not copied: it needs blob {} which is missing or damaged here",
+                    self.src.layout.blob(h)
+                )
+            }))
+    }
+
     async fn copy_snapshot(&mut self, mut s: SnapshotCopy) -> Result<()> {
         let key = s.listed.key.to_string();
         let pieces: Vec<(ObjectHash, u64)> = s
@@ -1111,35 +1166,15 @@ impl Copier {
             if failed.is_some() {
                 break 'waves;
             }
-            // Blobs of live values whose writer the destination does not know.
-            let writers: Vec<ChangeHash> = values
-                .keys()
-                .filter_map(|w| *w)
-                .filter(|w| !s.dst_listed.contains(w))
-                .collect();
-            let mut coverage_problems = Vec::new();
-            let known = s
-                .dst_coverage
-                .covered(&writers, &mut coverage_problems)
-                .await?;
-            self.refused.append(&mut coverage_problems);
-            let wanted: BTreeMap<BlobHash, u64> = values
-                .into_iter()
-                .filter(|(w, _)| {
-                    !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w))
-                })
-                .flat_map(|(_, blobs)| blobs)
-                .filter(|(h, _)| self.blobs.get(h) != Some(&true))
-                .collect();
-            let needed: Vec<BlobHash> = wanted.keys().copied().collect();
-            self.copy_blobs(wanted).await?;
-            if let Some(h) = needed.iter().find(|h| self.blobs.get(h) != Some(&true)) {
-                failed = Some(Some(format!(
-                    "not copied: it needs blob {} which is missing or damaged here",
-                    self.src.layout.blob(h)
-                )));
+            if let Some(why) = self.copy_values(&mut s, values).await? {
+                failed = Some(Some(why));
                 break 'waves;
             }
+        }
+        if failed.is_none()
+            && let Some(why) = self.copy_object_blobs(&mut s).await?
+        {
+            failed = Some(Some(why));
         }
         if let Some(why) = failed {
             self.unplan_progress(
@@ -1184,16 +1219,7 @@ async fn fetch_change(src: &Bucket, id: RepoId, c: &ListedChange) -> Result<Fetc
         .await?
         .ok_or_else(|| Error::Vanished { key: key.clone() })?;
     let change: Change = crate::repo::check_change(&key, &bytes, &c.name, id)?;
-    let mut blobs = Vec::new();
-    for op in &change.ops {
-        if let Op::SetChunk {
-            data: ChunkData::Blob { hash, len },
-            ..
-        } = op
-        {
-            blobs.push((*hash, *len));
-        }
-    }
+    let blobs = change.ops.iter().filter_map(Op::blob).collect();
     Ok(Fetched {
         listed: c.clone(),
         bytes,

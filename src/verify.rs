@@ -9,7 +9,7 @@
 //! [`Repo`] opened on the bucket.
 
 use crate::bucket::{Bucket, DEFAULT_CONCURRENCY};
-use crate::change::{ChunkData, ChunkReference, MAX_CHANGE_BYTES, Op};
+use crate::change::{ChunkReference, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::fold::Fold;
 use crate::gc::ObjectKind;
@@ -387,8 +387,18 @@ pub async fn verify(bucket: &Bucket, opts: &VerifyOptions) -> Result<VerifyRepor
                     refs.blobs.entry(h).or_default().push((r, len));
                 }
             }
-            (Checked::Snapshot { pieces, shards }, Job::Snapshot(name, ..)) => {
+            (
+                Checked::Snapshot {
+                    pieces,
+                    shards,
+                    blobs,
+                },
+                Job::Snapshot(name, ..),
+            ) => {
                 let r = refs.referrer(key, Holder::Snapshot(*name));
+                for (h, len) in blobs {
+                    refs.blobs.entry(h).or_default().push((r, len));
+                }
                 for h in pieces {
                     refs.pieces.entry(h).or_default().push(r);
                     refs.piece_holders.entry(h).or_default().push(*name);
@@ -631,6 +641,8 @@ enum Checked {
     Snapshot {
         pieces: Vec<ObjectHash>,
         shards: Vec<ObjectHash>,
+        /// Blobs its objects hold.
+        blobs: Vec<(BlobHash, u64)>,
     },
     Manifest {
         blobs: Vec<(BlobHash, u64)>,
@@ -690,17 +702,7 @@ async fn check(bucket: &Bucket, id: RepoId, job: &Job) -> (u64, Result<Option<Ch
     let hashed = bytes.len() as u64;
     let checked = match job {
         Job::Change(n, ..) => crate::repo::check_change(&name, &bytes, n, id).map(|c| {
-            let blobs = c
-                .ops
-                .iter()
-                .filter_map(|op| match op {
-                    Op::SetChunk {
-                        data: ChunkData::Blob { hash, len },
-                        ..
-                    } => Some((*hash, *len)),
-                    _ => None,
-                })
-                .collect();
+            let blobs = c.ops.iter().filter_map(Op::blob).collect();
             Checked::Change { blobs }
         }),
         Job::Snapshot(n, ..) => {
@@ -711,10 +713,15 @@ async fn check(bucket: &Bucket, id: RepoId, job: &Job) -> (u64, Result<Option<Ch
                     .flat_map(|node| node.pieces.iter().map(|p| p.hash))
                     .collect();
                 let shards = meta.archive.iter().flatten().copied().collect();
+                let blobs = meta.object_blobs().collect();
                 // The rest of what readers check: node paths, array metadata, stamps,
                 // dimensions, the repository id.
                 Fold::from_snapshot(&name, *n, meta, id)?;
-                Ok(Checked::Snapshot { pieces, shards })
+                Ok(Checked::Snapshot {
+                    pieces,
+                    shards,
+                    blobs,
+                })
             })
         }
         Job::Manifest(h, ..) => ManifestPiece::decode(&name, &bytes, h).map(|p| {

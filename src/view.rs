@@ -33,6 +33,8 @@ pub enum Entry {
     Metadata(Vec<u8>),
     /// A chunk.
     Chunk(ChunkRef),
+    /// An object: a key that is no node's metadata and no array's chunk.
+    Object(ChunkRef),
 }
 
 /// What a path shows.
@@ -66,6 +68,8 @@ pub enum ConflictTarget {
     Attribute(String),
     /// One chunk.
     Chunk,
+    /// One object.
+    Object,
 }
 
 /// One side of a resolved conflict.
@@ -328,19 +332,34 @@ impl View {
             return None;
         }
         let entries = chunk_entries(fold, &node.members, chunk);
-        match &entries
-            .into_iter()
-            .max_by(|a, b| a.order.cmp(&b.order))?
-            .val
-        {
-            ChunkVal::Blob { hash, len } => Some(ChunkRef::Blob {
-                hash: *hash,
-                len: *len,
-            }),
-            ChunkVal::Inline(b) => Some(ChunkRef::Inline(b.to_vec())),
-            ChunkVal::Reference(r) => Some(ChunkRef::Reference((**r).clone())),
-            ChunkVal::Deleted => None,
+        chunk_ref(
+            &entries
+                .into_iter()
+                .max_by(|a, b| a.order.cmp(&b.order))?
+                .val,
+        )
+    }
+
+    /// The object at `store_key`, unless deleted or hidden: a key a shown array owns
+    /// is that array's chunk key (spec/merge.md, "Objects").
+    pub fn object(&self, fold: &Fold, store_key: &str) -> Option<ChunkRef> {
+        if self.split_chunk_key(store_key).is_some() {
+            return None;
         }
+        object_value(fold, store_key)
+    }
+
+    /// Keys of the objects shown under `prefix`, sorted.
+    fn object_keys(&self, fold: &Fold, prefix: &str) -> Vec<String> {
+        fold.objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| self.object(fold, k).is_some())
+            .map(|(k, _)| k.to_string())
+            .collect()
     }
 
     /// Chunk keys (relative) of a shown array that are not deleted, sorted.
@@ -391,8 +410,10 @@ impl View {
         if let Some(path) = store_key.strip_suffix("/zarr.json") {
             return self.metadata(fold, path).map(Entry::Metadata);
         }
-        let (arr, chunk) = self.split_chunk_key(store_key)?;
-        self.chunk(fold, arr, chunk).map(Entry::Chunk)
+        match self.split_chunk_key(store_key) {
+            Some((arr, chunk)) => self.chunk(fold, arr, chunk).map(Entry::Chunk),
+            None => object_value(fold, store_key).map(Entry::Object),
+        }
     }
 
     /// Every key of the view, sorted.
@@ -404,6 +425,7 @@ impl View {
                 out.push(key::chunk_store_key(path, &c));
             }
         }
+        out.extend(self.object_keys(fold, ""));
         out.sort_unstable();
         out
     }
@@ -434,6 +456,7 @@ impl View {
                 }
             }
         }
+        out.extend(self.object_keys(fold, prefix));
         out.sort_unstable();
         out
     }
@@ -533,16 +556,7 @@ impl View {
                         op: e.order.op,
                         value,
                     };
-                    let d = |v: &ChunkVal| match v {
-                        ChunkVal::Blob { hash, len } => {
-                            format!("blob {} ({len} bytes)", hash.short())
-                        }
-                        ChunkVal::Inline(b) => format!("inline ({} bytes)", b.len()),
-                        ChunkVal::Reference(r) => {
-                            format!("reference {}/{} ({} bytes)", r.source, r.key, r.size)
-                        }
-                        ChunkVal::Deleted => "(deleted)".to_string(),
-                    };
+                    let d = describe_value;
                     out.push(Conflict {
                         key: key::chunk_store_key(path, k),
                         target: ConflictTarget::Chunk,
@@ -552,9 +566,54 @@ impl View {
                 }
             }
         }
+        for (k, reg) in &fold.objects {
+            let mut entries: Vec<&(Stamp, ChunkVal)> = reg.entries().iter().collect();
+            if entries.len() > 1 && self.split_chunk_key(k).is_none() {
+                entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
+                out.push(Conflict {
+                    key: k.to_string(),
+                    target: ConflictTarget::Object,
+                    winner: side(&entries[0].0, describe_value(&entries[0].1)),
+                    losers: entries[1..]
+                        .iter()
+                        .map(|e| side(&e.0, describe_value(&e.1)))
+                        .collect(),
+                });
+            }
+        }
         out.sort_by(|a, b| (&a.key, &a.target).cmp(&(&b.key, &b.target)));
         out
     }
+}
+
+/// A chunk or object value, briefly, for conflict reports.
+fn describe_value(v: &ChunkVal) -> String {
+    match v {
+        ChunkVal::Blob { hash, len } => format!("blob {} ({len} bytes)", hash.short()),
+        ChunkVal::Inline(b) => format!("inline ({} bytes)", b.len()),
+        ChunkVal::Reference(r) => format!("reference {}/{} ({} bytes)", r.source, r.key, r.size),
+        ChunkVal::Deleted => "(deleted)".to_string(),
+    }
+}
+
+/// What a register's winning value serves (`None`: deleted).
+fn chunk_ref(v: &ChunkVal) -> Option<ChunkRef> {
+    match v {
+        ChunkVal::Blob { hash, len } => Some(ChunkRef::Blob {
+            hash: *hash,
+            len: *len,
+        }),
+        ChunkVal::Inline(b) => Some(ChunkRef::Inline(b.to_vec())),
+        ChunkVal::Reference(r) => Some(ChunkRef::Reference((**r).clone())),
+        ChunkVal::Deleted => None,
+    }
+}
+
+/// The winning value of the object register at `key`, shadowed or not.
+pub(crate) fn object_value(fold: &Fold, key: &str) -> Option<ChunkRef> {
+    let reg = fold.objects.get(key)?;
+    let (_, v) = max_entry(fold, reg.entries().iter())?;
+    chunk_ref(v)
 }
 
 fn truncate(s: &str, n: usize) -> String {

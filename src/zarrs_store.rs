@@ -10,19 +10,19 @@
 //! the store with [`ZarrsStore::blocking`], which uses zarrs' own
 //! [`AsyncToSyncStorageAdapter`] driven by a tokio runtime handle.
 //!
-//! Writes keep crzarr's rules: every key must be a node's `zarr.json` or a chunk of
-//! an array (see [`crate::session`]). A write that crzarr would refuse is refused at
-//! once, with the crzarr error's text in a [`StorageError`]. Deleting a `zarr.json`
-//! deletes its node *and the subtree under it*, as in a crzarr write session.
+//! Writes keep crzarr's rules: a node's `zarr.json` creates or updates the node, a
+//! key inside an array writes a chunk, and any other key writes an *object* (bytes
+//! kept as they are; see [`crate::session`]). A write that crzarr would refuse is
+//! refused at once, with the crzarr error's text in a [`StorageError`]. Deleting a
+//! `zarr.json` deletes its node *and the subtree under it*, as in a crzarr write
+//! session.
 //!
 //! Reads through the store show what the view will show once the staged writes are
 //! committed: a staged `zarr.json` reads back as the view renders it (canonical
 //! JSON, the same bytes after commit), groups that exist only because nodes lie
 //! under them read as implicit groups, and a node replaced by one of another kind
 //! or another array layout loses its chunks. zarrs' own store test helpers
-//! (`zarrs_storage::store_test`) write keys such as `a/b` that are neither a
-//! `zarr.json` nor inside an array; crzarr refuses those by design, so the helpers
-//! fail at their first `set` (see `tests/zarrs_adapter.rs`).
+//! (`zarrs_storage::store_test`) pass, sync and async (see `tests/zarrs_adapter.rs`).
 //!
 //! Costs: a chunk write is checked against the staged nodes and the view without
 //! replaying anything; a metadata write or a prefix delete replays the staged
@@ -301,6 +301,9 @@ impl Inner {
             };
             if replaces {
                 self.delete_subtree(path);
+            } else if array.is_some() && !matches!(self.existing(path), Some(Some(_))) {
+                // A new array owns every key under it: objects there are hidden.
+                self.hide(&node_prefix(path));
             }
             self.nodes.insert(path.to_string(), array);
             self.overlay
@@ -308,11 +311,11 @@ impl Inner {
             self.push_structural(op);
             return Ok(());
         }
-        let (_, chunk) = self.split_chunk(k).ok_or_else(|| Error::InvalidKey {
-            key: k.to_string(),
-            reason: "not a zarr.json and not inside any array".to_string(),
-        })?;
-        key::check_chunk_key(chunk)?;
+        match self.split_chunk(k) {
+            Some((_, chunk)) => key::check_chunk_key(chunk)?,
+            // Not inside any array: an object, as in a session.
+            None => key::check_object_key(k)?,
+        }
         self.overlay.insert(k.to_string(), Some(v.clone()));
         self.push_chunk(k, Staged::Set(k.to_string(), v));
         Ok(())
@@ -328,11 +331,15 @@ impl Inner {
             self.push_structural(op);
             return Ok(());
         }
-        let Some((_, chunk)) = self.split_chunk(k) else {
-            // Not inside any array: nothing there, and a session ignores it too.
-            return Ok(());
-        };
-        key::check_chunk_key(chunk)?;
+        match self.split_chunk(k) {
+            Some((_, chunk)) => key::check_chunk_key(chunk)?,
+            None => {
+                // A key no object can have holds nothing, and a session ignores it.
+                if key::check_object_key(k).is_err() {
+                    return Ok(());
+                }
+            }
+        }
         self.overlay.insert(k.to_string(), None);
         self.push_chunk(k, Staged::Delete(k.to_string()));
         Ok(())
@@ -365,7 +372,7 @@ impl Inner {
         let known = match self.repo.view().get(self.repo.fold(), k) {
             None => return Ok(None),
             Some(Entry::Metadata(b)) => Some(b.len() as u64),
-            Some(Entry::Chunk(c)) => {
+            Some(Entry::Chunk(c) | Entry::Object(c)) => {
                 if let ChunkRef::Blob { len, .. } = c {
                     Some(len)
                 } else if let ChunkRef::Inline(b) = c {

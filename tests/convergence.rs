@@ -370,15 +370,10 @@ impl World {
         });
         let bytes = read(rep.store.as_ref(), &key).await;
         let change = Change::decode(key.as_ref(), &bytes, &hash).unwrap();
-        for op in &change.ops {
-            if let Op::SetChunk {
-                data: ChunkData::Blob { hash, .. },
-                ..
-            } = op
-                && !self.blobs.contains_key(hash)
-            {
-                let b = read(rep.store.as_ref(), &self.layout.blob(hash)).await;
-                self.blobs.insert(*hash, b);
+        for (hash, _) in change.ops.iter().filter_map(Op::blob) {
+            if !self.blobs.contains_key(&hash) {
+                let b = read(rep.store.as_ref(), &self.layout.blob(&hash)).await;
+                self.blobs.insert(hash, b);
             }
         }
         rep.holds.insert(hash);
@@ -424,13 +419,9 @@ impl World {
             let duplicate = self.replicas[to].holds.contains(&h);
             // Blobs first, as a committer would.
             for op in sc.change.ops.iter().filter(|_| !duplicate) {
-                if let Op::SetChunk {
-                    data: ChunkData::Blob { hash, .. },
-                    ..
-                } = op
-                {
-                    let key = self.layout.blob(hash);
-                    let b = self.blobs[hash].clone();
+                if let Some((hash, _)) = op.blob() {
+                    let key = self.layout.blob(&hash);
+                    let b = self.blobs[&hash].clone();
                     self.replicas[to]
                         .store
                         .put(&key, PutPayload::from(b))
@@ -592,13 +583,18 @@ impl World {
         for (key, entry) in &entries {
             let want = first.get(key).await.unwrap().unwrap();
             match entry {
-                Entry::Chunk(ChunkRef::Inline(b)) => assert_eq!(&want[..], &b[..]),
-                Entry::Chunk(ChunkRef::Blob { hash, len }) => {
+                Entry::Chunk(ChunkRef::Inline(b)) | Entry::Object(ChunkRef::Inline(b)) => {
+                    assert_eq!(&want[..], &b[..])
+                }
+                Entry::Chunk(ChunkRef::Blob { hash, len })
+                | Entry::Object(ChunkRef::Blob { hash, len }) => {
                     assert_eq!(want.len() as u64, *len);
                     assert_eq!(BlobHash::of(&want), *hash);
                 }
                 Entry::Metadata(b) => assert_eq!(&want[..], &b[..]),
-                Entry::Chunk(ChunkRef::Reference(r)) => panic!("no edit adopts objects: {r:?}"),
+                Entry::Chunk(ChunkRef::Reference(r)) | Entry::Object(ChunkRef::Reference(r)) => {
+                    panic!("no edit adopts objects: {r:?}")
+                }
             }
             for (i, rep) in self.replicas.iter().enumerate().skip(1) {
                 let got = rep.repo.get(key).await.unwrap().unwrap();
@@ -645,6 +641,9 @@ struct MNode {
     array: Option<(Value, Vec<u64>)>,
 }
 
+/// An object write: op, key and value (`None`: a delete).
+type ObjectWrite = (OpId, String, Option<ChunkData>);
+
 struct Model {
     rank: HashMap<ChangeHash, (Hlc, ActorId, u64)>,
     nodes: BTreeMap<OpId, MNode>,
@@ -652,6 +651,10 @@ struct Model {
     writes: Vec<MWrite>,
     /// (path, register, entry) triples some write observed.
     observed: HashSet<(String, Reg, OpId)>,
+    /// Object writes: op, key and value (`None`: a delete).
+    objects: Vec<ObjectWrite>,
+    /// (object key, entry) pairs some object write observed.
+    objects_observed: HashSet<(String, OpId)>,
 }
 
 /// What the model expects one shown path to look like.
@@ -692,6 +695,8 @@ impl Model {
             deleted: HashSet::new(),
             writes: Vec::new(),
             observed: HashSet::new(),
+            objects: Vec::new(),
+            objects_observed: HashSet::new(),
         };
         let res = |own: ChangeHash, r: &OpRef| -> OpId {
             match r {
@@ -839,6 +844,18 @@ impl Model {
                             assert!(m.nodes.contains_key(&t), "delete of a non-node");
                             m.deleted.insert(t);
                         }
+                    }
+                    Op::SetObject { key, observed, .. } | Op::DeleteObject { key, observed } => {
+                        for o in observed {
+                            let o = res(h, o);
+                            causal(&o);
+                            m.objects_observed.insert((key.clone(), o));
+                        }
+                        let val = match op {
+                            Op::SetObject { data, .. } => Some(data.clone()),
+                            _ => None,
+                        };
+                        m.objects.push((id, key.clone(), val));
                     }
                 }
             }
@@ -1037,6 +1054,45 @@ impl Model {
                     }
                 }
             }
+        }
+        // Objects: each key's live entries, unless a shown array owns the key.
+        let mut objects: BTreeMap<&str, Vec<&ObjectWrite>> = BTreeMap::new();
+        for w in &self.objects {
+            if !self.objects_observed.contains(&(w.1.clone(), w.0)) {
+                objects.entry(w.1.as_str()).or_default().push(w);
+            }
+        }
+        for (k, mut entries) in objects {
+            let owned = shown.iter().any(|(p, n)| {
+                n.winner.is_some_and(|w| self.is_array(&w))
+                    && (p.is_empty() || k.starts_with(&format!("{p}/")))
+            });
+            if owned {
+                continue;
+            }
+            entries.sort_by_key(|w| std::cmp::Reverse(self.key(&w.0)));
+            if entries.len() > 1 {
+                let losers = entries[1..].iter().map(|w| w.0).collect();
+                conflicts.insert((
+                    k.to_string(),
+                    ConflictTarget::Object,
+                    entries[0].0,
+                    sorted(losers),
+                ));
+            }
+            let want = match &entries[0].2 {
+                Some(ChunkData::Inline(b)) => Some(Entry::Object(ChunkRef::Inline(b.clone()))),
+                Some(ChunkData::Blob { hash, len }) => Some(Entry::Object(ChunkRef::Blob {
+                    hash: *hash,
+                    len: *len,
+                })),
+                Some(ChunkData::Reference(r)) => panic!("{ctx}: an object reference {r:?}"),
+                None => None,
+            };
+            if want.is_some() {
+                keys.push(k.to_string());
+            }
+            assert_eq!(view.get(fold, k), want, "{ctx}: object {k}");
         }
         keys.sort();
         assert_eq!(view.keys(fold), keys, "{ctx}: keys");

@@ -885,6 +885,14 @@ fn stored_meta() -> String {
 }
 
 /// A chunk write adopting an object in place (change format 2).
+fn object_op(key: &str) -> Op {
+    Op::SetObject {
+        key: key.into(),
+        data: ChunkData::Inline(b"notes".to_vec()),
+        observed: vec![],
+    }
+}
+
 fn reference_op(key: &str) -> Op {
     Op::SetChunk {
         node: OpRef::Local(0),
@@ -994,6 +1002,23 @@ fn covered(h: u8, seq: u64) -> CoveredChange {
     }
 }
 
+/// Two object registers: a blob and a tombstone.
+fn snapshot_objects() -> Vec<crzarr::snapshot::ObjectRegister> {
+    vec![
+        (
+            "a/b".into(),
+            vec![(
+                (0, 1),
+                SnapChunk::Blob {
+                    hash: crzarr::ids::BlobHash([0x44; 32]),
+                    len: 5000,
+                },
+            )],
+        ),
+        ("notes".into(), vec![((1, 0), SnapChunk::Deleted)]),
+    ]
+}
+
 fn valid_snapshot() -> SnapshotMeta {
     let mut archive = vec![None; 16];
     archive[3] = Some(ObjectHash([0x33; 32]));
@@ -1044,6 +1069,7 @@ fn valid_snapshot() -> SnapshotMeta {
         }],
         supersedes: vec!["00000000000000000001-aa.snap".into()],
         written_ms: 1_700_000_000_000,
+        objects: Vec::new(),
     }
 }
 
@@ -1138,9 +1164,9 @@ fn corpus() -> Vec<CorpusFile> {
         ),
         file(
             "change-unknown-version.bin",
-            [&valid[..4], &[3], &valid[5..]].concat(),
+            [&valid[..4], &[4], &valid[5..]].concat(),
             Via::Change,
-            Err("UnsupportedVersion", "format version 3 is not supported"),
+            Err("UnsupportedVersion", "format version 4 is not supported"),
         ),
         file(
             "change-version-2-without-reference.bin",
@@ -1168,6 +1194,34 @@ fn corpus() -> Vec<CorpusFile> {
             Err(
                 "Corrupt",
                 "format version 1 for a change that is written as version 2",
+            ),
+        ),
+        file(
+            "change-valid-object.bin",
+            with(&|c| c.ops.push(object_op("notes/readme.txt"))),
+            Via::Change,
+            Ok,
+        ),
+        file(
+            "change-object-as-version-2.bin",
+            {
+                let mut b = with(&|c| c.ops.push(object_op("notes/readme.txt")));
+                b[4] = 2;
+                b
+            },
+            Via::Change,
+            Err(
+                "Corrupt",
+                "format version 2 for a change that is written as version 3",
+            ),
+        ),
+        file(
+            "change-object-metadata-key.bin",
+            with(&|c| c.ops.push(object_op("x/zarr.json"))),
+            Via::Change,
+            Err(
+                "Corrupt",
+                "`zarr.json` is node metadata, not an object key segment",
             ),
         ),
         file(
@@ -1332,6 +1386,34 @@ fn corpus() -> Vec<CorpusFile> {
         ),
         // ---- snapshot metadata
         file("snapshot-valid.bin", snap.clone(), Via::Snapshot, Ok),
+        file(
+            "snapshot-valid-objects.bin",
+            snap_with(&|m| m.objects = snapshot_objects()),
+            Via::Snapshot,
+            Ok,
+        ),
+        file(
+            "snapshot-objects-as-version-1.bin",
+            {
+                let mut b = snap_with(&|m| m.objects = snapshot_objects());
+                b[4] = 1;
+                b
+            },
+            Via::Snapshot,
+            Err(
+                "Corrupt",
+                "format version 1 for a snapshot that is written as version 2",
+            ),
+        ),
+        file(
+            "snapshot-objects-unsorted.bin",
+            snap_with(&|m| {
+                m.objects = snapshot_objects();
+                m.objects.reverse();
+            }),
+            Via::Snapshot,
+            Err("Corrupt", "objects not sorted by key"),
+        ),
         file(
             "snapshot-wrong-hash.bin",
             {

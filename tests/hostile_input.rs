@@ -363,7 +363,7 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
             b[4] = CHANGE_VERSION + 1;
             one(
                 fx.named(b, &valid),
-                "format version 3 is not supported (this build reads version 2); upgrade crzarr",
+                "format version 4 is not supported (this build reads version 3); upgrade crzarr",
             )
         }
         "wrong_magic" => {
@@ -581,6 +581,64 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
                 ),
             ]
         }
+        "bad_object_ops" => {
+            let meta_key = fx.change(vec![Op::SetObject {
+                key: "notes/zarr.json".into(),
+                data: ChunkData::Inline(vec![1]),
+                observed: vec![],
+            }]);
+            let reserved = fx.change(vec![Op::DeleteObject {
+                key: ".crdt/repo.json".into(),
+                observed: vec![],
+            }]);
+            let too_big = fx.change(vec![Op::SetObject {
+                key: "notes".into(),
+                data: ChunkData::Inline(vec![0; INLINE_MAX + 1]),
+                observed: vec![],
+            }]);
+            let reference = fx.change(vec![Op::SetObject {
+                key: "notes".into(),
+                data: ChunkData::Reference(crzarr::change::ChunkReference {
+                    source: "file:///tmp".into(),
+                    key: "x".into(),
+                    size: 1,
+                    etag: None,
+                    modified_ms: 0,
+                }),
+                observed: vec![],
+            }]);
+            // A good object op written under an older version byte.
+            let good = fx.change(vec![Op::SetObject {
+                key: "notes".into(),
+                data: ChunkData::Inline(vec![1]),
+                observed: vec![],
+            }]);
+            let mut old_version = good.encode();
+            assert_eq!(old_version[4], 3);
+            old_version[4] = 2;
+            vec![
+                with_msg(
+                    fx.named(meta_key.encode(), &meta_key),
+                    "`zarr.json` is node metadata, not an object key segment",
+                ),
+                with_msg(
+                    fx.named(reserved.encode(), &reserved),
+                    "`.crdt` is reserved for crzarr",
+                ),
+                with_msg(
+                    fx.named(too_big.encode(), &too_big),
+                    "op 0: inline object larger than the inline limit",
+                ),
+                with_msg(
+                    fx.named(reference.encode(), &reference),
+                    "op 0: an object cannot be a reference",
+                ),
+                with_msg(
+                    fx.named(old_version, &good),
+                    "format version 2 for a change that is written as version 3",
+                ),
+            ]
+        }
         "clock_not_after_dep" => {
             let mut c = fx.valid_change();
             c.hlc = fx.head().1.hlc;
@@ -748,6 +806,7 @@ bad_file_tests!(
     inline_chunk_over_limit,
     invalid_zarr_metadata_in_create,
     traversal_keys_inside_ops,
+    bad_object_ops,
     clock_not_after_dep,
     chunk_op_on_group,
     reference_past_last_op,
@@ -1204,8 +1263,11 @@ async fn session_refuses_bad_keys() {
             ("x/.CRDT/0", "`.crdt` is reserved for crzarr"),
             ("x\\c\\0", "control characters and `\\` are not allowed"),
             ("x/c/\n", "control characters and `\\` are not allowed"),
-            ("nothere/c/0", "not a zarr.json and not inside any array"),
-            ("c/0", "not a zarr.json and not inside any array"),
+            // Not inside any array: an object, whose key must not name node metadata.
+            (
+                "nothere/zarr.json/0",
+                "`zarr.json` is node metadata, not an object key segment",
+            ),
         ];
         for (k, reason) in bad_keys {
             let err = s.set(k, vec![1u8]).unwrap_err();

@@ -411,7 +411,7 @@ async fn a_snapshot_of_a_newer_format_is_refused_with_a_clear_error() {
                 &err,
                 Error::UnsupportedVersion {
                     found: 9,
-                    supported: 1,
+                    supported: 2, // SNAPSHOT_META_VERSION
                     ..
                 }
             ),

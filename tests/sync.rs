@@ -187,17 +187,22 @@ async fn check_valid(store: &Arc<dyn ObjectStore>, ctx: &str) -> Repo {
             .unwrap_or_else(|e| panic!("{ctx}: get {k}: {e}"))
             .unwrap_or_else(|| panic!("{ctx}: {k} listed but absent"));
         match e {
-            Entry::Chunk(ChunkRef::Blob { hash, len }) => {
+            Entry::Chunk(ChunkRef::Blob { hash, len })
+            | Entry::Object(ChunkRef::Blob { hash, len }) => {
                 assert_eq!(
                     (BlobHash::of(&got), got.len() as u64),
                     (*hash, *len),
                     "{ctx}: {k}"
                 );
             }
-            Entry::Chunk(ChunkRef::Inline(b)) | Entry::Metadata(b) => {
+            Entry::Chunk(ChunkRef::Inline(b))
+            | Entry::Object(ChunkRef::Inline(b))
+            | Entry::Metadata(b) => {
                 assert_eq!(&got[..], &b[..], "{ctx}: {k}")
             }
-            Entry::Chunk(ChunkRef::Reference(r)) => panic!("{ctx}: no edit adopts objects: {r:?}"),
+            Entry::Chunk(ChunkRef::Reference(r)) | Entry::Object(ChunkRef::Reference(r)) => {
+                panic!("{ctx}: no edit adopts objects: {r:?}")
+            }
         }
     }
     r

@@ -17,7 +17,7 @@ mod crash_support;
 use common::array_meta;
 use crash_support::{Rng, local_store, present_or_covered};
 use crzarr::bucket::Bucket;
-use crzarr::change::{Change, ChunkData, Op};
+use crzarr::change::{Change, Op};
 use crzarr::gc::GcOptions;
 use crzarr::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crzarr::layout::SnapshotName;
@@ -239,14 +239,8 @@ impl Checker {
                     "{key}: header does not match its name or repository"
                 ));
             }
-            for op in &change.ops {
-                if let Op::SetChunk {
-                    data: ChunkData::Blob { hash, len },
-                    ..
-                } = op
-                {
-                    self.blob(*hash, *len, &format!("change {key}")).await;
-                }
+            for (hash, len) in change.ops.iter().filter_map(Op::blob) {
+                self.blob(hash, len, &format!("change {key}")).await;
             }
         }
     }
@@ -281,6 +275,9 @@ impl Checker {
             if meta.covered != name.covered || meta.repo != self.id {
                 self.violations
                     .push(format!("{key}: covered count or repository differs"));
+            }
+            for (hash, len) in meta.object_blobs() {
+                self.blob(hash, len, &format!("snapshot {key}")).await;
             }
             let pieces: Vec<ObjectHash> = meta
                 .nodes

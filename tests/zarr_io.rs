@@ -431,7 +431,7 @@ async fn by_reference_import_copies_no_chunk_and_reads_and_exports_the_originals
         .bytes()
         .await
         .unwrap();
-    assert_eq!(bytes[4], crzarr::change::CHANGE_VERSION);
+    assert_eq!(bytes[4], crzarr::change::CHANGE_VERSION_REFERENCES);
     // Export resolves references: a plain store with the original bytes.
     let out = memory();
     r.export(out.store.clone(), "out", &ExportOptions::default())

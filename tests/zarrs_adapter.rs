@@ -42,103 +42,107 @@ fn values(rows: std::ops::Range<u16>) -> Vec<u16> {
 // ---------------------------------------------------------------------------
 // zarrs' own store test helpers.
 //
-// `store_test::store_write` writes keys such as `a/b`, `i/j/k` and `erase` into an
-// empty store. In crzarr every key is either a node's `zarr.json` or a chunk inside
-// an array (a write session refuses anything else: `src/session.rs`, `set`), and
-// the helper starts with `erase_prefix("")`, which deletes any array set up to hold
-// them. So `store_write` is refused at its first `set`, and `store_read`,
-// `store_list` and `store_list_size` (which check what `store_write` wrote, with
-// no `zarr.json` in the listing) cannot pass either. The tests below pin down
-// exactly which calls are refused; `conformance_*` then runs the same calls on
-// keys that are valid in crzarr.
+// `store_test::store_write` writes keys such as `a/b`, `i/j/k` and `erase` that are
+// neither a `zarr.json` nor inside an array: crzarr keeps them as objects (change
+// format 3). Each helper runs on the staged writes, then again after commit on a
+// second handle opened from the bucket, which sees only what was committed.
 // ---------------------------------------------------------------------------
 
-const REFUSAL: &str = "not a zarr.json and not inside any array";
-
 #[test]
-fn zarrs_store_test_helpers_sync_are_refused_at_first_non_zarr_key() -> TestResult {
+fn zarrs_store_test_helpers_sync() -> TestResult {
     let rt = runtime()?;
-    let (_, store) = rt.block_on(new_store())?;
+    let (bucket, store) = rt.block_on(new_store())?;
     let sync = blocking(&rt, &store);
-    let err = store_test::store_write(&*sync).expect_err("crzarr refuses `a/b`");
-    let msg = err.to_string();
-    assert!(msg.contains("\"a/b\"") && msg.contains(REFUSAL), "{msg}");
-    // Only the helper's opening `erase_prefix("")` was staged (it deletes nothing).
-    assert_eq!(rt.block_on(store.staged()), 1);
-    assert!(sync.list()?.is_empty());
-    assert_eq!(
-        rt.block_on(store.commit(None))?,
-        None,
-        "an empty change is not made"
-    );
+    store_test::store_write(&*sync)?;
+    store_test::store_read(&*sync)?;
+    store_test::store_list(&*sync)?;
+    store_test::store_list_size(&*sync)?;
+    let hash = rt.block_on(store.commit(Some("zarrs store_write")))?;
+    assert!(hash.is_some(), "the helper's writes make one change");
+    // The same helpers against the committed state, from another handle.
+    let other = Arc::new(ZarrsStore::new(rt.block_on(Repo::open(bucket, ""))?));
+    let other_sync = blocking(&rt, &other);
+    store_test::store_read(&*other_sync)?;
+    store_test::store_list(&*other_sync)?;
+    store_test::store_list_size(&*other_sync)?;
+    // And the committed handle itself, now that nothing is staged.
+    assert_eq!(rt.block_on(store.staged()), 0);
+    store_test::store_read(&*sync)?;
+    store_test::store_list(&*sync)?;
     Ok(())
 }
 
 #[tokio::test]
-async fn zarrs_store_test_helpers_async_are_refused_at_first_non_zarr_key() -> TestResult {
-    let (_, store) = new_store().await?;
-    let err = store_test::async_store_write(&*store)
-        .await
-        .expect_err("crzarr refuses `a/b`");
-    let msg = err.to_string();
-    assert!(msg.contains("\"a/b\"") && msg.contains(REFUSAL), "{msg}");
-    assert_eq!(store.staged().await, 1);
-    assert!(store.list().await?.is_empty());
+async fn zarrs_store_test_helpers_async() -> TestResult {
+    let (bucket, store) = new_store().await?;
+    store_test::async_store_write(&*store).await?;
+    store_test::async_store_read(&*store).await?;
+    store_test::async_store_list(&*store).await?;
+    store_test::async_store_list_size(&*store).await?;
+    assert!(store.commit(None).await?.is_some());
+    let other = ZarrsStore::new(Repo::open(bucket, "").await?);
+    store_test::async_store_read(&other).await?;
+    store_test::async_store_list(&other).await?;
+    store_test::async_store_list_size(&other).await?;
+    // Running `store_write` again over the committed state starts with
+    // `erase_prefix("")`, deletes and rewrites everything: the result is the same.
+    store_test::async_store_write(&other).await?;
+    other.commit(Some("again")).await?;
+    store_test::async_store_read(&other).await?;
+    store_test::async_store_list(&other).await?;
+    store_test::async_store_list_size(&other).await?;
     Ok(())
 }
 
-/// Each call `store_write` makes, one by one: which crzarr accepts and which it
-/// refuses, and why.
+/// Objects and arrays side by side: `store_write`'s keys next to a zarrs array, an
+/// object key an array takes over, and deleting the array's subtree.
 #[tokio::test]
-async fn zarrs_store_write_calls_one_by_one() -> TestResult {
-    let (_, store) = new_store().await?;
-    let refused = |r: Result<(), zarrs_storage::StorageError>, key: &str| {
-        let msg = r.expect_err(key).to_string();
-        assert!(
-            msg.contains(&format!("{key:?}")) && msg.contains(REFUSAL),
-            "{msg}"
-        );
-    };
-    // Deletes of what is not there are accepted (a session ignores them).
-    store.erase_prefix(&StorePrefix::root()).await?;
-    // Every set of a key that is neither `zarr.json` nor inside an array: refused.
-    for k in [
-        "a/b",
-        "a/c",
-        "a/d/e",
-        "a/f/g",
-        "a/f/h",
-        "i/j/k",
-        "erase",
-        "erase_many_0",
-        "erase_many_1",
-        "erase_prefix/0",
-        "erase_prefix/1",
-    ] {
-        refused(store.set(&k.try_into()?, vec![0u8].into()).await, k);
-    }
-    // A partial write is a read-modify-write of the whole value: refused too.
-    refused(
-        store
-            .set_partial(&"a/b".try_into()?, 1, vec![1u8].into())
-            .await,
-        "a/b",
-    );
-    store.erase(&"erase".try_into()?).await?;
-    store.erase(&"erase".try_into()?).await?;
+async fn objects_next_to_arrays() -> TestResult {
+    let (bucket, store) = new_store().await?;
+    store_test::async_store_write(&*store).await?;
     store
-        .erase_many(&["erase_many_0".try_into()?, "erase_many_1".try_into()?])
+        .set(&"v/zarr.json".try_into()?, array_meta().into())
         .await?;
-    store.erase_prefix(&"erase_prefix/".try_into()?).await?;
-    // Staged: the two prefix deletes (which delete nothing). Erasing keys that are
-    // not inside any array stages nothing: no such key can exist.
-    assert_eq!(store.staged().await, 2);
-    assert!(store.list().await?.is_empty());
+    store
+        .set(&"v/c/0/0".try_into()?, vec![7u8; 8].into())
+        .await?;
+    store.commit(None).await?;
+    let repo = Repo::open(bucket.clone(), "").await?;
     assert_eq!(
-        store.commit(None).await?,
-        None,
-        "an empty change is not made"
+        repo.list().await?,
+        [
+            "a/b",
+            "a/c",
+            "a/d/e",
+            "a/f/g",
+            "a/f/h",
+            "i/j/k",
+            "v/c/0/0",
+            "v/zarr.json",
+            "zarr.json" // the implicit root group above `v`
+        ]
     );
+    assert_eq!(repo.get("a/b").await?.as_deref(), Some(&[0u8, 1, 2, 3][..]));
+    // Deleting the array's subtree leaves the objects; deleting `a/` removes them.
+    store.erase_prefix(&"v/".try_into()?).await?;
+    store.erase_prefix(&"a/".try_into()?).await?;
+    store.commit(None).await?;
+    let repo = Repo::open(bucket, "").await?;
+    assert_eq!(repo.list().await?, ["i/j/k"]);
+    // An array staged over a staged object owns its key: reads agree before and after.
+    store.set(&"w/extra".try_into()?, vec![1u8].into()).await?;
+    assert_eq!(
+        store.get(&"w/extra".try_into()?).await?.as_deref(),
+        Some(&[1u8][..])
+    );
+    store
+        .set(&"w/zarr.json".try_into()?, array_meta().into())
+        .await?;
+    assert_eq!(store.get(&"w/extra".try_into()?).await?, None);
+    let staged = store.list_prefix(&"w/".try_into()?).await?;
+    store.commit(None).await?;
+    assert_eq!(store.get(&"w/extra".try_into()?).await?, None);
+    assert_eq!(store.list_prefix(&"w/".try_into()?).await?, staged);
     Ok(())
 }
 

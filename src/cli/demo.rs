@@ -36,6 +36,7 @@ pub(crate) fn describe_conflict(c: &Conflict) -> String {
         ConflictTarget::Node => "node".to_string(),
         ConflictTarget::Attribute(a) => format!("attribute {a:?}"),
         ConflictTarget::Chunk => "chunk".to_string(),
+        ConflictTarget::Object => "object".to_string(),
     };
     // The tail of a ULID is random; its head is a timestamp shared by close writers.
     let actor = |a: &crzarr::ids::ActorId| a.to_string()[18..].to_string();
@@ -68,6 +69,7 @@ async fn view_digest(repo: &Repo) -> Result<String> {
         match e {
             Entry::Metadata(b) => h.update(&b),
             Entry::Chunk(c) => h.update(format!("{c:?}").as_bytes()),
+            Entry::Object(c) => h.update(format!("object {c:?}").as_bytes()),
         };
     }
     Ok(h.finalize().to_hex()[..16].to_string())

@@ -111,6 +111,14 @@ impl Fold {
                 return Err(corrupt(key, "two nodes with one stamp"));
             }
         }
+        for (k, es) in meta.objects {
+            let es: Vec<(Stamp, ChunkVal)> = es
+                .into_iter()
+                .map(|(s, v)| (stamp(&s), ChunkVal::from_snap(v)))
+                .collect();
+            f.objects
+                .insert(k.into_boxed_str(), Register::from_entries(es));
+        }
         for r in meta.superseded {
             let v = f
                 .superseded
@@ -382,6 +390,9 @@ impl Fold {
                 used.extend(reg.entries().iter().map(|e| e.0.change));
             }
         }
+        for reg in self.objects.values() {
+            used.extend(reg.entries().iter().map(|e| e.0.change));
+        }
         // Heads too: new changes depend on them and need their clock stamps.
         for (i, c) in self.infos.iter().enumerate() {
             if listed.contains(&c.hash) || self.heads.contains(&c.hash) {
@@ -477,6 +488,17 @@ impl Fold {
         }
         nodes.sort_by(|a, b| (&a.path, a.stamp).cmp(&(&b.path, b.stamp)));
 
+        let objects = self
+            .objects
+            .iter()
+            .map(|(k, reg)| {
+                let mut es: Vec<&(Stamp, ChunkVal)> = reg.entries().iter().collect();
+                es.sort_by(|a, b| self.cmp_stamp(&a.0, &b.0));
+                let es = es.into_iter().map(|(s, v)| (map(s), v.to_snap())).collect();
+                (k.to_string(), es)
+            })
+            .collect();
+
         // Records settle once their change is covered: the entry was dropped or
         // never existed. Records of changes not yet seen stay.
         let mut superseded: Vec<Superseded> = Vec::new();
@@ -523,6 +545,7 @@ impl Fold {
             forks,
             supersedes: Vec::new(),
             written_ms: 0,
+            objects,
         };
         Ok(Exported {
             meta,
@@ -686,18 +709,7 @@ fn encode_piece(rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]) -> (ManifestPiec
             (
                 k.to_string(),
                 es.iter()
-                    .map(|e| {
-                        let v = match &e.val {
-                            ChunkVal::Blob { hash, len } => SnapChunk::Blob {
-                                hash: *hash,
-                                len: *len,
-                            },
-                            ChunkVal::Inline(b) => SnapChunk::Inline(b.to_vec()),
-                            ChunkVal::Reference(r) => SnapChunk::Reference((**r).clone()),
-                            ChunkVal::Deleted => SnapChunk::Deleted,
-                        };
-                        ((idx[&e.order.hash], e.order.op), v)
-                    })
+                    .map(|e| ((idx[&e.order.hash], e.order.op), e.val.to_snap()))
                     .collect(),
             )
         })

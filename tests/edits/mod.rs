@@ -18,6 +18,9 @@ pub const PATHS: [&str; 5] = ["", "g", "g/a", "g/a/z", "b"];
 /// Paths arrays are created at (never the root, which would hide everything).
 pub const ARRAY_PATHS: [&str; 4] = ["g", "g/a", "g/a/z", "b"];
 pub const ATTR_KEYS: [&str; 3] = ["a", "b", "c"];
+/// Object keys: beside the hierarchy, under a group, and under array paths (where an
+/// array shown there hides them).
+pub const OBJECT_KEYS: [&str; 4] = ["notes", "g/readme", "b/extra/x", "g/a/x"];
 
 /// One staged Zarr edit. Indices select from the small path and key alphabets.
 #[derive(Clone, Debug)]
@@ -65,6 +68,15 @@ pub enum Edit {
         coords: [u64; 2],
         prefix: bool,
     },
+    /// Writes an object (a key no node owns; hidden while an array owns it).
+    SetObject {
+        key: usize,
+        big: bool,
+        seed: u8,
+    },
+    DeleteObject {
+        key: usize,
+    },
 }
 
 pub fn attrs() -> impl Strategy<Value = Vec<(usize, u8)>> {
@@ -101,6 +113,9 @@ pub fn edit() -> impl Strategy<Value = Edit> {
             .prop_map(|(path, coords, big, seed)| Edit::SetChunk { path, coords, big, seed }),
         3 => (array_path(), coords, prop::bool::weighted(0.25))
             .prop_map(|(path, coords, prefix)| Edit::DeleteChunk { path, coords, prefix }),
+        2 => (0..OBJECT_KEYS.len(), prop::bool::weighted(0.2), any::<u8>())
+            .prop_map(|(key, big, seed)| Edit::SetObject { key, big, seed }),
+        1 => (0..OBJECT_KEYS.len()).prop_map(|key| Edit::DeleteObject { key }),
     ]
 }
 
@@ -325,6 +340,11 @@ pub fn stage_edits<'r>(repo: &'r mut Repo, edits: &[Edit]) -> WriteSession<'r> {
                     };
                 }
             }
+            Edit::SetObject { key, big, seed } => {
+                let bytes = Bytes::from(chunk_bytes(*big, *seed));
+                s.set_object(OBJECT_KEYS[*key], bytes).unwrap();
+            }
+            Edit::DeleteObject { key } => s.delete_object(OBJECT_KEYS[*key]).unwrap(),
         }
     }
     s
