@@ -109,6 +109,36 @@ fn edit_and_read_a_repository() {
 }
 
 #[test]
+fn put_says_what_a_key_became() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("data");
+    let repo = repo.to_str().unwrap();
+    ok(&["init", repo], None);
+    ok(
+        &["put", repo, "temp/zarr.json", "-"],
+        Some(ARRAY.as_bytes()),
+    );
+    assert!(ok(&["put", repo, "temp/c/0", "-"], Some(&[1, 2])).contains(": chunk temp/c/0"));
+    // A key no array owns is kept as an object, and `put` says so.
+    let out = ok(&["put", repo, "tmp/c/0", "-"], Some(&[9]));
+    assert!(
+        out.contains(": object tmp/c/0 (no array owns this key"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["put", repo, "tmp/c/0", "-", "--json"], Some(&[8]))).unwrap();
+    assert_eq!(
+        (&v["kind"], &v["key"]),
+        (&serde_json::json!("object"), &serde_json::json!("tmp/c/0"))
+    );
+    ok(&["rm", repo, "tmp/c/0"], None);
+    assert_eq!(
+        ok(&["ls", repo], None),
+        "temp/c/0\ntemp/zarr.json\nzarr.json\n"
+    );
+}
+
+#[test]
 fn errors_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("data");
@@ -118,8 +148,8 @@ fn errors_are_one_clear_line() {
     fails(&["put", repo, "../escape", "/dev/null"], "..");
     fails(&["put", repo, ".crdt/ops/x", "/dev/null"], ".crdt");
     fails(
-        &["put", repo, "nowhere/c/0", "/dev/null"],
-        "not inside any array",
+        &["put", repo, "notes/zarr.json/x", "/dev/null"],
+        "`zarr.json` is node metadata",
     );
     fails(&["set-attr", repo, "", "k", "not json"], "not JSON");
     fails(&["set-attr", repo, "missing", "k", "1"], "no node");

@@ -37,14 +37,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write one key (a zarr.json or a chunk) from a file or stdin, as one change.
+    /// Write one key (a zarr.json, a chunk, or any other key as an object) from a file
+    /// or stdin, as one change.
     #[command(
-        after_help = "Example:\n  crzarr put ./data temp/zarr.json temp.json\n  crzarr put ./data temp/c/0/0 - < chunk.bin"
+        after_help = "Example:\n  crzarr put ./data temp/zarr.json temp.json\n  crzarr put ./data temp/c/0/0 - < chunk.bin\n  crzarr put ./data README.md README.md"
     )]
     Put {
         /// Repository URL.
         repo: String,
-        /// Zarr key, like `zarr.json`, `temp/zarr.json` or `temp/c/0/0`.
+        /// Store key, like `zarr.json`, `temp/zarr.json`, `temp/c/0/0` or `README.md`.
         key: String,
         /// File to read, or `-` for stdin.
         file: String,
@@ -393,7 +394,28 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             let mut s = r.session();
             s.set(&key, bytes)?;
             let h = s.commit(message.as_deref()).await?;
-            report_commit(h, json)
+            // Say what the key became: a mistyped array path writes an object, not a chunk.
+            let kind = match r.view().get(r.fold(), &key) {
+                Some(crzarr::view::Entry::Metadata(_)) => "metadata",
+                Some(crzarr::view::Entry::Chunk(_)) => "chunk",
+                Some(crzarr::view::Entry::Object(_)) => "object",
+                None => "absent",
+            };
+            match (h, json) {
+                (Some(h), true) => {
+                    print_json(&json!({"change": h.to_hex(), "key": key, "kind": kind}))
+                }
+                (Some(h), false) => {
+                    let note = if kind == "object" {
+                        " (no array owns this key: kept as an object beside the hierarchy)"
+                    } else {
+                        ""
+                    };
+                    println!("committed {}: {kind} {key}{note}", h.short());
+                    Ok(())
+                }
+                (None, _) => report_commit(None, json),
+            }
         }
         Command::Rm {
             repo,

@@ -438,3 +438,23 @@ def test_an_array_written_through_the_zarrs_adapter_reads_in_zarr_python(tmp_pat
     assert_same_values(a[...], want, "zarr-python/zarrs-two-writers")
     path = a.path
     assert_same_values(tensorstore_read(out, path), want, "tensorstore/zarrs-two-writers")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_objects_beside_the_hierarchy_export_and_leave_reads_unchanged(client, tmp_path):
+    """Keys that are not Zarr (a README, notes in a folder) put through crzarr are exported
+    as they are, and `client` reads the nested-groups-attributes fixture exactly as before (ids: client)."""
+    src, repo, out = tmp_path / "src", tmp_path / "repo", tmp_path / "out"
+    build("nested-groups-attributes", src)
+    crzarr("import", src, repo)
+    note = tmp_path / "note.txt"
+    note.write_text("# calibration notes\n")
+    crzarr("put", repo, "README.md", note)
+    crzarr("put", repo, "notes/2026/todo.txt", note)
+    listed = crzarr_json("ls", repo)
+    keys = listed["keys"] if isinstance(listed, dict) else listed
+    assert "README.md" in keys and "notes/2026/todo.txt" in keys, keys
+    crzarr("export", repo, out)
+    assert (out / "README.md").read_text() == "# calibration notes\n"
+    assert (out / "notes" / "2026" / "todo.txt").read_text() == "# calibration notes\n"
+    assert_store_reads_as(out, src, "nested-groups-attributes", client)
