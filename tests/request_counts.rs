@@ -13,6 +13,7 @@
 //! Opens from a snapshot are counted in `tests/snapshots.rs`.
 //! | get of an inline chunk or metadata | none | 0 |
 //! | get of a blob chunk | 1 GET | 1 |
+//! | objects (keys no array owns): commit, inline get, blob get | as for chunks | as for chunks |
 
 mod common;
 
@@ -245,5 +246,26 @@ async fn get_of_inline_data_is_free_and_of_a_blob_chunk_is_one_get() {
         let c = counting.take();
         assert_eq!(summary(&c), counts(0, 1, 0, 1), "{}: {c:?}", b.name);
         assert_eq!(c.get_bytes, 5000, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn objects_cost_what_chunks_cost() {
+    for b in [memory(), local()] {
+        let (counting, mut repo) = setup(&b).await;
+        let mut s = repo.session();
+        s.set("notes/small", vec![1u8; 100]).unwrap();
+        s.set("notes/big", blob_bytes(2)).unwrap();
+        s.commit(None).await.unwrap().unwrap();
+        // One blob: one PUT for it, then the change file.
+        let c = counting.take();
+        assert_eq!(summary(&c), counts(2, 0, 0, 2), "{}: {c:?}", b.name);
+
+        assert_eq!(repo.get("notes/small").await.unwrap().unwrap().len(), 100);
+        assert!(repo.get("notes/none").await.unwrap().is_none());
+        assert_eq!(counting.take(), RequestCounts::default(), "{}", b.name);
+        assert_eq!(repo.get("notes/big").await.unwrap().unwrap(), blob_bytes(2));
+        let c = counting.take();
+        assert_eq!(summary(&c), counts(0, 1, 0, 1), "{}: {c:?}", b.name);
     }
 }
