@@ -148,6 +148,15 @@ pub(crate) enum ChunkVal {
 }
 
 impl ChunkVal {
+    /// The value an op writes.
+    pub(crate) fn from_data(d: ChunkData) -> ChunkVal {
+        match d {
+            ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
+            ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
+            ChunkData::Reference(r) => ChunkVal::Reference(Box::new(r)),
+        }
+    }
+
     /// The value as a snapshot holds it.
     pub(crate) fn from_snap(v: SnapChunk) -> ChunkVal {
         match v {
@@ -976,12 +985,7 @@ impl Fold {
                 data,
                 observed,
             } => {
-                let val = match data {
-                    ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
-                    ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
-                    ChunkData::Reference(r) => ChunkVal::Reference(Box::new(r)),
-                };
-                self.write_chunk(s, node, key, val, &observed);
+                self.write_chunk(s, node, key, ChunkVal::from_data(data), &observed);
             }
             Op::DeleteChunk {
                 node,
@@ -999,13 +1003,10 @@ impl Fold {
                 data,
                 observed,
             } => {
-                let val = match data {
-                    ChunkData::Blob { hash, len } => ChunkVal::Blob { hash, len },
-                    ChunkData::Inline(b) => ChunkVal::Inline(b.into_boxed_slice()),
-                    // Refused when the change was decoded.
-                    ChunkData::Reference(_) => return,
-                };
-                self.write_object(s, key, val, &observed);
+                // A reference was refused when the change was decoded.
+                if !matches!(data, ChunkData::Reference(_)) {
+                    self.write_object(s, key, ChunkVal::from_data(data), &observed);
+                }
             }
             Op::DeleteObject { key, observed } => {
                 self.write_object(s, key, ChunkVal::Deleted, &observed)

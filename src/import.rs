@@ -15,7 +15,7 @@ use crate::bucket::DEFAULT_CONCURRENCY;
 use crate::change::{ChunkReference, INLINE_MAX};
 use crate::error::{Error, Result};
 use crate::ids::{BlobHash, ChangeHash};
-use crate::key::{self, META_FILE};
+use crate::key::{self, meta_path};
 use crate::meta::{NodeDoc, parse_node_doc};
 use crate::progress::Progress;
 use crate::reference::reference_to;
@@ -112,15 +112,6 @@ pub(crate) async fn list_plain(store: &dyn ObjectStore, prefix: &str) -> Result<
         .collect();
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
-}
-
-/// The node path of a metadata key (`zarr.json` or `a/b/zarr.json`).
-fn meta_path(k: &str) -> Option<&str> {
-    if k == META_FILE {
-        Some("")
-    } else {
-        k.strip_suffix(META_FILE)?.strip_suffix('/')
-    }
 }
 
 const V2_METADATA: [&str; 4] = [".zarray", ".zgroup", ".zattrs", ".zmetadata"];

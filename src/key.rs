@@ -109,6 +109,16 @@ pub fn meta_key(path: &str) -> String {
     }
 }
 
+/// The node path whose metadata `store_key` is (`zarr.json` is the root's), if it is
+/// a node's `zarr.json`.
+pub fn meta_path(store_key: &str) -> Option<&str> {
+    if store_key == META_FILE {
+        Some("")
+    } else {
+        store_key.strip_suffix("/zarr.json")
+    }
+}
+
 /// Store key of a chunk.
 pub fn chunk_store_key(array: &str, chunk: &str) -> String {
     if array.is_empty() {

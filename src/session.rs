@@ -9,7 +9,7 @@ use crate::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, 
 use crate::error::{Error, Result};
 use crate::fold::Stamp;
 use crate::ids::{BlobHash, ChangeHash, Hlc, now_millis};
-use crate::key::{self, META_FILE};
+use crate::key::{self, meta_path};
 use crate::meta::{self, ArrayMeta, NodeDoc};
 use crate::repo::Repo;
 use crate::view::NodeType;
@@ -188,19 +188,24 @@ impl<'r> WriteSession<'r> {
         }
     }
 
-    /// Writes an object: bytes at a store key that is no node's metadata. A key an
-    /// array owns is hidden while that array is shown (use [`WriteSession::set`],
-    /// which writes such keys as chunks).
-    pub fn set_object(&mut self, store_key: &str, bytes: Bytes) -> Result<()> {
-        key::check_object_key(store_key)?;
-        let data = if bytes.len() <= INLINE_MAX {
+    /// Small values inline, larger ones as a blob uploaded at commit.
+    fn stage_bytes(&mut self, bytes: Bytes) -> ChunkData {
+        if bytes.len() <= INLINE_MAX {
             ChunkData::Inline(bytes.to_vec())
         } else {
             let hash = BlobHash::of(&bytes);
             let len = bytes.len() as u64;
             self.blobs.insert(hash, bytes);
             ChunkData::Blob { hash, len }
-        };
+        }
+    }
+
+    /// Writes an object: bytes at a store key that is no node's metadata. A key an
+    /// array owns is hidden while that array is shown (use [`WriteSession::set`],
+    /// which writes such keys as chunks).
+    pub fn set_object(&mut self, store_key: &str, bytes: Bytes) -> Result<()> {
+        key::check_object_key(store_key)?;
+        let data = self.stage_bytes(bytes);
         self.write_object(store_key, Some(data));
         Ok(())
     }
@@ -679,14 +684,7 @@ impl<'r> WriteSession<'r> {
     pub fn set_chunk(&mut self, array: &str, chunk: &str, bytes: Bytes) -> Result<()> {
         key::check_chunk_key(chunk)?;
         let h = self.array_handle(array)?;
-        let data = if bytes.len() <= INLINE_MAX {
-            ChunkData::Inline(bytes.to_vec())
-        } else {
-            let hash = BlobHash::of(&bytes);
-            let len = bytes.len() as u64;
-            self.blobs.insert(hash, bytes);
-            ChunkData::Blob { hash, len }
-        };
+        let data = self.stage_bytes(bytes);
         self.write_chunk(&h, chunk, Some(data));
         Ok(())
     }
@@ -1057,13 +1055,5 @@ impl<'r> WriteSession<'r> {
         self.resize_op.clear();
         self.prepared = None;
         Ok(Some(hash))
-    }
-}
-
-fn meta_path(store_key: &str) -> Option<&str> {
-    if store_key == META_FILE {
-        Some("")
-    } else {
-        store_key.strip_suffix("/zarr.json")
     }
 }

@@ -404,10 +404,7 @@ impl View {
 
     /// What the view serves at a store key.
     pub fn get(&self, fold: &Fold, store_key: &str) -> Option<Entry> {
-        if store_key == key::META_FILE {
-            return self.metadata(fold, "").map(Entry::Metadata);
-        }
-        if let Some(path) = store_key.strip_suffix("/zarr.json") {
+        if let Some(path) = key::meta_path(store_key) {
             return self.metadata(fold, path).map(Entry::Metadata);
         }
         match self.split_chunk_key(store_key) {

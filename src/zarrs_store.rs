@@ -84,7 +84,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::ChangeHash;
-use crate::key::{self, META_FILE};
+use crate::key::{self, meta_path};
 use crate::meta::{self, ArrayMeta, NodeDoc};
 use crate::repo::{RefreshReport, Repo};
 use crate::session::WriteSession;
@@ -120,15 +120,6 @@ impl Staged {
             Staged::Delete(k) => s.delete(k),
             Staged::DeletePrefix(p) => s.delete_prefix(p),
         }
-    }
-}
-
-/// The node path whose `zarr.json` `store_key` is, if it is one.
-fn meta_path(store_key: &str) -> Option<&str> {
-    if store_key == META_FILE {
-        Some("")
-    } else {
-        store_key.strip_suffix("/zarr.json")
     }
 }
 
