@@ -6,6 +6,7 @@
 
 use crate::bucket::Bucket;
 use crate::error::{Error, Result};
+use crate::gc::store_now;
 use crate::ids::{ActorId, ChangeHash, ObjectHash, now_millis};
 use crate::layout::SnapshotName;
 use crate::repo::Repo;
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A compaction that runs longer than this writes nothing: garbage collection's
 /// safety argument assumes compactions finish well inside its window.
@@ -59,7 +60,10 @@ impl Repo {
     pub async fn compact_within(&mut self, limit: Duration) -> Result<CompactReport> {
         let started = Instant::now();
         let bucket = self.bucket().clone();
-        // One pair of listings serves the refresh and the compaction.
+        // One pair of listings serves the refresh and the compaction. The store's
+        // clock is read before them: the time limit is judged by the clock garbage
+        // collection judges ages by, which keeps counting while a laptop sleeps.
+        let started_store: SystemTime = store_now(&bucket).await?.last_modified.into();
         let (listing, snap_listing) =
             futures::join!(bucket.list_changes(), bucket.list_snapshots());
         let (listing, snap_listing) = (listing?, snap_listing?);
@@ -213,7 +217,10 @@ impl Repo {
         let results: Vec<Result<()>> = futures::stream::iter(uploads)
             .map(|(key, bytes)| {
                 let bucket = bucket.clone();
-                async move { bucket.put_once(&key, bytes).await.map(|_| ()) }
+                // A plain PUT, not create-once: an identical object left by a failed
+                // compaction becomes young again, so garbage collection (which
+                // re-checks ages just before deleting) keeps what this snapshot names.
+                async move { bucket.put_blob(&key, bytes).await }
             })
             .buffer_unordered(self.concurrency())
             .collect()
@@ -221,6 +228,18 @@ impl Repo {
         results.into_iter().collect::<Result<Vec<()>>>()?;
         // Pieces and shards written past the limit are orphans GC later removes.
         over(started)?;
+        let elapsed = store_now(&bucket)
+            .await
+            .map(|m| SystemTime::from(m.last_modified))?
+            .duration_since(started_store)
+            .unwrap_or_default();
+        if elapsed > limit {
+            return Err(Error::Limit(format!(
+                "compaction ran {elapsed:?} by the store's clock, over its {limit:?} limit: no \
+                 snapshot written (garbage collection assumes compactions finish well inside \
+                 its window)"
+            )));
+        }
         bucket
             .put_once(&bucket.layout.snapshot(&name), meta_bytes.clone())
             .await?;

@@ -14,7 +14,7 @@ use crate::change::MAX_CHANGE_BYTES;
 use crate::compact::read_shards;
 use crate::error::{Error, Result};
 use crate::fold::Fold;
-use crate::ids::{BlobHash, ChangeHash, ObjectHash};
+use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crate::layout::SnapshotName;
 use crate::repo::Repo;
 use crate::snapshot::{MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta};
@@ -76,6 +76,8 @@ pub struct GcReport {
     pub kept_recent: usize,
     /// Why some kinds were left alone, if they were.
     pub notes: Vec<String>,
+    /// Snapshot objects that do not read (junk), ignored: they block nothing.
+    pub junk: Vec<Problem>,
 }
 
 impl GcReport {
@@ -136,74 +138,70 @@ impl Repo {
         let (changes, snaps) = (changes?, snaps?);
         let (manifests, archive, blobs) = (manifests?, archive?, blobs?);
 
-        // The retained snapshot: the newest one that reads.
-        let mut retained: Option<(SnapshotName, SnapshotMeta, SystemTime)> = None;
-        for snap in &snaps.0 {
-            // Judged exactly as a reader judges it: what open would skip, GC skips.
-            let bytes = match bucket.get(&snap.key, MAX_META_BYTES).await {
-                Ok(Some(b)) => b,
-                Ok(None) | Err(Error::TooLarge { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let key = snap.key.as_ref();
-            let checked =
-                crate::repo::decode_snapshot_meta(key, &bytes, snap.name).and_then(|meta| {
-                    Fold::from_snapshot(key, snap.name, meta.clone(), self.id())?;
-                    Ok(meta)
-                });
-            match checked {
-                Ok(meta) => {
-                    retained = Some((snap.name, meta, snap.modified));
-                    break;
-                }
-                Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
-                Err(_) => continue,
+        // Every listed snapshot, judged exactly as a reader judges it: what open would
+        // skip is junk here too, reported and never in the way.
+        let judged = judge_snapshots(&bucket, &snaps.0, self.id(), self.concurrency()).await?;
+        let mut valid: Vec<(&ListedSnapshot, SnapshotMeta)> = Vec::new();
+        for (snap, verdict) in judged {
+            match verdict {
+                Ok(meta) => valid.push((snap, meta)),
+                Err(error) => report.junk.push(Problem {
+                    key: snap.key.to_string(),
+                    error,
+                }),
             }
         }
-        let Some((retained_snapshot, meta, retained_modified)) = retained else {
-            report
-                .notes
-                .push("no snapshot: run `crzarr compact` first; nothing deleted".into());
+        if !report.junk.is_empty() {
+            report.notes.push(format!(
+                "{} snapshot object(s) do not read and were ignored; `crzarr verify --quarantine` \
+                 moves them aside",
+                report.junk.len()
+            ));
+        }
+        // The retained snapshot: the newest one older than the window. A compactor
+        // lands a snapshot only within its time limit, which the window exceeds, so
+        // every compactor still running started after the retained snapshot landed
+        // and builds on it or on a younger one; younger snapshots are protected whole.
+        let Some(ri) = valid.iter().position(|(s, _)| old(s.modified)) else {
+            report.notes.push(if valid.is_empty() {
+                "no snapshot: run `crzarr compact` first; nothing deleted".into()
+            } else {
+                "every snapshot is younger than the window: nothing deleted yet".into()
+            });
             return Ok(report);
         };
+        let (retained_listed, meta) = valid.swap_remove(ri);
+        let retained_snapshot = retained_listed.name;
         let retained_name = retained_snapshot.file_name();
         report.retained_snapshot = Some(retained_name.clone());
-        // A compactor that started before this snapshot appeared may still land one
-        // based on an older snapshot and reuse its objects. It finishes within its
-        // time limit, which the window must exceed; until the window has passed over
-        // the newest snapshot, nothing is deleted.
-        if !old(retained_modified) {
-            report.notes.push(format!(
-                "the newest snapshot {retained_name} is younger than the window: nothing deleted yet"
-            ));
-            return Ok(report);
-        }
         let mut doomed: Vec<(ObjectKind, Path, u64)> = Vec::new();
 
-        // Snapshots: the retained one supersedes the rest, or GC waits for compaction.
+        // The other snapshots: superseded by the retained one (collected), younger and
+        // including it (protected), or a second line of history that only a
+        // compaction joining both may retire.
         let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
-        let concurrent: Vec<String> = snaps
-            .0
-            .iter()
-            .map(|s| s.name.file_name())
-            .filter(|n| *n != retained_name && !superseded.contains(n.as_str()))
-            .collect();
+        let mut protected: Vec<&SnapshotMeta> = vec![&meta];
+        let mut concurrent: Vec<String> = Vec::new();
+        for (snap, m) in &valid {
+            let name = snap.name.file_name();
+            if superseded.contains(name.as_str()) {
+                if old(snap.modified) {
+                    doomed.push((ObjectKind::Snapshot, snap.key.clone(), snap.size));
+                } else {
+                    report.kept_recent += 1;
+                }
+            } else if !old(snap.modified) && m.supersedes.contains(&retained_name) {
+                protected.push(m);
+            } else {
+                concurrent.push(name);
+            }
+        }
         if !concurrent.is_empty() {
             report.notes.push(format!(
                 "snapshots {concurrent:?} are not covered by {retained_name}: run `crzarr compact` \
                  so one snapshot holds them all; nothing deleted"
             ));
             return Ok(report);
-        }
-        for snap in &snaps.0 {
-            if snap.name.file_name() == retained_name {
-                continue;
-            }
-            if old(snap.modified) {
-                doomed.push((ObjectKind::Snapshot, snap.key.clone(), snap.size));
-            } else {
-                report.kept_recent += 1;
-            }
         }
 
         // Change files the retained snapshot covers.
@@ -219,13 +217,15 @@ impl Repo {
             }
         }
 
-        // Manifest pieces and archive shards the retained snapshot does not name.
-        let pieces: HashSet<ObjectHash> = meta
-            .nodes
+        // Manifest pieces and archive shards no kept snapshot names.
+        let pieces: HashSet<ObjectHash> = protected
             .iter()
-            .flat_map(|n| n.pieces.iter().map(|p| p.hash))
+            .flat_map(|m| m.nodes.iter().flat_map(|n| n.pieces.iter().map(|p| p.hash)))
             .collect();
-        let shards: HashSet<ObjectHash> = meta.archive.iter().flatten().copied().collect();
+        let shards: HashSet<ObjectHash> = protected
+            .iter()
+            .flat_map(|m| m.archive.iter().flatten().copied())
+            .collect();
         for (kind, list, keep) in [
             (ObjectKind::Manifest, &manifests, &pieces),
             (ObjectKind::Archive, &archive, &shards),
@@ -253,7 +253,10 @@ impl Repo {
 
         // Blobs: referenced by the retained snapshot (its objects and its pieces) or
         // an uncovered change.
-        let mut live: HashSet<BlobHash> = meta.object_blobs().map(|b| b.0).collect();
+        let mut live: HashSet<BlobHash> = protected
+            .iter()
+            .flat_map(|m| m.object_blobs().map(|b| b.0))
+            .collect();
         let mut blobs_known = true;
         let piece_list: Vec<ObjectHash> = pieces.iter().copied().collect();
         let fetched: Vec<Result<(ObjectHash, Option<Bytes>)>> = futures::stream::iter(piece_list)
@@ -339,8 +342,12 @@ impl Repo {
                 .map(|(kind, key, _)| {
                     let store = store.clone();
                     async move {
-                        // A writer may have re-uploaded this blob since the listing.
-                        if kind == ObjectKind::Blob {
+                        // A writer or compactor may have re-uploaded this object since
+                        // the listing, to name it again (format.md §14).
+                        if matches!(
+                            kind,
+                            ObjectKind::Blob | ObjectKind::Manifest | ObjectKind::Archive
+                        ) {
                             match store.head(&key).await {
                                 Ok(m) if !old(m.last_modified.into()) => return Ok(false),
                                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
@@ -404,14 +411,15 @@ impl Repo {
         changes: (Vec<ListedChange>, Vec<Problem>),
         snaps: (Vec<ListedSnapshot>, Vec<Problem>),
     ) -> Result<()> {
-        let based_on_older = self
+        let gone: HashSet<&Path> = removed.iter().map(|d| &d.1).collect();
+        let lay = &self.bucket().layout;
+        let base_gone = self
             .fold()
             .snapshot_base()
-            .is_some_and(|b| b.name != *retained);
-        if removed.is_empty() || !based_on_older {
+            .is_some_and(|b| b.name != *retained && gone.contains(&lay.snapshot(&b.name)));
+        if !base_gone {
             return Ok(());
         }
-        let gone: HashSet<&Path> = removed.iter().map(|d| &d.1).collect();
         let (changes, change_problems) = changes;
         let (snaps, snap_problems) = snaps;
         let changes = changes
@@ -426,4 +434,58 @@ impl Repo {
             .await
             .map(|_| ())
     }
+}
+
+/// Reads and judges every listed snapshot, in listing order: its metadata, or why a
+/// reader would skip it. A newer format stops garbage collection, as it stops
+/// readers; a snapshot deleted since the listing is left out.
+async fn judge_snapshots<'a>(
+    bucket: &Bucket,
+    snaps: &'a [ListedSnapshot],
+    id: RepoId,
+    concurrency: usize,
+) -> Result<
+    Vec<(
+        &'a ListedSnapshot,
+        std::result::Result<SnapshotMeta, String>,
+    )>,
+> {
+    let fetched: Vec<Result<Option<Bytes>>> = futures::stream::iter(snaps)
+        .map(|snap| async move {
+            if snap.size > MAX_META_BYTES {
+                return Err(Error::TooLarge {
+                    key: snap.key.to_string(),
+                    size: snap.size,
+                    limit: MAX_META_BYTES,
+                });
+            }
+            bucket.get(&snap.key, MAX_META_BYTES).await
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(snaps.len());
+    for (snap, got) in snaps.iter().zip(fetched) {
+        let key = snap.key.as_ref();
+        let bytes = match got {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e @ Error::Store { .. }) => return Err(e),
+            Err(e) => {
+                out.push((snap, Err(e.to_string())));
+                continue;
+            }
+        };
+        let checked =
+            crate::repo::decode_snapshot_meta(key, &bytes, snap.name, id).and_then(|meta| {
+                Fold::from_snapshot(key, snap.name, meta.clone(), id)?;
+                Ok(meta)
+            });
+        match checked {
+            Ok(meta) => out.push((snap, Ok(meta))),
+            Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+            Err(e) => out.push((snap, Err(e.to_string()))),
+        }
+    }
+    Ok(out)
 }

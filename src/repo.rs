@@ -850,18 +850,51 @@ pub(crate) fn decode_snapshot(
     name: SnapshotName,
     repo: RepoId,
 ) -> Result<Fold> {
-    Fold::from_snapshot(key, name, decode_snapshot_meta(key, bytes, name)?, repo)
+    Fold::from_snapshot(
+        key,
+        name,
+        decode_snapshot_meta(key, bytes, name, repo)?,
+        repo,
+    )
 }
 
 /// Decodes snapshot metadata and checks it against its name.
+///
+/// A version byte this build does not know is reported as a newer format (which
+/// stops the reader: reading around it could misread) only when the object is a
+/// plausible snapshot of this repository: its content matches the hash in its name
+/// and its body opens with this repository's id and the name's covered count
+/// (format.md §10.7). Anything else is junk: an error readers skip and report, so one
+/// stray object cannot stop every command.
 pub(crate) fn decode_snapshot_meta(
     key: &str,
     bytes: &[u8],
     name: SnapshotName,
+    repo: RepoId,
 ) -> Result<SnapshotMeta> {
-    let meta = SnapshotMeta::decode(key, bytes, &name.hash)?;
+    let meta = match SnapshotMeta::decode(key, bytes, &name.hash) {
+        Err(Error::UnsupportedVersion { found, .. })
+            if !crate::snapshot::is_snapshot_envelope(bytes, repo, name.covered) =>
+        {
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "junk: version byte {found}, but not the envelope of a snapshot of this \
+                     repository (format.md §10.7)"
+                ),
+            ));
+        }
+        other => other?,
+    };
     if meta.covered != name.covered {
         return Err(Error::corrupt(key, "covered count differs from the name"));
+    }
+    if meta.repo != repo {
+        return Err(Error::ForeignRepo {
+            key: key.to_string(),
+            found: meta.repo.to_string(),
+            expected: repo.to_string(),
+        });
     }
     Ok(meta)
 }

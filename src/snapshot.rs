@@ -249,6 +249,37 @@ const SHARD_FRAME: Frame = Frame {
     body: "archive shard",
 };
 
+/// Whether `bytes` is the envelope every snapshot metadata object keeps in every
+/// format version (format.md §10.7): the `CRZS` magic, then a MessagePack array whose
+/// first two elements are the repository id and the covered count. Only such an
+/// object with an unknown version byte is reported as a newer format; the content
+/// hash is checked by the caller's decoder first.
+pub(crate) fn is_snapshot_envelope(bytes: &[u8], repo: RepoId, covered: u64) -> bool {
+    let Some(body) = bytes.strip_prefix(META_MAGIC).and_then(|b| b.get(1..)) else {
+        return false;
+    };
+    // The array header: fixarray, array 16 or array 32, with at least two elements.
+    let (len, rest) = match body.first() {
+        Some(&b) if (0x90..=0x9f).contains(&b) => (u32::from(b & 0x0f), &body[1..]),
+        Some(0xdc) if body.len() >= 3 => (
+            u32::from(u16::from_be_bytes([body[1], body[2]])),
+            &body[3..],
+        ),
+        Some(0xdd) if body.len() >= 5 => (
+            u32::from_be_bytes([body[1], body[2], body[3], body[4]]),
+            &body[5..],
+        ),
+        _ => return false,
+    };
+    if len < 2 {
+        return false;
+    }
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(rest));
+    let id = RepoId::deserialize(&mut de);
+    let count = u64::deserialize(&mut de);
+    matches!((id, count), (Ok(id), Ok(c)) if id == repo && c == covered)
+}
+
 /// Checks the content hash, then decodes the frame.
 fn decode<T: for<'de> Deserialize<'de> + Serialize>(
     frame: &Frame,

@@ -521,18 +521,10 @@ impl<'a> SideState<'a> {
                 match self.bucket.get(&snap.key, MAX_META_BYTES).await {
                     // Removed by garbage collection since the listing: try the next.
                     Ok(None) => continue,
-                    Ok(Some(bytes)) => crate::repo::decode_snapshot_meta(&key, &bytes, snap.name)
-                        .and_then(|m| {
-                            if m.repo == id {
-                                Ok((bytes, m))
-                            } else {
-                                Err(Error::ForeignRepo {
-                                    key: key.clone(),
-                                    found: m.repo.to_string(),
-                                    expected: id.to_string(),
-                                })
-                            }
-                        }),
+                    Ok(Some(bytes)) => {
+                        crate::repo::decode_snapshot_meta(&key, &bytes, snap.name, id)
+                            .map(|m| (bytes, m))
+                    }
                     Err(e) => Err(e),
                 }
             };

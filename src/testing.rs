@@ -1,5 +1,6 @@
-//! Test and benchmark support: an [`ObjectStore`] wrapper that counts requests, and
-//! [`FaultyStore`], one that injects seeded, reproducible faults.
+//! Test and benchmark support: an [`ObjectStore`] wrapper that counts requests,
+//! [`FaultyStore`], one that injects seeded, reproducible faults, and [`ClockStore`], one
+//! whose clock the test moves.
 //!
 //! [`CountingStore`] forwards every call to the store it wraps and records, per
 //! request kind, how many requests were made, plus the number of *sequential round
@@ -1060,5 +1061,198 @@ mod tests {
         s.get(&Path::from("x")).await.unwrap();
         let c = s.snapshot();
         assert_eq!((c.lists, c.gets, c.round_trips), (1, 1, 2));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A store clock under the test's control
+// ---------------------------------------------------------------------------
+
+/// An [`ObjectStore`] that forwards to another but stamps every object it writes
+/// with a clock the test controls, so garbage collection's windows (judged by the
+/// store's last-modified times) can be crossed without waiting.
+///
+/// Objects written through this wrapper report the virtual time of their last
+/// write in `head`, `get` and listings; objects it never wrote report the inner
+/// store's time. The clock starts at the real time and only moves by
+/// [`ClockStore::advance`]. Clones share the clock.
+///
+/// ```
+/// use crzarr::testing::ClockStore;
+/// use object_store::memory::InMemory;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> crzarr::error::Result<()> {
+/// let store = ClockStore::new(Arc::new(InMemory::new()));
+/// crzarr::Repo::init(Arc::new(store.clone()), "data").await?;
+/// store.advance(Duration::from_secs(3600)); // an hour passes, for the store
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClockStore {
+    inner: Arc<dyn ObjectStore>,
+    state: Arc<Mutex<ClockState>>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    now: std::time::SystemTime,
+    written: std::collections::HashMap<Path, std::time::SystemTime>,
+}
+
+impl ClockStore {
+    /// Wraps `inner`; the clock starts at the real time.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        ClockStore {
+            inner,
+            state: Arc::new(Mutex::new(ClockState {
+                now: std::time::SystemTime::now(),
+                written: Default::default(),
+            })),
+        }
+    }
+
+    /// Moves the store's clock forward by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut s = self.lock();
+        s.now += by;
+    }
+
+    /// The store's current time.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.lock().now
+    }
+
+    /// The wrapped store (writes made through it directly keep the real time).
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClockState> {
+        // A panic while holding the lock leaves plain data behind: keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stamp(&self, location: &Path) {
+        let mut s = self.lock();
+        let now = s.now;
+        s.written.insert(location.clone(), now);
+    }
+
+    fn restamp(state: &Mutex<ClockState>, meta: &mut ObjectMeta) {
+        let s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = s.written.get(&meta.location) {
+            meta.last_modified = (*t).into();
+        }
+    }
+
+    fn restamp_list(
+        &self,
+        inner: BoxStream<'static, Result<ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let state = self.state.clone();
+        inner
+            .map(move |r| {
+                r.map(|mut m| {
+                    Self::restamp(&state, &mut m);
+                    m
+                })
+            })
+            .boxed()
+    }
+}
+
+impl fmt::Display for ClockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClockStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ClockStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let r = self.inner.put_opts(location, payload, opts).await;
+        if r.is_ok() {
+            self.stamp(location);
+        }
+        r
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        // Stamped when started: close enough for a clock that moves only on request.
+        let r = self.inner.put_multipart_opts(location, opts).await;
+        if r.is_ok() {
+            self.stamp(location);
+        }
+        r
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let mut r = self.inner.get_opts(location, options).await;
+        if let Ok(res) = &mut r {
+            Self::restamp(&self.state, &mut res.meta);
+        }
+        r
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let state = self.state.clone();
+        self.inner
+            .delete_stream(locations)
+            .inspect(move |r| {
+                if let Ok(p) = r {
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.written.remove(p);
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.restamp_list(self.inner.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.restamp_list(self.inner.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        let mut r = self.inner.list_with_delimiter(prefix).await?;
+        for m in &mut r.objects {
+            Self::restamp(&self.state, m);
+        }
+        Ok(r)
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await?;
+        self.stamp(to);
+        Ok(())
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.inner.rename_opts(from, to, options).await?;
+        self.stamp(to);
+        self.lock().written.remove(from);
+        Ok(())
     }
 }

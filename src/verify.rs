@@ -706,7 +706,7 @@ async fn check(bucket: &Bucket, id: RepoId, job: &Job) -> (u64, Result<Option<Ch
             Checked::Change { blobs }
         }),
         Job::Snapshot(n, ..) => {
-            crate::repo::decode_snapshot_meta(&name, &bytes, *n).and_then(|meta| {
+            crate::repo::decode_snapshot_meta(&name, &bytes, *n, id).and_then(|meta| {
                 let pieces = meta
                     .nodes
                     .iter()
