@@ -695,6 +695,7 @@ fn bench_histories(
             let zero = crzarr::gc::GcOptions {
                 older_than: Duration::ZERO,
                 dry_run: false,
+                force: true,
             };
             let mut r = Repo::open(ds.store.clone(), PREFIX).await.expect("open");
             r.gc(&zero).await.expect("gc");

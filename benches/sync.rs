@@ -821,6 +821,7 @@ async fn noop(backend: Backend, scale: &Scale) -> Vec<NoopRow> {
     let zero = GcOptions {
         older_than: Duration::ZERO,
         dry_run: false,
+        force: true,
     };
     for (s, prefix) in [(&src, SRC), (&dst, DST)] {
         let mut repo = Repo::open(s.store.clone(), prefix).await.expect("open");

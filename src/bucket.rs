@@ -12,6 +12,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Default number of requests in flight for fan-out (fetching changes, uploading blobs).
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -65,6 +66,35 @@ pub struct Problem {
     pub key: String,
     /// What is wrong.
     pub error: String,
+}
+
+/// The garbage-collection window a repository asks for when it names none: a day,
+/// far above any commit, import or compaction.
+pub const DEFAULT_MIN_GC_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// A repository's settings, `.crdt/config.json` (format.md §2.1). Unknown fields are
+/// refused rather than dropped: a newer build's setting must not be lost by an
+/// older build rewriting the object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// The shortest window `gc` accepts without `force`, in seconds.
+    pub min_gc_window_secs: u64,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        RepoConfig {
+            min_gc_window_secs: DEFAULT_MIN_GC_WINDOW.as_secs(),
+        }
+    }
+}
+
+impl RepoConfig {
+    /// The minimum garbage-collection window.
+    pub fn min_gc_window(&self) -> Duration {
+        Duration::from_secs(self.min_gc_window_secs)
+    }
 }
 
 /// One repository location: a store and a layout.
@@ -189,6 +219,30 @@ impl Bucket {
             )),
             other => Ok(other),
         }
+    }
+
+    /// Reads the repository's settings; the defaults when there are none (buckets
+    /// made by older builds). A malformed settings object is an error naming it:
+    /// guessing a minimum window could make garbage collection unsafe.
+    pub async fn read_config(&self) -> Result<RepoConfig> {
+        let key = self.layout.config();
+        let Some(bytes) = self.get(&key, MAX_MARKER_BYTES).await? else {
+            return Ok(RepoConfig::default());
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(key.as_ref(), format!("not a crzarr settings object: {e}")))
+    }
+
+    /// Writes the repository's settings (a plain PUT: the last writer wins).
+    pub async fn write_config(&self, config: &RepoConfig) -> Result<()> {
+        let key = self.layout.config();
+        let mut text = serde_json::to_vec_pretty(config).unwrap_or_default();
+        text.push(b'\n');
+        self.store
+            .put(&key, PutPayload::from(text))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::store(key.as_ref(), e))
     }
 
     /// Reads the repository marker; `Ok(None)` if absent.

@@ -123,6 +123,20 @@ pub enum Error {
         /// What differs (size, ETag, modification time) or `is gone`.
         reason: String,
     },
+    /// A garbage collection asked for a window shorter than the repository's minimum
+    /// (`.crdt/config.json`) without `force`.
+    #[error(
+        "window {window:?} is below this repository's minimum GC window {min:?}: a commit, import, \
+         sync or compaction running longer than the window could lose objects it names. Use a \
+         longer window, lower the minimum (`crzarr config REPO --min-gc-window DUR`), or pass \
+         --force if nothing else writes to this repository"
+    )]
+    WindowTooShort {
+        /// The window asked for.
+        window: std::time::Duration,
+        /// The repository's minimum.
+        min: std::time::Duration,
+    },
     /// A limit protecting memory was reached.
     #[error("limit reached: {0}")]
     Limit(String),

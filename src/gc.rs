@@ -34,6 +34,9 @@ pub struct GcOptions {
     pub older_than: Duration,
     /// List what would go without deleting.
     pub dry_run: bool,
+    /// Accept a window below the repository's minimum ([`crate::bucket::RepoConfig`]):
+    /// for tests, demos and repositories nothing else writes to.
+    pub force: bool,
 }
 
 /// Kinds of objects in the bucket.
@@ -120,8 +123,18 @@ impl Repo {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        let now: SystemTime = store_now(&bucket).await?.last_modified.into();
         let window = opts.older_than;
+        let min = bucket.read_config().await?.min_gc_window();
+        if window < min && !opts.dry_run {
+            if !opts.force {
+                return Err(Error::WindowTooShort { window, min });
+            }
+            report.notes.push(format!(
+                "window {window:?} is below the repository's minimum {min:?} (forced): a commit, \
+                 import, sync or compaction running longer than {window:?} may lose objects it names"
+            ));
+        }
+        let now: SystemTime = store_now(&bucket).await?.last_modified.into();
         // Age by the store's clock; a time in the store's future counts as new.
         let old = move |t: SystemTime| now.duration_since(t).unwrap_or_default() >= window;
         let lay = &bucket.layout;
@@ -450,16 +463,21 @@ async fn judge_snapshots<'a>(
         std::result::Result<SnapshotMeta, String>,
     )>,
 > {
-    let fetched: Vec<Result<Option<Bytes>>> = futures::stream::iter(snaps)
-        .map(|snap| async move {
-            if snap.size > MAX_META_BYTES {
+    // Owned items keep the future `Send` (borrowed ones defeat the compiler's proof).
+    let jobs: Vec<(Bucket, Path, u64)> = snaps
+        .iter()
+        .map(|s| (bucket.clone(), s.key.clone(), s.size))
+        .collect();
+    let fetched: Vec<Result<Option<Bytes>>> = futures::stream::iter(jobs)
+        .map(|(bucket, key, size)| async move {
+            if size > MAX_META_BYTES {
                 return Err(Error::TooLarge {
-                    key: snap.key.to_string(),
-                    size: snap.size,
+                    key: key.to_string(),
+                    size,
                     limit: MAX_META_BYTES,
                 });
             }
-            bucket.get(&snap.key, MAX_META_BYTES).await
+            bucket.get(&key, MAX_META_BYTES).await
         })
         .buffered(concurrency)
         .collect()

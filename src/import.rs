@@ -14,6 +14,7 @@
 use crate::bucket::DEFAULT_CONCURRENCY;
 use crate::change::{ChunkReference, INLINE_MAX};
 use crate::error::{Error, Result};
+use crate::gc::store_now;
 use crate::ids::{BlobHash, ChangeHash};
 use crate::key::{self, meta_path};
 use crate::meta::{NodeDoc, parse_node_doc};
@@ -28,7 +29,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// How to import.
 #[derive(Clone, Debug)]
@@ -141,7 +142,8 @@ pub(crate) fn plain_key(prefix: &str, k: &str) -> String {
 enum Read {
     Same,
     Inline(String, String, Bytes),
-    Stored(String, String, BlobHash, u64),
+    /// Array, chunk, blob, length, and the source object (to store again if needed).
+    Stored(String, String, BlobHash, u64, Path),
     Reference(String, String, ChunkReference),
 }
 
@@ -155,6 +157,8 @@ impl Repo {
         opts: &ImportOptions,
     ) -> Result<ImportReport> {
         let started = Instant::now();
+        // By the store's clock, which garbage collection judges blob ages by.
+        let started_store: SystemTime = store_now(self.bucket()).await?.last_modified.into();
         let concurrency = opts.concurrency.max(1);
         let full = |k: &str| plain_key(prefix, k);
         let listing = list_plain(src.as_ref(), prefix).await?;
@@ -342,7 +346,7 @@ impl Repo {
                             Some(ChunkRef::Blob { hash: h, .. }) if h == hash => Read::Same,
                             _ => {
                                 bucket.put_blob(&bucket.layout.blob(&hash), bytes).await?;
-                                Read::Stored(array, rel, hash, n)
+                                Read::Stored(array, rel, hash, n, o.meta.location.clone())
                             }
                         }
                     };
@@ -376,6 +380,15 @@ impl Repo {
             updated.len() as u64,
             deleted.len() as u64,
         );
+        let stored: Vec<(BlobHash, Path)> = reads
+            .iter()
+            .filter_map(|(r, _)| match r {
+                Read::Stored(_, _, hash, _, from) => Some((*hash, from.clone())),
+                _ => None,
+            })
+            .collect();
+        self.keep_blobs_young(&src, started_store, stored, concurrency)
+            .await?;
         let message = opts.message.clone();
         let mut s = self.session();
         for path in &deleted {
@@ -395,7 +408,7 @@ impl Repo {
                     s.set_chunk(&array, &rel, bytes)?;
                     report.chunks_written += 1;
                 }
-                Read::Stored(array, rel, hash, len) => {
+                Read::Stored(array, rel, hash, len, _) => {
                     s.set_chunk_stored(&array, &rel, hash, len)?;
                     report.chunks_written += 1;
                 }
@@ -416,5 +429,60 @@ impl Repo {
         report.ignored.sort();
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// Blobs stored early in an import that ran long may be older than the garbage
+    /// collection window when the change naming them lands (format.md §7.1). When the
+    /// import has run half the repository's minimum window, every blob it stored is
+    /// checked by HEAD, and one that is gone or as old as that is read from the source
+    /// and stored again, so each is young when the change lands.
+    async fn keep_blobs_young(
+        &self,
+        src: &Arc<dyn ObjectStore>,
+        started: SystemTime,
+        stored: Vec<(BlobHash, Path)>,
+        concurrency: usize,
+    ) -> Result<()> {
+        let bucket = self.bucket().clone();
+        let half = bucket.read_config().await?.min_gc_window() / 2;
+        let now: SystemTime = store_now(&bucket).await?.last_modified.into();
+        if stored.is_empty() || now.duration_since(started).unwrap_or_default() < half {
+            return Ok(());
+        }
+        futures::stream::iter(stored)
+            .map(|(hash, from)| {
+                let (bucket, src) = (bucket.clone(), src.clone());
+                async move {
+                    let key = bucket.layout.blob(&hash);
+                    let young = match bucket.store.head(&key).await {
+                        Ok(m) => {
+                            now.duration_since(m.last_modified.into())
+                                .unwrap_or_default()
+                                < half
+                        }
+                        Err(object_store::Error::NotFound { .. }) => false,
+                        Err(e) => return Err(Error::store(key.as_ref(), e)),
+                    };
+                    if young {
+                        return Ok(());
+                    }
+                    let bytes = match src.get(&from).await {
+                        Ok(g) => g.bytes().await,
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| Error::store(from.as_ref(), e))?;
+                    if BlobHash::of(&bytes) != hash {
+                        return Err(Error::corrupt(
+                            from.as_ref(),
+                            "the source object changed during the import; import again",
+                        ));
+                    }
+                    bucket.put_blob(&key, bytes).await
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
     }
 }

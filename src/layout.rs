@@ -9,6 +9,7 @@
 //! <prefix>/.crdt/archive/<hash>                    coverage archive shards
 //! <prefix>/.crdt/latest                            hint: copy of the newest metadata
 //! <prefix>/.crdt/clock                             probe GC writes to read the store's time
+//! <prefix>/.crdt/config.json                       settings: the minimum GC window
 //! <prefix>/.crdt/quarantine/<relative key>         objects `verify --quarantine` moved aside
 //! ```
 
@@ -23,6 +24,7 @@ const MANIFESTS: &str = "manifests";
 const ARCHIVE: &str = "archive";
 const LATEST: &str = "latest";
 const CLOCK: &str = "clock";
+const CONFIG: &str = "config.json";
 const QUARANTINE: &str = "quarantine";
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const MARKER: &str = "repo.json";
@@ -110,6 +112,8 @@ pub enum BucketKey {
     LatestHint,
     /// `.crdt/clock`.
     ClockProbe,
+    /// `.crdt/config.json`.
+    Config,
     /// A change file under `.crdt/ops/`.
     Change(ChangeName),
     /// A blob under `.crdt/blobs/`.
@@ -212,6 +216,12 @@ impl Layout {
         self.crdt().join(CLOCK)
     }
 
+    /// The repository's settings (`RepoConfig`): the one mutable object crzarr keeps
+    /// besides the hint and the probe.
+    pub fn config(&self) -> Path {
+        self.crdt().join(CONFIG)
+    }
+
     /// The directory `verify --quarantine` moves corrupt objects into. Readers, GC,
     /// status and sync never list it.
     pub fn quarantine_dir(&self) -> Path {
@@ -252,6 +262,7 @@ impl Layout {
             Some(MARKER) if rest.len() == 1 => Ok(BucketKey::Marker),
             Some(LATEST) if rest.len() == 1 => Ok(BucketKey::LatestHint),
             Some(CLOCK) if rest.len() == 1 => Ok(BucketKey::ClockProbe),
+            Some(CONFIG) if rest.len() == 1 => Ok(BucketKey::Config),
             Some(OPS) => self.parse_change_key(key).map(BucketKey::Change),
             Some(SNAPSHOTS) => self.parse_snapshot_key(key).map(BucketKey::Snapshot),
             Some(BLOBS) => object("nested directory under .crdt/blobs/")
@@ -358,6 +369,7 @@ mod tests {
         assert_eq!(l.parse_key(&l.marker()), Ok(BucketKey::Marker));
         assert_eq!(l.parse_key(&l.latest_hint()), Ok(BucketKey::LatestHint));
         assert_eq!(l.parse_key(&l.clock_probe()), Ok(BucketKey::ClockProbe));
+        assert_eq!(l.parse_key(&l.config()), Ok(BucketKey::Config));
         assert_eq!(l.parse_key(&l.change(&c)), Ok(BucketKey::Change(c)));
         assert_eq!(l.parse_key(&l.blob(&b)), Ok(BucketKey::Blob(b)));
         assert_eq!(l.parse_key(&l.snapshot(&s)), Ok(BucketKey::Snapshot(s)));

@@ -568,7 +568,12 @@ fn classify(bucket: &Bucket, listing: Vec<ObjectMeta>, findings: &mut Vec<Findin
     let mut inv = Inventory::default();
     for m in listing {
         match bucket.layout().parse_key(&m.location) {
-            Ok(BucketKey::Marker | BucketKey::LatestHint | BucketKey::ClockProbe) => {}
+            Ok(
+                BucketKey::Marker
+                | BucketKey::LatestHint
+                | BucketKey::ClockProbe
+                | BucketKey::Config,
+            ) => {}
             Ok(BucketKey::Change(n)) => {
                 inv.change_keys.insert(n.hash, m.location.clone());
                 inv.changes.push((n, m));

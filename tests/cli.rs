@@ -258,8 +258,30 @@ fn compact_gc_and_status_report_what_they_did() {
     assert!(dry.contains("would delete 1 blob (5000 bytes)"), "{dry}");
     let kept = ok(&["gc", repo, "--older-than", "1d"], None);
     assert!(kept.contains("deleted nothing"), "{kept}");
-    let g: serde_json::Value =
-        serde_json::from_str(&ok(&["gc", repo, "--older-than", "0s", "--json"], None)).unwrap();
+    // Issue 14 item 8: below the minimum window (24 hours unless set), GC refuses
+    // unless forced, and deletes nothing.
+    let out = crzarr(&["gc", repo, "--older-than", "1h"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("below this repository's minimum GC window"),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    let cfg: serde_json::Value = serde_json::from_str(&ok(
+        &["config", repo, "--min-gc-window", "30m", "--json"],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(cfg["min_gc_window_secs"], 1800, "{cfg}");
+    assert!(ok(&["config", repo], None).contains("min-gc-window 1800s"));
+    let out = crzarr(&["gc", repo, "--older-than", "10m"], None);
+    assert_eq!(out.status.code(), Some(1), "10m is still below 30m");
+    let g: serde_json::Value = serde_json::from_str(&ok(
+        &["gc", repo, "--older-than", "0s", "--force", "--json"],
+        None,
+    ))
+    .unwrap();
     assert_eq!(g["totals"]["change"]["count"], 3, "{g}");
     assert_eq!(g["totals"]["blob"]["count"], 1, "{g}");
 

@@ -466,6 +466,7 @@ impl World {
         let opts = GcOptions {
             older_than: std::time::Duration::ZERO,
             dry_run: false,
+            force: true,
         };
         self.replicas[r].repo.gc(&opts).await.unwrap();
         self.reopen(r).await;

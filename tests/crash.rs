@@ -482,6 +482,7 @@ fn killed_commands_leave_a_healthy_repository_and_a_rerun_completes() {
                     r,
                     "--older-than".into(),
                     "0s".into(),
+                    "--force".into(),
                     "--json".into(),
                 ],
                 key: String::new(),

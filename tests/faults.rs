@@ -46,6 +46,7 @@ const PREFIX: &str = "ds";
 const NOW: GcOptions = GcOptions {
     older_than: Duration::ZERO,
     dry_run: false,
+    force: true,
 };
 
 /// Commit attempts before a test gives up (each fails with probability well under 1).

@@ -703,6 +703,7 @@ async fn build_real_objects() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     let now = GcOptions {
         older_than: Duration::ZERO,
         dry_run: false,
+        force: true,
     };
     repo.gc(&now).await.expect("gc");
     let mut s = repo.session();

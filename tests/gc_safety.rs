@@ -31,6 +31,7 @@ fn gc_opts(older_than: Duration) -> GcOptions {
     GcOptions {
         older_than,
         dry_run: false,
+        force: false,
     }
 }
 
@@ -41,6 +42,10 @@ async fn clocked(b: &Backend) -> (ClockStore, Repo) {
     let mut repo = Repo::init(Arc::new(clock.clone()), &b.prefix)
         .await
         .unwrap();
+    let config = crzarr::bucket::RepoConfig {
+        min_gc_window_secs: HOUR.as_secs(),
+    };
+    repo.bucket().write_config(&config).await.unwrap();
     let mut s = repo.session();
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[1 << 20], &[1])).unwrap();
@@ -188,7 +193,8 @@ struct HookStore {
     inner: Arc<dyn ObjectStore>,
     dir: String,
     on_head_or_delete: bool,
-    hook: Arc<Mutex<Option<Hook>>>,
+    /// Matching requests still to let through, and the hook.
+    hook: Arc<Mutex<(usize, Option<Hook>)>>,
 }
 
 impl std::fmt::Debug for HookStore {
@@ -203,23 +209,36 @@ impl HookStore {
             inner,
             dir: format!("{dir}/"),
             on_head_or_delete,
-            hook: Arc::new(Mutex::new(None)),
+            hook: Arc::new(Mutex::new((0, None))),
         }
     }
 
     fn arm(&self, hook: Hook) {
-        *self.hook.lock().unwrap() = Some(hook);
+        self.arm_after(0, hook);
+    }
+
+    /// Arms the hook to run before the matching request after `pass` others.
+    fn arm_after(&self, pass: usize, hook: Hook) {
+        *self.hook.lock().unwrap() = (pass, Some(hook));
     }
 
     fn fired(&self) -> bool {
-        self.hook.lock().unwrap().is_none()
+        self.hook.lock().unwrap().1.is_none()
     }
 
-    async fn maybe_fire(hook: &Mutex<Option<Hook>>, dir: &str, key: &Path) {
+    async fn maybe_fire(hook: &Mutex<(usize, Option<Hook>)>, dir: &str, key: &Path) {
         if !key.as_ref().starts_with(dir) {
             return;
         }
-        let h = hook.lock().unwrap().take();
+        let h = {
+            let mut g = hook.lock().unwrap();
+            if g.0 > 0 {
+                g.0 -= 1;
+                None
+            } else {
+                g.1.take()
+            }
+        };
         if let Some(h) = h {
             h.await;
         }
@@ -391,5 +410,100 @@ async fn compaction_time_limit_is_judged_by_the_store_clock() {
             "{}: a snapshot landed",
             b.name
         );
+    }
+}
+
+/// Issue 14 item 8: the repository's minimum window (24 hours unless set) refuses a
+/// shorter GC unless forced; a dry run is always allowed.
+#[tokio::test]
+async fn gc_below_the_minimum_window_refuses_without_force() {
+    for b in backends() {
+        let mut repo = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+        write_plain(&mut repo).await;
+        repo.compact().await.unwrap();
+        let mut opts = gc_opts(Duration::ZERO);
+        let err = repo.gc(&opts).await.err().unwrap();
+        assert!(
+            matches!(err, Error::WindowTooShort { min, .. } if min == 24 * HOUR),
+            "{}: {err}",
+            b.name
+        );
+        assert_eq!(count(&b.store, &Layout::new(&b.prefix).ops_dir()).await, 2);
+        opts.dry_run = true;
+        // The two change files; the blob is named by the snapshot.
+        assert_eq!(repo.gc(&opts).await.unwrap().removed.len(), 2, "{}", b.name);
+        opts.dry_run = false;
+        opts.force = true;
+        let rep = repo.gc(&opts).await.unwrap();
+        assert!(rep.notes.iter().any(|n| n.contains("forced")), "{rep:?}");
+        assert_eq!(count(&b.store, &Layout::new(&b.prefix).ops_dir()).await, 0);
+    }
+}
+
+async fn write_plain(repo: &mut Repo) {
+    let mut s = repo.session();
+    s.create_array("x", &array_meta(&[4], &[1])).unwrap();
+    s.commit(None).await.unwrap();
+    let mut s = repo.session();
+    s.set("x/c/0", vec![7u8; 5000]).unwrap();
+    s.commit(None).await.unwrap();
+}
+
+/// Issue 14 item 8: an import that runs longer than the window beside a GC: the blob
+/// it stored first is collected before its change lands; the import stores it again.
+#[tokio::test]
+async fn import_longer_than_the_window_keeps_its_blobs() {
+    for b in backends() {
+        let (clock, mut repo) = clocked(&b).await;
+        write(&mut repo, 0).await;
+        repo.compact().await.unwrap();
+        // The source: one array, two 5000-byte chunks (stored as blobs).
+        let src: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let meta = serde_json::to_vec(&array_meta(&[2], &[1])).unwrap();
+        src.put(&Path::from("src/y/zarr.json"), meta.into())
+            .await
+            .unwrap();
+        for (i, v) in [(0u8, 1u8), (1, 2)] {
+            src.put(&Path::from(format!("src/y/c/{i}")), vec![v; 5000].into())
+                .await
+                .unwrap();
+        }
+        // After the first blob lands, two hours pass and a GC runs.
+        let layout = Layout::new(&b.prefix);
+        let hooked = HookStore::new(Arc::new(clock.clone()), &layout.blobs_dir(), false);
+        let (gc_store, prefix, later) = (Arc::new(clock.clone()), b.prefix.clone(), clock.clone());
+        hooked.arm_after(
+            1,
+            Box::pin(async move {
+                later.advance(2 * HOUR);
+                let mut g = Repo::open(gc_store, &prefix).await.unwrap();
+                let rep = g.gc(&gc_opts(HOUR)).await.unwrap();
+                assert!(
+                    rep.removed.iter().any(|r| r.kind == ObjectKind::Blob),
+                    "{rep:?}"
+                );
+            }),
+        );
+        let mut importer = Repo::open(Arc::new(hooked.clone()), &b.prefix)
+            .await
+            .unwrap();
+        let opts = crzarr::import::ImportOptions {
+            concurrency: 1,
+            ..Default::default()
+        };
+        importer.import(src, "src", &opts).await.unwrap();
+        assert!(hooked.fired(), "{}", b.name);
+        let r = Repo::open(Arc::new(clock.clone()), &b.prefix)
+            .await
+            .unwrap();
+        for (i, v) in [(0u8, 1u8), (1, 2)] {
+            let got = r.get(&format!("y/c/{i}")).await;
+            assert_eq!(
+                got.unwrap().as_deref(),
+                Some(&[v; 5000][..]),
+                "{}: chunk {i}",
+                b.name
+            );
+        }
     }
 }

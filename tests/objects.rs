@@ -22,6 +22,7 @@ use std::time::Duration;
 const NOW: GcOptions = GcOptions {
     older_than: Duration::ZERO,
     dry_run: false,
+    force: true,
 };
 
 /// Over the inline limit: stored as a blob.

@@ -67,6 +67,7 @@ const PREFIX: &str = "ds";
 const NOW: GcOptions = GcOptions {
     older_than: Duration::ZERO,
     dry_run: false,
+    force: true,
 };
 
 fn mem() -> Arc<dyn ObjectStore> {

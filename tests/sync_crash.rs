@@ -127,6 +127,7 @@ async fn build_source(root: &Path, rng: &mut Rng, commits: &mut Vec<ChangeHash>)
                 .gc(&GcOptions {
                     older_than: Duration::ZERO,
                     dry_run: false,
+                    force: true,
                 })
                 .await
                 .unwrap();

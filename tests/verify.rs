@@ -26,6 +26,7 @@ use std::time::Duration;
 const NOW: GcOptions = GcOptions {
     older_than: Duration::ZERO,
     dry_run: false,
+    force: true,
 };
 
 fn opts(blobs: bool, quarantine: bool) -> VerifyOptions {

@@ -161,6 +161,7 @@ async fn reimport_records_only_the_difference_also_over_a_compacted_and_collecte
         r.gc(&GcOptions {
             older_than: Duration::ZERO,
             dry_run: false,
+            force: true,
         })
         .await
         .unwrap();
@@ -444,6 +445,7 @@ async fn by_reference_import_copies_no_chunk_and_reads_and_exports_the_originals
     r.gc(&GcOptions {
         older_than: Duration::ZERO,
         dry_run: false,
+        force: true,
     })
     .await
     .unwrap();

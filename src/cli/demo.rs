@@ -281,6 +281,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         .gc(&crzarr::gc::GcOptions {
             older_than: std::time::Duration::ZERO,
             dry_run: false,
+            force: true,
         })
         .await?;
     let freed: u64 = gc.removed.iter().map(|r| r.bytes).sum();

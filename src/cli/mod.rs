@@ -33,6 +33,10 @@ enum Command {
     Init {
         /// Repository URL.
         repo: String,
+        /// The shortest window `crzarr gc` accepts without --force; it must exceed the
+        /// longest commit, import, sync and compaction on this repository.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        min_gc_window: std::time::Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -131,6 +135,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the repository's settings (the minimum GC window).
+    #[command(
+        after_help = "DURATION is a number with a unit: 90s, 30m, 6h, 7d.\n\nExample:\n  crzarr config ./data\n  crzarr config s3://bucket/sst --min-gc-window 3d"
+    )]
+    Config {
+        /// Repository URL.
+        repo: String,
+        /// Set the shortest window `crzarr gc` accepts without --force.
+        #[arg(long, value_parser = parse_duration)]
+        min_gc_window: Option<std::time::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a snapshot so readers skip the history (idempotent; safe beside writers).
     #[command(
         after_help = "Example:\n  crzarr compact ./data\n  crzarr compact s3://bucket/sst --json"
@@ -144,7 +162,7 @@ enum Command {
     },
     /// Delete what the newest snapshot makes unnecessary, if older than the window.
     #[command(
-        after_help = "DURATION is a number with a unit: 90s, 30m, 6h, 7d.\nThe window must exceed your longest commit and compaction (by the store's clock).\n\nExample:\n  crzarr gc ./data --older-than 7d --dry-run\n  crzarr gc s3://bucket/sst --older-than 24h --json"
+        after_help = "DURATION is a number with a unit: 90s, 30m, 6h, 7d.\nThe window must exceed your longest commit, import, sync and compaction (by the store's clock).\nA window below the repository's minimum (crzarr config; 24h unless set) is refused unless --force is given.\n\nExample:\n  crzarr gc ./data --older-than 7d --dry-run\n  crzarr gc s3://bucket/sst --older-than 24h --json"
     )]
     Gc {
         /// Repository URL.
@@ -155,6 +173,10 @@ enum Command {
         /// List what would be deleted, with sizes, and delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a window below the repository's minimum (only when nothing else
+        /// writes to this repository meanwhile).
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -360,13 +382,24 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
         Command::Export { repo, dst, json } => {
             zarr::run_export(&repo, &dst, json, concurrency).await
         }
-        Command::Init { repo, json } => {
+        Command::Init {
+            repo,
+            min_gc_window,
+            json,
+        } => {
             let loc = connect(&repo, true)?;
             let r = Repo::init(loc.store, &loc.prefix).await?;
+            let config = crzarr::bucket::RepoConfig {
+                min_gc_window_secs: min_gc_window.as_secs(),
+            };
+            r.bucket().write_config(&config).await?;
             if json {
-                print_json(
-                    &json!({"repo": repo, "repo_id": r.id().to_string(), "changes": r.fold().len()}),
-                )
+                print_json(&json!({
+                    "repo": repo,
+                    "repo_id": r.id().to_string(),
+                    "changes": r.fold().len(),
+                    "config": config,
+                }))
             } else {
                 println!(
                     "repository {} at {repo} ({} changes)",
@@ -600,25 +633,47 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             }
             Ok(())
         }
+        Command::Config {
+            repo,
+            min_gc_window,
+            json,
+        } => {
+            let r = open(&repo, concurrency).await?;
+            let mut config = r.bucket().read_config().await?;
+            if let Some(w) = min_gc_window {
+                config.min_gc_window_secs = w.as_secs();
+                r.bucket().write_config(&config).await?;
+            }
+            if json {
+                return print_json(&json!(config));
+            }
+            println!(
+                "min-gc-window {}s ({:.1} h)",
+                config.min_gc_window_secs,
+                config.min_gc_window_secs as f64 / 3600.0
+            );
+            Ok(())
+        }
         Command::Gc {
             repo,
             older_than,
             dry_run,
+            force,
             json,
         } => {
-            if older_than < crzarr::compact::DEFAULT_COMPACTION_TIME_LIMIT {
-                eprintln!(
-                    "warning: a window under {} minutes is safe only while nothing else writes to or compacts this repository",
-                    crzarr::compact::DEFAULT_COMPACTION_TIME_LIMIT.as_secs() / 60
-                );
-            }
             let mut r = open(&repo, concurrency).await?;
             let rep = r
                 .gc(&crzarr::gc::GcOptions {
                     older_than,
                     dry_run,
+                    force,
                 })
                 .await?;
+            if force && rep.notes.iter().any(|n| n.contains("(forced)")) {
+                eprintln!(
+                    "warning: window {older_than:?} is below this repository's minimum: safe only while nothing else writes to, imports into, syncs to or compacts this repository"
+                );
+            }
             if json {
                 let mut v = serde_json::to_value(&rep).unwrap_or_default();
                 v["totals"] = json!(
