@@ -906,27 +906,12 @@ impl Copier {
             .flat_map(|f| f.blobs.iter().copied())
             .filter(|(h, _)| !self.blobs.contains_key(h))
             .collect();
+        // A blob missing or damaged here is reported by `copy_blobs` and not copied,
+        // but the change is: it is valid, and its descendants must not wait for ever
+        // (format.md §16.3). Only reads of the chunks using that blob fail, naming both,
+        // until a writer puts or deletes those chunks again.
         self.copy_blobs(wanted).await?;
-        let mut writes = Vec::with_capacity(good.len());
-        for f in good {
-            match f
-                .blobs
-                .iter()
-                .find(|(h, _)| self.blobs.get(h) != Some(&true))
-            {
-                Some((h, _)) => {
-                    self.unplan_progress(1, f.listed.size);
-                    self.refuse(
-                        f.listed.key.to_string(),
-                        format!(
-                            "not copied: it needs blob {} which is missing or damaged here",
-                            self.src.layout.blob(h)
-                        ),
-                    );
-                }
-                None => writes.push(f),
-            }
-        }
+        let writes = good;
         let dst = self.dst.clone();
         let written: Vec<Result<u64>> = futures::stream::iter(writes)
             .map(|f| {
@@ -998,14 +983,8 @@ impl Copier {
         Ok(())
     }
 
-    /// Copies a snapshot: the shards and pieces the destination lacks, in waves of
-    /// `concurrency` (so memory holds one wave), each object verified then written,
-    /// then the blobs of the wave's live values written by changes the destination
-    /// does not know; the metadata last. If anything fails verification the metadata
-    /// is not written: pieces, shards and blobs already written are named by nothing
-    /// there (like those of a killed sync), and garbage collection removes them.
-    /// Copies the blobs of the snapshot's objects; `Some` names one that is missing.
-    async fn copy_object_blobs(&mut self, s: &mut SnapshotCopy) -> Result<Option<String>> {
+    /// Copies the blobs of the snapshot's objects (see [`Self::copy_values`]).
+    async fn copy_object_blobs(&mut self, s: &mut SnapshotCopy) -> Result<()> {
         let mut values: BTreeMap<Option<ChangeHash>, Vec<(BlobHash, u64)>> = BTreeMap::new();
         for (_, entries) in &s.meta.objects {
             for ((change, _), v) in entries {
@@ -1020,14 +999,15 @@ impl Copier {
 
     /// Copies the blobs of live values, by the change that wrote them, whose writer
     /// the destination does not know (a known writer's blobs are there already).
-    /// `Some` names a blob that is missing or damaged here.
+    /// A blob missing or damaged here is reported and not copied; the snapshot still
+    /// is (only reads of the chunks that use the blob fail).
     async fn copy_values(
         &mut self,
         s: &mut SnapshotCopy,
         values: BTreeMap<Option<ChangeHash>, Vec<(BlobHash, u64)>>,
-    ) -> Result<Option<String>> {
+    ) -> Result<()> {
         if values.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let writers: Vec<ChangeHash> = values
             .keys()
@@ -1046,19 +1026,16 @@ impl Copier {
             .flat_map(|(_, blobs)| blobs)
             .filter(|(h, _)| self.blobs.get(h) != Some(&true))
             .collect();
-        let needed: Vec<BlobHash> = wanted.keys().copied().collect();
-        self.copy_blobs(wanted).await?;
-        Ok(needed
-            .iter()
-            .find(|h| self.blobs.get(h) != Some(&true))
-            .map(|h| {
-                format!(
-                    "not copied: it needs blob {} which is missing or damaged here",
-                    self.src.layout.blob(h)
-                )
-            }))
+        // As for changes: a lost blob is reported, and costs only its chunks.
+        self.copy_blobs(wanted).await
     }
 
+    /// Copies a snapshot: the shards and pieces the destination lacks, in waves of
+    /// `concurrency` (so memory holds one wave), each object verified then written,
+    /// then the blobs of the wave's live values written by changes the destination
+    /// does not know; the metadata last. If a piece or shard fails verification the
+    /// metadata is not written: pieces, shards and blobs already written are named by
+    /// nothing there (like those of a killed sync), and garbage collection removes them.
     async fn copy_snapshot(&mut self, mut s: SnapshotCopy) -> Result<()> {
         let key = s.listed.key.to_string();
         let pieces: Vec<(ObjectHash, u64)> = s
@@ -1158,15 +1135,10 @@ impl Copier {
             if failed.is_some() {
                 break 'waves;
             }
-            if let Some(why) = self.copy_values(&mut s, values).await? {
-                failed = Some(Some(why));
-                break 'waves;
-            }
+            self.copy_values(&mut s, values).await?;
         }
-        if failed.is_none()
-            && let Some(why) = self.copy_object_blobs(&mut s).await?
-        {
-            failed = Some(Some(why));
+        if failed.is_none() {
+            self.copy_object_blobs(&mut s).await?;
         }
         if let Some(why) = failed {
             self.unplan_progress(

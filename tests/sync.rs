@@ -1023,52 +1023,81 @@ async fn a_corrupt_change_file_is_refused_the_rest_copied_and_what_needs_it_wait
     assert!(state(&d).await == fold_state(&d, &h.changes));
 }
 
+/// Issue 14 item 12: a lost or damaged blob costs exactly its chunk. The blob is
+/// reported and never copied; the change that needs it, and every later change, is
+/// copied and applies; reading the chunk names the chunk and the blob; writing the
+/// chunk again repairs it everywhere.
 #[tokio::test]
-async fn a_corrupt_blob_is_refused_with_the_change_that_needs_it() {
-    let h = Hist::new(mem()).await;
+async fn one_missing_blob_hides_no_later_history() {
+    let mut h = Hist::new(mem()).await;
     let bk = layout().blob(&h.blob);
+    let k = key(&h.blobbed);
     // Same length, other bytes.
     write(&h.store, &bk, blob(9)).await;
     let dst = mem();
     let r = sync(&bucket(&h.store), &bucket(&dst), &opts(Direction::Push))
         .await
         .unwrap();
-    let k = key(&h.blobbed);
-    let mut want = vec![bk.as_ref(), k.as_ref()];
-    want.sort();
-    assert_eq!(refused_keys(&r), want, "{r:?}");
+    assert_eq!(refused_keys(&r), vec![bk.as_ref()], "{r:?}");
     assert!(
         refusal(&r, &bk)
             .error
             .contains("blob content does not match its hash"),
         "{r:?}"
     );
-    assert!(refusal(&r, &k).error.contains(bk.as_ref()), "{r:?}");
-    assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (3, 0), "{r:?}");
-    assert!(!exists(&dst, &bk).await);
-    assert!(!exists(&dst, &k).await);
-    let d = check_valid(&dst, "destination").await;
-    assert_eq!(pending_of(&d), vec![(h.after.hash, vec![h.blobbed.hash])]);
-    assert!(state(&d).await == h.only(&[&h.base, &h.side]));
+    assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (4, 0), "{r:?}");
+    assert!(
+        !exists(&dst, &bk).await,
+        "a damaged blob is never propagated"
+    );
+    assert!(exists(&dst, &k).await);
+    missing_only_its_chunk(&dst, &h, &bk).await;
 
-    // A blob missing altogether is refused the same way.
+    // A blob missing altogether is handled the same way.
     h.store.delete(&bk).await.unwrap();
     let dst2 = mem();
     let r = sync(&bucket(&h.store), &bucket(&dst2), &opts(Direction::Push))
         .await
         .unwrap();
-    assert_eq!(refused_keys(&r), want, "{r:?}");
+    assert_eq!(refused_keys(&r), vec![bk.as_ref()], "{r:?}");
     assert!(refusal(&r, &bk).error.contains("missing"), "{r:?}");
+    missing_only_its_chunk(&dst2, &h, &bk).await;
 
-    write(&h.store, &bk, blob(1)).await;
+    // The repair (format.md §16.3): write the chunk again; sync carries it.
+    let mut s = h.repo.session();
+    s.set("x/c/0", blob(1)).unwrap();
+    s.commit(Some("repair")).await.unwrap();
     let r = sync(&bucket(&h.store), &bucket(&dst), &opts(Direction::Push))
         .await
         .unwrap();
     assert!(r.is_clean(), "{r:?}");
     assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (1, 1), "{r:?}");
     let d = check_valid(&dst, "destination").await;
+    assert_eq!(d.get("x/c/0").await.unwrap().as_deref(), Some(&blob(1)[..]));
+}
+
+/// A replica holding every change of `h` but blob `bk`: everything reads except the
+/// chunk that uses it, whose error names both.
+async fn missing_only_its_chunk(store: &Arc<dyn ObjectStore>, h: &Hist, bk: &Path) {
+    let d = Repo::open(store.clone(), PREFIX).await.unwrap();
     assert_eq!(d.pending(), vec![]);
-    assert!(state(&d).await == fold_state(&d, &h.changes));
+    assert_eq!(d.problems(), vec![]);
+    assert_eq!(d.fold().heads(), fold_state(&d, &h.changes).2);
+    match d.get("x/c/0").await {
+        Err(Error::MissingBlob { key, blob_key }) => {
+            assert_eq!((key.as_str(), blob_key.as_str()), ("x/c/0", bk.as_ref()));
+        }
+        other => panic!("x/c/0: {other:?}"),
+    }
+    assert_eq!(
+        d.get("x/c/1").await.unwrap().as_deref(),
+        Some(&[2u8; 4][..])
+    );
+    let meta = d.get("x/zarr.json").await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&meta).contains("\"K\""),
+        "later change applied"
+    );
 }
 
 /// Replaces an object's bytes with different ones of the same length.
