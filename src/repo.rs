@@ -977,7 +977,7 @@ mod tests {
     /// ahead of its dep is refused with the key it would have had, nothing is written,
     /// and the same change within the lead is published and applied.
     #[tokio::test]
-    async fn commit_fails_if_readers_would_reject_its_change() {
+    async fn publish_refuses_a_change_readers_would_reject() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let mut w = Repo::init(store, "r").await.unwrap();
         let mut s = w.session();
