@@ -137,6 +137,26 @@ pub enum Error {
         /// The repository's minimum.
         min: std::time::Duration,
     },
+    /// A commit was refused before anything was uploaded: readers would reject the
+    /// change it would write, or no valid clock stamp exists on top of its
+    /// dependencies. The staged ops are kept.
+    #[error("commit refused, nothing written: {key}: {reason}")]
+    CommitRefused {
+        /// The key concerned: the change's own, or the dependency whose clock stamp
+        /// leaves no valid stamp.
+        key: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+    /// A commit wrote its change file but the writer's own fold did not apply it, so
+    /// readers will not either. Never expected: the change is checked before upload.
+    #[error("{key}: committed change is not applied: {reason}")]
+    CommitRejected {
+        /// Bucket key of the written change.
+        key: String,
+        /// Why the fold did not apply it.
+        reason: String,
+    },
     /// A limit protecting memory was reached.
     #[error("limit reached: {0}")]
     Limit(String),

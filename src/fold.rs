@@ -688,10 +688,48 @@ impl Fold {
         }
     }
 
-    /// Validates against the causal past, then applies all ops; all or nothing.
-    fn apply(&mut self, hash: ChangeHash, change: Change) -> Result<(), String> {
+    /// The change with the greatest clock stamp among those a change with these deps
+    /// and ops references: its deps and the changes its node references name (what
+    /// the fold waits for, [`required`]); `None` when it references none. The clock
+    /// bound of spec/format.md §3.6 is measured from it, by readers and writers alike.
+    pub fn max_ref(&self, deps: &[ChangeHash], ops: &[Op]) -> Result<Option<&ChangeInfo>, String> {
+        let mut max: Option<&ChangeInfo> = None;
+        let mut missing = false;
+        let mut consider = |h: &ChangeHash| match self.index.get(h) {
+            Some(&i) => {
+                let c = &self.infos[i as usize];
+                if max.is_none_or(|m| c.hlc > m.hlc) {
+                    max = Some(c);
+                }
+            }
+            None => missing = true,
+        };
+        deps.iter().for_each(&mut consider);
+        let mut last: Option<ChangeHash> = None;
+        for op in ops {
+            op.for_each_node_ref(|r| {
+                // Consecutive ops mostly name one change: look it up once.
+                if let OpRef::Change(h, _) = r
+                    && last != Some(*h)
+                {
+                    last = Some(*h);
+                    consider(h);
+                }
+            });
+        }
+        if missing {
+            return Err("reference to a change that is not applied".into());
+        }
+        Ok(max)
+    }
+
+    /// Checks a change against its causal past, which must be applied: the causal
+    /// validity rules of spec/format.md §3.9. Readers apply a change only if this
+    /// passes, and a writer runs it on its own change before uploading it, so a
+    /// commit never writes what readers reject. Depends only on the change and the
+    /// changes it references, never on the order of arrival or the local clock.
+    pub fn check(&self, change: &Change) -> Result<(), String> {
         let own = self.infos.len() as u32;
-        // Validity depends only on the change and its causal past (all applied now).
         for d in &change.deps {
             let dep_hlc = self.hlc_of(d).ok_or("dependency not applied")?;
             if change.hlc <= dep_hlc {
@@ -701,6 +739,14 @@ impl Fold {
                     d.short()
                 ));
             }
+        }
+        let max_ref = self.max_ref(&change.deps, &change.ops)?.map(|c| c.hlc);
+        let bound = Hlc::bound(max_ref);
+        if change.hlc > bound {
+            return Err(format!(
+                "clock {} too far ahead of the changes it references (at most {} allowed)",
+                change.hlc.0, bound.0
+            ));
         }
         let mut local_kinds: Vec<Option<Option<usize>>> = Vec::with_capacity(change.ops.len());
         let mut memo: Option<(OpRef, Option<usize>)> = None;
@@ -776,7 +822,14 @@ impl Fold {
             });
         }
 
-        // Valid: record and apply.
+        Ok(())
+    }
+
+    /// Validates against the causal past ([`Fold::check`]), then applies all ops; all
+    /// or nothing.
+    fn apply(&mut self, hash: ChangeHash, change: Change) -> Result<(), String> {
+        self.check(&change)?;
+        let own = self.infos.len() as u32;
         for d in &change.deps {
             self.heads.remove(d);
         }

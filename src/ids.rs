@@ -197,6 +197,28 @@ impl<'de> Visitor<'de> for Ulid16Visitor {
     }
 }
 
+/// Bits of an [`Hlc`] that hold the logical counter; the rest hold milliseconds.
+pub const HLC_COUNTER_BITS: u32 = 16;
+
+/// How far (in milliseconds) a change's clock may run ahead of the greatest stamp among
+/// the changes it references (deps and node references): 30 days. A writer whose real
+/// clock is right can work offline on top of old changes for a month; beyond that its
+/// stamps are clamped to this lead and stay valid. A stamp further ahead is invalid
+/// (spec/format.md §3.6), so a broken or hostile clock cannot drag every later change
+/// (and every concurrent register) into the far future.
+pub const MAX_CLOCK_LEAD_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Greatest stamp the wall-clock part may reach: 2^62 (milliseconds below 2^46, around
+/// the year 4200). Changes with no references may carry up to this; writers never stamp
+/// from the wall clock above it.
+pub const CAP_HLC: u64 = 1 << 62;
+
+/// No valid change carries a stamp above 2^63, whatever it references. Past
+/// [`CAP_HLC`] a stamp grows by at most 2^16 per change, so reaching this takes 2^46
+/// chained changes: it is never reached in practice, and `u64` arithmetic on valid
+/// stamps never overflows.
+pub const HARD_MAX_HLC: u64 = 1 << 63;
+
 /// Hybrid logical clock stamp: milliseconds since the Unix epoch in the high 48 bits,
 /// a logical counter in the low 16. A change's stamp exceeds every dependency's, so
 /// ordering by stamp extends the causal order.
@@ -204,27 +226,73 @@ impl<'de> Visitor<'de> for Ulid16Visitor {
 pub struct Hlc(pub u64);
 
 impl Hlc {
-    /// The smallest stamp strictly greater than every dependency's and not behind `now_ms`.
-    pub fn next(now_ms: u64, deps: impl IntoIterator<Item = Hlc>) -> Hlc {
-        let floor = deps
-            .into_iter()
-            .map(|h| h.0.saturating_add(1))
-            .max()
-            .unwrap_or(0);
-        Hlc((now_ms << 16).max(floor))
+    /// The greatest stamp a change may carry, given the greatest stamp among the changes
+    /// it references (`None`: it references none). Depends on nothing else, so every
+    /// reader decides alike (spec/format.md §3.6):
+    ///
+    /// `max(r + 2^16, min(((r.ms + MAX_CLOCK_LEAD_MS) << 16) | 0xFFFF, CAP_HLC))`, never
+    /// above [`HARD_MAX_HLC`]; [`CAP_HLC`] without references.
+    pub fn bound(max_ref: Option<Hlc>) -> Hlc {
+        let Some(r) = max_ref else {
+            return Hlc(CAP_HLC);
+        };
+        // An overflow here means "above the cap": the cap then decides.
+        let lead = r
+            .millis()
+            .checked_add(MAX_CLOCK_LEAD_MS)
+            .and_then(Self::from_millis)
+            .map_or(CAP_HLC, |h| (h.0 | Self::COUNTER_MASK).min(CAP_HLC));
+        // Room for a writer whose references are at or past the cap to go on. An
+        // overflow means far above the hard maximum, which then decides.
+        let Some(step) = r.0.checked_add(1 << HLC_COUNTER_BITS) else {
+            return Hlc(HARD_MAX_HLC);
+        };
+        Hlc(step.max(lead).min(HARD_MAX_HLC))
+    }
+
+    /// The stamp an honest writer gives a change whose references have greatest stamp
+    /// `max_ref`, at wall-clock time `now_ms`:
+    /// `max(r + 1, min(now_ms << 16, (r.ms + MAX_CLOCK_LEAD_MS) << 16, CAP_HLC))`.
+    /// It follows the clock when it can, exceeds every reference, and is always within
+    /// [`Hlc::bound`]. `None` when no valid stamp exists (a reference at
+    /// [`HARD_MAX_HLC`]); never saturates or wraps.
+    pub fn next(now_ms: u64, max_ref: Option<Hlc>) -> Option<Hlc> {
+        // Overflowing shifts mean "later than the cap"; the cap then decides.
+        let mut clock = Self::from_millis(now_ms).map_or(CAP_HLC, |h| h.0.min(CAP_HLC));
+        let Some(r) = max_ref else {
+            return Some(Hlc(clock));
+        };
+        if let Some(lead) = r
+            .millis()
+            .checked_add(MAX_CLOCK_LEAD_MS)
+            .and_then(Self::from_millis)
+        {
+            clock = clock.min(lead.0);
+        }
+        let floor = r.0.checked_add(1)?;
+        let hlc = Hlc(floor.max(clock));
+        (hlc <= Self::bound(Some(r))).then_some(hlc)
     }
 
     /// The wall-clock part, in milliseconds since the Unix epoch.
     pub fn millis(self) -> u64 {
-        self.0 >> 16
+        self.0 >> HLC_COUNTER_BITS
     }
+
+    /// The stamp `ms << 16` with counter 0, `None` if `ms` does not fit in 48 bits.
+    pub fn from_millis(ms: u64) -> Option<Hlc> {
+        (ms <= u64::MAX >> HLC_COUNTER_BITS).then_some(Hlc(ms << HLC_COUNTER_BITS))
+    }
+
+    const COUNTER_MASK: u64 = (1 << HLC_COUNTER_BITS) - 1;
 }
 
-/// Milliseconds since the Unix epoch from the local clock (0 if the clock is before 1970).
+/// Milliseconds since the Unix epoch from the local clock (0 if the clock is before
+/// 1970, `u64::MAX` if it is beyond what a `u64` holds: never wraps).
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -242,10 +310,40 @@ mod tests {
 
     #[test]
     fn hlc_exceeds_deps_and_follows_clock() {
-        assert_eq!(Hlc::next(5, []), Hlc(5 << 16));
+        assert_eq!(Hlc::next(5, None), Some(Hlc(5 << 16)));
         let dep = Hlc(100 << 16);
-        assert_eq!(Hlc::next(5, [dep]), Hlc((100 << 16) + 1));
-        assert_eq!(Hlc::next(200, [dep]), Hlc(200 << 16));
-        assert_eq!(Hlc::next(0, [Hlc(u64::MAX)]), Hlc(u64::MAX));
+        assert_eq!(Hlc::next(5, Some(dep)), Some(Hlc((100 << 16) + 1)));
+        assert_eq!(Hlc::next(200, Some(dep)), Some(Hlc(200 << 16)));
+        // A clock far ahead of the references is clamped to the lead.
+        assert_eq!(
+            Hlc::next(u64::MAX, Some(dep)),
+            Some(Hlc((100 + MAX_CLOCK_LEAD_MS) << 16))
+        );
+        assert_eq!(Hlc::next(u64::MAX, None), Some(Hlc(CAP_HLC)));
+        // Past the cap a writer still steps by one, up to the hard maximum.
+        assert_eq!(Hlc::next(0, Some(Hlc(CAP_HLC))), Some(Hlc(CAP_HLC + 1)));
+        assert_eq!(
+            Hlc::next(0, Some(Hlc(HARD_MAX_HLC - 1))),
+            Some(Hlc(HARD_MAX_HLC))
+        );
+        // No valid stamp: an error for the caller, never a saturated stamp.
+        assert_eq!(Hlc::next(0, Some(Hlc(HARD_MAX_HLC))), None);
+        assert_eq!(Hlc::next(0, Some(Hlc(u64::MAX))), None);
+    }
+
+    #[test]
+    fn hlc_bound() {
+        assert_eq!(Hlc::bound(None), Hlc(CAP_HLC));
+        let dep = Hlc(100 << 16);
+        assert_eq!(
+            Hlc::bound(Some(dep)),
+            Hlc(((100 + MAX_CLOCK_LEAD_MS) << 16) | 0xFFFF)
+        );
+        assert_eq!(Hlc::bound(Some(Hlc(CAP_HLC))), Hlc(CAP_HLC + (1 << 16)));
+        assert_eq!(Hlc::bound(Some(Hlc(u64::MAX))), Hlc(HARD_MAX_HLC));
+        assert_eq!(
+            Hlc::bound(Some(Hlc(CAP_HLC - 1))).0,
+            CAP_HLC - 1 + (1 << 16)
+        );
     }
 }

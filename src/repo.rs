@@ -2,12 +2,12 @@
 //! and publish changes written by a [`WriteSession`].
 
 use crate::bucket::{Bucket, DEFAULT_CONCURRENCY, ListedChange, ListedSnapshot, Problem};
-use crate::change::{Change, MAX_CHANGE_BYTES};
+use crate::change::{Change, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::fold::{
     ChangeInfo, Fold, Fork, InsertOutcome, LoadedPiece, PendingChange, RejectedChange,
 };
-use crate::ids::{ActorId, BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::ids::{ActorId, BlobHash, ChangeHash, HARD_MAX_HLC, Hlc, ObjectHash, RepoId};
 use crate::layout::{ChangeName, SnapshotName};
 use crate::reference::ReferenceSources;
 use crate::session::WriteSession;
@@ -779,31 +779,92 @@ impl Repo {
         self.fold.log()
     }
 
-    pub(crate) fn next_change_header(&mut self) -> (ActorId, u64) {
+    /// This handle's actor and next sequence number, which it consumes. A handle
+    /// that ran out of sequence numbers refuses to commit rather than wrap.
+    pub(crate) fn next_change_header(&mut self) -> Result<(ActorId, u64)> {
         let seq = self.next_seq;
-        self.next_seq += 1;
-        (self.actor, seq)
+        self.next_seq = seq.checked_add(1).ok_or_else(|| {
+            Error::Limit("this handle has used every sequence number: reopen".into())
+        })?;
+        Ok((self.actor, seq))
+    }
+
+    /// The clock stamp for a change with these deps and ops at wall-clock `now_ms`
+    /// (spec/format.md §3.6). When no stamp is valid on top of the deps (one carries
+    /// the hard maximum), the commit is refused and names that dependency.
+    pub(crate) fn stamp(&self, deps: &[ChangeHash], ops: &[Op], now_ms: u64) -> Result<Hlc> {
+        let max = self
+            .fold
+            .max_ref(deps, ops)
+            .map_err(|reason| Error::CommitRefused {
+                key: self.bucket.layout.ops_dir().to_string(),
+                reason,
+            })?;
+        match (max, Hlc::next(now_ms, max.map(|c| c.hlc))) {
+            (_, Some(hlc)) => Ok(hlc),
+            (Some(c), None) => Err(Error::CommitRefused {
+                key: self.change_key(c.hash, c.actor, c.seq),
+                reason: format!(
+                    "its clock stamp {} leaves no valid stamp for a change on top of it \
+                     (no change may carry more than {HARD_MAX_HLC}); it was written with a broken clock",
+                    c.hlc.0
+                ),
+            }),
+            // Without references a stamp always exists; kept total rather than panic.
+            (None, None) => Err(Error::CommitRefused {
+                key: self.bucket.layout.ops_dir().to_string(),
+                reason: "no valid clock stamp".into(),
+            }),
+        }
+    }
+
+    fn change_key(&self, hash: ChangeHash, actor: ActorId, seq: u64) -> String {
+        self.bucket
+            .layout
+            .change(&ChangeName { hash, actor, seq })
+            .to_string()
     }
 
     /// Publishes a prepared change: blobs first (in parallel), then the change file.
     /// The change becomes visible to readers all at once when its file lands.
-    /// On failure the change is handed back, so the caller can retry the same bytes;
-    /// on success it moves into the local fold without a copy.
+    ///
+    /// Before any upload the change is checked against this handle's fold exactly as
+    /// readers will check it ([`Fold::check`]); failing that is
+    /// [`Error::CommitRefused`] and nothing is written. After the upload it must apply
+    /// to the local fold, else [`Error::CommitRejected`] names the written key.
+    /// On an upload failure the change is handed back, so the caller can retry the
+    /// same bytes; once uploaded it moves into the local fold without a copy.
     pub(crate) async fn publish(
         &mut self,
         change: Change,
         bytes: &Bytes,
         blobs: &BTreeMap<BlobHash, Bytes>,
-    ) -> std::result::Result<ChangeHash, (Error, Change)> {
-        match self.upload(&change, bytes, blobs).await {
-            Ok(hash) => {
-                self.seen.insert(hash);
-                self.fold.insert(hash, change, bytes.len() as u64);
-                self.view = View::build(&self.fold);
-                Ok(hash)
-            }
-            Err(e) => Err((e, change)),
+    ) -> std::result::Result<ChangeHash, (Error, Option<Change>)> {
+        let hash = ChangeHash::of(bytes);
+        let key = self.change_key(hash, change.actor, change.seq);
+        // A retry after the change was fetched by a refresh: already applied, valid.
+        if !self.fold.contains(&hash)
+            && let Err(reason) = self.fold.check(&change)
+        {
+            return Err((Error::CommitRefused { key, reason }, Some(change)));
         }
+        if let Err(e) = self.upload(&change, bytes, blobs).await {
+            return Err((e, Some(change)));
+        }
+        self.seen.insert(hash);
+        let outcome = self.fold.insert(hash, change, bytes.len() as u64);
+        self.view = View::build(&self.fold);
+        let reason = match outcome {
+            InsertOutcome::Applied { .. } => return Ok(hash),
+            InsertOutcome::Duplicate if self.fold.contains(&hash) => return Ok(hash),
+            InsertOutcome::Duplicate => {
+                "already known to this handle as pending or rejected".into()
+            }
+            InsertOutcome::Rejected(reason) => format!("invalid change: {reason}"),
+            InsertOutcome::Pending => "waits for changes this handle has not applied".into(),
+            InsertOutcome::QueueFull => "the pending queue is full".into(),
+        };
+        Err((Error::CommitRejected { key, reason }, None))
     }
 
     async fn upload(
@@ -937,4 +998,62 @@ pub(crate) fn check_change(
         });
     }
     Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{MAX_CLOCK_LEAD_MS, now_millis};
+    use object_store::memory::InMemory;
+
+    /// `publish` checks a change as readers will before uploading anything: one a year
+    /// ahead of its dep is refused with the key it would have had, nothing is written,
+    /// and the same change within the lead is published and applied.
+    #[tokio::test]
+    async fn publish_refuses_a_change_readers_would_reject() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut w = Repo::init(store, "r").await.unwrap();
+        let mut s = w.session();
+        s.create_group("", Default::default()).unwrap();
+        let root = s.commit(None).await.unwrap().unwrap();
+        let dep = w.fold.hlc_of(&root).unwrap();
+        let (id, actor) = (w.id, w.actor);
+        let change = |hlc: Hlc, seq: u64| Change {
+            repo: id,
+            actor,
+            seq,
+            deps: vec![root],
+            hlc,
+            wall_ms: now_millis(),
+            message: None,
+            ops: vec![Op::SetAttr {
+                node: crate::change::OpRef::Change(root, 0),
+                key: "k".into(),
+                value: "1".into(),
+                observed: vec![],
+            }],
+        };
+        let year = Hlc(dep.0 + ((365 * 24 * 3600 * 1000) << 16));
+        let bad = change(year, 2);
+        let bytes = Bytes::from(bad.encode());
+        let want_key = w.change_key(ChangeHash::of(&bytes), bad.actor, 2);
+        match w.publish(bad, &bytes, &BTreeMap::new()).await {
+            Err((Error::CommitRefused { key, reason }, Some(_))) => {
+                assert_eq!(key, want_key);
+                assert!(reason.contains("too far ahead"), "{reason}");
+            }
+            other => panic!("expected CommitRefused, got {:?}", other.map_err(|e| e.0)),
+        }
+        assert_eq!(w.bucket.list_changes().await.unwrap().0.len(), 1);
+
+        let ok = change(Hlc(dep.0 + ((MAX_CLOCK_LEAD_MS - 1) << 16)), 2);
+        let bytes = Bytes::from(ok.encode());
+        let h = w
+            .publish(ok, &bytes, &BTreeMap::new())
+            .await
+            .map_err(|e| e.0)
+            .unwrap();
+        assert!(w.fold.contains(&h));
+        assert_eq!(w.bucket.list_changes().await.unwrap().0.len(), 2);
+    }
 }

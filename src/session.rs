@@ -8,7 +8,7 @@
 use crate::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, OpRef};
 use crate::error::{Error, Result};
 use crate::fold::Stamp;
-use crate::ids::{BlobHash, ChangeHash, Hlc, now_millis};
+use crate::ids::{BlobHash, ChangeHash, now_millis};
 use crate::key::{self, meta_path};
 use crate::meta::{self, ArrayMeta, NodeDoc};
 use crate::repo::Repo;
@@ -454,7 +454,9 @@ impl<'r> WriteSession<'r> {
                 attributes,
             },
         };
-        let idx = self.push(op) as u32;
+        // Op indices are u32 on the wire; never wrap (commit refuses over MAX_OPS anyway).
+        let idx = u32::try_from(self.push(op))
+            .map_err(|_| Error::Limit("too many ops staged in one session".into()))?;
         self.created.insert(path.to_string(), (idx, new_array));
         self.state
             .insert(OpRef::Local(idx), NodeState { attrs, shape });
@@ -1009,11 +1011,11 @@ impl<'r> WriteSession<'r> {
             if self.ops.is_empty() {
                 return Ok(None);
             }
-            let fold = self.repo.fold();
-            let deps = fold.heads();
-            let hlc = Hlc::next(now_millis(), deps.iter().filter_map(|d| fold.hlc_of(d)));
+            let deps = self.repo.fold().heads();
+            // Stamped before a sequence number is taken: a refusal leaves no gap.
+            let hlc = self.repo.stamp(&deps, &self.ops, now_millis())?;
             let repo = self.repo.id();
-            let (actor, seq) = self.repo.next_change_header();
+            let (actor, seq) = self.repo.next_change_header()?;
             let change = Change {
                 repo,
                 actor,
@@ -1036,13 +1038,18 @@ impl<'r> WriteSession<'r> {
         let Some((change, bytes)) = self.prepared.take() else {
             return Ok(None);
         };
-        let hash = match self.repo.publish(change, &bytes, &self.blobs).await {
-            Ok(hash) => hash,
-            Err((e, change)) => {
+        let result = match self.repo.publish(change, &bytes, &self.blobs).await {
+            Ok(hash) => Ok(Some(hash)),
+            // Nothing was written: the ops stay staged and the next commit stamps anew.
+            Err((e @ Error::CommitRefused { .. }, _)) => return Err(e),
+            Err((e, Some(change))) => {
                 // Keep the exact bytes: a retry must not mint a second change.
                 self.prepared = Some((change, bytes));
                 return Err(e);
             }
+            // Written but not applied: retrying the same bytes cannot help, so the
+            // session is cleared as after a commit and the error says which key.
+            Err((e, None)) => Err(e),
         };
         self.ops.clear();
         self.blobs.clear();
@@ -1054,6 +1061,6 @@ impl<'r> WriteSession<'r> {
         self.attr_ops.clear();
         self.resize_op.clear();
         self.prepared = None;
-        Ok(Some(hash))
+        result
     }
 }

@@ -14,7 +14,7 @@ use crzarr::change::{
     CHANGE_MAGIC, CHANGE_VERSION, CHANGE_VERSION_PLAIN, Change, ChunkData, DimSize, INLINE_MAX,
     MAX_CHANGE_BYTES, Op, OpRef,
 };
-use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crzarr::ids::{ActorId, BlobHash, CAP_HLC, ChangeHash, Hlc, MAX_CLOCK_LEAD_MS, RepoId};
 use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
 use crzarr::view::Entry;
@@ -647,6 +647,18 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
                 "invalid change: clock", // "... not greater than dependency <hash>'s"
             )
         }
+        "clock_far_ahead_of_deps" => {
+            // A broken clock at the very top, and one far ahead but under the cap.
+            let mut top = fx.valid_change();
+            top.hlc = Hlc(u64::MAX);
+            let mut far = fx.valid_change();
+            far.hlc = Hlc(CAP_HLC - 1);
+            let msg = "invalid change: clock"; // "... too far ahead of the changes it references"
+            vec![
+                with_msg(fx.named(top.encode(), &top), msg),
+                with_msg(fx.named(far.encode(), &far), msg),
+            ]
+        }
         "chunk_op_on_group" => {
             let c = fx.change(vec![Op::SetChunk {
                 node: fx.group(),
@@ -808,6 +820,7 @@ bad_file_tests!(
     traversal_keys_inside_ops,
     bad_object_ops,
     clock_not_after_dep,
+    clock_far_ahead_of_deps,
     chunk_op_on_group,
     reference_past_last_op,
     resize_of_missing_dimension,
@@ -941,6 +954,156 @@ async fn invalid_change_found_after_pending_is_reported() {
         assert_eq!(fresh.problems(), p);
         let report = r.refresh().await.unwrap();
         assert!(report.problems.is_empty() && report.fetched == 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Clocks far ahead (issue 14): a forged stamp must not freeze the repository.
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// `hlc` plus `ms` milliseconds, counter unchanged.
+fn ahead(hlc: Hlc, ms: u64) -> Hlc {
+    Hlc(hlc.0 + (ms << 16))
+}
+
+/// Forged changes with clocks at the top of the range (one on the good head, one with
+/// no deps), just under the cap, and a year ahead of their deps: each is reported by
+/// key and skipped, and an honest writer that saw them goes on committing, every
+/// commit seen by a fresh reader. Before the fix the top stamp was applied, every later
+/// stamp saturated to it, and readers rejected every commit while `commit` said Ok.
+#[tokio::test]
+async fn huge_clock_change_does_not_freeze_repository() {
+    for b in backends() {
+        let ctx = b.name;
+        let fx = Fixture::new(b).await;
+        let head_hlc = fx.head().1.hlc;
+        let mut forged = Vec::new();
+        for (i, hlc) in [
+            Hlc(u64::MAX),
+            Hlc(CAP_HLC - 1),
+            ahead(head_hlc, 365 * DAY_MS),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut c = fx.valid_change();
+            c.hlc = hlc;
+            c.ops = vec![Op::SetAttr {
+                node: fx.group(),
+                key: "forged".into(),
+                value: i.to_string(),
+                observed: vec![],
+            }];
+            forged.push(c);
+        }
+        let mut rootless = fx.change(vec![Op::CreateGroup {
+            path: "forged".into(),
+            attributes: vec![],
+        }]);
+        rootless.deps = vec![];
+        rootless.hlc = Hlc(u64::MAX);
+        forged.push(rootless);
+        let mut keys = Vec::new();
+        for c in &forged {
+            let (k, v) = fx.named(c.encode(), c);
+            put(&fx.b, &k, v).await;
+            keys.push(k.to_string());
+        }
+        keys.sort();
+
+        let mut w = fx.open().await;
+        let mut commits = Vec::new();
+        for i in 0..3 {
+            let mut s = w.session();
+            s.set_attr("x", "honest", json!(i)).unwrap();
+            let h = s.commit(None).await.unwrap().unwrap();
+            assert!(
+                w.fold().contains(&h),
+                "{ctx}: commit {i} not applied locally"
+            );
+            let hlc = w.fold().hlc_of(&h).unwrap();
+            assert!(
+                hlc.millis() <= head_hlc.millis() + MAX_CLOCK_LEAD_MS,
+                "{ctx}: honest clock dragged ahead: {hlc:?}"
+            );
+            commits.push(h);
+        }
+
+        let r = fx.open().await;
+        for h in &commits {
+            assert!(r.fold().contains(h), "{ctx}: honest commit {h:?} not seen");
+        }
+        assert_eq!(
+            r.view().attributes(r.fold(), "x").unwrap()["honest"],
+            json!(2)
+        );
+        assert!(
+            !r.view()
+                .attributes(r.fold(), "")
+                .unwrap()
+                .contains_key("forged")
+        );
+        assert!(r.pending().is_empty(), "{ctx}: {:?}", r.pending());
+        let problems = r.problems();
+        let reported: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
+        assert_eq!(reported, keys, "{ctx}: {problems:#?}");
+        for p in &problems {
+            assert!(
+                p.error.starts_with("invalid change: clock") && p.error.contains("too far ahead"),
+                "{ctx}: {}",
+                p.error
+            );
+        }
+        assert_eq!(r.rejected().len(), forged.len(), "{ctx}");
+    }
+}
+
+/// The bound is 30 days ahead of the deps, decided from the change alone: a change a
+/// year ahead of its deps is rejected, one 29 days ahead (a month offline with a right
+/// clock) is accepted, and an honest writer goes on from it.
+#[tokio::test]
+async fn clock_a_year_ahead_of_deps_is_rejected_29_days_ahead_is_accepted() {
+    for b in backends() {
+        let ctx = b.name;
+        let fx = Fixture::new(b).await;
+        let head_hlc = fx.head().1.hlc;
+        let mut year = fx.valid_change();
+        year.hlc = ahead(head_hlc, 365 * DAY_MS);
+        let mut month = fx.valid_change();
+        month.hlc = ahead(head_hlc, 29 * DAY_MS);
+        month.ops = vec![Op::SetAttr {
+            node: fx.group(),
+            key: "offline".into(),
+            value: "29".into(),
+            observed: vec![],
+        }];
+        let (year_key, v) = fx.named(year.encode(), &year);
+        put(&fx.b, &year_key, v).await;
+        let (k, v) = fx.named(month.encode(), &month);
+        put(&fx.b, &k, v).await;
+
+        let mut r = fx.open().await;
+        let p = r.problems();
+        assert_eq!(p.len(), 1, "{ctx}: {p:#?}");
+        assert_eq!(p[0].key, year_key.as_ref(), "{ctx}");
+        assert!(
+            p[0].error.contains("too far ahead"),
+            "{ctx}: {}",
+            p[0].error
+        );
+        let root = r.view().attributes(r.fold(), "").unwrap();
+        assert_eq!(root["offline"], json!(29), "{ctx}");
+        assert!(
+            !root.contains_key("extra"),
+            "{ctx}: the year-ahead change applied"
+        );
+
+        let mut s = r.session();
+        s.set_attr("x", "after", json!(1)).unwrap();
+        let h = s.commit(None).await.unwrap().unwrap();
+        assert_eq!(r.fold().hlc_of(&h), Some(Hlc(month.hlc.0 + 1)), "{ctx}");
+        assert!(fx.open().await.fold().contains(&h), "{ctx}");
     }
 }
 
