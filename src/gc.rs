@@ -81,6 +81,8 @@ pub struct GcReport {
     pub notes: Vec<String>,
     /// Snapshot objects that do not read (junk), ignored: they block nothing.
     pub junk: Vec<Problem>,
+    /// The retained snapshot, when it could not be verified (and nothing was deleted).
+    pub unverified: Option<String>,
 }
 
 impl GcReport {
@@ -214,6 +216,20 @@ impl Repo {
                 "snapshots {concurrent:?} are not covered by {retained_name}: run `crzarr compact` \
                  so one snapshot holds them all; nothing deleted"
             ));
+            return Ok(report);
+        }
+
+        // Before anything is deleted on its account, the retained snapshot must be what
+        // its predecessor and the change files it claims give (format.md §14 step 5a): a
+        // planted or wrong snapshot cannot make GC destroy the history it hides.
+        if let Err(why) = self
+            .check_retained(&bucket, retained_listed, &meta, &valid, &changes.0)
+            .await?
+        {
+            report.notes.push(format!(
+                "{retained_name} is not verified, so nothing was deleted: {why}"
+            ));
+            report.unverified = Some(retained_name);
             return Ok(report);
         }
 
@@ -411,6 +427,69 @@ impl Repo {
             })
             .collect();
         Ok(report)
+    }
+
+    /// Checks the retained snapshot `r` by re-folding: the newest readable snapshot it
+    /// supersedes (or nothing), plus the listed change files `r`'s table names, must
+    /// give exactly `r`'s heads, changes and view. `Ok(Err(why))` when it does not, or
+    /// when `r` covers changes that are neither listed nor in that predecessor (history
+    /// this bucket cannot show, as after a sync from a replica that collected it): GC
+    /// then deletes nothing until a compaction here builds on `r`.
+    async fn check_retained(
+        &self,
+        bucket: &Bucket,
+        r: &ListedSnapshot,
+        meta: &SnapshotMeta,
+        valid: &[(&ListedSnapshot, SnapshotMeta)],
+        changes: &[ListedChange],
+    ) -> Result<std::result::Result<(), String>> {
+        let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
+        let previous = valid
+            .iter()
+            .filter(|(s, _)| superseded.contains(s.name.file_name().as_str()))
+            .max_by_key(|(s, _)| s.name);
+        let table: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
+        let claimed: Vec<ListedChange> = changes
+            .iter()
+            .filter(|c| table.contains(&c.name.hash))
+            .cloned()
+            .collect();
+        let open = |listing: Vec<ListedChange>, snaps: Vec<ListedSnapshot>| {
+            Repo::open_from(
+                bucket.clone(),
+                self.id(),
+                (listing, Vec::new()),
+                (snaps, Vec::new()),
+                None,
+                self.concurrency(),
+            )
+        };
+        let (refold, _) = open(
+            claimed,
+            previous.map(|(s, _)| (*s).clone()).into_iter().collect(),
+        )
+        .await?;
+        let (claim, _) = open(Vec::new(), vec![r.clone()]).await?;
+        let (want, got) = (claim.fold(), refold.fold());
+        let prev = previous.map_or("no snapshot".to_string(), |(s, _)| s.name.file_name());
+        if !refold.problems().is_empty() || !got.pending().is_empty() {
+            return Ok(Err(format!(
+                "re-folding {prev} and the change files it covers leaves changes unread or                  pending (history not in this bucket); compact here, then collect"
+            )));
+        }
+        if got.heads() != want.heads() || got.covered_count() != Some(r.name.covered) {
+            return Ok(Err(format!(
+                "{prev} and the change files it covers give other heads or another count of                  changes than it claims (it covers history not in this bucket, or it is wrong);                  compact here, then collect"
+            )));
+        }
+        if refold.entries().await? != claim.entries().await?
+            || refold.conflicts().await? != claim.conflicts().await?
+        {
+            return Ok(Err(format!(
+                "its state is not the fold of {prev} and the change files it covers:                  the snapshot is wrong (planted or damaged); `crzarr verify` names it"
+            )));
+        }
+        Ok(Ok(()))
     }
 
     /// After deleting `removed`, rebases this handle on the retained snapshot when it

@@ -159,7 +159,7 @@ impl Repo {
 
     /// Builds a handle from listings already made: the newest snapshot that reads,
     /// then the uncovered changes.
-    async fn open_from(
+    pub(crate) async fn open_from(
         bucket: Bucket,
         id: RepoId,
         listing: (Vec<ListedChange>, Vec<Problem>),

@@ -507,3 +507,84 @@ async fn import_longer_than_the_window_keeps_its_blobs() {
         }
     }
 }
+
+/// Issue 14 item 5: a valid snapshot planted with the greatest count, claiming the
+/// real change files and superseding the real snapshots but hiding a change's
+/// effect: GC must not delete the history it hides.
+#[tokio::test]
+async fn gc_never_deletes_history_a_planted_snapshot_hides() {
+    for b in backends() {
+        let (clock, mut repo) = clocked(&b).await;
+        for i in 0..3 {
+            write(&mut repo, i).await;
+        }
+        repo.compact().await.unwrap();
+        let mut s = repo.session();
+        s.set_attr("x", "units", "K".into()).unwrap();
+        s.commit(None).await.unwrap();
+        let honest = repo.compact().await.unwrap();
+        let honest = SnapshotName::parse(&honest.snapshot.unwrap()).unwrap();
+        let layout = Layout::new(&b.prefix);
+
+        // The forgery: the honest snapshot without the attribute, a greater count,
+        // superseding every real snapshot.
+        let bytes = b
+            .store
+            .get(&layout.snapshot(&honest))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut meta = crzarr::snapshot::SnapshotMeta::decode("k", &bytes, &honest.hash).unwrap();
+        let node = meta.nodes.iter_mut().find(|n| n.path == "x").unwrap();
+        let before = node.attrs.len();
+        node.attrs.retain(|(name, _)| name != "units");
+        assert_eq!(node.attrs.len(), before - 1);
+        meta.covered += 1000;
+        let (snaps, _) = repo.bucket().list_snapshots().await.unwrap();
+        meta.supersedes = snaps.iter().map(|s| s.name.file_name()).collect();
+        meta.supersedes.sort();
+        let forged = Bytes::from(meta.encode());
+        let name = SnapshotName {
+            covered: meta.covered,
+            hash: crzarr::ids::ObjectHash::of(&forged),
+        };
+        b.store
+            .put(&layout.snapshot(&name), PutPayload::from(forged))
+            .await
+            .unwrap();
+        let changes_before = count(&b.store, &layout.ops_dir()).await;
+        clock.advance(2 * HOUR);
+
+        let mut g = Repo::open(Arc::new(clock.clone()), &b.prefix)
+            .await
+            .unwrap();
+        let rep = g.gc(&gc_opts(HOUR)).await.unwrap();
+        assert_eq!(
+            rep.unverified,
+            Some(name.file_name()),
+            "{}: {rep:?}",
+            b.name
+        );
+        assert!(rep.removed.is_empty(), "{}: {rep:?}", b.name);
+        assert_eq!(count(&b.store, &layout.ops_dir()).await, changes_before);
+        // The history is intact: without the forgery, readers see the attribute.
+        b.store.delete(&layout.snapshot(&name)).await.unwrap();
+        let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        let meta = r.get("x/zarr.json").await.unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&meta).contains("\"K\""),
+            "{}",
+            b.name
+        );
+        // And an honest retained snapshot is verified and collected.
+        let rep = g.gc(&gc_opts(HOUR)).await.unwrap();
+        assert_eq!(rep.unverified, None, "{}: {rep:?}", b.name);
+        assert!(
+            rep.removed.iter().any(|r| r.kind == ObjectKind::Change),
+            "{}: {rep:?}",
+            b.name
+        );
+    }
+}

@@ -351,6 +351,13 @@ impl Fold {
         self.infos.iter().filter(|c| !c.compacted).count()
     }
 
+    /// Changes a snapshot of this state covers: its base's count plus the changes
+    /// applied beyond it; `None` if that overflows (a base claiming an absurd count).
+    pub fn covered_count(&self) -> Option<u64> {
+        let base = self.base.as_ref().map_or(0, |b| b.name.covered);
+        base.checked_add(u64::try_from(self.uncompacted()).ok()?)
+    }
+
     /// Pieces an export must read: every piece of an incarnation whose chunks
     /// changed since the snapshot (others are carried over unread).
     pub(crate) fn pieces_for_export(&self) -> Vec<PieceRef> {
@@ -523,7 +530,9 @@ impl Fold {
             .chain(self.base.as_ref().map(|b| b.max_hlc))
             .max()
             .unwrap_or(Hlc(0));
-        let covered = self.base.as_ref().map_or(0, |b| b.name.covered) + self.uncompacted() as u64;
+        let covered = self.covered_count().ok_or_else(|| {
+            Error::Limit("covered change count overflows u64: no snapshot written".into())
+        })?;
         let forks = self
             .forks()
             .into_iter()
