@@ -11,7 +11,8 @@ use crate::ids::{ActorId, ChangeHash, ObjectHash, now_millis};
 use crate::layout::SnapshotName;
 use crate::repo::Repo;
 use crate::snapshot::{
-    ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_SHARD_BYTES, SnapFork,
+    ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES,
+    SnapFork, check_write_size,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -161,7 +162,8 @@ impl Repo {
             }
         }
         let mut shard_hashes: Vec<Option<ObjectHash>> = Vec::with_capacity(ARCHIVE_SHARDS);
-        let mut uploads: Vec<(Path, Bytes)> = Vec::new();
+        // Each with what it is and the limit its readers read it with.
+        let mut uploads: Vec<(Path, Bytes, &'static str, u64)> = Vec::new();
         for (i, extra) in add.into_iter().enumerate() {
             let old_hash = base.as_ref().and_then(|b| b.archive[i]);
             if extra.is_empty() {
@@ -177,12 +179,22 @@ impl Repo {
             changes.dedup_by_key(|c| c.hash);
             let bytes = ArchiveShard { changes }.encode();
             let h = ObjectHash::of(&bytes);
-            uploads.push((bucket.layout.archive_shard(&h), Bytes::from(bytes)));
+            uploads.push((
+                bucket.layout.archive_shard(&h),
+                Bytes::from(bytes),
+                "archive shard",
+                MAX_SHARD_BYTES,
+            ));
             report.archive_shards_written += 1;
             shard_hashes.push(Some(h));
         }
         for (h, bytes) in exported.new_pieces.drain(..) {
-            uploads.push((bucket.layout.manifest(&h), Bytes::from(bytes)));
+            uploads.push((
+                bucket.layout.manifest(&h),
+                Bytes::from(bytes),
+                "manifest piece",
+                MAX_PIECE_BYTES,
+            ));
             report.manifests_written += 1;
         }
         report.manifests_reused = exported.reused_pieces;
@@ -190,16 +202,21 @@ impl Repo {
         exported.meta.supersedes = supersedes.clone();
         exported.meta.written_ms = now_millis();
         let meta_bytes = Bytes::from(exported.meta.encode());
-        if meta_bytes.len() as u64 > MAX_META_BYTES {
-            return Err(Error::Limit(format!(
-                "snapshot metadata would be {} bytes, over {MAX_META_BYTES}",
-                meta_bytes.len()
-            )));
-        }
         let name = SnapshotName {
             covered: exported.meta.covered,
             hash: ObjectHash::of(&meta_bytes),
         };
+        // Nothing is written unless every object is one readers accept: a piece,
+        // shard or metadata over its read limit would make the repository unreadable.
+        check_write_size(
+            "snapshot",
+            bucket.layout.snapshot(&name).as_ref(),
+            meta_bytes.len(),
+            MAX_META_BYTES,
+        )?;
+        for (key, bytes, what, limit) in &uploads {
+            check_write_size(what, key.as_ref(), bytes.len(), *limit)?;
+        }
 
         let over = |started: Instant| -> Result<()> {
             if started.elapsed() > limit {
@@ -213,7 +230,9 @@ impl Repo {
         };
         over(started)?;
         report.bytes_written =
-            meta_bytes.len() as u64 + uploads.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            meta_bytes.len() as u64 + uploads.iter().map(|u| u.1.len() as u64).sum::<u64>();
+        // Owned items only keep the future `Send` (borrowed ones defeat the compiler's proof).
+        let uploads: Vec<(Path, Bytes)> = uploads.into_iter().map(|(k, b, _, _)| (k, b)).collect();
         let results: Vec<Result<()>> = futures::stream::iter(uploads)
             .map(|(key, bytes)| {
                 let bucket = bucket.clone();

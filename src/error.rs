@@ -182,6 +182,15 @@ pub enum Error {
         /// A change it needs.
         missing: String,
     },
+    /// An export would overwrite or delete objects it did not write: the destination
+    /// holds something other than an earlier export of this repository.
+    #[error("cannot export to {location}: {reason}")]
+    ExportRefused {
+        /// The destination (prefix or key) involved.
+        location: String,
+        /// What was found and what to do.
+        reason: String,
+    },
     /// Local I/O error (CLI input files and the like).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -16,9 +16,13 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot object format of objects that hold no object register.
 pub const SNAPSHOT_VERSION: u8 = 1;
-/// Newest snapshot metadata version: 2 is 1 plus [`SnapshotMeta::objects`] and
-/// [`RegKey::Object`]. Metadata without them is written as version 1.
-pub const SNAPSHOT_META_VERSION: u8 = 2;
+/// Snapshot metadata version of metadata holding objects: 2 is 1 plus
+/// [`SnapshotMeta::objects`] and [`RegKey::Object`].
+pub const SNAPSHOT_META_OBJECTS_VERSION: u8 = 2;
+/// Newest snapshot metadata version: 3 is 2 plus [`PieceRef::first_key`] (pieces that
+/// start between two keys of equal coordinates). Metadata is written in the oldest
+/// version that holds it ([`SnapshotMeta::format_version`]).
+pub const SNAPSHOT_META_VERSION: u8 = 3;
 /// Newest manifest piece version: 2 is 1 plus [`SnapChunk::Reference`]. A piece without
 /// references is written as version 1 ([`SNAPSHOT_VERSION`]).
 pub const PIECE_VERSION: u8 = 2;
@@ -34,6 +38,9 @@ pub const MAX_PIECE_BYTES: u64 = 64 << 20;
 pub const MAX_SHARD_BYTES: u64 = 256 << 20;
 /// Chunk keys per manifest piece before it is split.
 pub const PIECE_ENTRIES: usize = 16_384;
+/// Estimated encoded bytes per manifest piece before it is split: well under
+/// [`MAX_PIECE_BYTES`], so a written piece is always one readers accept.
+pub const PIECE_TARGET_BYTES: u64 = 8 << 20;
 /// Number of coverage archive shards (by the first 4 bits of the change hash).
 pub const ARCHIVE_SHARDS: usize = 16;
 
@@ -78,7 +85,8 @@ pub enum SnapKind {
 }
 
 /// Where one piece of an array's chunk manifest is, and which keys it holds: from
-/// `first` (chunk coordinates, inclusive) up to the next piece's `first`.
+/// `(first, first_key)` (inclusive) up to the next piece's start, keys ordered by
+/// (coordinates, key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceRef {
     /// First chunk coordinates this piece covers.
@@ -89,6 +97,29 @@ pub struct PieceRef {
     pub keys: u32,
     /// Its size in bytes.
     pub bytes: u64,
+    /// First chunk key, among keys with coordinates `first`, this piece covers; `""`
+    /// (every key) unless the piece starts between two keys of equal coordinates, such
+    /// as keys without grid coordinates. Metadata version 3 only; absent when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub first_key: String,
+}
+
+impl PieceRef {
+    /// Where this piece's range starts: (coordinates, key).
+    pub fn start(&self) -> (&[u64], &str) {
+        (&self.first, &self.first_key)
+    }
+}
+
+/// Refuses to write an object that readers would refuse as too large: writers call
+/// this with the same limit readers read with (`what` and `key` name it).
+pub(crate) fn check_write_size(what: &str, key: &str, len: usize, limit: u64) -> Result<()> {
+    if len as u64 > limit {
+        return Err(Error::Limit(format!(
+            "{what} {key} would be {len} bytes, over the {limit} bytes readers accept: not written"
+        )));
+    }
+    Ok(())
 }
 
 /// One node incarnation, live or deleted (a tombstone keeps path and kind so later
@@ -210,7 +241,7 @@ pub enum SnapChunk {
 }
 
 /// One piece of a chunk manifest: its own change table and the chunk registers of a
-/// range of chunk coordinates, ascending by coordinates.
+/// range of keys, ascending by (coordinates, key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestPiece {
     /// Changes the entries' stamps refer to.
@@ -316,16 +347,24 @@ impl SnapshotMeta {
             })
     }
 
-    /// The one version this metadata is written in: 2 when it holds object registers
-    /// or records about them.
+    /// The one version this metadata is written in: 3 when a piece starts inside a run
+    /// of equal coordinates (older readers would route lookups by `first` alone), else
+    /// 2 when it holds object registers or records about them, else 1.
     pub fn format_version(&self) -> u8 {
+        let first_keys = self
+            .nodes
+            .iter()
+            .flat_map(|n| &n.pieces)
+            .any(|p| !p.first_key.is_empty());
         let objects = !self.objects.is_empty()
             || self
                 .superseded
                 .iter()
                 .any(|r| matches!(r.reg, RegKey::Object(_)));
-        if objects {
+        if first_keys {
             SNAPSHOT_META_VERSION
+        } else if objects {
+            SNAPSHOT_META_OBJECTS_VERSION
         } else {
             SNAPSHOT_VERSION
         }
@@ -379,7 +418,7 @@ impl SnapshotMeta {
             {
                 return Err(format!("node {:?}: empty register", node.path));
             }
-            if !node.pieces.windows(2).all(|w| w[0].first < w[1].first) {
+            if !node.pieces.windows(2).all(|w| w[0].start() < w[1].start()) {
                 return Err(format!("node {:?}: pieces out of order", node.path));
             }
             if !node.attrs.windows(2).all(|w| w[0].0 < w[1].0) {

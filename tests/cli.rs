@@ -859,3 +859,56 @@ fn verify_exit_codes_json_and_quarantine() {
         "no crzarr repository",
     );
 }
+
+#[test]
+fn export_never_deletes_files_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    sample_repo(s(&repo), b"chunk");
+    // A home directory: notes, a git checkout, an SSH key.
+    let home = dir.path().join("home");
+    for (f, body) in [
+        ("notes.md", "# notes"),
+        (".git/config", "[core]"),
+        (".ssh/id", "secret"),
+    ] {
+        let p = home.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+    }
+    // Every file under `home`, with its bytes.
+    let tree = || {
+        let mut out = Vec::new();
+        let mut dirs = vec![home.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let before = tree();
+    assert_eq!(before.len(), 3);
+    fails(
+        &["export", s(&repo), s(&home)],
+        "no record of an earlier export",
+    );
+    let out = crzarr(&["export", s(&repo), s(&home)], None);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("notes.md") && err.contains(".ssh/id"), "{err}");
+    assert_eq!(tree(), before);
+    // A new directory works; re-exporting there deletes nothing.
+    let out = dir.path().join("out");
+    ok(&["export", s(&repo), s(&out)], None);
+    let again = ok(&["export", s(&repo), s(&out)], None);
+    assert!(
+        again.contains(" 0 written") && again.contains(" 0 deleted"),
+        "{again}"
+    );
+}

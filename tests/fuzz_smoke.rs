@@ -1054,6 +1054,7 @@ fn valid_snapshot() -> SnapshotMeta {
                     hash: ObjectHash([0x44; 32]),
                     keys: 2,
                     bytes: 120,
+                    first_key: String::new(),
                 }],
             },
         ],

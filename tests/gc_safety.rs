@@ -588,3 +588,17 @@ async fn gc_never_deletes_history_a_planted_snapshot_hides() {
         );
     }
 }
+
+/// The long-running operations' futures are `Send`, so they can run on any runtime
+/// thread (and the hooks above can run them inside a store call). A borrowed item in
+/// a stream closure silently breaks this; the compiler checks it here.
+#[test]
+fn repo_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let _ = |repo: &mut Repo, src: Arc<dyn ObjectStore>, opts: &GcOptions| {
+        send(&repo.compact());
+        send(&repo.gc(opts));
+        send(&repo.refresh());
+        send(&repo.import(src, "p", &Default::default()));
+    };
+}

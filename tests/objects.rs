@@ -13,7 +13,7 @@ use crzarr::gc::GcOptions;
 use crzarr::ids::{ChangeHash, ObjectHash};
 use crzarr::layout::Layout;
 use crzarr::repo::Repo;
-use crzarr::snapshot::{SNAPSHOT_META_VERSION, SNAPSHOT_VERSION, SnapshotMeta};
+use crzarr::snapshot::{SNAPSHOT_META_OBJECTS_VERSION, SNAPSHOT_VERSION, SnapshotMeta};
 use crzarr::verify::{VerifyOptions, verify};
 use crzarr::view::{ConflictTarget, Entry};
 use object_store::ObjectStoreExt;
@@ -228,7 +228,7 @@ async fn objects_survive_compaction_gc_and_sync_with_their_blobs() {
 
         r.compact().await.unwrap();
         let meta = newest_snapshot(&b).await;
-        assert_eq!(meta[4], SNAPSHOT_META_VERSION, "{}", b.name);
+        assert_eq!(meta[4], SNAPSHOT_META_OBJECTS_VERSION, "{}", b.name);
         r.gc(&NOW).await.unwrap();
         // Only the live object's blob is left: `big(7)` and `big(8)` were superseded.
         let bucket = Bucket::new(b.store.clone(), &b.prefix);
@@ -282,7 +282,7 @@ async fn snapshots_without_objects_keep_version_1_and_a_wrong_version_byte_is_re
     s.commit(None).await.unwrap();
     r.compact().await.unwrap();
     let bytes = newest_snapshot(&b).await;
-    assert_eq!(bytes[4], SNAPSHOT_META_VERSION);
+    assert_eq!(bytes[4], SNAPSHOT_META_OBJECTS_VERSION);
     // The same body under version byte 1 is not the one encoding of that metadata.
     let mut old = bytes.to_vec();
     old[4] = SNAPSHOT_VERSION;

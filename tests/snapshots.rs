@@ -8,12 +8,13 @@ mod common;
 use bytes::Bytes;
 use common::{Backend, array_meta, backends, local, memory};
 use crzarr::Error;
-use crzarr::change::Change;
+use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
 use crzarr::fold::Fold;
 use crzarr::gc::{GcOptions, ObjectKind};
-use crzarr::ids::ChangeHash;
-use crzarr::layout::Layout;
+use crzarr::ids::{ActorId, ChangeHash, Hlc};
+use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
+use crzarr::snapshot::{MAX_PIECE_BYTES, PIECE_ENTRIES, SnapshotMeta};
 use crzarr::testing::CountingStore;
 use crzarr::view::{Conflict, Entry, View};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -411,7 +412,7 @@ async fn a_snapshot_of_a_newer_format_is_refused_with_a_clear_error() {
                 &err,
                 Error::UnsupportedVersion {
                     found: 9,
-                    supported: 2, // SNAPSHOT_META_VERSION
+                    supported: 3, // SNAPSHOT_META_VERSION
                     ..
                 }
             ),
@@ -791,8 +792,8 @@ async fn chunk_keys_without_grid_coordinates_survive_compaction_and_gc() {
         assert_eq!(r.problems(), vec![], "{}", b.name);
         assert_eq!(state(&r).await, before, "{}", b.name);
     }
-    // More such keys than one piece holds: they stay in one piece (pieces must
-    // start at ascending coordinates, and these all order as none).
+    // More such keys than one piece holds: they order by name after their (empty)
+    // coordinates and are split by name (`chunk_keys_without_coordinates_split_by_name`).
     let b = local();
     let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = a.session();
@@ -1273,5 +1274,259 @@ async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
     assert!(
         sizes[1] <= sizes[0] + 16,
         "metadata grew with writers: {sizes:?}"
+    );
+}
+
+/// An array `x` with `meta`, committed as one change; returns its hash and change.
+async fn array_base(b: &Backend, meta: &serde_json::Value) -> (ChangeHash, Change) {
+    let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = r.session();
+    s.create_array("x", meta).unwrap();
+    s.commit(None).await.unwrap();
+    stash(b).await.into_iter().next().unwrap()
+}
+
+/// Writes `n` hand-made changes on top of `base`, each from a fresh writer that saw
+/// only `base` (so they are all concurrent); `ops(i)` are change `i`'s ops, whose
+/// array op refers to `x`. Tens of thousands of changes take seconds this way.
+async fn put_concurrent(
+    b: &Backend,
+    base: &(ChangeHash, Change),
+    n: usize,
+    ops: impl Fn(usize, OpRef) -> Vec<Op>,
+) {
+    let layout = Layout::new(&b.prefix);
+    let x = OpRef::Change(base.0, 0);
+    for i in 0..n {
+        let c = Change {
+            repo: base.1.repo,
+            actor: ActorId::generate(),
+            seq: 1,
+            deps: vec![base.0],
+            hlc: Hlc(base.1.hlc.0 + 1 + i as u64),
+            wall_ms: base.1.wall_ms,
+            message: None,
+            ops: ops(i, x),
+        };
+        let bytes = c.encode();
+        let key = layout.change(&ChangeName {
+            hash: ChangeHash::of(&bytes),
+            actor: c.actor,
+            seq: 1,
+        });
+        b.store
+            .put(&key, PutPayload::from(Bytes::from(bytes)))
+            .await
+            .unwrap();
+    }
+}
+
+fn set_inline(x: &OpRef, key: String, data: Vec<u8>) -> Op {
+    Op::SetChunk {
+        node: *x,
+        key,
+        data: ChunkData::Inline(data),
+        observed: vec![],
+    }
+}
+
+/// A 4 KiB tile (the inline maximum) that says which tile it is.
+fn tile(i: usize, salt: u8) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8 ^ salt; INLINE_MAX];
+    v[..4].copy_from_slice(&(i as u32).to_le_bytes());
+    v
+}
+
+/// Every manifest piece in the bucket is one readers accept; returns how many.
+async fn pieces_within_the_read_limit(b: &Backend) -> usize {
+    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    let pieces = bucket
+        .list_all(&bucket.layout().manifests_dir())
+        .await
+        .unwrap();
+    for p in &pieces {
+        assert!(
+            p.size <= MAX_PIECE_BYTES,
+            "{}: {} bytes, over the read limit",
+            p.location,
+            p.size
+        );
+    }
+    pieces.len()
+}
+
+/// The newest snapshot's metadata.
+async fn newest_meta(b: &Backend) -> (u8, SnapshotMeta) {
+    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    let (snaps, _) = bucket.list_snapshots().await.unwrap();
+    let s = snaps.first().unwrap();
+    let key = bucket.layout().snapshot(&s.name);
+    let bytes = b.store.get(&key).await.unwrap().bytes().await.unwrap();
+    let meta = SnapshotMeta::decode(key.as_ref(), &bytes, &s.name.hash).unwrap();
+    (bytes[4], meta)
+}
+
+#[tokio::test]
+async fn compaction_never_writes_a_piece_readers_refuse() {
+    // 16,384 uncompressed 64x64 uint8 tiles stored inline: one piece by key count
+    // alone would be over 64 MiB, which every reader refuses.
+    let b = memory();
+    let base = array_base(&b, &array_meta(&[8192, 8192], &[64, 64])).await;
+    let n = PIECE_ENTRIES;
+    // Four changes (one would be over the change file limit), on distinct keys.
+    put_concurrent(&b, &base, 4, |c, x| {
+        (c * n / 4..(c + 1) * n / 4)
+            .map(|i| set_inline(&x, format!("c/{}/{}", i / 128, i % 128), tile(i, 0)))
+            .collect()
+    })
+    .await;
+    let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    let r = w.compact().await.unwrap();
+    let written = pieces_within_the_read_limit(&b).await;
+    assert!(written > 1 && written == r.manifests_written, "{r:?}");
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(fresh.problems(), vec![]);
+    for i in 0..n {
+        let k = format!("x/c/{}/{}", i / 128, i % 128);
+        let got = fresh.get(&k).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&tile(i, 0)[..]), "{k}");
+    }
+    // Coordinates alone still split these pieces: the metadata stays version 1.
+    let (version, meta) = newest_meta(&b).await;
+    assert_eq!(version, crzarr::snapshot::SNAPSHOT_VERSION);
+    assert_eq!(meta.nodes[0].pieces.len(), written);
+    // Commits and GC read the pieces too.
+    let mut w = fresh;
+    let mut s = w.session();
+    s.set("x/c/5/5", vec![7u8; 3]).unwrap();
+    s.commit(None).await.unwrap();
+    w.gc(&NOW).await.unwrap();
+    let r = w.compact().await.unwrap();
+    assert_eq!(
+        r.manifests_written, 1,
+        "only the piece holding c/5/5: {r:?}"
+    );
+    pieces_within_the_read_limit(&b).await;
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(
+        fresh.get("x/c/5/5").await.unwrap().as_deref(),
+        Some(&[7u8; 3][..])
+    );
+    assert_eq!(fresh.list_prefix("x/c/").await.unwrap().len(), n);
+}
+
+#[tokio::test]
+async fn chunk_keys_without_coordinates_split_by_name() {
+    // 100,000 chunk keys without grid coordinates in one array: they all order as
+    // `[]`, so only their names can cut them into pieces.
+    let b = memory();
+    let base = array_base(&b, &array_meta(&[4], &[2])).await;
+    let n = 100_000;
+    put_concurrent(&b, &base, 1, |_, x| {
+        let mut ops: Vec<Op> = (0..n)
+            .map(|i| set_inline(&x, format!("k{i}"), (i as u32).to_le_bytes().to_vec()))
+            .collect();
+        ops.push(set_inline(&x, "c/1".into(), vec![9]));
+        ops
+    })
+    .await;
+    let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    w.compact().await.unwrap();
+    let (version, meta) = newest_meta(&b).await;
+    let pieces = &meta.nodes[0].pieces;
+    assert!(pieces.len() > n / PIECE_ENTRIES, "{}", pieces.len());
+    assert!(pieces.iter().all(|p| p.keys as usize <= PIECE_ENTRIES));
+    assert!(pieces.iter().skip(1).all(|p| !p.first_key.is_empty()));
+    // Pieces that start inside a run of equal coordinates need version 3: an older
+    // reader would route lookups by coordinates alone.
+    assert_eq!(version, crzarr::snapshot::SNAPSHOT_META_VERSION);
+    assert_eq!(pieces_within_the_read_limit(&b).await, pieces.len());
+
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(fresh.problems(), vec![]);
+    for i in 0..n {
+        let got = fresh.get(&format!("x/k{i}")).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&(i as u32).to_le_bytes()[..]), "k{i}");
+    }
+    assert_eq!(
+        fresh.get("x/c/1").await.unwrap().as_deref(),
+        Some(&[9u8][..])
+    );
+    assert_eq!(fresh.get("x/k100000").await.unwrap(), None);
+    assert_eq!(fresh.list_prefix("x/").await.unwrap().len(), n + 2);
+
+    // Edits inside, between and below pieces rewrite only the pieces they fall in.
+    let mut w = fresh;
+    let mut s = w.session();
+    s.set("x/k50000", vec![1u8]).unwrap();
+    s.set("x/k50000a", vec![2u8]).unwrap();
+    s.set("x/a", vec![3u8]).unwrap();
+    s.delete("x/k70000").unwrap();
+    s.commit(None).await.unwrap();
+    let r = w.compact().await.unwrap();
+    assert!(r.manifests_reused >= pieces.len() - 4, "{r:?}");
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    let changes = stash(&b).await;
+    assert_eq!(state(&fresh).await, full_state(&fresh, &changes));
+    assert_eq!(
+        fresh.get("x/k50000a").await.unwrap().as_deref(),
+        Some(&[2u8][..])
+    );
+    assert_eq!(fresh.get("x/a").await.unwrap().as_deref(), Some(&[3u8][..]));
+    assert_eq!(fresh.get("x/k70000").await.unwrap(), None);
+    w.gc(&NOW).await.unwrap();
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(fresh.problems(), vec![]);
+    assert_eq!(fresh.list_prefix("x/").await.unwrap().len(), n + 3);
+}
+
+#[tokio::test]
+async fn heavy_conflicts_on_one_piece() {
+    // 20 writers who never saw each other write the same 1,000 tiles: 1,000 keys,
+    // few enough for one piece by count, hold 20,000 values (80 MB).
+    let b = memory();
+    let base = array_base(&b, &array_meta(&[64_000], &[64])).await;
+    let (writers, keys) = (20, 1000);
+    put_concurrent(&b, &base, writers, |w, x| {
+        (0..keys)
+            .map(|i| set_inline(&x, format!("c/{i}"), tile(i, w as u8)))
+            .collect()
+    })
+    .await;
+    let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    let before = state(&w).await;
+    assert_eq!(before.1.len(), keys);
+    let r = w.compact().await.unwrap();
+    assert!(r.manifests_written > 1, "{r:?}");
+    pieces_within_the_read_limit(&b).await;
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(fresh.problems(), vec![]);
+    assert_eq!(state(&fresh).await, before);
+}
+
+#[tokio::test]
+async fn a_register_too_large_for_any_piece_fails_compaction_with_a_limit_error() {
+    // One chunk with more concurrent 4 KiB values than a piece can hold: no piece
+    // can hold its register, so compaction writes nothing rather than a piece
+    // readers refuse.
+    let b = memory();
+    let base = array_base(&b, &array_meta(&[4], &[2])).await;
+    let writers = (MAX_PIECE_BYTES as usize / INLINE_MAX) + 16;
+    put_concurrent(&b, &base, writers, |w, x| {
+        vec![set_inline(&x, "c/0".into(), tile(w, 1))]
+    })
+    .await;
+    let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    let err = w.compact().await.unwrap_err();
+    assert!(matches!(err, Error::Limit(_)), "{err:?}");
+    assert!(err.to_string().contains("\"c/0\""), "{err}");
+    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    assert!(bucket.list_snapshots().await.unwrap().0.is_empty());
+    assert_eq!(pieces_within_the_read_limit(&b).await, 0);
+    // Readers are unaffected: the history still serves the winner.
+    let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+    assert_eq!(
+        fresh.get("x/c/0").await.unwrap().as_deref(),
+        Some(&tile(writers - 1, 1)[..])
     );
 }

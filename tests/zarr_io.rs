@@ -7,7 +7,7 @@ mod common;
 
 use common::{Backend, array_meta, backends, memory};
 use crzarr::Error;
-use crzarr::export::ExportOptions;
+use crzarr::export::{EXPORT_RECORD, ExportOptions};
 use crzarr::gc::GcOptions;
 use crzarr::import::{ImportOptions, ImportReport};
 use crzarr::repo::Repo;
@@ -62,6 +62,7 @@ async fn write_plain(store: &Arc<dyn ObjectStore>, prefix: &str, m: &BTreeMap<St
     }
 }
 
+/// The Zarr store at `prefix`: every object but an export's record of what it wrote.
 async fn read_plain(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     use futures::TryStreamExt;
     let root = Path::from(prefix);
@@ -69,6 +70,9 @@ async fn read_plain(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<Stri
     let mut out = BTreeMap::new();
     for m in listed {
         let k = m.location.as_ref()[prefix.len() + 1..].to_string();
+        if k == EXPORT_RECORD {
+            continue;
+        }
         let b = store.get(&m.location).await.unwrap().bytes().await.unwrap();
         out.insert(k, b.to_vec());
     }
@@ -295,7 +299,8 @@ async fn export_deletes_what_the_view_dropped_and_never_touches_a_repository() {
         .unwrap();
     assert_eq!((e.written, e.deleted), (0, 5), "{e:?}");
     let c = counting.take();
-    assert_eq!((c.puts, c.deletes), (0, 5), "{c:?}");
+    // One PUT: the record of what the export wrote, now without `x`.
+    assert_eq!((c.puts, c.deletes), (1, 5), "{c:?}");
     let got = read_plain(&b.store, "out").await;
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
@@ -532,4 +537,135 @@ async fn a_changed_or_vanished_original_is_reported_never_served() {
     assert_eq!(r.get("x/c/0").await.unwrap().unwrap(), blob(99, 5000));
     assert_eq!(r.get("x/c/1").await.unwrap(), None);
     drop(dir);
+}
+
+/// Every key under `prefix` with its bytes, the record included.
+async fn all_objects(store: &Arc<dyn ObjectStore>, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut m = read_plain(store, prefix).await;
+    if let Ok(g) = store
+        .get(&Path::from(format!("{prefix}/{EXPORT_RECORD}")))
+        .await
+    {
+        m.insert(EXPORT_RECORD.into(), g.bytes().await.unwrap().to_vec());
+    }
+    m
+}
+
+#[tokio::test]
+async fn export_never_deletes_files_it_did_not_write() {
+    for b in backends() {
+        write_plain(&b.store, &format!("{}-src", b.prefix), &plain_store()).await;
+        let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+        import(&mut r, &b, &format!("{}-src", b.prefix)).await;
+        // A directory that is not an export: notes, a git checkout, a key.
+        let dst = format!("{}-home", b.prefix);
+        let mut home = BTreeMap::new();
+        home.insert("notes.md".to_string(), b"# notes".to_vec());
+        home.insert(".git/config".into(), b"[core]".to_vec());
+        home.insert(".ssh/id".into(), b"secret".to_vec());
+        // Even a file at a key the view has is not overwritten.
+        home.insert("zarr.json".into(), b"{}".to_vec());
+        write_plain(&b.store, &dst, &home).await;
+        let err = r
+            .export(b.store.clone(), &dst, &ExportOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ExportRefused { .. }),
+            "{}: {err:?}",
+            b.name
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("notes.md") && msg.contains(".ssh/id") && msg.contains("no record"),
+            "{msg}"
+        );
+        // Nothing was written, deleted or overwritten.
+        assert_eq!(all_objects(&b.store, &dst).await, home, "{}", b.name);
+        // A new location works, and a second export there is incremental.
+        let out = format!("{}-out", b.prefix);
+        r.export(b.store.clone(), &out, &ExportOptions::default())
+            .await
+            .unwrap();
+        let e = r
+            .export(b.store.clone(), &out, &ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!((e.written, e.unchanged, e.deleted), (0, 8, 0), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn incremental_export_deletes_only_its_own_keys() {
+    let b = memory();
+    write_plain(&b.store, "src", &plain_store()).await;
+    let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    import(&mut r, &b, "src").await;
+    let dst = b.store.clone();
+    r.export(dst.clone(), "out", &ExportOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        all_objects(&b.store, "out")
+            .await
+            .contains_key(EXPORT_RECORD)
+    );
+    // Someone adds files beside the export, one inside the array's directory.
+    let foreign: BTreeMap<String, Vec<u8>> = [
+        ("notes.md".to_string(), b"mine".to_vec()),
+        ("x/c/notes.md".to_string(), b"mine too".to_vec()),
+    ]
+    .into();
+    write_plain(&b.store, "out", &foreign).await;
+    // The repository drops array `x`.
+    let mut s = r.session();
+    s.delete("x/zarr.json").unwrap();
+    s.commit(None).await.unwrap();
+    let e = r
+        .export(dst.clone(), "out", &ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((e.written, e.deleted, e.foreign), (0, 5, 2), "{e:?}");
+    let got = read_plain(&b.store, "out").await;
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        [
+            "g/h/zarr.json",
+            "g/zarr.json",
+            "notes.md",
+            "x/c/notes.md",
+            "zarr.json"
+        ]
+    );
+    for (k, v) in &foreign {
+        assert_eq!(&got[k], v, "{k}");
+    }
+
+    // A foreign file at a key the view gets is refused, not overwritten.
+    write_plain(
+        &b.store,
+        "out",
+        &[("y/zarr.json".to_string(), b"{}".to_vec())].into(),
+    )
+    .await;
+    let mut s = r.session();
+    s.create_array("y", &array_meta(&[4], &[2])).unwrap();
+    s.commit(None).await.unwrap();
+    let before = all_objects(&b.store, "out").await;
+    let err = r
+        .export(dst.clone(), "out", &ExportOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ExportRefused { .. }), "{err:?}");
+    assert!(err.to_string().contains("y/zarr.json"), "{err}");
+    assert_eq!(all_objects(&b.store, "out").await, before);
+
+    // Another repository's export is refused too.
+    let other = Repo::init(b.store.clone(), "other").await.unwrap();
+    let err = other
+        .export(dst.clone(), "out", &ExportOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("export of repository"), "{err}");
+    assert_eq!(all_objects(&b.store, "out").await, before);
 }

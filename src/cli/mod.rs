@@ -249,7 +249,7 @@ enum Command {
     },
     /// Write the current view as a plain Zarr v3 store that any Zarr client opens.
     #[command(
-        after_help = "Incremental: identical objects are not rewritten and keys the view no longer has are\ndeleted, so DST should be used for exports only. No consolidated metadata is written.\n\nExample:\n  crzarr export s3://bucket/sst ./sst.zarr\n  python -c \"import zarr; print(zarr.open_group('./sst.zarr').tree())\""
+        after_help = "DST must be new, empty, or an earlier export of the same repository: export keeps a record\n(.crzarr-export.json in DST) of the keys it wrote and never overwrites nor deletes anything else.\nA non-empty DST without that record, or holding other files at keys the view has, is refused.\nIncremental: identical objects are not rewritten and keys an earlier export wrote that the view\nno longer has are deleted; other files in DST are left as they are. No consolidated metadata is written.\n\nExample:\n  crzarr export s3://bucket/sst ./sst.zarr\n  python -c \"import zarr; print(zarr.open_group('./sst.zarr').tree())\""
     )]
     Export {
         /// Repository URL.

@@ -115,8 +115,12 @@ pub(crate) async fn run_export(
         v["dst"] = json!(dst);
         return print_json(&v);
     }
+    let foreign = match report.foreign {
+        0 => String::new(),
+        n => format!(", {n} not written by an export left as they are"),
+    };
     println!(
-        "exported to {dst}: {} written ({}), {} unchanged, {} deleted",
+        "exported to {dst}: {} written ({}), {} unchanged, {} deleted{foreign}",
         report.written,
         indicatif::HumanBytes(report.bytes_written),
         report.unchanged,

@@ -2,7 +2,10 @@
 //! registers that live in manifest pieces, and exporting the state as a snapshot.
 
 use super::*;
-use crate::snapshot::{PIECE_ENTRIES, SnapFork, SnapNode, Superseded};
+use crate::snapshot::{
+    MAX_PIECE_BYTES, PIECE_ENTRIES, PIECE_TARGET_BYTES, SnapFork, SnapNode, Superseded,
+    check_write_size,
+};
 use std::collections::{BTreeSet, HashSet};
 
 /// A snapshot's state as a compactor writes it: metadata plus the pieces it needs.
@@ -202,7 +205,9 @@ impl Fold {
             return None;
         }
         let coords = piece_order(meta, key);
-        let i = node.base.partition_point(|p| p.first <= coords);
+        let i = node
+            .base
+            .partition_point(|p| p.start() <= (coords.as_slice(), key));
         Some(&node.base[i.saturating_sub(1)])
     }
 
@@ -573,11 +578,11 @@ impl Fold {
         meta: &ArrayMeta,
     ) -> Result<(Vec<PieceRef>, usize, Vec<(ObjectHash, Vec<u8>)>)> {
         let old: &[PieceRef] = &n.base;
-        let slot_of = |c: &[u64]| -> usize {
+        let slot_of = |c: &[u64], k: &str| -> usize {
             if old.is_empty() {
                 return 0;
             }
-            old.partition_point(|p| p.first.as_slice() <= c)
+            old.partition_point(|p| p.start() <= (c, k))
                 .saturating_sub(1)
         };
         // Keys whose registers may differ from the old pieces, by slot, with their
@@ -596,7 +601,7 @@ impl Fold {
         for k in n.chunks.keys().chain(superseded_keys) {
             if dirty_set.insert(k) {
                 let c = piece_order(meta, k);
-                dirty.entry(slot_of(&c)).or_default().push((c, k));
+                dirty.entry(slot_of(&c, k)).or_default().push((c, k));
             }
         }
         let mut out: Vec<PieceRef> = Vec::new();
@@ -644,49 +649,115 @@ impl Fold {
             }
             // Keys are unique: an unstable sort gives one order.
             rows.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-            for (j, run) in split_runs(&rows).into_iter().enumerate() {
-                // The first run keeps the slot's start so the ranges stay contiguous.
-                let first = match (j, old.get(i)) {
-                    (0, Some(p)) => p.first.clone().min(run[0].0.clone()),
-                    _ => run[0].0.clone(),
+            let mut at = 0;
+            for (j, run) in split_runs(&rows, PIECE_TARGET_BYTES)
+                .into_iter()
+                .enumerate()
+            {
+                let (first, first_key) = match (j, old.get(i)) {
+                    // The first run keeps the slot's start so the ranges stay
+                    // contiguous (keys below piece 0's start belong to piece 0; every
+                    // key of a later slot is at or above its start).
+                    (0, Some(p)) => {
+                        let mine = (run[0].0.as_slice(), "");
+                        let start = if i > 0 || p.start() <= mine {
+                            p.start()
+                        } else {
+                            mine
+                        };
+                        (start.0.to_vec(), start.1.to_string())
+                    }
+                    (0, None) => (run[0].0.clone(), String::new()),
+                    // A later run starts at its first key's coordinates, and needs its
+                    // key too only when the previous run ends on equal coordinates.
+                    _ if rows[at - 1].0 == run[0].0 => (run[0].0.clone(), run[0].1.to_string()),
+                    _ => (run[0].0.clone(), String::new()),
                 };
+                at += run.len();
                 let (piece, keys) = encode_piece(run);
                 let bytes = piece.encode();
                 let hash = ObjectHash::of(&bytes);
+                // The estimate bounds the size from above, so only one key's register
+                // alone (thousands of concurrent values) can be too large.
+                check_write_size(
+                    "manifest piece",
+                    &format!(
+                        "of array {:?} from chunk key {:?} ({} concurrent values in its first register)",
+                        &*n.path,
+                        &*run[0].1,
+                        run[0].2.len()
+                    ),
+                    bytes.len(),
+                    MAX_PIECE_BYTES,
+                )?;
                 out.push(PieceRef {
                     first,
                     hash,
                     keys,
                     bytes: bytes.len() as u64,
+                    first_key,
                 });
                 made.push((hash, bytes));
             }
         }
         // Ranges must ascend; a rebuilt first piece may start below its old start.
-        out.sort_by(|a, b| a.first.cmp(&b.first));
-        out.dedup_by(|a, b| a.first == b.first && a.hash == b.hash);
+        out.sort_by(|a, b| a.start().cmp(&b.start()));
+        out.dedup_by(|a, b| a.start() == b.start() && a.hash == b.hash);
         Ok((out, reused, made))
     }
 }
 
-/// Cuts sorted rows into pieces of about [`PIECE_ENTRIES`], never between rows
-/// with equal coordinates (keys without grid coordinates all order as `[]`), so
-/// every piece starts above the one before.
+/// Cuts rows sorted by (coordinates, key) into runs of at most [`PIECE_ENTRIES`]
+/// keys and about `target` encoded bytes (a run holds at least one key). Keys are
+/// unique, so a cut may fall anywhere, also between keys of equal coordinates.
 #[allow(clippy::type_complexity)]
 fn split_runs(
     rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)],
+    target: u64,
 ) -> Vec<&[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]> {
     let mut out = Vec::new();
     let mut start = 0;
-    while start < rows.len() {
-        let mut end = (start + PIECE_ENTRIES).min(rows.len());
-        while end < rows.len() && rows[end].0 == rows[end - 1].0 {
-            end += 1;
+    let mut size = PIECE_OVERHEAD;
+    for (i, (_, k, es)) in rows.iter().enumerate() {
+        let row = row_bytes(k, es);
+        if i > start && (i - start >= PIECE_ENTRIES || size + row > target) {
+            out.push(&rows[start..i]);
+            start = i;
+            size = PIECE_OVERHEAD;
         }
-        out.push(&rows[start..end]);
-        start = end;
+        size += row;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
     }
     out
+}
+
+/// Bytes of a piece besides its rows: frame, array headers.
+const PIECE_OVERHEAD: u64 = 32;
+
+/// An upper bound of the bytes one chunk register adds to an encoded piece: its key,
+/// each entry with the longest MessagePack headers, and a change-table row per entry
+/// (each entry may name a change no other entry of the piece names).
+fn row_bytes(key: &str, es: &[ChunkEntry]) -> u64 {
+    // CoveredChange: array header, bin 32, bin 16, two u64, one u32.
+    const TABLE_ROW: u64 = 1 + 34 + 18 + 9 + 9 + 5;
+    // Entry: array headers, stamp of two u32, one-entry map and tag.
+    const ENTRY: u64 = 1 + 1 + 5 + 5 + 1 + 2;
+    let text = |s: &str| 5 + s.len() as u64;
+    let value = |v: &ChunkVal| -> u64 {
+        match v {
+            ChunkVal::Blob { .. } => 1 + 34 + 9,
+            ChunkVal::Inline(b) => 5 + b.len() as u64,
+            ChunkVal::Reference(r) => {
+                1 + text(&r.source) + text(&r.key) + 9 + r.etag.as_deref().map_or(1, text) + 9
+            }
+            ChunkVal::Deleted => 0,
+        }
+    };
+    let entries: u64 = es.iter().map(|e| ENTRY + TABLE_ROW + value(&e.val)).sum();
+    // The row's array header, its key, the entries' array header.
+    1 + text(key) + 5 + entries
 }
 
 fn encode_piece(rows: &[(Vec<u64>, Box<str>, Vec<ChunkEntry>)]) -> (ManifestPiece, u32) {
