@@ -525,6 +525,9 @@ pub async fn verify(bucket: &Bucket, opts: &VerifyOptions) -> Result<VerifyRepor
     }
     if opts.quarantine {
         report.moved = quarantine(bucket, id, corrupt, concurrency, &mut report.findings).await?;
+        let broken = quarantine_broken_snapshots(bucket, &mut report.findings).await?;
+        report.moved.extend(broken);
+        report.moved.sort_by(|a, b| a.from.cmp(&b.from));
     }
     Ok(report.finish(started))
 }
@@ -1257,6 +1260,62 @@ async fn quarantine(
         }
     }
     moved.sort_by(|a, b| a.from.cmp(&b.from));
+    Ok(moved)
+}
+
+/// The repair for a snapshot naming a manifest piece or archive shard that is gone
+/// (format.md §17.3): the object is checked again by HEAD and, still missing, every
+/// snapshot naming it is moved to quarantine. Readers then open from the previous
+/// snapshot and the change files still present, and `crzarr compact` writes a whole
+/// snapshot again; nothing is deleted, so restoring the missing object and moving the
+/// snapshot back undoes it.
+async fn quarantine_broken_snapshots(
+    bucket: &Bucket,
+    findings: &mut [Finding],
+) -> Result<Vec<Moved>> {
+    let lay = bucket.layout();
+    let mut moved: Vec<Moved> = Vec::new();
+    for f in findings.iter_mut().filter(|f| {
+        matches!(
+            f.kind,
+            FindingKind::MissingManifest | FindingKind::MissingArchive
+        )
+    }) {
+        let missing = Path::from(f.key.as_str());
+        match bucket.store().head(&missing).await {
+            Ok(_) => continue, // restored meanwhile
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store(f.key.as_str(), e)),
+        }
+        for holder in &f.related {
+            let from = Path::from(holder.as_str());
+            if !matches!(lay.parse_key(&from), Ok(BucketKey::Snapshot(_)))
+                || moved.iter().any(|m| m.from == *holder)
+            {
+                continue;
+            }
+            let Some(to) = lay.quarantine(&from) else {
+                continue;
+            };
+            match bucket.store().copy(&from, &to).await {
+                Ok(()) => {}
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(Error::store(holder, e)),
+            }
+            match bucket.store().delete(&from).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(holder, e)),
+            }
+            f.message.push_str(&format!(
+                " (snapshot {holder} moved to {to} by this run: readers now use the previous \
+                 snapshot and the change files still present; run `crzarr compact`)"
+            ));
+            moved.push(Moved {
+                from: holder.clone(),
+                to: to.to_string(),
+            });
+        }
+    }
     Ok(moved)
 }
 
