@@ -66,6 +66,21 @@ pub struct Removed {
     pub bytes: u64,
 }
 
+/// A change file garbage collection moved to quarantine (or, in a dry run, would):
+/// it never applies here, so every open would fetch it again for ever.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    /// Where it was (under `.crdt/ops/`).
+    pub from: String,
+    /// Where it is now: `.crdt/quarantine/ops/...`. Moving it back to `from` (or a
+    /// `crzarr sync` from a replica that has it) undoes the move.
+    pub to: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Why it never applies: the reader's problem, or the history horizon.
+    pub reason: String,
+}
+
 /// What [`Repo::gc`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
@@ -81,6 +96,9 @@ pub struct GcReport {
     pub notes: Vec<String>,
     /// Snapshot objects that do not read (junk), ignored: they block nothing.
     pub junk: Vec<Problem>,
+    /// Rejected change files, and pending ones past the history horizon, older than
+    /// the window: moved to quarantine (spec/format.md §14, "Stuck change files").
+    pub quarantined: Vec<Quarantined>,
 }
 
 impl GcReport {
@@ -148,8 +166,29 @@ impl Repo {
             bucket.list_all(&blobs_dir),
         );
         // Foreign files are never ours to delete: only parsed names are considered.
-        let (changes, snaps) = (changes?, snaps?);
+        let (mut changes, snaps) = (changes?, snaps?);
         let (manifests, archive, blobs) = (manifests?, archive?, blobs?);
+
+        // Change files that never apply cost every open a GET, for ever: the old ones
+        // go to quarantine. Judged by a refresh from these very listings, so "past the
+        // horizon" means its missing change is not in this listing either.
+        self.refresh_from(changes.clone(), snaps.clone()).await?;
+        let stuck = self.stuck_files();
+        let mut moving: Vec<(Path, u64, String)> = Vec::new();
+        for c in &changes.0 {
+            if let Some(reason) = stuck.get(c.key.as_ref()) {
+                if old(c.modified) {
+                    moving.push((c.key.clone(), c.size, reason.clone()));
+                } else {
+                    report.kept_recent += 1;
+                }
+            }
+        }
+        if !moving.is_empty() {
+            report.quarantined = self.quarantine_stuck(moving, opts.dry_run).await?;
+            let gone: HashSet<&str> = report.quarantined.iter().map(|q| q.from.as_str()).collect();
+            changes.0.retain(|c| !gone.contains(c.key.as_ref()));
+        }
 
         // Every listed snapshot, judged exactly as a reader judges it: what open would
         // skip is junk here too, reported and never in the way.
@@ -411,6 +450,42 @@ impl Repo {
             })
             .collect();
         Ok(report)
+    }
+
+    /// Moves stuck change files to quarantine (unless `dry_run`), in parallel, sorted
+    /// by key. One gone meanwhile is left out.
+    async fn quarantine_stuck(
+        &self,
+        moving: Vec<(Path, u64, String)>,
+        dry_run: bool,
+    ) -> Result<Vec<Quarantined>> {
+        let bucket = self.bucket().clone();
+        let results: Vec<Result<Option<Quarantined>>> = futures::stream::iter(moving)
+            .map(|(from, bytes, reason)| {
+                let bucket = bucket.clone();
+                async move {
+                    let to = if dry_run {
+                        bucket.layout.quarantine(&from)
+                    } else {
+                        crate::verify::move_to_quarantine(&bucket, &from).await?
+                    };
+                    Ok(to.map(|to| Quarantined {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        bytes,
+                        reason,
+                    }))
+                }
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        let mut out: Vec<Quarantined> = results
+            .into_iter()
+            .filter_map(Result::transpose)
+            .collect::<Result<_>>()?;
+        out.sort_by(|a, b| a.from.cmp(&b.from));
+        Ok(out)
     }
 
     /// After deleting `removed`, rebases this handle on the retained snapshot when it

@@ -66,6 +66,11 @@ pub struct Repo {
     known_snapshots: HashSet<SnapshotName>,
     /// Pending changes needing changes that are neither listed nor covered.
     missing_history: Vec<Problem>,
+    /// Keys of change files that can never apply here, whatever arrives later: they
+    /// fail their hash, decoding or structure, or are invalid against their causal
+    /// past. (Not newer-version or foreign files, which a newer build or another
+    /// repository reads.) Garbage collection moves old ones to quarantine.
+    rejected_files: BTreeMap<String, String>,
     /// Where chunks adopted in place are read from.
     sources: Arc<ReferenceSources>,
 }
@@ -181,6 +186,7 @@ impl Repo {
             archive: HashMap::new(),
             known_snapshots: HashSet::new(),
             missing_history: Vec::new(),
+            rejected_files: BTreeMap::new(),
             sources: Arc::default(),
         };
         for p in snap_problems {
@@ -424,6 +430,10 @@ impl Repo {
                         key: c.key.to_string(),
                         error: e.to_string(),
                     };
+                    // The bytes are immutable: these failures never go away.
+                    if matches!(e, Error::Corrupt { .. } | Error::TooLarge { .. }) {
+                        self.rejected_files.insert(p.key.clone(), p.error.clone());
+                    }
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
@@ -443,6 +453,8 @@ impl Repo {
                         key: c.key.to_string(),
                         error: format!("invalid change: {reason}"),
                     };
+                    // Validity depends only on the change and its causal past.
+                    self.rejected_files.insert(p.key.clone(), p.error.clone());
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
@@ -483,6 +495,7 @@ impl Repo {
                 None => !fold.contains(h),
             });
             for p in newly {
+                self.rejected_files.insert(p.key.clone(), p.error.clone());
                 self.problems.insert(p.key.clone(), p.error.clone());
                 report.problems.push(p);
             }
@@ -772,6 +785,18 @@ impl Repo {
     /// advice, not an error.)
     pub fn missing_history(&self) -> Vec<Problem> {
         self.missing_history.clone()
+    }
+
+    /// Listed change files that never apply here, by key, with why (the files
+    /// garbage collection may quarantine, spec/format.md §14): those that can never
+    /// apply (corrupt, or invalid against their causal past), and pending changes
+    /// past the history horizon ([`Repo::missing_history`]).
+    pub(crate) fn stuck_files(&self) -> BTreeMap<String, String> {
+        let mut out = self.rejected_files.clone();
+        for p in &self.missing_history {
+            out.entry(p.key.clone()).or_insert_with(|| p.error.clone());
+        }
+        out
     }
 
     /// Applied changes in causal order.
