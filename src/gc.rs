@@ -174,11 +174,11 @@ impl Repo {
         // horizon" means its missing change is not in this listing either.
         self.refresh_from(changes.clone(), snaps.clone()).await?;
         let stuck = self.stuck_files();
-        let mut moving: Vec<(Path, u64, String)> = Vec::new();
+        let mut moving: Vec<(ListedChange, String, bool)> = Vec::new();
         for c in &changes.0 {
-            if let Some(reason) = stuck.get(c.key.as_ref()) {
+            if let Some((reason, unreadable)) = stuck.get(c.key.as_ref()) {
                 if old(c.modified) {
-                    moving.push((c.key.clone(), c.size, reason.clone()));
+                    moving.push((c.clone(), reason.clone(), *unreadable));
                 } else {
                     report.kept_recent += 1;
                 }
@@ -188,6 +188,10 @@ impl Repo {
             report.quarantined = self.quarantine_stuck(moving, opts.dry_run).await?;
             let gone: HashSet<&str> = report.quarantined.iter().map(|q| q.from.as_str()).collect();
             changes.0.retain(|c| !gone.contains(c.key.as_ref()));
+            // The handle must show what a fresh open shows: without the moved files.
+            if !opts.dry_run && !report.quarantined.is_empty() {
+                self.reload_from(changes.clone(), snaps.clone()).await?;
+            }
         }
 
         // Every listed snapshot, judged exactly as a reader judges it: what open would
@@ -456,14 +460,25 @@ impl Repo {
     /// by key. One gone meanwhile is left out.
     async fn quarantine_stuck(
         &self,
-        moving: Vec<(Path, u64, String)>,
+        moving: Vec<(ListedChange, String, bool)>,
         dry_run: bool,
     ) -> Result<Vec<Quarantined>> {
         let bucket = self.bucket().clone();
+        let id = self.id();
         let results: Vec<Result<Option<Quarantined>>> = futures::stream::iter(moving)
-            .map(|(from, bytes, reason)| {
+            .map(|(c, reason, unreadable)| {
                 let bucket = bucket.clone();
                 async move {
+                    let (from, bytes) = (c.key.clone(), c.size);
+                    // A file that did not read may have been repaired since this
+                    // handle read it (as verify re-checks): read it once more.
+                    if unreadable && !dry_run {
+                        match crate::repo::fetch_change(&bucket, id, &c).await {
+                            Ok(_) => return Ok(None),
+                            Err(e @ Error::Store { .. }) => return Err(e),
+                            Err(_) => {}
+                        }
+                    }
                     let to = if dry_run {
                         bucket.layout.quarantine(&from)
                     } else {

@@ -69,8 +69,9 @@ pub struct Repo {
     /// Keys of change files that can never apply here, whatever arrives later: they
     /// fail their hash, decoding or structure, or are invalid against their causal
     /// past. (Not newer-version or foreign files, which a newer build or another
-    /// repository reads.) Garbage collection moves old ones to quarantine.
-    rejected_files: BTreeMap<String, String>,
+    /// repository reads.) Garbage collection moves old ones to quarantine. The flag
+    /// says the verdict came from the bytes alone (they failed to read as a change).
+    rejected_files: BTreeMap<String, (String, bool)>,
     /// Where chunks adopted in place are read from.
     sources: Arc<ReferenceSources>,
 }
@@ -432,7 +433,8 @@ impl Repo {
                     };
                     // The bytes are immutable: these failures never go away.
                     if matches!(e, Error::Corrupt { .. } | Error::TooLarge { .. }) {
-                        self.rejected_files.insert(p.key.clone(), p.error.clone());
+                        self.rejected_files
+                            .insert(p.key.clone(), (p.error.clone(), true));
                     }
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
@@ -454,7 +456,8 @@ impl Repo {
                         error: format!("invalid change: {reason}"),
                     };
                     // Validity depends only on the change and its causal past.
-                    self.rejected_files.insert(p.key.clone(), p.error.clone());
+                    self.rejected_files
+                        .insert(p.key.clone(), (p.error.clone(), false));
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
@@ -495,7 +498,8 @@ impl Repo {
                 None => !fold.contains(h),
             });
             for p in newly {
-                self.rejected_files.insert(p.key.clone(), p.error.clone());
+                self.rejected_files
+                    .insert(p.key.clone(), (p.error.clone(), false));
                 self.problems.insert(p.key.clone(), p.error.clone());
                 report.problems.push(p);
             }
@@ -790,11 +794,13 @@ impl Repo {
     /// Listed change files that never apply here, by key, with why (the files
     /// garbage collection may quarantine, spec/format.md §14): those that can never
     /// apply (corrupt, or invalid against their causal past), and pending changes
-    /// past the history horizon ([`Repo::missing_history`]).
-    pub(crate) fn stuck_files(&self) -> BTreeMap<String, String> {
+    /// past the history horizon ([`Repo::missing_history`]). The flag says the file
+    /// failed to read as a change (worth checking again before moving it).
+    pub(crate) fn stuck_files(&self) -> BTreeMap<String, (String, bool)> {
         let mut out = self.rejected_files.clone();
         for p in &self.missing_history {
-            out.entry(p.key.clone()).or_insert_with(|| p.error.clone());
+            out.entry(p.key.clone())
+                .or_insert_with(|| (p.error.clone(), false));
         }
         out
     }
@@ -985,7 +991,11 @@ pub(crate) fn decode_snapshot_meta(
     Ok(meta)
 }
 
-async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<Option<Change>> {
+pub(crate) async fn fetch_change(
+    bucket: &Bucket,
+    id: RepoId,
+    c: &ListedChange,
+) -> Result<Option<Change>> {
     let key = c.key.to_string();
     if c.size > MAX_CHANGE_BYTES {
         return Err(Error::TooLarge {

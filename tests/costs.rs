@@ -191,11 +191,17 @@ async fn rejected_and_pending_files_stop_costing_after_the_horizon() {
         assert_eq!(moved.len(), 1002, "{ctx}");
         assert!(moved.contains(&bad_key.as_ref()), "{ctx}");
         assert!(moved.contains(&lost_key.as_ref()), "{ctx}");
-        assert!(!moved.contains(&after_key.as_ref()), "{ctx}: its dep was listed");
+        assert!(
+            !moved.contains(&after_key.as_ref()),
+            "{ctx}: its dep was listed"
+        );
         let layout = Layout::new(&b.prefix);
         for key in corrupt.iter().take(3).chain([&bad_key, &lost_key]) {
             let to = layout.quarantine(key).unwrap();
-            assert!(to.as_ref().contains("/.crdt/quarantine/ops/"), "{ctx}: {to}");
+            assert!(
+                to.as_ref().contains("/.crdt/quarantine/ops/"),
+                "{ctx}: {to}"
+            );
             assert!(store.head(&to).await.is_ok(), "{ctx}: {to}");
             assert!(store.head(key).await.is_err(), "{ctx}: {key}");
             let q = rep.quarantined.iter().find(|q| q.from == key.as_ref());
@@ -208,7 +214,11 @@ async fn rejected_and_pending_files_stop_costing_after_the_horizon() {
             .unwrap();
         assert_eq!(open_gets(&counting), 2 + 1 + 1, "{ctx}");
         assert!(r.problems().is_empty(), "{ctx}: {:?}", r.problems());
-        assert_eq!(r.missing_history().len(), 1, "{ctx}: `after` is past it now");
+        assert_eq!(
+            r.missing_history().len(),
+            1,
+            "{ctx}: `after` is past it now"
+        );
 
         // Undone by moving the file back: it is pending again, and young.
         let to = layout.quarantine(&lost_key).unwrap();
@@ -249,9 +259,17 @@ async fn bogus_observed_ids_cost_near_linear_time() {
     let root = repo.log()[0].hash;
     assert_eq!(max_observed_refs(2), MAX_OBSERVED + 2 * OBSERVED_PER_OP);
     // Two ops of MAX_OBSERVED each: within the per-op limit, over the per-change one.
-    let over = on_top(&repo, 1, bogus_observer(&repo, 0..2 * MAX_OBSERVED as u32, 1024));
+    let over = on_top(
+        &repo,
+        1,
+        bogus_observer(&repo, 0..2 * MAX_OBSERVED as u32, 1024),
+    );
     let err = Change::decode_unverified("k", &over.encode()).unwrap_err();
-    assert!(err.to_string().contains("observed entries in 2 ops exceeds the limit"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("observed entries in 2 ops exceeds the limit"),
+        "{err}"
+    );
     let (_, over_key) = put_change(&store, &b.prefix, &over).await;
     repo.refresh().await.unwrap();
     assert!(
@@ -278,7 +296,12 @@ async fn bogus_observed_ids_cost_near_linear_time() {
     let snap = repo.compact().await.unwrap().snapshot.unwrap();
     assert_eq!(records(&store, &b.prefix, &snap).await, 100_000);
     let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
-    assert_eq!(r.view().attributes(r.fold(), "").and_then(|a| a.get("k").cloned()), Some(json!(1)));
+    assert_eq!(
+        r.view()
+            .attributes(r.fold(), "")
+            .and_then(|a| a.get("k").cloned()),
+        Some(json!(1))
+    );
 
     // A writer never writes what readers refuse: a register with more live entries
     // than one op may observe makes `commit` fail with a typed error.
@@ -339,7 +362,12 @@ async fn records_naming_changes_that_never_arrive_stop_costing() {
         let s3 = repo.compact().await.unwrap().snapshot.unwrap();
         assert_eq!(records(&store, &b.prefix, &s3).await, 1, "{ctx}");
         let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
-        assert_eq!(r.view().attributes(r.fold(), "").and_then(|a| a.get("a").cloned()), Some(json!(2)));
+        assert_eq!(
+            r.view()
+                .attributes(r.fold(), "")
+                .and_then(|a| a.get("a").cloned()),
+            Some(json!(2))
+        );
     }
 }
 
@@ -364,7 +392,9 @@ async fn cost_figures() {
         for _ in 0..runs {
             counting.reset();
             let t = Instant::now();
-            Repo::open(Arc::new(counting.clone()), &prefix).await.unwrap();
+            Repo::open(Arc::new(counting.clone()), &prefix)
+                .await
+                .unwrap();
             times.push(t.elapsed().as_secs_f64() * 1e3);
             counts = Some(counting.take());
         }

@@ -318,11 +318,9 @@ impl Fold {
             for (k, es) in &piece.keys {
                 let live = match sup.and_then(|s| s.get(&RegKey::Chunk(k.clone()))) {
                     None => true,
-                    Some(ids) => es
-                        .iter()
-                        .any(|(c, op, _)| {
-                            !ids.contains_key(&(piece.changes[*c as usize].hash, *op))
-                        }),
+                    Some(ids) => es.iter().any(|(c, op, _)| {
+                        !ids.contains_key(&(piece.changes[*c as usize].hash, *op))
+                    }),
                 };
                 if live && n.chunks.get(k).is_none() {
                     keys.push(k.to_string());
@@ -376,10 +374,13 @@ impl Fold {
     /// and names a change this fold does not know: the records compaction may drop
     /// past the horizon.
     pub(crate) fn has_unknown_base_records(&self) -> bool {
-        self.superseded.values().flat_map(|m| m.values()).any(|ids| {
-            ids.iter()
-                .any(|(id, from_base)| *from_base && !self.knows(&id.0))
-        })
+        self.superseded
+            .values()
+            .flat_map(|m| m.values())
+            .any(|ids| {
+                ids.iter()
+                    .any(|(id, from_base)| *from_base && !self.knows(&id.0))
+            })
     }
 
     /// The state as a snapshot. `listed` are the change files listed now; `covered`
