@@ -399,7 +399,7 @@ impl Op {
     /// counted at its length times its element size. Allocator overhead and spare
     /// capacity are not counted; the estimate is within a small factor of the truth.
     pub fn decoded_size(&self) -> u64 {
-        let refs = |v: &[OpRef]| (v.len() * std::mem::size_of::<OpRef>()) as u64;
+        let refs = |v: &[OpRef]| std::mem::size_of_val(v) as u64;
         let attrs = |a: &[(String, String)]| {
             a.iter()
                 .map(|(k, v)| (std::mem::size_of::<(String, String)>() + k.len() + v.len()) as u64)

@@ -520,7 +520,8 @@ impl Fold {
         for (path, regs) in &self.superseded {
             for (reg, ids) in regs {
                 for (id, from_base) in ids {
-                    if !is_covered(&id.0) && !(*from_base && expired(&id.0)) {
+                    let settled = is_covered(&id.0) || (*from_base && expired(&id.0));
+                    if !settled {
                         superseded.push(Superseded {
                             path: path.to_string(),
                             reg: reg.clone(),
