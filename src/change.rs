@@ -120,6 +120,12 @@ pub const MAX_OPS: usize = 4_000_000;
 pub const MAX_DEPS: usize = 4096;
 /// Most observed entries one op may supersede.
 pub const MAX_OBSERVED: usize = 1024;
+/// Observed entries a change may name per op, beyond [`MAX_OBSERVED`]: a change with
+/// `n` ops names at most `MAX_OBSERVED + OBSERVED_PER_OP * n` in all (spec/format.md
+/// §5). Observed names cost the fold a record each when their change is unknown, and
+/// such records can outlive the change; this keeps them proportional to real edits.
+/// An honest write observes the live entries of its register, almost always one.
+pub const OBSERVED_PER_OP: usize = 16;
 /// Largest chunk stored inline in a change file; larger chunks go to blobs.
 pub const INLINE_MAX: usize = 4096;
 /// Largest metadata document or attribute value (bytes of JSON text).
@@ -371,6 +377,75 @@ impl Op {
             | Op::DeleteChunk { node, .. }
             | Op::Resize { node, .. } => f(node),
             Op::DeleteNode { incarnations, .. } => incarnations.iter().for_each(f),
+        }
+    }
+
+    /// Number of `observed` entries this op names (all dimensions of a `Resize`).
+    pub fn observed_len(&self) -> usize {
+        match self {
+            Op::SetAttr { observed, .. }
+            | Op::DeleteAttr { observed, .. }
+            | Op::SetChunk { observed, .. }
+            | Op::DeleteChunk { observed, .. }
+            | Op::SetObject { observed, .. }
+            | Op::DeleteObject { observed, .. } => observed.len(),
+            Op::Resize { dims, .. } => dims.iter().map(|d| d.observed.len()).sum(),
+            Op::CreateGroup { .. } | Op::CreateArray { .. } | Op::DeleteNode { .. } => 0,
+        }
+    }
+
+    /// An estimate of the memory this op takes once decoded, in bytes: the op itself
+    /// plus every heap allocation it owns (strings, lists, inline bytes), each
+    /// counted at its length times its element size. Allocator overhead and spare
+    /// capacity are not counted; the estimate is within a small factor of the truth.
+    pub fn decoded_size(&self) -> u64 {
+        let refs = |v: &[OpRef]| std::mem::size_of_val(v) as u64;
+        let attrs = |a: &[(String, String)]| {
+            a.iter()
+                .map(|(k, v)| (std::mem::size_of::<(String, String)>() + k.len() + v.len()) as u64)
+                .sum::<u64>()
+        };
+        let data = |d: &ChunkData| match d {
+            ChunkData::Inline(b) => b.len() as u64,
+            ChunkData::Blob { .. } => 0,
+            ChunkData::Reference(r) => {
+                (r.source.len() + r.key.len() + r.etag.as_ref().map_or(0, String::len)) as u64
+            }
+        };
+        let own = std::mem::size_of::<Op>() as u64;
+        own + match self {
+            Op::CreateGroup { path, attributes } => path.len() as u64 + attrs(attributes),
+            Op::CreateArray {
+                path,
+                metadata,
+                attributes,
+            } => (path.len() + metadata.len()) as u64 + attrs(attributes),
+            Op::SetAttr {
+                key,
+                value,
+                observed,
+                ..
+            } => (key.len() + value.len()) as u64 + refs(observed),
+            Op::DeleteAttr { key, observed, .. } | Op::DeleteChunk { key, observed, .. } => {
+                key.len() as u64 + refs(observed)
+            }
+            Op::SetChunk {
+                key,
+                data: d,
+                observed,
+                ..
+            }
+            | Op::SetObject {
+                key,
+                data: d,
+                observed,
+            } => key.len() as u64 + data(d) + refs(observed),
+            Op::DeleteObject { key, observed } => key.len() as u64 + refs(observed),
+            Op::Resize { dims, .. } => dims
+                .iter()
+                .map(|d| std::mem::size_of::<DimSize>() as u64 + refs(&d.observed))
+                .sum(),
+            Op::DeleteNode { path, incarnations } => path.len() as u64 + refs(incarnations),
         }
     }
 
@@ -634,6 +709,20 @@ impl Change {
         Ok(change)
     }
 
+    /// An estimate of the memory this change takes decoded, in bytes (spec/format.md
+    /// §5): the header, its deps and message, and [`Op::decoded_size`] of every op.
+    /// What the pending queue is bounded by: decoded ops take up to about 20 times
+    /// their encoding, so a bound on file bytes would not bound memory.
+    pub fn decoded_size(&self) -> u64 {
+        let header = std::mem::size_of::<Change>()
+            + self.deps.len() * std::mem::size_of::<ChangeHash>()
+            + self.message.as_ref().map_or(0, String::len);
+        self.ops
+            .iter()
+            .map(Op::decoded_size)
+            .fold(header as u64, u64::saturating_add)
+    }
+
     /// Checks the rules that depend on this change alone.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.seq == 0 {
@@ -661,6 +750,15 @@ impl Change {
         {
             return Err("message too long".into());
         }
+        let observed: usize = self.ops.iter().map(Op::observed_len).sum();
+        let bound = max_observed_refs(self.ops.len());
+        if observed > bound {
+            return Err(format!(
+                "{observed} observed entries in {} ops exceeds the limit of {bound} \
+                 ({MAX_OBSERVED} + {OBSERVED_PER_OP} per op)",
+                self.ops.len()
+            ));
+        }
         let mut is_create = Vec::with_capacity(self.ops.len());
         for (i, op) in self.ops.iter().enumerate() {
             validate_op(op, i, &is_create).map_err(|e| format!("op {i}: {e}"))?;
@@ -671,6 +769,11 @@ impl Change {
         }
         Ok(())
     }
+}
+
+/// Most `observed` entries a change with `ops` ops may name in all.
+pub fn max_observed_refs(ops: usize) -> usize {
+    MAX_OBSERVED.saturating_add(OBSERVED_PER_OP.saturating_mul(ops))
 }
 
 fn check_json(text: &str) -> std::result::Result<serde_json::Value, String> {

@@ -124,9 +124,24 @@ impl Repo {
                 archived_claims.insert((c.actor, c.seq), c.hash);
             }
         }
+        // Superseded records naming a change nobody delivered for a whole window
+        // stop costing: the base that carried them is older than the repository's
+        // minimum GC window by the store's clock (format.md §13 step 4).
+        let base_past_horizon = match base_name {
+            Some(b) if self.fold().has_unknown_base_records() => {
+                let min = bucket.read_config().await?.min_gc_window();
+                snaps.iter().find(|s| s.name == b).is_some_and(|s| {
+                    started_store.duration_since(s.modified).unwrap_or_default() >= min
+                })
+            }
+            _ => false,
+        };
         let fold = self.fold();
         let is_covered = |h: &ChangeHash| fold.contains(h) || archived.contains(h);
-        let mut exported = fold.export(&listed, &is_covered)?;
+        let expired = |h: &ChangeHash| {
+            base_past_horizon && !fold.knows(h) && !listed.contains(h) && !archived.contains(h)
+        };
+        let mut exported = fold.export(&listed, &is_covered, &expired)?;
 
         // Forks against archived history are found here, and kept in the snapshot.
         let mut forks: BTreeMap<(ActorId, u64), Vec<ChangeHash>> = exported

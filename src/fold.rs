@@ -35,7 +35,9 @@ mod snap;
 
 /// Most changes held pending (waiting for deps) at once.
 pub const MAX_PENDING_CHANGES: usize = 100_000;
-/// Most bytes of change files held pending at once.
+/// Most memory held by pending changes at once, in bytes of decoded changes as
+/// [`Change::decoded_size`] estimates it (not file bytes: decoding takes up to about
+/// 20 times the file size).
 pub const MAX_PENDING_BYTES: u64 = 1 << 30;
 
 /// Identity of one op inside the fold: index of its change and op number.
@@ -47,6 +49,12 @@ pub(crate) struct Stamp {
 
 /// Identity of a register entry: the change and op that wrote it.
 pub(crate) type EntryId = (ChangeHash, u32);
+
+/// Superseded records of one register: entry, and whether the record came from the
+/// snapshot this fold started from (`true`) or was made by a change applied since.
+/// A hash map: a forged change may name many entries, and a record is looked up for
+/// every entry that arrives, so linear scans would cost quadratic time.
+pub(crate) type Records = HashMap<EntryId, bool>;
 
 /// The total order of register entries: `(hlc, actor, seq, change hash, op)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -228,6 +236,12 @@ impl<V> Register<V> {
         }
         match self {
             Register::One([(s, _)]) => observed.contains(s),
+            // A long list against many entries: a set keeps it linear.
+            Register::Many(v) if observed.len() > 16 && v.len() > 16 => {
+                let set: std::collections::HashSet<&Stamp> = observed.iter().collect();
+                v.retain(|(s, _)| !set.contains(s));
+                v.is_empty()
+            }
             Register::Many(v) => {
                 v.retain(|(s, _)| !observed.contains(s));
                 v.is_empty()
@@ -432,7 +446,7 @@ pub struct Fold {
     /// Object registers by store key (keys outside nodes' metadata and chunks).
     pub(crate) objects: BTreeMap<Box<str>, Register<ChunkVal>>,
     /// Entries superseded where they may still appear: by path, then register.
-    pub(crate) superseded: HashMap<Box<str>, HashMap<RegKey, Vec<EntryId>>>,
+    pub(crate) superseded: HashMap<Box<str>, HashMap<RegKey, Records>>,
     /// Manifest pieces read so far (a cache: loading one never changes the state).
     pieces: RwLock<HashMap<ObjectHash, Arc<LoadedPiece>>>,
     base: Option<SnapshotBase>,
@@ -582,9 +596,17 @@ impl Fold {
         v
     }
 
-    /// Inserts one decoded change. `size` is its encoded size (for the pending bound).
-    /// The caller has verified the hash and that `change.repo` is this repository.
-    pub fn insert(&mut self, hash: ChangeHash, change: Change, size: u64) -> InsertOutcome {
+    /// Estimated memory held by pending changes, in bytes ([`Change::decoded_size`]):
+    /// what [`MAX_PENDING_BYTES`] bounds.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    /// Inserts one decoded change. The caller has verified the hash and that
+    /// `change.repo` is this repository. A pending change counts against the bound
+    /// by its decoded size ([`Change::decoded_size`]); `_file_size` (its encoded
+    /// size) is no longer used for it and is kept for callers.
+    pub fn insert(&mut self, hash: ChangeHash, change: Change, _file_size: u64) -> InsertOutcome {
         if self.knows(&hash) {
             return InsertOutcome::Duplicate;
         }
@@ -612,8 +634,9 @@ impl Fold {
                 }
             };
         }
+        let size = change.decoded_size();
         if self.pending.len() >= MAX_PENDING_CHANGES
-            || self.pending_bytes + size > MAX_PENDING_BYTES
+            || self.pending_bytes.saturating_add(size) > MAX_PENDING_BYTES
         {
             return InsertOutcome::QueueFull;
         }
@@ -894,12 +917,12 @@ impl Fold {
     /// Remembers entries that are superseded but not in memory: those of changes not
     /// applied (`all = false`), or every one (`all = true`, for manifest pieces).
     fn remember_superseded(&mut self, path: &str, reg: RegKey, ids: &[(EntryId, bool)], all: bool) {
-        let keep: Vec<EntryId> = ids
+        let mut keep = ids
             .iter()
             .filter(|(_, known)| all || !known)
             .map(|(id, _)| *id)
-            .collect();
-        if keep.is_empty() {
+            .peekable();
+        if keep.peek().is_none() {
             return;
         }
         let v = self
@@ -908,10 +931,9 @@ impl Fold {
             .or_default()
             .entry(reg)
             .or_default();
+        // Named again since the base: the record's horizon starts afresh.
         for id in keep {
-            if !v.contains(&id) {
-                v.push(id);
-            }
+            v.insert(id, false);
         }
     }
 
@@ -922,7 +944,7 @@ impl Fold {
                 .superseded
                 .get(path)
                 .and_then(|m| m.get(reg))
-                .is_some_and(|v| v.contains(id))
+                .is_some_and(|v| v.contains_key(id))
     }
 
     fn own_id(&self, s: Stamp) -> EntryId {

@@ -66,6 +66,21 @@ pub struct Removed {
     pub bytes: u64,
 }
 
+/// A change file garbage collection moved to quarantine (or, in a dry run, would):
+/// it never applies here, so every open would fetch it again for ever.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    /// Where it was (under `.crdt/ops/`).
+    pub from: String,
+    /// Where it is now: `.crdt/quarantine/ops/...`. Moving it back to `from` (or a
+    /// `crzarr sync` from a replica that has it) undoes the move.
+    pub to: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Why it never applies: the reader's problem, or the history horizon.
+    pub reason: String,
+}
+
 /// What [`Repo::gc`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
@@ -83,6 +98,9 @@ pub struct GcReport {
     pub junk: Vec<Problem>,
     /// The retained snapshot, when it could not be verified (and nothing was deleted).
     pub unverified: Option<String>,
+    /// Rejected change files, and pending ones past the history horizon, older than
+    /// the window: moved to quarantine (spec/format.md §14, "Stuck change files").
+    pub quarantined: Vec<Quarantined>,
 }
 
 impl GcReport {
@@ -150,8 +168,33 @@ impl Repo {
             bucket.list_all(&blobs_dir),
         );
         // Foreign files are never ours to delete: only parsed names are considered.
-        let (changes, snaps) = (changes?, snaps?);
+        let (mut changes, snaps) = (changes?, snaps?);
         let (manifests, archive, blobs) = (manifests?, archive?, blobs?);
+
+        // Change files that never apply cost every open a GET, for ever: the old ones
+        // go to quarantine. Judged by a refresh from these very listings, so "past the
+        // horizon" means its missing change is not in this listing either.
+        self.refresh_from(changes.clone(), snaps.clone()).await?;
+        let stuck = self.stuck_files();
+        let mut moving: Vec<(ListedChange, String, bool)> = Vec::new();
+        for c in &changes.0 {
+            if let Some((reason, unreadable)) = stuck.get(c.key.as_ref()) {
+                if old(c.modified) {
+                    moving.push((c.clone(), reason.clone(), *unreadable));
+                } else {
+                    report.kept_recent += 1;
+                }
+            }
+        }
+        if !moving.is_empty() {
+            report.quarantined = self.quarantine_stuck(moving, opts.dry_run).await?;
+            let gone: HashSet<&str> = report.quarantined.iter().map(|q| q.from.as_str()).collect();
+            changes.0.retain(|c| !gone.contains(c.key.as_ref()));
+            // The handle must show what a fresh open shows: without the moved files.
+            if !opts.dry_run && !report.quarantined.is_empty() {
+                self.reload_from(changes.clone(), snaps.clone()).await?;
+            }
+        }
 
         // Every listed snapshot, judged exactly as a reader judges it: what open would
         // skip is junk here too, reported and never in the way.
@@ -474,22 +517,73 @@ impl Repo {
         let prev = previous.map_or("no snapshot".to_string(), |(s, _)| s.name.file_name());
         if !refold.problems().is_empty() || !got.pending().is_empty() {
             return Ok(Err(format!(
-                "re-folding {prev} and the change files it covers leaves changes unread or                  pending (history not in this bucket); compact here, then collect"
+                "re-folding {prev} and the change files it covers leaves changes unread or \
+                 pending (history not in this bucket); compact here, then collect"
             )));
         }
         if got.heads() != want.heads() || got.covered_count() != Some(r.name.covered) {
             return Ok(Err(format!(
-                "{prev} and the change files it covers give other heads or another count of                  changes than it claims (it covers history not in this bucket, or it is wrong);                  compact here, then collect"
+                "{prev} and the change files it covers give other heads or another count of \
+                 changes than it claims (it covers history not in this bucket, or it is wrong); \
+                 compact here, then collect"
             )));
         }
         if refold.entries().await? != claim.entries().await?
             || refold.conflicts().await? != claim.conflicts().await?
         {
             return Ok(Err(format!(
-                "its state is not the fold of {prev} and the change files it covers:                  the snapshot is wrong (planted or damaged); `crzarr verify` names it"
+                "its state is not the fold of {prev} and the change files it covers: \
+                 the snapshot is wrong (planted or damaged); `crzarr verify` names it"
             )));
         }
         Ok(Ok(()))
+    }
+
+    /// Moves stuck change files to quarantine (unless `dry_run`), in parallel, sorted
+    /// by key. One gone meanwhile is left out.
+    async fn quarantine_stuck(
+        &self,
+        moving: Vec<(ListedChange, String, bool)>,
+        dry_run: bool,
+    ) -> Result<Vec<Quarantined>> {
+        let bucket = self.bucket().clone();
+        let id = self.id();
+        let results: Vec<Result<Option<Quarantined>>> = futures::stream::iter(moving)
+            .map(|(c, reason, unreadable)| {
+                let bucket = bucket.clone();
+                async move {
+                    let (from, bytes) = (c.key.clone(), c.size);
+                    // A file that did not read may have been repaired since this
+                    // handle read it (as verify re-checks): read it once more.
+                    if unreadable && !dry_run {
+                        match crate::repo::fetch_change(&bucket, id, &c).await {
+                            Ok(_) => return Ok(None),
+                            Err(e @ Error::Store { .. }) => return Err(e),
+                            Err(_) => {}
+                        }
+                    }
+                    let to = if dry_run {
+                        bucket.layout.quarantine(&from)
+                    } else {
+                        crate::verify::move_to_quarantine(&bucket, &from).await?
+                    };
+                    Ok(to.map(|to| Quarantined {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        bytes,
+                        reason,
+                    }))
+                }
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        let mut out: Vec<Quarantined> = results
+            .into_iter()
+            .filter_map(Result::transpose)
+            .collect::<Result<_>>()?;
+        out.sort_by(|a, b| a.from.cmp(&b.from));
+        Ok(out)
     }
 
     /// After deleting `removed`, rebases this handle on the retained snapshot when it

@@ -66,6 +66,12 @@ pub struct Repo {
     known_snapshots: HashSet<SnapshotName>,
     /// Pending changes needing changes that are neither listed nor covered.
     missing_history: Vec<Problem>,
+    /// Keys of change files that can never apply here, whatever arrives later: they
+    /// fail their hash, decoding or structure, or are invalid against their causal
+    /// past. (Not newer-version or foreign files, which a newer build or another
+    /// repository reads.) Garbage collection moves old ones to quarantine. The flag
+    /// says the verdict came from the bytes alone (they failed to read as a change).
+    rejected_files: BTreeMap<String, (String, bool)>,
     /// Where chunks adopted in place are read from.
     sources: Arc<ReferenceSources>,
 }
@@ -181,6 +187,7 @@ impl Repo {
             archive: HashMap::new(),
             known_snapshots: HashSet::new(),
             missing_history: Vec::new(),
+            rejected_files: BTreeMap::new(),
             sources: Arc::default(),
         };
         for p in snap_problems {
@@ -424,6 +431,11 @@ impl Repo {
                         key: c.key.to_string(),
                         error: e.to_string(),
                     };
+                    // The bytes are immutable: these failures never go away.
+                    if matches!(e, Error::Corrupt { .. } | Error::TooLarge { .. }) {
+                        self.rejected_files
+                            .insert(p.key.clone(), (p.error.clone(), true));
+                    }
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
@@ -443,6 +455,9 @@ impl Repo {
                         key: c.key.to_string(),
                         error: format!("invalid change: {reason}"),
                     };
+                    // Validity depends only on the change and its causal past.
+                    self.rejected_files
+                        .insert(p.key.clone(), (p.error.clone(), false));
                     self.problems.insert(p.key.clone(), p.error.clone());
                     report.problems.push(p);
                 }
@@ -483,6 +498,8 @@ impl Repo {
                 None => !fold.contains(h),
             });
             for p in newly {
+                self.rejected_files
+                    .insert(p.key.clone(), (p.error.clone(), false));
                 self.problems.insert(p.key.clone(), p.error.clone());
                 report.problems.push(p);
             }
@@ -774,6 +791,20 @@ impl Repo {
         self.missing_history.clone()
     }
 
+    /// Listed change files that never apply here, by key, with why (the files
+    /// garbage collection may quarantine, spec/format.md §14): those that can never
+    /// apply (corrupt, or invalid against their causal past), and pending changes
+    /// past the history horizon ([`Repo::missing_history`]). The flag says the file
+    /// failed to read as a change (worth checking again before moving it).
+    pub(crate) fn stuck_files(&self) -> BTreeMap<String, (String, bool)> {
+        let mut out = self.rejected_files.clone();
+        for p in &self.missing_history {
+            out.entry(p.key.clone())
+                .or_insert_with(|| (p.error.clone(), false));
+        }
+        out
+    }
+
     /// Applied changes in causal order.
     pub fn log(&self) -> Vec<&ChangeInfo> {
         self.fold.log()
@@ -960,7 +991,11 @@ pub(crate) fn decode_snapshot_meta(
     Ok(meta)
 }
 
-async fn fetch_change(bucket: &Bucket, id: RepoId, c: &ListedChange) -> Result<Option<Change>> {
+pub(crate) async fn fetch_change(
+    bucket: &Bucket,
+    id: RepoId,
+    c: &ListedChange,
+) -> Result<Option<Change>> {
     let key = c.key.to_string();
     if c.size > MAX_CHANGE_BYTES {
         return Err(Error::TooLarge {

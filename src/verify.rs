@@ -1322,14 +1322,26 @@ async fn quarantine_broken_snapshots(
 /// Checks `job` again and, if it still fails, moves it; returns where it went.
 async fn move_aside(bucket: &Bucket, id: RepoId, job: &Job) -> Result<Option<Path>> {
     let from = job.key();
-    let Some(to) = bucket.layout().quarantine(from) else {
+    if bucket.layout().quarantine(from).is_none() {
         return Ok(None);
-    };
+    }
     match check(bucket, id, job).await.1 {
         Ok(_) | Err(Error::Vanished { .. }) => return Ok(None),
         Err(e @ Error::Store { .. }) => return Err(e),
         Err(_) => {}
     }
+    move_to_quarantine(bucket, from).await
+}
+
+/// Moves `from` to `.crdt/quarantine/<its key relative to .crdt/>`
+/// ([`crate::layout::Layout::quarantine`]): a copy, then a DELETE of the original.
+/// Returns where it went; `None` when it was gone or is not a key that can be
+/// quarantined. Used by `verify --quarantine` and by garbage collection. Moving the
+/// object back to `from` undoes it.
+pub(crate) async fn move_to_quarantine(bucket: &Bucket, from: &Path) -> Result<Option<Path>> {
+    let Some(to) = bucket.layout().quarantine(from) else {
+        return Ok(None);
+    };
     let store = bucket.store();
     match store.copy(from, &to).await {
         Ok(()) => {}

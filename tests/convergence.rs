@@ -468,7 +468,20 @@ impl World {
             dry_run: false,
             force: true,
         };
-        self.replicas[r].repo.gc(&opts).await.unwrap();
+        let report = self.replicas[r].repo.gc(&opts).await.unwrap();
+        // A change file past the history horizon (delivered before what it needs)
+        // is moved to quarantine: the replica no longer holds it, and a later
+        // delivery brings it back, as sync would.
+        for q in &report.quarantined {
+            let hash = self
+                .changes
+                .iter()
+                .find(|(_, sc)| sc.key.as_ref() == q.from)
+                .map(|(h, _)| *h);
+            if let Some(h) = hash {
+                self.replicas[r].holds.remove(&h);
+            }
+        }
         self.reopen(r).await;
     }
 

@@ -2139,3 +2139,70 @@ fn decode_memory_per_byte() {
     );
     assert!(ratio < 4.0, "{ratio}");
 }
+
+/// Runs `f` and returns its result with the peak bytes allocated on this thread and
+/// the bytes still allocated when it returns (what the result keeps).
+fn alloc_profile<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
+    LIVE.set(0);
+    PEAK.set(0);
+    TRACK_ON.set(true);
+    let out = f();
+    TRACK_ON.set(false);
+    (out, PEAK.get().max(0) as usize, LIVE.get().max(0) as usize)
+}
+
+/// Issue 14 item 9: the pending queue was bounded by file bytes (1 GiB) while decoded
+/// changes take up to about 20 times their file. It is bounded by decoded size now:
+/// the fold counts each pending change at `Change::decoded_size`, an estimate within
+/// a factor of two of the memory the decoded change really keeps.
+#[test]
+fn pending_bound_counts_decoded_size() {
+    use crzarr::fold::{Fold, InsertOutcome, MAX_PENDING_BYTES};
+    let smallest = Change {
+        ops: vec![
+            Op::DeleteNode {
+                path: String::new(),
+                incarnations: vec![],
+            };
+            100_000
+        ],
+        ..sample_change()
+    };
+    let chunks = Change {
+        ops: (0..1000)
+            .map(|i| Op::SetChunk {
+                node: OpRef::Change(ChangeHash([4; 32]), 1),
+                key: format!("c/{i}"),
+                data: ChunkData::Inline(vec![i as u8; 1024]),
+                observed: vec![OpRef::Change(ChangeHash([6; 32]), i)],
+            })
+            .collect(),
+        ..sample_change()
+    };
+    let mut ratios = Vec::new();
+    for (what, change) in [("smallest ops", smallest), ("1 KiB chunks", chunks)] {
+        let bytes = change.encode();
+        let hash = ChangeHash::of(&bytes);
+        let (decoded, peak, kept) = alloc_profile(|| Change::decode("k", &bytes, &hash).unwrap());
+        let estimate = decoded.decoded_size();
+        eprintln!(
+            "{what}: file {} bytes, decoded keeps {kept} (peak {peak}), estimate {estimate}",
+            bytes.len()
+        );
+        assert!(
+            estimate as f64 >= kept as f64 / 2.0 && estimate as f64 <= kept as f64 * 2.0,
+            "{what}: estimate {estimate} vs {kept} kept"
+        );
+        ratios.push(estimate as f64 / bytes.len() as f64);
+        // Its dep is absent: it waits, counted at its decoded size, not its file size.
+        let mut fold = Fold::new(decoded.repo);
+        let outcome = fold.insert(hash, decoded, bytes.len() as u64);
+        assert!(matches!(outcome, InsertOutcome::Pending), "{what}");
+        assert_eq!(fold.pending_bytes(), estimate, "{what}");
+    }
+    // Smallest ops: the decoded size is many times the file, so the old bound on file
+    // bytes admitted many times MAX_PENDING_BYTES of memory.
+    assert!(ratios[0] > 8.0, "{ratios:?}");
+    assert!(ratios[1] < 4.0, "{ratios:?}");
+    assert_eq!(MAX_PENDING_BYTES, 1 << 30);
+}

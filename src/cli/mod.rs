@@ -704,6 +704,14 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             if rep.removed.is_empty() {
                 writeln!(out, "{verb} nothing")?;
             }
+            let qverb = if dry_run {
+                "would quarantine"
+            } else {
+                "quarantined"
+            };
+            for q in &rep.quarantined {
+                writeln!(out, "{qverb} {} -> {} ({})", q.from, q.to, q.reason)?;
+            }
             writeln!(
                 out,
                 "kept {} unneeded objects younger than the window",

@@ -122,16 +122,15 @@ impl Fold {
             f.objects
                 .insert(k.into_boxed_str(), Register::from_entries(es));
         }
+        // Decoding checked the records are strictly ascending: no duplicates, and
+        // each is one hash-map insert (near-linear in the number of records).
         for r in meta.superseded {
-            let v = f
-                .superseded
+            f.superseded
                 .entry(r.path.into_boxed_str())
                 .or_default()
                 .entry(r.reg)
-                .or_default();
-            if !v.contains(&r.entry) {
-                v.push(r.entry);
-            }
+                .or_default()
+                .insert(r.entry, true);
         }
         f.snapshot_forks = meta
             .forks
@@ -297,7 +296,7 @@ impl Fold {
                     .and_then(|m| m.get(&RegKey::Chunk(key.into())));
                 for (c, op, v) in es {
                     let order = piece.order(*c, *op);
-                    if !ids.is_some_and(|ids| ids.contains(&(order.hash, order.op))) {
+                    if !ids.is_some_and(|ids| ids.contains_key(&(order.hash, order.op))) {
                         out.push(ChunkEntry {
                             order,
                             val: v.clone(),
@@ -324,9 +323,9 @@ impl Fold {
             for (k, es) in &piece.keys {
                 let live = match sup.and_then(|s| s.get(&RegKey::Chunk(k.clone()))) {
                     None => true,
-                    Some(ids) => es
-                        .iter()
-                        .any(|(c, op, _)| !ids.contains(&(piece.changes[*c as usize].hash, *op))),
+                    Some(ids) => es.iter().any(|(c, op, _)| {
+                        !ids.contains_key(&(piece.changes[*c as usize].hash, *op))
+                    }),
                 };
                 if live && n.chunks.get(k).is_none() {
                     keys.push(k.to_string());
@@ -383,13 +382,29 @@ impl Fold {
                 .is_some_and(|m| m.keys().any(|r| matches!(r, RegKey::Chunk(_))))
     }
 
+    /// Whether any superseded record came from the snapshot this fold started from
+    /// and names a change this fold does not know: the records compaction may drop
+    /// past the horizon.
+    pub(crate) fn has_unknown_base_records(&self) -> bool {
+        self.superseded
+            .values()
+            .flat_map(|m| m.values())
+            .any(|ids| {
+                ids.iter()
+                    .any(|(id, from_base)| *from_base && !self.knows(&id.0))
+            })
+    }
+
     /// The state as a snapshot. `listed` are the change files listed now; `covered`
-    /// tells whether a change is covered (for dropping settled superseded records).
+    /// tells whether a change is covered (for dropping settled superseded records);
+    /// `expired` whether a record carried from the base snapshot that names this
+    /// change is past the history horizon (dropped too, spec/merge.md §8).
     /// Pieces from [`Fold::pieces_for_export`] must be loaded.
     pub(crate) fn export(
         &self,
         listed: &HashSet<ChangeHash>,
         is_covered: &dyn Fn(&ChangeHash) -> bool,
+        expired: &dyn Fn(&ChangeHash) -> bool,
     ) -> Result<Exported> {
         // The table: changes stamps refer to, plus covered changes still listed.
         let mut used: BTreeSet<u32> = BTreeSet::new();
@@ -512,12 +527,13 @@ impl Fold {
             .collect();
 
         // Records settle once their change is covered: the entry was dropped or
-        // never existed. Records of changes not yet seen stay.
+        // never existed. Records of changes not yet seen stay, until the horizon.
         let mut superseded: Vec<Superseded> = Vec::new();
         for (path, regs) in &self.superseded {
             for (reg, ids) in regs {
-                for id in ids {
-                    if !is_covered(&id.0) {
+                for (id, from_base) in ids {
+                    let settled = is_covered(&id.0) || (*from_base && expired(&id.0));
+                    if !settled {
                         superseded.push(Superseded {
                             path: path.to_string(),
                             reg: reg.clone(),
