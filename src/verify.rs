@@ -1294,18 +1294,9 @@ async fn quarantine_broken_snapshots(
             {
                 continue;
             }
-            let Some(to) = lay.quarantine(&from) else {
+            let Some(to) = move_to_quarantine(bucket, &from).await? else {
                 continue;
             };
-            match bucket.store().copy(&from, &to).await {
-                Ok(()) => {}
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(Error::store(holder, e)),
-            }
-            match bucket.store().delete(&from).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::store(holder, e)),
-            }
             f.message.push_str(&format!(
                 " (snapshot {holder} moved to {to} by this run: readers now use the previous \
                  snapshot and the change files still present; run `crzarr compact`)"
