@@ -8,6 +8,12 @@ root=$PWD
 work="$root/.ci/tmp"
 rm -rf "$work" && mkdir -p "$work"
 
+# Line tables are enough for test backtraces and keep the build a fraction of full debug
+# info on disk: CI machines can be short of disk, and the S3 server needs some too.
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only CARGO_PROFILE_TEST_DEBUG=line-tables-only
+echo "== set-up: free disk"
+df -h "$root" | tail -n 1
+
 echo "== set-up: Python venv with test requirements"
 python3 -m venv "$root/.venv"
 "$root/.venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
@@ -15,7 +21,13 @@ python3 -m venv "$root/.venv"
 echo "== set-up: S3 server on loopback"
 # shellcheck source=tests/s3-server.sh
 source tests/s3-server.sh
-trap stop_s3_server EXIT
+on_exit() {
+  local status=$?
+  [ "$status" -eq 0 ] || s3_server_report "$work/s3"
+  stop_s3_server
+  exit "$status"
+}
+trap on_exit EXIT
 start_s3_server "$root/.venv/bin/weed" "$work/s3"
 # Tests that need the S3 server fail (rather than skip) when this is set.
 export CRZARR_REQUIRE_S3=1

@@ -34,21 +34,43 @@ start_s3_server() {
     -master.port=$base -volume.port=$((base + 1)) -filer.port=$((base + 2)) -s3.port=$((base + 3)) \
     -admin.port=$((base + 4)) -debug.port=$((base + 5)) -s3.debug.port=$((base + 6)) \
     -metricsPort=$((base + 7)) -s3.metricsPort=$((base + 8)) -s3.port.iceberg=0 -s3.port.lance=0 \
+    -volume.max=32 -master.volumeSizeLimitMB=64 \
     >"$dir/weed.log" 2>&1 &
   S3_SERVER_PID=$!
   for _ in $(seq 1 120); do
     if ! kill -0 "$S3_SERVER_PID" 2>/dev/null; then
       echo "S3 server exited during start-up; log:" >&2; tail -n 30 "$dir/weed.log" >&2; return 1
     fi
-    # Any HTTP answer (403 without credentials) means the S3 gateway is up.
-    if curl -s -o /dev/null -m 2 "$CRZARR_TEST_S3_ENDPOINT/"; then
+    # Ready means a signed PUT and GET round-trip: a gateway that answers while its volume
+    # server cannot take writes (no free volume slot, disk nearly full) would fail every test.
+    if s3_probe "$dir"; then
       echo "S3 server (SeaweedFS, pid $S3_SERVER_PID) ready at $CRZARR_TEST_S3_ENDPOINT"
       return 0
     fi
     sleep 0.5
   done
-  echo "S3 server did not answer within 60 s; log:" >&2; tail -n 30 "$dir/weed.log" >&2
+  echo "S3 server did not take a write within 60 s (last answer: $(cat "$dir/probe.out" 2>/dev/null)); free disk:" >&2
+  df -h "$dir" >&2
+  echo "log:" >&2; tail -n 30 "$dir/weed.log" >&2
   return 1
+}
+
+s3_probe() {
+  local dir="$1" url="$CRZARR_TEST_S3_ENDPOINT/$CRZARR_TEST_S3_BUCKET/.ready-probe"
+  local sign=(--aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
+  echo "ready $$" >"$dir/probe.in"
+  [ "$(curl -s -m 5 -o "$dir/probe.out" -w '%{http_code}' "${sign[@]}" -T "$dir/probe.in" "$url")" = 200 ] || return 1
+  [ "$(curl -s -m 5 -o "$dir/probe.got" -w '%{http_code}' "${sign[@]}" "$url")" = 200 ] || return 1
+  cmp -s "$dir/probe.in" "$dir/probe.got" || return 1
+  curl -s -m 5 -o /dev/null -X DELETE "${sign[@]}" "$url" || true
+}
+
+# Called when the test run fails: the server's own account of what went wrong.
+s3_server_report() {
+  local dir="$1"
+  echo "== S3 server log (last 40 lines) and free disk" >&2
+  tail -n 40 "$dir/weed.log" >&2 || true
+  df -h "$dir" >&2 || true
 }
 
 stop_s3_server() {
