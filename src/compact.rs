@@ -73,6 +73,12 @@ impl Repo {
         self.refresh_from(listing, snap_listing).await?;
         let base = self.fold().snapshot_base().cloned();
         let base_name = base.as_ref().map(|b| b.name);
+        // A state joined from several snapshots (spec/merge.md §9) is written as one
+        // snapshot that supersedes them all, even with no change since.
+        let joined: Vec<SnapshotName> = base
+            .as_ref()
+            .map(|b| b.joined.iter().map(|j| j.0).collect())
+            .unwrap_or_default();
 
         // Snapshots this state covers entirely, so garbage collection may drop them.
         let listed_names: HashSet<String> = snaps.iter().map(|s| s.name.file_name()).collect();
@@ -89,7 +95,10 @@ impl Repo {
         let mut newly_superseded = 0;
         for snap in &snaps {
             let name = snap.name.file_name();
-            if Some(snap.name) == base_name || supersedes.contains(&name) {
+            if Some(snap.name) == base_name
+                || joined.contains(&snap.name)
+                || supersedes.contains(&name)
+            {
                 continue;
             }
             if self.covers_snapshot(&bucket, snap.name).await? {
@@ -97,9 +106,12 @@ impl Repo {
                 newly_superseded += 1;
             }
         }
-        if let Some(b) = base_name {
-            supersedes.push(b.file_name());
-        }
+        supersedes.extend(
+            base_name
+                .into_iter()
+                .chain(joined.iter().copied())
+                .map(|n| n.file_name()),
+        );
         supersedes.sort();
         supersedes.dedup();
         let mut report = CompactReport {
@@ -108,18 +120,47 @@ impl Repo {
             pending: self.fold().pending().len(),
             ..Default::default()
         };
-        if self.fold().is_empty() || (!self.fold().has_uncompacted() && newly_superseded == 0) {
+        if self.fold().is_empty()
+            || (!self.fold().has_uncompacted() && newly_superseded == 0 && joined.is_empty())
+        {
             report.covered = base_name.map_or(0, |n| n.covered);
             return Ok(report);
         }
 
         // Read what the export needs: pieces of changed arrays, and the archive.
         self.load_pieces(self.fold().pieces_for_export()).await?;
-        let old_shards = read_shards(&bucket, base.as_ref().map(|b| &b.archive[..])).await?;
+        // Every archive the state was read from, merged shard by shard (joined
+        // snapshots' coverage overlaps).
+        let mut old_shards: Vec<Vec<CoveredChange>> = vec![Vec::new(); ARCHIVE_SHARDS];
+        let mut old_hashes: Vec<Option<ObjectHash>> = vec![None; ARCHIVE_SHARDS];
+        if let Some(b) = &base {
+            for (n, archive) in b.archives().enumerate() {
+                for (i, shard) in read_shards(&bucket, Some(archive))
+                    .await?
+                    .into_iter()
+                    .enumerate()
+                {
+                    let Some(shard) = shard.filter(|_| i < ARCHIVE_SHARDS) else {
+                        continue;
+                    };
+                    if n == 0 {
+                        old_hashes[i] = archive[i];
+                    } else if !shard.changes.is_empty() {
+                        // Merged from several: written anew below.
+                        old_hashes[i] = None;
+                    }
+                    old_shards[i].extend(shard.changes);
+                }
+            }
+            for s in &mut old_shards {
+                s.sort_by_key(|c| c.hash);
+                s.dedup_by_key(|c| c.hash);
+            }
+        }
         let mut archived: HashSet<ChangeHash> = HashSet::new();
         let mut archived_claims: HashMap<(ActorId, u64), ChangeHash> = HashMap::new();
-        for s in old_shards.iter().flatten() {
-            for c in &s.changes {
+        for s in &old_shards {
+            for c in s {
                 archived.insert(c.hash);
                 archived_claims.insert((c.actor, c.seq), c.hash);
             }
@@ -141,7 +182,16 @@ impl Repo {
         let expired = |h: &ChangeHash| {
             base_past_horizon && !fold.knows(h) && !listed.contains(h) && !archived.contains(h)
         };
-        let mut exported = fold.export(&listed, &is_covered, &expired)?;
+        let covered = if joined.is_empty() {
+            fold.covered_count().ok_or_else(|| {
+                Error::Limit("covered change count overflows u64: no snapshot written".into())
+            })?
+        } else {
+            let mut all: HashSet<ChangeHash> = archived.clone();
+            all.extend(fold.log_all().map(|c| c.hash));
+            all.len() as u64
+        };
+        let mut exported = fold.export(covered, &listed, &is_covered, &expired)?;
 
         // Forks against archived history are found here, and kept in the snapshot.
         let mut forks: BTreeMap<(ActorId, u64), Vec<ChangeHash>> = exported
@@ -180,15 +230,11 @@ impl Repo {
         // Each with what it is and the limit its readers read it with.
         let mut uploads: Vec<(Path, Bytes, &'static str, u64)> = Vec::new();
         for (i, extra) in add.into_iter().enumerate() {
-            let old_hash = base.as_ref().and_then(|b| b.archive[i]);
-            if extra.is_empty() {
-                shard_hashes.push(old_hash);
+            if extra.is_empty() && (old_hashes[i].is_some() || old_shards[i].is_empty()) {
+                shard_hashes.push(old_hashes[i]);
                 continue;
             }
-            let mut changes: Vec<CoveredChange> = old_shards[i]
-                .as_ref()
-                .map(|s| s.changes.clone())
-                .unwrap_or_default();
+            let mut changes: Vec<CoveredChange> = std::mem::take(&mut old_shards[i]);
             changes.extend(extra);
             changes.sort_by_key(|c| c.hash);
             changes.dedup_by_key(|c| c.hash);

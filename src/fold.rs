@@ -31,6 +31,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+mod join;
 mod snap;
 
 /// Most changes held pending (waiting for deps) at once.
@@ -138,8 +139,23 @@ pub struct SnapshotBase {
     pub max_hlc: Hlc,
     /// Its coverage archive shards.
     pub archive: Vec<Option<ObjectHash>>,
-    /// Snapshots it supersedes.
+    /// Snapshots it supersedes (with those joined: all of theirs too).
     pub supersedes: Vec<String>,
+    /// Other snapshots joined into this state (spec/merge.md §9), none of which
+    /// supersedes another: name and coverage archive. Empty for one snapshot.
+    pub joined: Vec<(SnapshotName, Vec<Option<ObjectHash>>)>,
+}
+
+impl SnapshotBase {
+    /// Every snapshot this state was read from: the first, then those joined.
+    pub fn names(&self) -> impl Iterator<Item = SnapshotName> + '_ {
+        std::iter::once(self.name).chain(self.joined.iter().map(|j| j.0))
+    }
+
+    /// The coverage archives of every snapshot this state was read from.
+    pub fn archives(&self) -> impl Iterator<Item = &[Option<ObjectHash>]> + '_ {
+        std::iter::once(&self.archive[..]).chain(self.joined.iter().map(|j| &j.1[..]))
+    }
 }
 
 /// A chunk register value.
@@ -523,6 +539,11 @@ impl Fold {
     /// Clock stamp of an applied change.
     pub fn hlc_of(&self, hash: &ChangeHash) -> Option<Hlc> {
         self.index.get(hash).map(|&i| self.infos[i as usize].hlc)
+    }
+
+    /// Every applied change, from snapshots and since, in no particular order.
+    pub(crate) fn log_all(&self) -> impl Iterator<Item = &ChangeInfo> + '_ {
+        self.infos.iter()
     }
 
     /// Applied changes in a deterministic causal order (ascending stamp).

@@ -486,11 +486,14 @@ impl Repo {
         valid: &[(&ListedSnapshot, SnapshotMeta)],
         changes: &[ListedChange],
     ) -> Result<std::result::Result<(), String>> {
+        // Its predecessors still listed: a reader opening them joins those that do not
+        // supersede one another, as the compaction that wrote `r` did.
         let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
-        let previous = valid
+        let previous: Vec<ListedSnapshot> = valid
             .iter()
             .filter(|(s, _)| superseded.contains(s.name.file_name().as_str()))
-            .max_by_key(|(s, _)| s.name);
+            .map(|(s, _)| (*s).clone())
+            .collect();
         let table: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
         let claimed: Vec<ListedChange> = changes
             .iter()
@@ -507,21 +510,25 @@ impl Repo {
                 self.concurrency(),
             )
         };
-        let (refold, _) = open(
-            claimed,
-            previous.map(|(s, _)| (*s).clone()).into_iter().collect(),
-        )
-        .await?;
+        let prev = match previous
+            .iter()
+            .map(|s| s.name.file_name())
+            .collect::<Vec<_>>()
+        {
+            v if v.is_empty() => "no snapshot".to_string(),
+            v => v.join(" joined with "),
+        };
+        let (refold, _) = open(claimed, previous).await?;
         let (claim, _) = open(Vec::new(), vec![r.clone()]).await?;
         let (want, got) = (claim.fold(), refold.fold());
-        let prev = previous.map_or("no snapshot".to_string(), |(s, _)| s.name.file_name());
         if !refold.problems().is_empty() || !got.pending().is_empty() {
             return Ok(Err(format!(
                 "re-folding {prev} and the change files it covers leaves changes unread or \
                  pending (history not in this bucket); compact here, then collect"
             )));
         }
-        if got.heads() != want.heads() || got.covered_count() != Some(r.name.covered) {
+        if got.heads() != want.heads() || refold.covered_total().await.ok() != Some(r.name.covered)
+        {
             return Ok(Err(format!(
                 "{prev} and the change files it covers give other heads or another count of \
                  changes than it claims (it covers history not in this bucket, or it is wrong); \
@@ -599,10 +606,10 @@ impl Repo {
     ) -> Result<()> {
         let gone: HashSet<&Path> = removed.iter().map(|d| &d.1).collect();
         let lay = &self.bucket().layout;
-        let base_gone = self
-            .fold()
-            .snapshot_base()
-            .is_some_and(|b| b.name != *retained && gone.contains(&lay.snapshot(&b.name)));
+        let base_gone = self.fold().snapshot_base().is_some_and(|b| {
+            b.names()
+                .any(|n| n != *retained && gone.contains(&lay.snapshot(&n)))
+        });
         if !base_gone {
             return Ok(());
         }

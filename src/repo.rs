@@ -12,8 +12,8 @@ use crate::layout::{ChangeName, SnapshotName};
 use crate::reference::ReferenceSources;
 use crate::session::WriteSession;
 use crate::snapshot::{
-    ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES,
-    ManifestPiece, PieceRef, SnapshotMeta,
+    ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
+    PieceRef, SnapshotMeta,
 };
 use crate::view::{ChunkRef, Conflict, Entry, View};
 use bytes::Bytes;
@@ -211,6 +211,30 @@ impl Repo {
         }
         if let Some(name) = loaded {
             repo.known_snapshots.insert(name);
+            // Every other snapshot the loaded one does not supersede holds history
+            // it may lack (compacted apart on another replica, or copied in raw):
+            // joined, so readers show the fold of everything any snapshot covers.
+            for snap in &snaps {
+                if repo.problems.contains_key(snap.key.as_ref())
+                    || repo.known_snapshots.contains(&snap.name)
+                    || repo
+                        .fold
+                        .snapshot_base()
+                        .is_some_and(|b| b.supersedes.iter().any(|n| *n == snap.name.file_name()))
+                {
+                    continue;
+                }
+                match repo.join_listed(snap).await {
+                    Ok(()) => {
+                        repo.known_snapshots.insert(snap.name);
+                    }
+                    Err(e @ (Error::Store { .. } | Error::Vanished { .. })) => return Err(e),
+                    Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+                    Err(e) => {
+                        repo.problems.insert(snap.key.to_string(), e.to_string());
+                    }
+                }
+            }
         }
         let (mut report, vanished) = repo.ingest(listing).await?;
         if vanished {
@@ -243,6 +267,58 @@ impl Repo {
             }
         };
         decode_snapshot(&key, &bytes, snap.name, self.id)
+    }
+
+    /// Joins listed snapshot `snap` into the fold (spec/merge.md §9), unless the fold
+    /// already covers everything it covers. The fold must hold snapshot state only
+    /// (nothing applied since).
+    async fn join_listed(&mut self, snap: &ListedSnapshot) -> Result<()> {
+        let other = self.read_snapshot(snap, None).await?;
+        // Subsumed: its heads are covered here (coverage is causally closed).
+        let heads: HashSet<ChangeHash> = other
+            .heads()
+            .into_iter()
+            .filter(|h| !self.fold.contains(h))
+            .collect();
+        let found = self.lookup_archive(&heads).await?;
+        if found.len() == heads.len() {
+            return Ok(());
+        }
+        let (mine, theirs) = self.fold.join_pieces(&other);
+        self.load_pieces(mine.clone()).await?;
+        for (h, piece) in fetch_pieces(&self.bucket, theirs.clone(), self.concurrency).await? {
+            other.insert_piece(h, LoadedPiece::new(piece));
+        }
+        let my_named = self.fold.named_changes(&mine);
+        let their_named = other.named_changes(&theirs);
+        // What each side covers beyond its table, among the changes the other names.
+        let ask_mine: HashSet<ChangeHash> = their_named
+            .iter()
+            .filter(|h| !self.fold.contains(h))
+            .copied()
+            .collect();
+        let mine_archived: HashMap<ChangeHash, CoveredChange> = self
+            .lookup_archive(&ask_mine)
+            .await?
+            .into_iter()
+            .map(|c| (c.hash, c))
+            .collect();
+        let ask_theirs: HashSet<ChangeHash> = my_named
+            .union(&their_named)
+            .filter(|h| !other.contains(h))
+            .copied()
+            .collect();
+        let their_archive = other
+            .snapshot_base()
+            .map(|b| b.archive.clone())
+            .unwrap_or_default();
+        let theirs_archived: HashMap<ChangeHash, CoveredChange> = self
+            .lookup_in(&[their_archive], &ask_theirs)
+            .await?
+            .into_iter()
+            .map(|c| (c.hash, c))
+            .collect();
+        self.fold.join(other, &mine_archived, &theirs_archived)
     }
 
     /// How many requests may be in flight for fan-out.
@@ -285,8 +361,14 @@ impl Repo {
         // The snapshot this handle reads was collected: pieces it has not loaded yet
         // may be gone, so it starts again from what is listed now.
         let base = self.fold.snapshot_base().map(|b| b.name);
-        if let Some(base) = base
-            && !snaps.iter().any(|s| s.name == base)
+        let read_from: Vec<SnapshotName> = self
+            .fold
+            .snapshot_base()
+            .map(|b| b.names().collect())
+            .unwrap_or_default();
+        if read_from
+            .iter()
+            .any(|n| !snaps.iter().any(|s| s.name == *n))
         {
             return self.reload().await;
         }
@@ -312,6 +394,38 @@ impl Repo {
                 Err(e) => {
                     let p = Problem {
                         key: newest.key.to_string(),
+                        error: e.to_string(),
+                    };
+                    self.problems.insert(p.key.clone(), p.error.clone());
+                    fresh.push(p);
+                }
+            }
+        }
+        // Any other snapshot not known yet may hold history this state lacks (copied
+        // in by a sync or a raw copy): one that does is joined by a fresh open.
+        let superseded: HashSet<String> = self
+            .fold
+            .snapshot_base()
+            .map(|b| b.supersedes.iter().cloned().collect())
+            .unwrap_or_default();
+        for snap in &snaps {
+            if self.known_snapshots.contains(&snap.name)
+                || self.problems.contains_key(snap.key.as_ref())
+                || superseded.contains(&snap.name.file_name())
+            {
+                continue;
+            }
+            match self.read_snapshot(snap, None).await {
+                Ok(f) if f.heads().iter().all(|h| self.fold.contains(h)) => {
+                    self.known_snapshots.insert(snap.name);
+                }
+                Ok(_) | Err(Error::Vanished { .. }) => return self.reload().await,
+                Err(e @ (Error::Store { .. } | Error::UnsupportedVersion { .. })) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let p = Problem {
+                        key: snap.key.to_string(),
                         error: e.to_string(),
                     };
                     self.problems.insert(p.key.clone(), p.error.clone());
@@ -560,16 +674,35 @@ impl Repo {
         Ok(())
     }
 
-    /// Covered changes among `hashes`, read from the archive shards that hold them.
+    /// Covered changes among `hashes`, read from the archive shards of the snapshots
+    /// the fold was read from.
     async fn lookup_archive(&mut self, hashes: &HashSet<ChangeHash>) -> Result<Vec<CoveredChange>> {
         let Some(base) = self.fold.snapshot_base() else {
             return Ok(Vec::new());
         };
-        let shards: Vec<ObjectHash> = (0..ARCHIVE_SHARDS)
-            .filter(|i| hashes.iter().any(|h| CoveredChange::shard(h) == *i))
-            .filter_map(|i| base.archive.get(i).copied().flatten())
+        let archives: Vec<Vec<Option<ObjectHash>>> = base.archives().map(<[_]>::to_vec).collect();
+        self.lookup_in(&archives, hashes).await
+    }
+
+    /// Changes among `hashes` found in the given coverage archives (shards are read
+    /// once per handle: they are immutable).
+    async fn lookup_in(
+        &mut self,
+        archives: &[Vec<Option<ObjectHash>>],
+        hashes: &HashSet<ChangeHash>,
+    ) -> Result<Vec<CoveredChange>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: std::collections::BTreeSet<usize> =
+            hashes.iter().map(CoveredChange::shard).collect();
+        let mut shards: Vec<ObjectHash> = archives
+            .iter()
+            .flat_map(|a| wanted.iter().filter_map(|i| a.get(*i).copied().flatten()))
             .filter(|h| !self.archive.contains_key(h))
             .collect();
+        shards.sort();
+        shards.dedup();
         let fetched: Vec<Result<(ObjectHash, ArchiveShard)>> = futures::stream::iter(shards)
             .map(|h| {
                 let bucket = self.bucket.clone();
@@ -599,45 +732,47 @@ impl Repo {
                 Err(e) => return Err(e),
             }
         }
-        let Some(base) = self.fold.snapshot_base() else {
-            return Ok(Vec::new());
-        };
         let mut out = Vec::new();
         for h in hashes {
-            if let Some(shard) = base.archive[CoveredChange::shard(h)]
-                .as_ref()
-                .and_then(|s| self.archive.get(s))
-                && let Some(c) = shard.find(h)
-            {
+            let found = archives.iter().find_map(|a| {
+                a.get(CoveredChange::shard(h))
+                    .copied()
+                    .flatten()
+                    .and_then(|s| self.archive.get(&s))
+                    .and_then(|shard| shard.find(h))
+            });
+            if let Some(c) = found {
                 out.push(*c);
             }
         }
         Ok(out)
     }
 
+    /// Number of changes the state covers: the fold's count, or for a state joined
+    /// from several snapshots, the union of their archives and the fold's table
+    /// (their coverage overlaps, so counts do not add up).
+    pub(crate) async fn covered_total(&self) -> Result<u64> {
+        let Some(base) = self.fold.snapshot_base().filter(|b| !b.joined.is_empty()) else {
+            return self.fold.covered_count().ok_or_else(|| {
+                Error::Limit("covered change count overflows u64: no snapshot written".into())
+            });
+        };
+        let mut all: HashSet<ChangeHash> = self.fold.log_all().map(|c| c.hash).collect();
+        for archive in base.archives() {
+            for shard in crate::compact::read_shards(&self.bucket, Some(archive))
+                .await?
+                .into_iter()
+                .flatten()
+            {
+                all.extend(shard.changes.iter().map(|c| c.hash));
+            }
+        }
+        Ok(all.len() as u64)
+    }
+
     /// Reads manifest pieces not yet in memory, in parallel.
     pub(crate) async fn load_pieces(&self, pieces: Vec<PieceRef>) -> Result<()> {
-        let fetched: Vec<Result<(ObjectHash, ManifestPiece)>> = futures::stream::iter(pieces)
-            .map(|p| {
-                let bucket = self.bucket.clone();
-                async move {
-                    let key = bucket.layout.manifest(&p.hash);
-                    let bytes = bucket.get(&key, MAX_PIECE_BYTES).await?.ok_or_else(|| {
-                        Error::Vanished {
-                            key: key.to_string(),
-                        }
-                    })?;
-                    Ok((
-                        p.hash,
-                        ManifestPiece::decode(key.as_ref(), &bytes, &p.hash)?,
-                    ))
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for r in fetched {
-            let (h, piece) = r?;
+        for (h, piece) in fetch_pieces(&self.bucket, pieces, self.concurrency).await? {
             self.fold.insert_piece(h, LoadedPiece::new(piece));
         }
         Ok(())
@@ -1033,6 +1168,39 @@ pub(crate) fn check_change(
         });
     }
     Ok(change)
+}
+
+/// Reads manifest pieces, in parallel, each checked against its hash.
+async fn fetch_pieces(
+    bucket: &Bucket,
+    mut pieces: Vec<PieceRef>,
+    concurrency: usize,
+) -> Result<Vec<(ObjectHash, ManifestPiece)>> {
+    pieces.sort_by_key(|p| p.hash);
+    pieces.dedup_by_key(|p| p.hash);
+    futures::stream::iter(pieces)
+        .map(|p| {
+            let bucket = bucket.clone();
+            async move {
+                let key = bucket.layout.manifest(&p.hash);
+                let bytes =
+                    bucket
+                        .get(&key, MAX_PIECE_BYTES)
+                        .await?
+                        .ok_or_else(|| Error::Vanished {
+                            key: key.to_string(),
+                        })?;
+                Ok((
+                    p.hash,
+                    ManifestPiece::decode(key.as_ref(), &bytes, &p.hash)?,
+                ))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<Result<(ObjectHash, ManifestPiece)>>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

@@ -183,9 +183,11 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
             .collect(),
         elapsed_ms: 0,
     };
-    let differs = sa.listing.hashes != sb.listing.hashes
-        || sa.listing.newest_name() != sb.listing.newest_name()
-        || sa.sizes_differ(&sb);
+    let names = |s: &SideState<'_>| -> HashSet<crate::layout::SnapshotName> {
+        s.listing.snaps.iter().map(|x| x.name).collect()
+    };
+    let differs =
+        sa.listing.hashes != sb.listing.hashes || names(&sa) != names(&sb) || sa.sizes_differ(&sb);
     if differs {
         // The newest readable snapshot of each side that needs it, in one round trip.
         let (a_to_b, b_to_a) = (opts.direction.a_to_b(), opts.direction.b_to_a());
@@ -208,12 +210,12 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
         report.refused.extend(na?);
         report.refused.extend(nb?);
         let mut ab = if a_to_b {
-            Some(plan(&mut sa, &mut sb, &mut report.refused).await?)
+            Some(plan(&mut sa, &mut sb, id, &mut report.refused).await?)
         } else {
             None
         };
         let mut ba = if b_to_a {
-            Some(plan(&mut sb, &mut sa, &mut report.refused).await?)
+            Some(plan(&mut sb, &mut sa, id, &mut report.refused).await?)
         } else {
             None
         };
@@ -403,17 +405,6 @@ impl Coverage {
         Ok(out)
     }
 
-    /// Every covered change.
-    async fn all(&mut self, problems: &mut Vec<Problem>) -> Result<HashSet<ChangeHash>> {
-        self.load((0..self.shards.len()).collect(), problems)
-            .await?;
-        let mut out: HashSet<ChangeHash> = self.table.iter().map(|c| c.hash).collect();
-        for s in self.loaded.values().flatten() {
-            out.extend(s.changes.iter().map(|c| c.hash));
-        }
-        Ok(out)
-    }
-
     async fn load(&mut self, shards: Vec<usize>, problems: &mut Vec<Problem>) -> Result<()> {
         let mut todo = Vec::new();
         for i in shards {
@@ -487,7 +478,8 @@ impl<'a> SideState<'a> {
             .iter()
             .any(|h| !self.listing.hashes.contains(h));
         let theirs_new = other.listing.newest_name().is_some_and(|n| !lists(self, n));
-        let mine_new = self.listing.newest_name().is_some_and(|n| !lists(other, n));
+        // Any snapshot of ours the other lacks: a concurrent one holds history too.
+        let mine_new = self.listing.snaps.iter().any(|x| !lists(other, x.name));
         (receives && (lacks_changes || theirs_new)) || (sends && mine_new)
     }
 
@@ -603,7 +595,8 @@ struct Plan {
     repairs: Vec<ListedChange>,
     /// The source's copies of `repairs`, fetched and verified before any write.
     fetched_repairs: FetchedBatch,
-    snapshot: Option<SnapshotCopy>,
+    /// Snapshots to copy, the source's newest first.
+    snapshots: Vec<SnapshotCopy>,
 }
 
 /// A snapshot to copy, and what the destination already has of it.
@@ -619,12 +612,17 @@ struct SnapshotCopy {
     dst_coverage: Coverage,
     /// Whether it becomes the destination's newest snapshot (then the hint follows).
     newest: bool,
+    /// The source's other snapshots: a value whose writer one of them covers may be
+    /// dropped by the join (there and at the destination, which gets them too or
+    /// covers them), so its blob missing at the source is not reported as a loss.
+    siblings: Vec<ListedSnapshot>,
 }
 
 /// Decides what `src` has that `dst` lacks.
 async fn plan(
     src: &mut SideState<'_>,
     dst: &mut SideState<'_>,
+    id: RepoId,
     problems: &mut Vec<Problem>,
 ) -> Result<Plan> {
     let dst_sizes: HashMap<ChangeHash, u64> = dst
@@ -648,20 +646,134 @@ async fn plan(
         let covered = dst.coverage.covered(&hashes, problems).await?;
         changes.retain(|c| !covered.contains(&c.name.hash));
     }
-    let snapshot = plan_snapshot(src, dst, problems).await?;
+    let mut snapshots: Vec<SnapshotCopy> = plan_snapshot(src, dst, problems)
+        .await?
+        .into_iter()
+        .collect();
+    // The source's other snapshots that its newest does not supersede: history
+    // joined by its readers (spec/merge.md §9) that the destination may lack.
+    let mut superseded: HashSet<String> = src
+        .newest
+        .as_ref()
+        .map(|n| n.meta.supersedes.iter().cloned().collect())
+        .unwrap_or_default();
+    let newest = src.newest.as_ref().map(|n| n.listed.name);
+    let others: Vec<ListedSnapshot> = src
+        .listing
+        .snaps
+        .iter()
+        .filter(|s| Some(s.name) != newest && !dst.listing.snaps.iter().any(|d| d.name == s.name))
+        .cloned()
+        .collect();
+    for snap in others {
+        if superseded.contains(&snap.name.file_name()) {
+            continue;
+        }
+        let Some(other) = read_snapshot_meta(src.bucket, &snap, id, problems).await? else {
+            continue;
+        };
+        superseded.extend(other.meta.supersedes.iter().cloned());
+        // Already covered there: nothing to join.
+        if dst.newest.is_some() {
+            let heads = other.meta.heads.clone();
+            if dst.coverage.covered(&heads, problems).await?.len() == heads.len() {
+                continue;
+            }
+        }
+        snapshots.push(snapshot_copy(other, dst, false));
+    }
+    // Each snapshot's entries may be dropped by another of the source's snapshots
+    // that covers their change (the join, spec/merge.md §9): such a blob may be gone
+    // at the source, legitimately. Those are read only if a blob turns out missing.
+    for c in &mut snapshots {
+        c.siblings = src
+            .listing
+            .snaps
+            .iter()
+            .filter(|x| x.name != c.listed.name)
+            .cloned()
+            .collect();
+    }
     Ok(Plan {
         changes,
         repairs,
         fetched_repairs: Vec::new(),
-        snapshot,
+        snapshots,
     })
 }
 
-/// Whether the source's newest snapshot goes across. It does when the destination has
-/// no snapshot, or when it covers everything the destination's newest covers: a
-/// reader there opens from the newest name, and garbage collection there may already
-/// have removed what the destination's own snapshot covers. Otherwise the changes it
-/// covers go as files; any whose files are gone are reported.
+/// What copying snapshot `s` to `dst` needs: the pieces and shards of the
+/// destination's newest snapshot are there already.
+fn snapshot_copy(s: Newest, dst: &SideState<'_>, newest: bool) -> SnapshotCopy {
+    let present = dst
+        .newest
+        .as_ref()
+        .map(|d| {
+            d.meta
+                .nodes
+                .iter()
+                .flat_map(|n| n.pieces.iter().map(|p| p.hash))
+                .chain(d.meta.archive.iter().flatten().copied())
+                .collect()
+        })
+        .unwrap_or_default();
+    SnapshotCopy {
+        listed: s.listed,
+        bytes: s.bytes,
+        meta: s.meta,
+        present,
+        dst_listed: dst.listing.hashes.clone(),
+        dst_coverage: dst.coverage.clone(),
+        newest,
+        siblings: Vec::new(),
+    }
+}
+
+/// Reads and checks one listed snapshot's metadata; a damaged one is reported (and
+/// never copied), one gone since the listing is `None`.
+async fn read_snapshot_meta(
+    bucket: &Bucket,
+    snap: &ListedSnapshot,
+    id: RepoId,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<Newest>> {
+    let key = snap.key.to_string();
+    let got = if snap.size > MAX_META_BYTES {
+        Err(Error::TooLarge {
+            key: key.clone(),
+            size: snap.size,
+            limit: MAX_META_BYTES,
+        })
+    } else {
+        match bucket.get(&snap.key, MAX_META_BYTES).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(bytes)) => {
+                crate::repo::decode_snapshot_meta(&key, &bytes, snap.name, id).map(|m| (bytes, m))
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match got {
+        Ok((bytes, meta)) => Ok(Some(Newest {
+            listed: snap.clone(),
+            bytes,
+            meta,
+        })),
+        Err(e @ (Error::Store { .. } | Error::UnsupportedVersion { .. })) => Err(e),
+        Err(e) => {
+            problems.push(Problem {
+                key,
+                error: e.to_string(),
+            });
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the source's newest snapshot goes across: unless the destination lists it
+/// or its own newest snapshot covers everything it covers. A snapshot concurrent with
+/// the destination's (the two sides compacted and collected apart) goes too: readers
+/// there join the two (spec/merge.md §9), so no history is lost to either side.
 async fn plan_snapshot(
     src: &mut SideState<'_>,
     dst: &mut SideState<'_>,
@@ -670,84 +782,32 @@ async fn plan_snapshot(
     let Some(s) = &src.newest else {
         return Ok(None);
     };
-    let (name, s_heads, s_key) = (
-        s.listed.name,
-        s.meta.heads.clone(),
-        s.listed.key.to_string(),
-    );
+    let (name, s_heads) = (s.listed.name, s.meta.heads.clone());
     if dst.listing.snaps.iter().any(|d| d.name == name) {
         return Ok(None);
     }
-    let take = match &dst.newest {
-        None => true,
-        Some(d) => {
-            // Coverage is causally closed: covering the heads covers everything.
-            let d_heads = d.meta.heads.clone();
-            src.coverage.covered(&d_heads, problems).await?.len() == d_heads.len()
-        }
-    };
-    if take {
-        let Some(s) = src.newest.as_ref() else {
-            return Ok(None);
-        };
-        let (present, newest) = match &dst.newest {
-            Some(d) => (
-                d.meta
-                    .nodes
-                    .iter()
-                    .flat_map(|n| n.pieces.iter().map(|p| p.hash))
-                    .chain(d.meta.archive.iter().flatten().copied())
-                    .collect(),
-                name > d.listed.name,
-            ),
-            None => (
-                HashSet::new(),
-                dst.listing.snaps.iter().all(|d| d.name < name),
-            ),
-        };
-        return Ok(Some(SnapshotCopy {
-            listed: s.listed.clone(),
-            bytes: s.bytes.clone(),
-            meta: s.meta.clone(),
-            present,
-            dst_listed: dst.listing.hashes.clone(),
-            dst_coverage: dst.coverage.clone(),
-            newest,
-        }));
-    }
-    // Not copied: is there covered history the destination cannot get as files?
-    if dst.coverage.covered(&s_heads, problems).await?.len() == s_heads.len() {
+    if dst.newest.is_some()
+        && dst.coverage.covered(&s_heads, problems).await?.len() == s_heads.len()
+    {
         return Ok(None);
     }
-    let mut lost: Vec<ChangeHash> = src
-        .coverage
-        .all(problems)
-        .await?
-        .into_iter()
-        .filter(|h| !dst.listing.hashes.contains(h) && !src.listing.hashes.contains(h))
-        .collect();
-    let known = dst.coverage.covered(&lost, problems).await?;
-    lost.retain(|h| !known.contains(h));
-    if !lost.is_empty() {
-        let d = dst
-            .newest
-            .as_ref()
-            .map(|d| d.listed.key.to_string())
-            .unwrap_or_default();
-        problems.push(Problem {
-            key: s_key,
-            error: format!(
-                "not copied: it covers {} changes the destination lacks whose files were \
-                 garbage-collected here, and it does not cover everything the destination's \
-                 snapshot {d} covers, so it cannot replace it there; those changes stay \
-                 missing on the destination (the two sides were compacted and collected \
-                 apart: sync before collecting garbage)",
-                lost.len()
-            ),
-        });
-    }
-    Ok(None)
+    let newest = match &dst.newest {
+        Some(d) => name > d.listed.name,
+        None => dst.listing.snaps.iter().all(|d| d.name < name),
+    };
+    let Some(s) = src.newest.as_ref() else {
+        return Ok(None);
+    };
+    let copy = Newest {
+        listed: s.listed.clone(),
+        bytes: s.bytes.clone(),
+        meta: s.meta.clone(),
+    };
+    Ok(Some(snapshot_copy(copy, dst, newest)))
 }
+
+/// Blobs of live values, by the change that wrote them (if known).
+type WriterBlobs = (Option<ChangeHash>, Vec<(BlobHash, u64)>);
 
 /// Executes a plan from one bucket to another.
 struct Copier {
@@ -878,7 +938,7 @@ impl Copier {
         if !repairs.is_empty() {
             self.land_changes(repairs, true).await?;
         }
-        if let Some(s) = plan.snapshot {
+        for s in plan.snapshots {
             self.copy_snapshot(s).await?;
         }
         Ok((self.done, self.refused))
@@ -910,7 +970,7 @@ impl Copier {
         // but the change is: it is valid, and its descendants must not wait for ever
         // (format.md §16.3). Only reads of the chunks using that blob fail, naming both,
         // until a writer puts or deletes those chunks again.
-        self.copy_blobs(wanted).await?;
+        self.copy_blobs(wanted, false).await?;
         let writes = good;
         let dst = self.dst.clone();
         let written: Vec<Result<u64>> = futures::stream::iter(writes)
@@ -944,7 +1004,14 @@ impl Copier {
     }
 
     /// Copies blobs (each GET verified against its name, then PUT), in parallel.
-    async fn copy_blobs(&mut self, wanted: BTreeMap<BlobHash, u64>) -> Result<()> {
+    /// Copies blobs; one missing or damaged at the source is reported, or with
+    /// `defer` returned for the caller to judge.
+    async fn copy_blobs(
+        &mut self,
+        wanted: BTreeMap<BlobHash, u64>,
+        defer: bool,
+    ) -> Result<Vec<(BlobHash, Error)>> {
+        let mut deferred = Vec::new();
         self.plan_progress(wanted.len() as u64, wanted.values().sum());
         let (src, dst) = (self.src.clone(), self.dst.clone());
         let results: Vec<(BlobHash, u64, Result<()>)> = futures::stream::iter(wanted)
@@ -973,6 +1040,10 @@ impl Copier {
                     self.done.bytes += n;
                 }
                 Err(e @ Error::Store { .. }) => return Err(e),
+                Err(e) if defer => {
+                    self.unplan_progress(1, n);
+                    deferred.push((h, e));
+                }
                 Err(e) => {
                     self.unplan_progress(1, n);
                     self.blobs.insert(h, false);
@@ -980,7 +1051,7 @@ impl Copier {
                 }
             }
         }
-        Ok(())
+        Ok(deferred)
     }
 
     /// Copies the blobs of the snapshot's objects (see [`Self::copy_values`]).
@@ -1020,14 +1091,51 @@ impl Copier {
             .covered(&writers, &mut coverage_problems)
             .await?;
         self.refused.append(&mut coverage_problems);
-        let wanted: BTreeMap<BlobHash, u64> = values
+        let values: Vec<WriterBlobs> = values
             .into_iter()
             .filter(|(w, _)| !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w)))
+            .collect();
+        let writer_of: HashMap<BlobHash, ChangeHash> = values
+            .iter()
+            .filter_map(|(w, blobs)| w.map(|w| (w, blobs)))
+            .flat_map(|(w, blobs)| blobs.iter().map(move |b| (b.0, w)))
+            .collect();
+        let wanted: BTreeMap<BlobHash, u64> = values
+            .into_iter()
             .flat_map(|(_, blobs)| blobs)
             .filter(|(h, _)| self.blobs.get(h) != Some(&true))
             .collect();
-        // As for changes: a lost blob is reported, and costs only its chunks.
-        self.copy_blobs(wanted).await
+        // As for changes: a lost blob is reported, and costs only its chunks; unless
+        // another snapshot of the source covers its writer (see `siblings`).
+        let missing = self.copy_blobs(wanted, true).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let writers: Vec<ChangeHash> = missing
+            .iter()
+            .filter_map(|(h, _)| writer_of.get(h).copied())
+            .collect();
+        let mut elsewhere: HashSet<ChangeHash> = HashSet::new();
+        let mut problems = Vec::new();
+        for sib in s.siblings.clone() {
+            if elsewhere.len() == writers.len() {
+                break;
+            }
+            let Some(m) = read_snapshot_meta(&self.src, &sib, self.id, &mut problems).await? else {
+                continue;
+            };
+            let mut cov = Coverage::new(&self.src);
+            cov.table = Arc::new(m.meta.changes);
+            cov.shards = m.meta.archive;
+            elsewhere.extend(cov.covered(&writers, &mut problems).await?);
+        }
+        for (h, e) in missing {
+            if !writer_of.get(&h).is_some_and(|w| elsewhere.contains(w)) {
+                self.blobs.insert(h, false);
+                self.refused.push(problem(&e));
+            }
+        }
+        Ok(())
     }
 
     /// Copies a snapshot: the shards and pieces the destination lacks, in waves of

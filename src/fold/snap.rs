@@ -146,11 +146,12 @@ impl Fold {
             max_hlc: meta.max_hlc,
             archive: meta.archive,
             supersedes: meta.supersedes,
+            joined: Vec::new(),
         });
         Ok(f)
     }
 
-    fn push_covered(&mut self, c: &CoveredChange) {
+    pub(super) fn push_covered(&mut self, c: &CoveredChange) {
         let idx = self.infos.len() as u32;
         self.index.insert(c.hash, idx);
         let claim = self.claims.entry((c.actor, c.seq)).or_default();
@@ -248,7 +249,7 @@ impl Fold {
         }
     }
 
-    fn loaded_piece(&self, hash: &ObjectHash) -> Option<Arc<LoadedPiece>> {
+    pub(super) fn loaded_piece(&self, hash: &ObjectHash) -> Option<Arc<LoadedPiece>> {
         self.pieces.read().ok()?.get(hash).cloned()
     }
 
@@ -356,8 +357,13 @@ impl Fold {
     }
 
     /// Changes a snapshot of this state covers: its base's count plus the changes
-    /// applied beyond it; `None` if that overflows (a base claiming an absurd count).
+    /// applied beyond it; `None` if that overflows (a base claiming an absurd count),
+    /// or when the state joins several snapshots (their coverage overlaps: only
+    /// their archives tell the count, see `Repo::covered_total`).
     pub fn covered_count(&self) -> Option<u64> {
+        if self.base.as_ref().is_some_and(|b| !b.joined.is_empty()) {
+            return None;
+        }
         let base = self.base.as_ref().map_or(0, |b| b.name.covered);
         base.checked_add(u64::try_from(self.uncompacted()).ok()?)
     }
@@ -398,10 +404,12 @@ impl Fold {
     /// The state as a snapshot. `listed` are the change files listed now; `covered`
     /// tells whether a change is covered (for dropping settled superseded records);
     /// `expired` whether a record carried from the base snapshot that names this
-    /// change is past the history horizon (dropped too, spec/merge.md §8).
-    /// Pieces from [`Fold::pieces_for_export`] must be loaded.
+    /// change is past the history horizon (dropped too, spec/merge.md §8); `covered`
+    /// is the number of changes the state covers. Pieces from
+    /// [`Fold::pieces_for_export`] must be loaded.
     pub(crate) fn export(
         &self,
+        covered: u64,
         listed: &HashSet<ChangeHash>,
         is_covered: &dyn Fn(&ChangeHash) -> bool,
         expired: &dyn Fn(&ChangeHash) -> bool,
@@ -551,9 +559,6 @@ impl Fold {
             .chain(self.base.as_ref().map(|b| b.max_hlc))
             .max()
             .unwrap_or(Hlc(0));
-        let covered = self.covered_count().ok_or_else(|| {
-            Error::Limit("covered change count overflows u64: no snapshot written".into())
-        })?;
         let forks = self
             .forks()
             .into_iter()
