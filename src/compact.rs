@@ -92,7 +92,6 @@ impl Repo {
                     .collect()
             })
             .unwrap_or_default();
-        let mut newly_superseded = 0;
         for snap in &snaps {
             let name = snap.name.file_name();
             if Some(snap.name) == base_name
@@ -103,7 +102,6 @@ impl Repo {
             }
             if self.covers_snapshot(&bucket, snap.name).await? {
                 supersedes.push(name);
-                newly_superseded += 1;
             }
         }
         supersedes.extend(
@@ -120,9 +118,10 @@ impl Repo {
             pending: self.fold().pending().len(),
             ..Default::default()
         };
-        if self.fold().is_empty()
-            || (!self.fold().has_uncompacted() && newly_superseded == 0 && joined.is_empty())
-        {
+        // A snapshot this state merely covers is not a reason to write one: GC retires
+        // it by coverage (format.md §14 step 5), and a snapshot written only for that
+        // would tie its base's count and might not even sort above it.
+        if self.fold().is_empty() || (!self.fold().has_uncompacted() && joined.is_empty()) {
             report.covered = base_name.map_or(0, |n| n.covered);
             return Ok(report);
         }
@@ -338,7 +337,7 @@ impl Repo {
     }
 
     /// Whether this state holds everything snapshot `name` covers.
-    async fn covers_snapshot(&self, bucket: &Bucket, name: SnapshotName) -> Result<bool> {
+    async fn covers_snapshot(&mut self, bucket: &Bucket, name: SnapshotName) -> Result<bool> {
         let key = bucket.layout.snapshot(&name);
         let bytes = match bucket.get(&key, MAX_META_BYTES).await {
             Ok(Some(b)) => b,
@@ -347,8 +346,9 @@ impl Repo {
             Ok(None) | Err(_) => return Ok(false),
         };
         // Judged as readers judge it: one they would skip is not ours to retire.
+        // Its heads applied here, or in an archive this state was read from.
         match crate::repo::decode_snapshot(key.as_ref(), &bytes, name, self.id()) {
-            Ok(f) => Ok(f.heads().iter().all(|h| self.fold().contains(h))),
+            Ok(f) => self.covers_heads(&f.heads()).await,
             Err(_) => Ok(false),
         }
     }

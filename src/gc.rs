@@ -237,12 +237,22 @@ impl Repo {
         // The other snapshots: superseded by the retained one (collected), younger and
         // including it (protected), or a second line of history that only a
         // compaction joining both may retire.
+        // R's coverage (table and archive) decides which others it covers entirely,
+        // named or not: coverage is causally closed, so covering the heads is enough.
+        let retained_shards = read_shards(&bucket, Some(&meta.archive)).await?;
+        let mut r_covers: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
+        for shard in retained_shards.iter().flatten() {
+            r_covers.extend(shard.changes.iter().map(|c| c.hash));
+        }
         let superseded: HashSet<&str> = meta.supersedes.iter().map(String::as_str).collect();
         let mut protected: Vec<&SnapshotMeta> = vec![&meta];
         let mut concurrent: Vec<String> = Vec::new();
         for (snap, m) in &valid {
             let name = snap.name.file_name();
-            if superseded.contains(name.as_str()) {
+            let covered = m.heads.iter().all(|h| r_covers.contains(h));
+            if superseded.contains(name.as_str())
+                || (covered && !m.supersedes.contains(&retained_name))
+            {
                 if old(snap.modified) {
                     doomed.push((ObjectKind::Snapshot, snap.key.clone(), snap.size));
                 } else {
@@ -320,8 +330,6 @@ impl Repo {
                 }
             }
         }
-        // The archive must still read: a damaged shard means the coverage is unknown.
-        read_shards(&bucket, Some(&meta.archive)).await?;
 
         // Blobs: referenced by the retained snapshot (its objects and its pieces) or
         // an uncovered change.

@@ -275,13 +275,7 @@ impl Repo {
     async fn join_listed(&mut self, snap: &ListedSnapshot) -> Result<()> {
         let other = self.read_snapshot(snap, None).await?;
         // Subsumed: its heads are covered here (coverage is causally closed).
-        let heads: HashSet<ChangeHash> = other
-            .heads()
-            .into_iter()
-            .filter(|h| !self.fold.contains(h))
-            .collect();
-        let found = self.lookup_archive(&heads).await?;
-        if found.len() == heads.len() {
+        if self.covers_heads(&other.heads()).await? {
             return Ok(());
         }
         let (mine, theirs) = self.fold.join_pieces(&other);
@@ -319,6 +313,20 @@ impl Repo {
             .map(|c| (c.hash, c))
             .collect();
         self.fold.join(other, &mine_archived, &theirs_archived)
+    }
+
+    /// Whether the state covers every change in `heads` (applied, or in the archive of
+    /// a snapshot it was read from): then it covers their whole causal past.
+    pub(crate) async fn covers_heads(&mut self, heads: &[ChangeHash]) -> Result<bool> {
+        let rest: HashSet<ChangeHash> = heads
+            .iter()
+            .filter(|h| !self.fold.contains(h))
+            .copied()
+            .collect();
+        if rest.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.lookup_archive(&rest).await?.len() == rest.len())
     }
 
     /// How many requests may be in flight for fan-out.
@@ -776,6 +784,22 @@ impl Repo {
             self.fold.insert_piece(h, LoadedPiece::new(piece));
         }
         Ok(())
+    }
+
+    /// Every blob a live value of the state uses: chunk values in memory and in
+    /// manifest pieces (all read), and object values.
+    pub(crate) async fn live_blobs(&self) -> Result<HashSet<BlobHash>> {
+        self.load_all().await?;
+        self.fold.live_blobs().map_err(|h| {
+            Error::Usage(format!(
+                "manifest piece {h} not loaded after reading them all"
+            ))
+        })
+    }
+
+    /// Opens the repository in `bucket` (for sync, which holds buckets).
+    pub(crate) async fn open_bucket(bucket: Bucket) -> Result<Repo> {
+        Self::open_bucket_with(bucket, None, DEFAULT_CONCURRENCY).await
     }
 
     /// Reads every manifest piece of the current state (for listings, conflicts and

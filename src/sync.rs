@@ -21,6 +21,7 @@ use crate::change::{Change, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crate::progress::Progress;
+use crate::repo::Repo;
 use crate::snapshot::{
     ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
     SnapChunk, SnapshotMeta,
@@ -612,10 +613,9 @@ struct SnapshotCopy {
     dst_coverage: Coverage,
     /// Whether it becomes the destination's newest snapshot (then the hint follows).
     newest: bool,
-    /// The source's other snapshots: a value whose writer one of them covers may be
-    /// dropped by the join (there and at the destination, which gets them too or
-    /// covers them), so its blob missing at the source is not reported as a loss.
-    siblings: Vec<ListedSnapshot>,
+    /// Whether the source lists other snapshots: its readers join them, and the join
+    /// may drop a value of this one, whose blob the source may then have collected.
+    siblings: bool,
 }
 
 /// Decides what `src` has that `dst` lacks.
@@ -682,17 +682,9 @@ async fn plan(
         }
         snapshots.push(snapshot_copy(other, dst, false));
     }
-    // Each snapshot's entries may be dropped by another of the source's snapshots
-    // that covers their change (the join, spec/merge.md §9): such a blob may be gone
-    // at the source, legitimately. Those are read only if a blob turns out missing.
+    let several = src.listing.snaps.len() > 1;
     for c in &mut snapshots {
-        c.siblings = src
-            .listing
-            .snaps
-            .iter()
-            .filter(|x| x.name != c.listed.name)
-            .cloned()
-            .collect();
+        c.siblings = several;
     }
     Ok(Plan {
         changes,
@@ -725,7 +717,7 @@ fn snapshot_copy(s: Newest, dst: &SideState<'_>, newest: bool) -> SnapshotCopy {
         dst_listed: dst.listing.hashes.clone(),
         dst_coverage: dst.coverage.clone(),
         newest,
-        siblings: Vec::new(),
+        siblings: false,
     }
 }
 
@@ -820,6 +812,8 @@ struct Copier {
     refused: Vec<Problem>,
     /// Blobs written (or found bad) in this sync: never twice.
     blobs: HashMap<BlobHash, bool>,
+    /// Blobs the source's state uses, once read ([`Copier::source_blobs`]).
+    source_blobs: Option<Option<Arc<HashSet<BlobHash>>>>,
 }
 
 /// A change file fetched from the source and verified.
@@ -893,6 +887,7 @@ impl Copier {
             done: Transfer::default(),
             refused: Vec::new(),
             blobs: HashMap::new(),
+            source_blobs: None,
         }
     }
 
@@ -1095,47 +1090,46 @@ impl Copier {
             .into_iter()
             .filter(|(w, _)| !w.is_some_and(|w| s.dst_listed.contains(&w) || known.contains(&w)))
             .collect();
-        let writer_of: HashMap<BlobHash, ChangeHash> = values
-            .iter()
-            .filter_map(|(w, blobs)| w.map(|w| (w, blobs)))
-            .flat_map(|(w, blobs)| blobs.iter().map(move |b| (b.0, w)))
-            .collect();
         let wanted: BTreeMap<BlobHash, u64> = values
             .into_iter()
             .flat_map(|(_, blobs)| blobs)
             .filter(|(h, _)| self.blobs.get(h) != Some(&true))
             .collect();
-        // As for changes: a lost blob is reported, and costs only its chunks; unless
-        // another snapshot of the source covers its writer (see `siblings`).
-        let missing = self.copy_blobs(wanted, true).await?;
+        // As for changes: a lost blob is reported, and costs only its chunks. With
+        // several snapshots at the source, a value one of them holds may be dropped by
+        // their join (merge.md §9.1) and its blob rightly collected there: a missing
+        // blob is reported only if the source's own state still uses it.
+        let missing = self.copy_blobs(wanted, s.siblings).await?;
         if missing.is_empty() {
             return Ok(());
         }
-        let writers: Vec<ChangeHash> = missing
-            .iter()
-            .filter_map(|(h, _)| writer_of.get(h).copied())
-            .collect();
-        let mut elsewhere: HashSet<ChangeHash> = HashSet::new();
-        let mut problems = Vec::new();
-        for sib in s.siblings.clone() {
-            if elsewhere.len() == writers.len() {
-                break;
-            }
-            let Some(m) = read_snapshot_meta(&self.src, &sib, self.id, &mut problems).await? else {
-                continue;
-            };
-            let mut cov = Coverage::new(&self.src);
-            cov.table = Arc::new(m.meta.changes);
-            cov.shards = m.meta.archive;
-            elsewhere.extend(cov.covered(&writers, &mut problems).await?);
-        }
+        let used = self.source_blobs().await?;
         for (h, e) in missing {
-            if !writer_of.get(&h).is_some_and(|w| elsewhere.contains(w)) {
+            if used.as_ref().is_none_or(|u| u.contains(&h)) {
                 self.blobs.insert(h, false);
                 self.refused.push(problem(&e));
             }
         }
         Ok(())
+    }
+
+    /// Blobs the source's state uses (every live value of the join of its snapshots
+    /// and its changes), read once per sync; `None` if the source does not open.
+    async fn source_blobs(&mut self) -> Result<Option<Arc<HashSet<BlobHash>>>> {
+        if let Some(u) = &self.source_blobs {
+            return Ok(u.clone());
+        }
+        let used = match Repo::open_bucket(self.src.clone()).await {
+            Ok(r) => match r.live_blobs().await {
+                Ok(u) => Some(Arc::new(u)),
+                Err(e @ Error::Store { .. }) => return Err(e),
+                Err(_) => None,
+            },
+            Err(e @ Error::Store { .. }) => return Err(e),
+            Err(_) => None,
+        };
+        self.source_blobs = Some(used.clone());
+        Ok(used)
     }
 
     /// Copies a snapshot: the shards and pieces the destination lacks, in waves of

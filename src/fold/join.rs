@@ -364,6 +364,26 @@ impl Fold {
                             |val| Register::new(st, val),
                         );
                     }
+                    // Dropped entries held in memory (from an earlier join) go now;
+                    // those in pieces are hidden by the records below.
+                    let in_memory: Vec<(Box<str>, Stamp)> = drop
+                        .iter()
+                        .filter_map(|(key, id)| {
+                            let c = *self.index.get(&id.0)?;
+                            Some((
+                                key.clone(),
+                                Stamp {
+                                    change: c,
+                                    op: id.1,
+                                },
+                            ))
+                        })
+                        .collect();
+                    if let Some(mn) = self.nodes.get_mut(&s) {
+                        for (key, st) in in_memory {
+                            chunk_remove(&mut mn.chunks, &key, &[st]);
+                        }
+                    }
                     for (key, id) in drop {
                         self.superseded
                             .entry(path.clone())

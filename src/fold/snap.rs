@@ -336,6 +336,32 @@ impl Fold {
         Ok(keys)
     }
 
+    /// Blobs every live value uses: chunk registers of live incarnations (in memory and
+    /// in pieces, which must be loaded: `Err` names one that is not) and objects.
+    pub(crate) fn live_blobs(&self) -> std::result::Result<HashSet<BlobHash>, ObjectHash> {
+        let mut out: HashSet<BlobHash> = HashSet::new();
+        for (s, n) in &self.nodes {
+            if n.deleted {
+                continue;
+            }
+            for key in self.node_chunk_keys(s)? {
+                let mut es = Vec::new();
+                self.chunk_entries(s, &key, &mut es)?;
+                out.extend(es.iter().filter_map(|e| match &e.val {
+                    ChunkVal::Blob { hash, .. } => Some(*hash),
+                    _ => None,
+                }));
+            }
+        }
+        for reg in self.objects.values() {
+            out.extend(reg.entries().iter().filter_map(|(_, v)| match v {
+                ChunkVal::Blob { hash, .. } => Some(*hash),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Number of chunk keys held in manifest pieces (loaded or not).
     pub fn base_chunk_refs(&self) -> u64 {
         self.nodes
