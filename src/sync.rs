@@ -135,6 +135,10 @@ pub struct SyncReport {
     pub refused: Vec<Problem>,
     /// Files in the listings that are not crzarr objects: never copied.
     pub ignored: Vec<Problem>,
+    /// Snapshots this sync wrote by compacting a side that now held snapshots compacted
+    /// apart (their join, spec/merge.md §9.1), so its readers need not join them at
+    /// every open: bucket keys.
+    pub joins_written: Vec<String>,
     /// Wall time of the sync, in milliseconds.
     pub elapsed_ms: u64,
 }
@@ -182,6 +186,7 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
             .drain(..)
             .chain(sb.listing.foreign.drain(..))
             .collect(),
+        joins_written: Vec::new(),
         elapsed_ms: 0,
     };
     let names = |s: &SideState<'_>| -> HashSet<crate::layout::SnapshotName> {
@@ -249,6 +254,13 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
         let (rab, rba) = futures::join!(copy(ab, a, b), copy(ba, b, a));
         let (tab, mut pab) = rab?;
         let (tba, mut pba) = rba?;
+        // A side that received a snapshot may now hold two compacted apart: their join
+        // is written once here, rather than computed by every reader there.
+        for (t, to) in [(&tab, b), (&tba, a)] {
+            if t.snapshots > 0 {
+                write_join(to, &mut report).await?;
+            }
+        }
         report.a_to_b = tab;
         report.b_to_a = tba;
         report.refused.append(&mut pab);
@@ -258,6 +270,45 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
     report.refused.dedup();
     report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
+}
+
+/// Compacts `bucket` if its readers join several snapshots (format.md §16.3). A
+/// compaction that fails for another reason than the store is reported in `refused`
+/// (readers still join at open; `crzarr compact` retries it).
+async fn write_join(bucket: &Bucket, report: &mut SyncReport) -> Result<()> {
+    let mut repo = match Repo::open_bucket(bucket.clone()).await {
+        Ok(r) => r,
+        Err(e @ Error::Store { .. }) => return Err(locate(bucket, e)),
+        Err(_) => return Ok(()),
+    };
+    if repo
+        .fold()
+        .snapshot_base()
+        .is_none_or(|b| b.joined.is_empty())
+    {
+        return Ok(());
+    }
+    match repo.compact().await {
+        Ok(c) => {
+            if let Some(name) = c.snapshot {
+                report
+                    .joins_written
+                    .push(format!("{}/{name}", bucket.layout.snapshots_dir()));
+            }
+            Ok(())
+        }
+        Err(e @ Error::Store { .. }) => Err(locate(bucket, e)),
+        Err(e) => {
+            report.refused.push(Problem {
+                key: bucket.layout.snapshots_dir().to_string(),
+                error: format!(
+                    "the join of the snapshots here was not written ({e}); readers join them \
+                     at open, and `crzarr compact` writes it"
+                ),
+            });
+            Ok(())
+        }
+    }
 }
 
 /// A store error with the store named in its key.

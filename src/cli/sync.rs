@@ -265,6 +265,12 @@ fn print_report(args: &SyncArgs, r: &SyncReport) -> Result<()> {
     if dir != Direction::Push {
         writeln!(out, "{} -> {}: {}", args.b, args.a, describe(&r.b_to_a))?;
     }
+    for key in &r.joins_written {
+        writeln!(
+            out,
+            "wrote {key}: the join of snapshots compacted apart, so readers there open one"
+        )?;
+    }
     for p in &r.ignored {
         writeln!(out, "ignored {}: {}", p.key, p.error)?;
     }
