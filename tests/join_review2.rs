@@ -1,0 +1,272 @@
+//! Second review of the snapshot join (spec/merge.md §9.1): the history horizon in a
+//! joined state, dimension and object registers across joins, GC's verification of a
+//! snapshot written from a join, and handles that commit after a refresh joined a
+//! concurrent snapshot. Each test states what it expects of the fold of every change
+//! (a witness bucket holding a raw copy of every change file ever written).
+
+mod common;
+
+use common::{Backend, another, array_meta, backends, memory};
+use crzarr::bucket::Bucket;
+use crzarr::change::{Change, Op, OpRef};
+use crzarr::gc::{GcOptions, ObjectKind};
+use crzarr::ids::{ActorId, ChangeHash, Hlc};
+use crzarr::layout::{ChangeName, Layout, SnapshotName};
+use crzarr::repo::Repo;
+use crzarr::snapshot::SnapshotMeta;
+use crzarr::sync::{SyncOptions, sync};
+use crzarr::testing::ClockStore;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use ulid::Ulid;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const WITNESS: &str = "witness";
+const SNAPSHOT_DIRS: &[&str] = &[".crdt/snapshots", ".crdt/manifests", ".crdt/archive"];
+
+fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
+    GcOptions {
+        older_than,
+        dry_run: false,
+        force,
+    }
+}
+
+async fn copy_tree(
+    from: &Arc<dyn ObjectStore>,
+    from_prefix: &str,
+    to: &Arc<dyn ObjectStore>,
+    to_prefix: &str,
+    dirs: &[&str],
+) {
+    for dir in dirs {
+        let root = Path::from(format!("{from_prefix}/{dir}"));
+        let listed: Vec<_> = from.list(Some(&root)).collect().await;
+        for m in listed {
+            let m = m.unwrap();
+            let rel = m
+                .location
+                .as_ref()
+                .strip_prefix(&format!("{from_prefix}/"))
+                .unwrap();
+            let target = Path::from(format!("{to_prefix}/{rel}"));
+            if to.head(&target).await.is_ok() {
+                continue;
+            }
+            let bytes = from.get(&m.location).await.unwrap().bytes().await.unwrap();
+            to.put(&target, bytes.into()).await.unwrap();
+        }
+    }
+}
+
+async fn witness(from: &Arc<dyn ObjectStore>, w: &Arc<dyn ObjectStore>, prefix: &str) {
+    copy_tree(from, prefix, w, WITNESS, &[".crdt/ops", ".crdt/blobs"]).await;
+    let marker = Path::from(format!("{WITNESS}/.crdt/repo.json"));
+    if w.head(&marker).await.is_err() {
+        let from_marker = Path::from(format!("{prefix}/.crdt/repo.json"));
+        let bytes = from.get(&from_marker).await.unwrap().bytes().await.unwrap();
+        w.put(&marker, bytes.into()).await.unwrap();
+    }
+}
+
+async fn assert_shows_everything(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    w: &Arc<dyn ObjectStore>,
+    what: &str,
+) {
+    let want = Repo::open(w.clone(), WITNESS).await.unwrap();
+    let got = Repo::open(store, prefix).await.unwrap();
+    assert_eq!(got.problems(), vec![], "{what}: problems");
+    assert_eq!(got.pending(), vec![], "{what}: pending");
+    assert_eq!(got.fold().heads(), want.fold().heads(), "{what}: heads");
+    assert_eq!(
+        got.entries().await.unwrap(),
+        want.entries().await.unwrap(),
+        "{what}: entries"
+    );
+    assert_eq!(
+        got.conflicts().await.unwrap(),
+        want.conflicts().await.unwrap(),
+        "{what}: conflicts"
+    );
+}
+
+async fn commit(repo: &mut Repo, edits: &[(&str, &[u8])]) {
+    let mut s = repo.session();
+    for (k, v) in edits {
+        s.set(k, v.to_vec()).unwrap();
+    }
+    s.commit(None).await.unwrap();
+}
+
+async fn sync_clean(a: &Bucket, b: &Bucket) {
+    let r = sync(a, b, &SyncOptions::default()).await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+}
+
+fn forger(n: u8) -> ActorId {
+    ActorId(Ulid::from_bytes([n; 16]))
+}
+
+/// A hand-built change on top of `repo`'s heads.
+fn on_top(repo: &Repo, actor: ActorId, seq: u64, ops: Vec<Op>) -> Change {
+    let deps = repo.fold().heads();
+    let hlc = deps
+        .iter()
+        .filter_map(|h| repo.fold().hlc_of(h))
+        .max()
+        .unwrap();
+    Change {
+        repo: repo.id(),
+        actor,
+        seq,
+        deps,
+        hlc: Hlc(hlc.0 + 1),
+        wall_ms: 1,
+        message: None,
+        ops,
+    }
+}
+
+fn hash_of(c: &Change) -> ChangeHash {
+    ChangeHash::of(&c.encode())
+}
+
+async fn put_change(store: &Arc<dyn ObjectStore>, prefix: &str, c: &Change) -> ChangeHash {
+    let bytes = c.encode();
+    let hash = ChangeHash::of(&bytes);
+    let key = Layout::new(prefix).change(&ChangeName {
+        hash,
+        actor: c.actor,
+        seq: c.seq,
+    });
+    store
+        .put(&key, PutPayload::from(bytes::Bytes::from(bytes)))
+        .await
+        .unwrap();
+    hash
+}
+
+async fn snapshot_meta(store: &Arc<dyn ObjectStore>, prefix: &str, snapshot: &str) -> SnapshotMeta {
+    let name = SnapshotName::parse(snapshot).unwrap();
+    let key = Layout::new(prefix).snapshot(&name);
+    let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+    SnapshotMeta::decode("s", &bytes, &name.hash).unwrap()
+}
+
+/// A repository with a root group, arrays `x` and `y`, an attribute and a root object,
+/// replicated to a second bucket.
+async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
+    let b2 = another(b);
+    let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+    let mut s = a.session();
+    s.create_group("", Default::default()).unwrap();
+    s.create_array("x", &array_meta(&[64], &[1])).unwrap();
+    s.create_array("y", &array_meta(&[64], &[1])).unwrap();
+    s.set_attr("", "title", "base".into()).unwrap();
+    s.set("notes.txt", b"base notes".to_vec()).unwrap();
+    s.set("y/c/0", b"y0".to_vec()).unwrap();
+    s.set("x/c/20", b"x20".to_vec()).unwrap();
+    s.commit(None).await.unwrap();
+    sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
+    let c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
+    (b2, a, c)
+}
+
+// ---------------------------------------------------------------------------------
+// 1. The history horizon in a joined state.
+// ---------------------------------------------------------------------------------
+
+/// A record of a *young* joined snapshot must not be dropped because the *primary*
+/// base (the one with the greatest count) is past the horizon.
+///
+/// Bucket `b` holds snapshot P (greatest count) written two hours ago (window one
+/// hour). Replica `c` applies change W, whose `observed` names the entry of change X
+/// that nobody has delivered yet, and compacts: its snapshot Q (young) keeps the
+/// record naming X. Q is copied into `b`; `b` compacts the join. The record has been
+/// held for minutes, not a window, but `base_past_horizon` (src/compact.rs) judges
+/// only P's age and every joined record carries `from_base = true`: it is dropped.
+/// When X then arrives, readers of `b` show X's value beside W's (an attribute
+/// conflict) while the fold of every change drops it.
+#[tokio::test]
+async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
+    let b = memory();
+    let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let clock = ClockStore::new(b.store.clone());
+    let store: Arc<dyn ObjectStore> = Arc::new(clock.clone());
+    let mut a = Repo::init(store.clone(), &b.prefix).await.unwrap();
+    a.bucket()
+        .write_config(&crzarr::bucket::RepoConfig {
+            min_gc_window_secs: HOUR.as_secs(),
+        })
+        .await
+        .unwrap();
+    let mut s = a.session();
+    s.create_group("", Default::default()).unwrap();
+    s.commit(None).await.unwrap();
+    let b2 = another(&b);
+    sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
+    let mut c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
+    let root = a.log()[0].hash;
+
+    // X sets k = "x"; W, concurrent with it, sets k = "w" and observes X's entry.
+    let x = on_top(
+        &c,
+        forger(7),
+        1,
+        vec![Op::SetAttr {
+            node: OpRef::Change(root, 0),
+            key: "k".into(),
+            value: "\"x\"".into(),
+            observed: vec![],
+        }],
+    );
+    let x_hash = hash_of(&x);
+    let wch = on_top(
+        &c,
+        forger(8),
+        1,
+        vec![Op::SetAttr {
+            node: OpRef::Change(root, 0),
+            key: "k".into(),
+            value: "\"w\"".into(),
+            observed: vec![OpRef::Change(x_hash, 0)],
+        }],
+    );
+    put_change(&b2.store, &b2.prefix, &wch).await;
+    c.refresh().await.unwrap();
+    let q = c.compact().await.unwrap().snapshot.unwrap();
+    assert_eq!(snapshot_meta(&b2.store, &b2.prefix, &q).await.superseded.len(), 1);
+
+    // P: more changes than Q, then two hours pass.
+    for i in 0..3u8 {
+        commit(&mut a, &[(&format!("f{i}.txt"), &[i][..])]).await;
+    }
+    let p = a.compact().await.unwrap();
+    assert!(p.covered > SnapshotName::parse(&q).unwrap().covered, "{p:?}");
+    clock.advance(2 * HOUR);
+    // Q lands in b now (young by b's clock).
+    copy_tree(&b2.store, &b2.prefix, &store, &b.prefix, SNAPSHOT_DIRS).await;
+    witness(&store, &w, &b.prefix).await;
+    witness(&b2.store, &w, &b2.prefix).await;
+    a.refresh().await.unwrap();
+    let j = a.compact().await.unwrap().snapshot.unwrap();
+    let kept = snapshot_meta(&store, &b.prefix, &j).await.superseded.len();
+
+    // X arrives.
+    put_change(&store, &b.prefix, &x).await;
+    put_change(&w, WITNESS, &x).await;
+    let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
+    let k = r.view().attributes(r.fold(), "").and_then(|m| m.get("k").cloned());
+    assert_eq!(
+        (kept, k, r.conflicts().await.unwrap().len()),
+        (1, Some(json!("w")), 0),
+        "the record Q held for minutes was dropped by P's age (records kept in the join's snapshot, k, conflicts)"
+    );
+    assert_shows_everything(store.clone(), &b.prefix, &w, "after X arrives").await;
+}
