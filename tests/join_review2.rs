@@ -104,6 +104,15 @@ async fn commit(repo: &mut Repo, edits: &[(&str, &[u8])]) {
     s.commit(None).await.unwrap();
 }
 
+async fn push(a: &Bucket, b: &Bucket) {
+    let opts = SyncOptions {
+        direction: crzarr::sync::Direction::Push,
+        ..SyncOptions::default()
+    };
+    let r = sync(a, b, &opts).await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+}
+
 async fn sync_clean(a: &Bucket, b: &Bucket) {
     let r = sync(a, b, &SyncOptions::default()).await.unwrap();
     assert!(r.is_clean(), "{r:?}");
@@ -269,4 +278,247 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
         "the record Q held for minutes was dropped by P's age (records kept in the join's snapshot, k, conflicts)"
     );
     assert_shows_everything(store.clone(), &b.prefix, &w, "after X arrives").await;
+}
+
+// ---------------------------------------------------------------------------------
+// 2. Dimension and object registers; a delete beside edits and a re-creation.
+// ---------------------------------------------------------------------------------
+
+/// Side A edits.
+async fn edits_a(a: &mut Repo) {
+    let mut s = a.session();
+    s.resize("x", &[100]).unwrap();
+    s.set("notes.txt", b"notes from a".to_vec()).unwrap();
+    s.set("other.txt", b"other from a".to_vec()).unwrap();
+    s.commit(None).await.unwrap();
+    let mut s = a.session();
+    // Shrink (deletes x/c/20 it saw), and delete array y.
+    s.resize("x", &[10]).unwrap();
+    s.delete("y/zarr.json").unwrap();
+    s.delete_object("other.txt").unwrap();
+    s.commit(None).await.unwrap();
+}
+
+/// Side C edits, concurrently.
+async fn edits_c(c: &mut Repo) {
+    let mut s = c.session();
+    s.resize("x", &[80]).unwrap();
+    s.set("x/c/30", b"x30 c".to_vec()).unwrap();
+    s.set("y/c/3", b"y3 c".to_vec()).unwrap();
+    s.resize("y", &[128]).unwrap();
+    s.set_attr("y", "k", json!("c")).unwrap();
+    s.set("notes.txt", b"notes from c".to_vec()).unwrap();
+    s.commit(None).await.unwrap();
+    // Replace y by an array of other metadata, and write into it.
+    let mut s = c.session();
+    s.set(
+        "y/zarr.json",
+        serde_json::to_vec(&array_meta(&[32], &[2])).unwrap(),
+    )
+    .unwrap();
+    s.set("y/c/1", b"y1 new".to_vec()).unwrap();
+    s.delete_object("notes.txt").unwrap();
+    s.set("other.txt", b"other from c".to_vec()).unwrap();
+    s.commit(None).await.unwrap();
+    let mut s = c.session();
+    s.resize("y", &[48]).unwrap();
+    s.set_attr("y", "k", json!("c2")).unwrap();
+    s.commit(None).await.unwrap();
+}
+
+/// Two replicas: A resizes and shrinks `x`, deletes array `y`, writes and deletes
+/// objects; C grows `x`, edits and resizes `y`, then replaces `y` by another array and
+/// edits that, and writes objects. Both compact and collect, then sync: both show the
+/// fold of every change; then one compaction writes the join and still does.
+#[tokio::test]
+async fn dims_objects_and_a_recreated_array_join_to_the_fold() {
+    for b in backends() {
+        let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (b2, mut a, mut c) = pair(&b).await;
+        edits_a(&mut a).await;
+        edits_c(&mut c).await;
+        witness(&b.store, &w, &b.prefix).await;
+        witness(&b2.store, &w, &b2.prefix).await;
+        for r in [&mut a, &mut c] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        sync_clean(a.bucket(), c.bucket()).await;
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        assert_shows_everything(b2.store.clone(), &b2.prefix, &w, b.name).await;
+        a.refresh().await.unwrap();
+        a.compact().await.unwrap();
+        a.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        // Later edits on both sides observe the joined registers.
+        c.refresh().await.unwrap();
+        let mut s = a.session();
+        s.resize("x", &[5]).unwrap();
+        s.set("notes.txt", b"notes after".to_vec()).unwrap();
+        s.commit(None).await.unwrap();
+        let mut s = c.session();
+        s.resize("y", &[16]).unwrap();
+        s.commit(None).await.unwrap();
+        witness(&b.store, &w, &b.prefix).await;
+        witness(&b2.store, &w, &b2.prefix).await;
+        for r in [&mut a, &mut c] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        sync_clean(a.bucket(), c.bucket()).await;
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        assert_shows_everything(b2.store.clone(), &b2.prefix, &w, b.name).await;
+    }
+}
+
+/// The same edits on three replicas, the third deleting and re-creating `x` and
+/// writing objects, with counts arranged so that a reader of one bucket joins three
+/// snapshots (each side's snapshot copied raw).
+#[tokio::test]
+async fn dims_objects_and_recreation_three_way() {
+    for b in backends() {
+        let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (b2, mut a, mut c) = pair(&b).await;
+        let b3 = another(&b);
+        sync_clean(a.bucket(), &Bucket::new(b3.store.clone(), &b3.prefix)).await;
+        let mut d = Repo::open(b3.store.clone(), &b3.prefix).await.unwrap();
+        edits_a(&mut a).await;
+        for i in 0..4u8 {
+            commit(&mut a, &[(&format!("a{i}.txt"), &[i][..])]).await;
+        }
+        edits_c(&mut c).await;
+        {
+            let mut s = d.session();
+            s.set("x/c/40", b"x40 d".to_vec()).unwrap();
+            s.resize("x", &[200]).unwrap();
+            s.set("notes.txt", b"notes from d".to_vec()).unwrap();
+            s.commit(None).await.unwrap();
+            let mut s = d.session();
+            s.delete("x/zarr.json").unwrap();
+            s.create_array("x", &array_meta(&[64], &[1])).unwrap();
+            s.set("x/c/2", b"x2 d".to_vec()).unwrap();
+            s.set_attr("y", "k", json!("d")).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        for (st, p) in [
+            (&b.store, &b.prefix),
+            (&b2.store, &b2.prefix),
+            (&b3.store, &b3.prefix),
+        ] {
+            witness(st, &w, p).await;
+        }
+        for r in [&mut a, &mut c, &mut d] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        copy_tree(&b2.store, &b2.prefix, &b.store, &b.prefix, SNAPSHOT_DIRS).await;
+        copy_tree(&b3.store, &b3.prefix, &b.store, &b.prefix, SNAPSHOT_DIRS).await;
+        copy_tree(&b2.store, &b2.prefix, &b.store, &b.prefix, &[".crdt/blobs", ".crdt/ops"]).await;
+        copy_tree(&b3.store, &b3.prefix, &b.store, &b.prefix, &[".crdt/blobs", ".crdt/ops"]).await;
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        a.refresh().await.unwrap();
+        let cr = a.compact().await.unwrap();
+        assert_eq!(cr.supersedes.len(), 3, "{}: {cr:?}", b.name);
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        let g = a.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        assert_eq!(g.unverified, None, "{}: {g:?}", b.name);
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 3. GC of a snapshot written from a join of joins, some predecessors gone.
+// ---------------------------------------------------------------------------------
+
+/// R1 = the join of A's and B's snapshots, written in A's bucket and collected there
+/// (A's and B's snapshots gone). Meanwhile C joined its own with D's and wrote R2
+/// (a join too). R2 and its predecessors are copied in; A compacts the join of R1 and
+/// R2 and collects: the retained snapshot must be verified (its predecessors R1 and
+/// R2 are themselves joins), its count must be the one a reader computes, and every
+/// reader shows the fold of every change, before and after.
+#[tokio::test]
+async fn gc_verifies_the_join_of_two_joins() {
+    for b in backends() {
+        let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
+        let mut s = a.session();
+        s.create_group("", Default::default()).unwrap();
+        s.create_array("x", &array_meta(&[64], &[1])).unwrap();
+        s.commit(None).await.unwrap();
+        let others: Vec<Backend> = (0..3).map(|_| another(&b)).collect();
+        let mut reps = vec![];
+        for o in &others {
+            sync_clean(a.bucket(), &Bucket::new(o.store.clone(), &o.prefix)).await;
+            reps.push(Repo::open(o.store.clone(), &o.prefix).await.unwrap());
+        }
+        let [rb, rc, rd] = &mut reps[..] else { unreachable!() };
+        commit(&mut a, &[("x/c/0", b"a"), ("x/c/1", b"a1")]).await;
+        commit(rb, &[("x/c/0", b"b"), ("x/c/2", b"b2")]).await;
+        commit(rc, &[("x/c/0", b"c"), ("x/c/3", b"c3"), ("n.txt", b"c")]).await;
+        commit(rd, &[("x/c/0", b"d"), ("n.txt", b"d")]).await;
+        {
+            let mut s = rd.session();
+            s.resize("x", &[70]).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        let w_ab: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        witness(&b.store, &w, &b.prefix).await;
+        witness(&b.store, &w_ab, &b.prefix).await;
+        witness(&others[0].store, &w_ab, &others[0].prefix).await;
+        for o in &others {
+            witness(&o.store, &w, &o.prefix).await;
+        }
+        a.compact().await.unwrap();
+        a.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        for r in [&mut *rb, &mut *rc, &mut *rd] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        // A joins B; C joins D; each writes and collects its join.
+        sync_clean(rb.bucket(), a.bucket()).await;
+        sync_clean(rd.bucket(), rc.bucket()).await;
+        for r in [&mut a, &mut *rc] {
+            r.refresh().await.unwrap();
+            let cr = r.compact().await.unwrap();
+            assert_eq!(cr.supersedes.len(), 2, "{}: {cr:?}", b.name);
+            let g = r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+            assert_eq!(g.unverified, None, "{}: {g:?}", b.name);
+        }
+        assert_shows_everything(b.store.clone(), &b.prefix, &w_ab, "a: join of a, b").await;
+        // More edits on both, then C's join lands in A's bucket.
+        commit(&mut a, &[("x/c/5", b"a5")]).await;
+        commit(rc, &[("x/c/6", b"c6"), ("n.txt", b"c again")]).await;
+        witness(&b.store, &w, &b.prefix).await;
+        witness(&others[1].store, &w, &others[1].prefix).await;
+        for r in [&mut a, &mut *rc] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        push(rc.bucket(), a.bucket()).await;
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, "a: two joins").await;
+        a.refresh().await.unwrap();
+        let cr = a.compact().await.unwrap();
+        assert!(cr.snapshot.is_some(), "{}: {cr:?}", b.name);
+        let g = a.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        assert_eq!(g.unverified, None, "{}: {g:?}", b.name);
+        assert!(
+            g.removed.iter().any(|x| x.kind == ObjectKind::Snapshot),
+            "{}: {g:?}",
+            b.name
+        );
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, "a: after gc").await;
+        // The count written is the number of changes the witness holds.
+        let all = Repo::open(w.clone(), WITNESS).await.unwrap().log().len() as u64;
+        assert_eq!(cr.covered, all, "{}: {cr:?}", b.name);
+        // The join travels back to C (where A's line of history never was).
+        push(a.bucket(), rc.bucket()).await;
+        rc.refresh().await.unwrap();
+        assert_shows_everything(
+            others[1].store.clone(),
+            &others[1].prefix,
+            &w,
+            "c: after the join came back",
+        )
+        .await;
+    }
 }
