@@ -522,3 +522,75 @@ async fn gc_verifies_the_join_of_two_joins() {
         .await;
     }
 }
+
+// ---------------------------------------------------------------------------------
+// 4. A handle that commits after a refresh joined a concurrent snapshot.
+// ---------------------------------------------------------------------------------
+
+/// A's handle reads its own snapshot plus an uncompacted change; C's snapshot (whose
+/// change files C collected) lands in A's bucket; A's handle refreshes (joining it)
+/// and writes through the joined registers: a chunk both sides wrote, the dimension
+/// both resized, an object both wrote, an attribute. The change must resolve the
+/// conflicts it saw on every replica: the handle, a fresh open, C after a sync, and
+/// the witness all agree, with no conflict left.
+#[tokio::test]
+async fn a_handle_writing_after_a_joining_refresh_resolves_alike_everywhere() {
+    for b in backends() {
+        let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (b2, mut a, mut c) = pair(&b).await;
+        for (r, tag) in [(&mut a, "a"), (&mut c, "c")] {
+            let mut s = r.session();
+            s.set("x/c/0", tag.as_bytes().to_vec()).unwrap();
+            s.set("notes.txt", tag.as_bytes().to_vec()).unwrap();
+            s.set_attr("", "title", json!(tag)).unwrap();
+            s.resize("x", &[if tag == "a" { 90 } else { 80 }]).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        witness(&b.store, &w, &b.prefix).await;
+        witness(&b2.store, &w, &b2.prefix).await;
+        a.compact().await.unwrap();
+        a.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        // One more change on A, uncompacted.
+        commit(&mut a, &[("x/c/1", b"a1")]).await;
+        c.compact().await.unwrap();
+        c.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        witness(&b.store, &w, &b.prefix).await;
+        push(c.bucket(), a.bucket()).await;
+        a.refresh().await.unwrap();
+        assert_eq!(a.conflicts().await.unwrap().len(), 3, "{}", b.name);
+        let mut s = a.session();
+        s.set("x/c/0", b"resolved".to_vec()).unwrap();
+        s.set("notes.txt", b"resolved".to_vec()).unwrap();
+        s.set_attr("", "title", json!("resolved")).unwrap();
+        s.resize("x", &[40]).unwrap();
+        s.commit(None).await.unwrap();
+        witness(&b.store, &w, &b.prefix).await;
+        let want = Repo::open(w.clone(), WITNESS).await.unwrap();
+        assert_eq!(want.conflicts().await.unwrap(), vec![], "{}: witness", b.name);
+        assert_eq!(
+            a.entries().await.unwrap(),
+            want.entries().await.unwrap(),
+            "{}: the handle",
+            b.name
+        );
+        assert_eq!(a.conflicts().await.unwrap(), vec![], "{}: the handle", b.name);
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        sync_clean(a.bucket(), c.bucket()).await;
+        c.refresh().await.unwrap();
+        assert_eq!(
+            c.entries().await.unwrap(),
+            want.entries().await.unwrap(),
+            "{}: C",
+            b.name
+        );
+        assert_shows_everything(b2.store.clone(), &b2.prefix, &w, b.name).await;
+        // And once compacted and collected on both sides.
+        for r in [&mut a, &mut c] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        sync_clean(a.bucket(), c.bucket()).await;
+        assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
+        assert_shows_everything(b2.store.clone(), &b2.prefix, &w, b.name).await;
+    }
+}
