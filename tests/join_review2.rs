@@ -250,14 +250,23 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
     put_change(&b2.store, &b2.prefix, &wch).await;
     c.refresh().await.unwrap();
     let q = c.compact().await.unwrap().snapshot.unwrap();
-    assert_eq!(snapshot_meta(&b2.store, &b2.prefix, &q).await.superseded.len(), 1);
+    assert_eq!(
+        snapshot_meta(&b2.store, &b2.prefix, &q)
+            .await
+            .superseded
+            .len(),
+        1
+    );
 
     // P: more changes than Q, then two hours pass.
     for i in 0..3u8 {
         commit(&mut a, &[(&format!("f{i}.txt"), &[i][..])]).await;
     }
     let p = a.compact().await.unwrap();
-    assert!(p.covered > SnapshotName::parse(&q).unwrap().covered, "{p:?}");
+    assert!(
+        p.covered > SnapshotName::parse(&q).unwrap().covered,
+        "{p:?}"
+    );
     clock.advance(2 * HOUR);
     // Q lands in b now (young by b's clock).
     copy_tree(&b2.store, &b2.prefix, &store, &b.prefix, SNAPSHOT_DIRS).await;
@@ -271,7 +280,10 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
     put_change(&store, &b.prefix, &x).await;
     put_change(&w, WITNESS, &x).await;
     let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
-    let k = r.view().attributes(r.fold(), "").and_then(|m| m.get("k").cloned());
+    let k = r
+        .view()
+        .attributes(r.fold(), "")
+        .and_then(|m| m.get("k").cloned());
     assert_eq!(
         (kept, k, r.conflicts().await.unwrap().len()),
         (1, Some(json!("w")), 0),
@@ -413,8 +425,22 @@ async fn dims_objects_and_recreation_three_way() {
         }
         copy_tree(&b2.store, &b2.prefix, &b.store, &b.prefix, SNAPSHOT_DIRS).await;
         copy_tree(&b3.store, &b3.prefix, &b.store, &b.prefix, SNAPSHOT_DIRS).await;
-        copy_tree(&b2.store, &b2.prefix, &b.store, &b.prefix, &[".crdt/blobs", ".crdt/ops"]).await;
-        copy_tree(&b3.store, &b3.prefix, &b.store, &b.prefix, &[".crdt/blobs", ".crdt/ops"]).await;
+        copy_tree(
+            &b2.store,
+            &b2.prefix,
+            &b.store,
+            &b.prefix,
+            &[".crdt/blobs", ".crdt/ops"],
+        )
+        .await;
+        copy_tree(
+            &b3.store,
+            &b3.prefix,
+            &b.store,
+            &b.prefix,
+            &[".crdt/blobs", ".crdt/ops"],
+        )
+        .await;
         assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
         a.refresh().await.unwrap();
         let cr = a.compact().await.unwrap();
@@ -451,7 +477,9 @@ async fn gc_verifies_the_join_of_two_joins() {
             sync_clean(a.bucket(), &Bucket::new(o.store.clone(), &o.prefix)).await;
             reps.push(Repo::open(o.store.clone(), &o.prefix).await.unwrap());
         }
-        let [rb, rc, rd] = &mut reps[..] else { unreachable!() };
+        let [rb, rc, rd] = &mut reps[..] else {
+            unreachable!()
+        };
         commit(&mut a, &[("x/c/0", b"a"), ("x/c/1", b"a1")]).await;
         commit(rb, &[("x/c/0", b"b"), ("x/c/2", b"b2")]).await;
         commit(rc, &[("x/c/0", b"c"), ("x/c/3", b"c3"), ("n.txt", b"c")]).await;
@@ -566,14 +594,24 @@ async fn a_handle_writing_after_a_joining_refresh_resolves_alike_everywhere() {
         s.commit(None).await.unwrap();
         witness(&b.store, &w, &b.prefix).await;
         let want = Repo::open(w.clone(), WITNESS).await.unwrap();
-        assert_eq!(want.conflicts().await.unwrap(), vec![], "{}: witness", b.name);
+        assert_eq!(
+            want.conflicts().await.unwrap(),
+            vec![],
+            "{}: witness",
+            b.name
+        );
         assert_eq!(
             a.entries().await.unwrap(),
             want.entries().await.unwrap(),
             "{}: the handle",
             b.name
         );
-        assert_eq!(a.conflicts().await.unwrap(), vec![], "{}: the handle", b.name);
+        assert_eq!(
+            a.conflicts().await.unwrap(),
+            vec![],
+            "{}: the handle",
+            b.name
+        );
         assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
         sync_clean(a.bucket(), c.bucket()).await;
         c.refresh().await.unwrap();
@@ -592,5 +630,74 @@ async fn a_handle_writing_after_a_joining_refresh_resolves_alike_everywhere() {
         sync_clean(a.bucket(), c.bucket()).await;
         assert_shows_everything(b.store.clone(), &b.prefix, &w, b.name).await;
         assert_shows_everything(b2.store.clone(), &b2.prefix, &w, b.name).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Forks between the histories two snapshots archived.
+// ---------------------------------------------------------------------------------
+
+/// One writer id is reused on two replicas (a restored laptop image): change F1 on A
+/// and change F2 on C claim the same `(actor, seq)`. Each side overwrites what its
+/// forked change wrote, compacts and collects, so each forked change lives only in
+/// its side's coverage archive. The fold of every change reports the fork; a reader
+/// of the bucket holding both snapshots, even once compaction has written their join
+/// (§9: a fork against archived history shows once a compaction folded it), never
+/// does: `Fold::join` unions only the two sides' recorded forks and claims of their
+/// tables, and `Repo::compact` checks archived claims only against changes applied
+/// from files (`fold.log()`), never one archive against another.
+#[tokio::test]
+async fn a_fork_between_two_archives_is_reported_once_the_join_is_compacted() {
+    for b in backends() {
+        let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (b2, mut a, mut c) = pair(&b).await;
+        let root = a.log()[0].hash;
+        for (r, st, p, key) in [
+            (&mut a, &b.store, &b.prefix, "fa"),
+            (&mut c, &b2.store, &b2.prefix, "fc"),
+        ] {
+            let f = on_top(
+                r,
+                forger(5),
+                1,
+                vec![Op::SetAttr {
+                    node: OpRef::Change(root, 0),
+                    key: key.into(),
+                    value: "1".into(),
+                    observed: vec![],
+                }],
+            );
+            put_change(st, p, &f).await;
+            r.refresh().await.unwrap();
+            let mut s = r.session();
+            s.delete_attr("", key).unwrap();
+            s.commit(None).await.unwrap();
+            let mut s = r.session();
+            s.set_attr("", "other", json!(key)).unwrap();
+            s.commit(None).await.unwrap();
+        }
+        witness(&b.store, &w, &b.prefix).await;
+        witness(&b2.store, &w, &b2.prefix).await;
+        let want = Repo::open(w.clone(), WITNESS).await.unwrap().forks();
+        assert_eq!(want.len(), 1, "{}: the witness reports the fork", b.name);
+        for r in [&mut a, &mut c] {
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+            // The forked change's file is gone: the next snapshot archives it.
+            commit(r, &[("later.txt", b"later")]).await;
+            r.compact().await.unwrap();
+            r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+        }
+        push(c.bucket(), a.bucket()).await;
+        a.refresh().await.unwrap();
+        let cr = a.compact().await.unwrap();
+        assert!(cr.snapshot.is_some(), "{}: {cr:?}", b.name);
+        let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
+        assert_eq!(
+            fresh.forks(),
+            want,
+            "{}: forks after the join was compacted",
+            b.name
+        );
     }
 }
