@@ -157,11 +157,14 @@ impl Repo {
             }
         }
         let mut archived: HashSet<ChangeHash> = HashSet::new();
-        let mut archived_claims: HashMap<(ActorId, u64), ChangeHash> = HashMap::new();
+        let mut archived_claims: HashMap<(ActorId, u64), Vec<ChangeHash>> = HashMap::new();
         for s in &old_shards {
             for c in s {
                 archived.insert(c.hash);
-                archived_claims.insert((c.actor, c.seq), c.hash);
+                let v = archived_claims.entry((c.actor, c.seq)).or_default();
+                if !v.contains(&c.hash) {
+                    v.push(c.hash);
+                }
             }
         }
         // Superseded records naming a change nobody delivered for a whole window
@@ -199,14 +202,32 @@ impl Repo {
             .drain(..)
             .map(|f| ((f.actor, f.seq), f.changes))
             .collect();
-        for info in fold.log() {
-            if let Some(h) = archived_claims.get(&(info.actor, info.seq))
-                && *h != info.hash
+        // Against changes applied from files; for a joined state also against the
+        // other sides' tables, and archive against archive (two replicas archived the
+        // two changes of one fork apart).
+        let compared: Vec<&crate::fold::ChangeInfo> = if joined.is_empty() {
+            fold.log()
+        } else {
+            fold.log_all().collect()
+        };
+        let mut add_fork = |claim: (ActorId, u64), hs: &[ChangeHash]| {
+            let v = forks.entry(claim).or_default();
+            v.extend_from_slice(hs);
+            v.sort();
+            v.dedup();
+        };
+        for info in compared {
+            if let Some(hs) = archived_claims.get(&(info.actor, info.seq))
+                && hs.iter().any(|h| *h != info.hash)
             {
-                let v = forks.entry((info.actor, info.seq)).or_default();
-                v.extend([*h, info.hash]);
-                v.sort();
-                v.dedup();
+                let mut all = hs.clone();
+                all.push(info.hash);
+                add_fork((info.actor, info.seq), &all);
+            }
+        }
+        for (claim, hs) in &archived_claims {
+            if hs.len() > 1 {
+                add_fork(*claim, hs);
             }
         }
         exported.meta.forks = forks

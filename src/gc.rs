@@ -256,7 +256,10 @@ impl Repo {
                 if old(snap.modified) {
                     doomed.push((ObjectKind::Snapshot, snap.key.clone(), snap.size));
                 } else {
+                    // Kept, so what it names is kept too: it stays readable (it may even
+                    // sort above R, with R's count and a greater hash).
                     report.kept_recent += 1;
+                    protected.push(m);
                 }
             } else if !old(snap.modified) && m.supersedes.contains(&retained_name) {
                 protected.push(m);

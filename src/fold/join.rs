@@ -426,13 +426,16 @@ impl Fold {
             }
         }
 
-        // Records: both sides' (an entry either saw superseded stays dropped).
+        // Records: both sides' (an entry either saw superseded stays dropped). Theirs
+        // count as new here: the horizon (merge.md §8) is judged by the age of the
+        // snapshot this state started from, which says nothing of theirs, so their
+        // horizon starts afresh (late, never early).
         for (path, regs) in &other.superseded {
             let mine = self.superseded.entry(path.clone()).or_default();
             for (reg, ids) in regs {
                 let v = mine.entry(reg.clone()).or_default();
-                for (id, from_base) in ids {
-                    v.entry(*id).or_insert(*from_base);
+                for id in ids.keys() {
+                    v.insert(*id, false);
                 }
             }
         }

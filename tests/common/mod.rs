@@ -1,6 +1,8 @@
 //! Shared test support: the object stores every suite runs against.
 #![allow(dead_code)]
 
+pub mod witness;
+
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;

@@ -1,11 +1,12 @@
-//! Second review of the snapshot join (spec/merge.md §9.1): the history horizon in a
-//! joined state, dimension and object registers across joins, GC's verification of a
-//! snapshot written from a join, and handles that commit after a refresh joined a
-//! concurrent snapshot. Each test states what it expects of the fold of every change
+//! Edges of the snapshot join (spec/merge.md §9.1), found by a review: the history
+//! horizon in a joined state, forks archived apart, dimension and object registers
+//! across joins, GC's verification of a snapshot written from a join of joins, and
+//! handles that commit after a refresh joined a concurrent snapshot. Each test states what it expects of the fold of every change
 //! (a witness bucket holding a raw copy of every change file ever written).
 
 mod common;
 
+use common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
 use common::{Backend, another, array_meta, backends, memory};
 use crzarr::bucket::Bucket;
 use crzarr::change::{Change, Op, OpRef};
@@ -16,8 +17,6 @@ use crzarr::repo::Repo;
 use crzarr::snapshot::SnapshotMeta;
 use crzarr::sync::{SyncOptions, sync};
 use crzarr::testing::ClockStore;
-use futures::StreamExt;
-use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::json;
 use std::sync::Arc;
@@ -25,7 +24,6 @@ use std::time::Duration;
 use ulid::Ulid;
 
 const HOUR: Duration = Duration::from_secs(3600);
-const WITNESS: &str = "witness";
 const SNAPSHOT_DIRS: &[&str] = &[".crdt/snapshots", ".crdt/manifests", ".crdt/archive"];
 
 fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
@@ -34,74 +32,6 @@ fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
         dry_run: false,
         force,
     }
-}
-
-async fn copy_tree(
-    from: &Arc<dyn ObjectStore>,
-    from_prefix: &str,
-    to: &Arc<dyn ObjectStore>,
-    to_prefix: &str,
-    dirs: &[&str],
-) {
-    for dir in dirs {
-        let root = Path::from(format!("{from_prefix}/{dir}"));
-        let listed: Vec<_> = from.list(Some(&root)).collect().await;
-        for m in listed {
-            let m = m.unwrap();
-            let rel = m
-                .location
-                .as_ref()
-                .strip_prefix(&format!("{from_prefix}/"))
-                .unwrap();
-            let target = Path::from(format!("{to_prefix}/{rel}"));
-            if to.head(&target).await.is_ok() {
-                continue;
-            }
-            let bytes = from.get(&m.location).await.unwrap().bytes().await.unwrap();
-            to.put(&target, bytes.into()).await.unwrap();
-        }
-    }
-}
-
-async fn witness(from: &Arc<dyn ObjectStore>, w: &Arc<dyn ObjectStore>, prefix: &str) {
-    copy_tree(from, prefix, w, WITNESS, &[".crdt/ops", ".crdt/blobs"]).await;
-    let marker = Path::from(format!("{WITNESS}/.crdt/repo.json"));
-    if w.head(&marker).await.is_err() {
-        let from_marker = Path::from(format!("{prefix}/.crdt/repo.json"));
-        let bytes = from.get(&from_marker).await.unwrap().bytes().await.unwrap();
-        w.put(&marker, bytes.into()).await.unwrap();
-    }
-}
-
-async fn assert_shows_everything(
-    store: Arc<dyn ObjectStore>,
-    prefix: &str,
-    w: &Arc<dyn ObjectStore>,
-    what: &str,
-) {
-    let want = Repo::open(w.clone(), WITNESS).await.unwrap();
-    let got = Repo::open(store, prefix).await.unwrap();
-    assert_eq!(got.problems(), vec![], "{what}: problems");
-    assert_eq!(got.pending(), vec![], "{what}: pending");
-    assert_eq!(got.fold().heads(), want.fold().heads(), "{what}: heads");
-    assert_eq!(
-        got.entries().await.unwrap(),
-        want.entries().await.unwrap(),
-        "{what}: entries"
-    );
-    assert_eq!(
-        got.conflicts().await.unwrap(),
-        want.conflicts().await.unwrap(),
-        "{what}: conflicts"
-    );
-}
-
-async fn commit(repo: &mut Repo, edits: &[(&str, &[u8])]) {
-    let mut s = repo.session();
-    for (k, v) in edits {
-        s.set(k, v.to_vec()).unwrap();
-    }
-    s.commit(None).await.unwrap();
 }
 
 async fn push(a: &Bucket, b: &Bucket) {
@@ -502,13 +432,16 @@ async fn gc_verifies_the_join_of_two_joins() {
             r.compact().await.unwrap();
             r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
         }
-        // A joins B; C joins D; each writes and collects its join.
-        sync_clean(rb.bucket(), a.bucket()).await;
-        sync_clean(rd.bucket(), rc.bucket()).await;
+        // A joins B; C joins D; each writes (the sync does) and collects its join.
+        for (from, to) in [(rb.bucket(), a.bucket()), (rd.bucket(), rc.bucket())] {
+            let rep = sync(from, to, &SyncOptions::default()).await.unwrap();
+            assert!(rep.is_clean(), "{}: {rep:?}", b.name);
+            assert_eq!(rep.joins_written.len(), 2, "{}: {rep:?}", b.name);
+        }
         for r in [&mut a, &mut *rc] {
             r.refresh().await.unwrap();
             let cr = r.compact().await.unwrap();
-            assert_eq!(cr.supersedes.len(), 2, "{}: {cr:?}", b.name);
+            assert_eq!(cr.snapshot, None, "{}: sync wrote the join: {cr:?}", b.name);
             let g = r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
             assert_eq!(g.unverified, None, "{}: {g:?}", b.name);
         }
@@ -522,7 +455,21 @@ async fn gc_verifies_the_join_of_two_joins() {
             r.compact().await.unwrap();
             r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
         }
-        push(rc.bucket(), a.bucket()).await;
+        // Raw copy first, so readers join the two joins at open; then compaction.
+        copy_tree(
+            &others[1].store,
+            &others[1].prefix,
+            &b.store,
+            &b.prefix,
+            &[
+                ".crdt/ops",
+                ".crdt/blobs",
+                ".crdt/snapshots",
+                ".crdt/manifests",
+                ".crdt/archive",
+            ],
+        )
+        .await;
         assert_shows_everything(b.store.clone(), &b.prefix, &w, "a: two joins").await;
         a.refresh().await.unwrap();
         let cr = a.compact().await.unwrap();
@@ -688,10 +635,9 @@ async fn a_fork_between_two_archives_is_reported_once_the_join_is_compacted() {
             r.compact().await.unwrap();
             r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
         }
+        // The push writes the join at the destination.
         push(c.bucket(), a.bucket()).await;
         a.refresh().await.unwrap();
-        let cr = a.compact().await.unwrap();
-        assert!(cr.snapshot.is_some(), "{}: {cr:?}", b.name);
         let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
             fresh.forks(),
