@@ -29,6 +29,21 @@ pub struct Location {
 
 /// Resolves a repository URL. Local directories are created when `create` is set.
 pub fn connect(url: &str, create: bool) -> Result<Location> {
+    // `s3:/bucket/x` (one slash) would otherwise be a local directory named `s3:`.
+    if !url.contains("://")
+        && let Some((scheme, rest)) = url.split_once(':')
+        && scheme.len() > 1
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && rest.starts_with('/')
+    {
+        let path = rest.trim_start_matches('/');
+        return Err(Error::Usage(format!(
+            "{url}: looks like a URL with a malformed scheme; did you mean {scheme}://{path}? \
+             (a local path with a colon: write it as ./{url})"
+        )));
+    }
     let (scheme, rest) = match url.split_once("://") {
         Some((s, r)) => (s.to_ascii_lowercase(), r),
         None => ("file".to_string(), url),

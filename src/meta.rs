@@ -237,6 +237,11 @@ fn check_common(
     Ok(())
 }
 
+/// What to do with Zarr v2 metadata, which crzarr does not store.
+pub const V2_ADVICE: &str = "this is Zarr v2 metadata (`zarr_format` 2), and crzarr stores Zarr v3: \
+     convert the dataset to Zarr v3 first (zarr-python reads v2 and writes v3 with \
+     `zarr_format=3`), then `crzarr import` it";
+
 /// Parses a client's `zarr.json` for the node at `key`.
 pub fn parse_node_doc(key: &str, bytes: &[u8]) -> Result<NodeDoc> {
     let v: Value = serde_json::from_slice(bytes)
@@ -244,6 +249,9 @@ pub fn parse_node_doc(key: &str, bytes: &[u8]) -> Result<NodeDoc> {
     let Value::Object(mut obj) = v else {
         return Err(Error::invalid_metadata(key, "not a JSON object"));
     };
+    if obj.get("zarr_format") == Some(&Value::from(2)) {
+        return Err(Error::invalid_metadata(key, V2_ADVICE));
+    }
     let attributes = match obj.remove("attributes") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,

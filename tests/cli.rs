@@ -912,3 +912,110 @@ fn export_never_deletes_files_it_did_not_write() {
         "{again}"
     );
 }
+
+/// A new repository `r` in a temp dir (kept alive by the returned dir).
+fn new_repo() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r").to_str().unwrap().to_string();
+    ok(&["init", &repo], None);
+    (dir, repo)
+}
+
+/// Issue 17 item 4: `crzarr ls REPO | head -1` ends quietly when the reader closes the
+/// pipe, as Unix tools do: no "Broken pipe" error; killed by SIGPIPE (or exit 0).
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_dir, repo) = new_repo();
+    let repo = repo.as_str();
+    ok(
+        &["put", repo, "zarr.json", "-"],
+        Some(br#"{"zarr_format":3,"node_type":"group","attributes":{}}"#),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crzarr"))
+        .args(["ls", repo])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command writes (it opens the repository first).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "stderr: {err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+}
+
+/// Issue 17 item 4: a URL with one slash after its scheme is refused with a hint, and
+/// no local directory named like it is created.
+#[test]
+fn a_malformed_url_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crzarr"))
+        .args(["init", "s3:/bucket/x"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean s3://bucket/x"), "{err}");
+    assert!(!dir.path().join("s3:").exists(), "a directory was created");
+}
+
+/// Issue 17 item 4: `put` of a file that does not exist names the file.
+#[test]
+fn put_of_a_missing_file_names_it() {
+    let (_dir, repo) = new_repo();
+    fails(
+        &["put", &repo, "k", "missing.json"],
+        "cannot read missing.json",
+    );
+}
+
+/// Issue 17 item 4: `import` of a source that does not exist says so, rather than
+/// advising `crzarr init`.
+#[test]
+fn import_of_a_missing_source_says_it_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("missing.zarr");
+    let repo = dir.path().join("r");
+    fails(
+        &["import", src.to_str().unwrap(), repo.to_str().unwrap()],
+        "no such directory",
+    );
+    assert!(!repo.exists(), "the repository was created anyway");
+}
+
+/// Issue 17 item 4: a usage error exits 2 with a usage hint, as the README says.
+#[test]
+fn a_usage_error_exits_2_with_a_usage_hint() {
+    let out = crzarr(&["ls"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage:"), "{err}");
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains("exits with status 2"),
+        "README states the usage exit code"
+    );
+}
+
+/// Issue 17 item 4: Zarr v2 metadata (a `.zarray` key, or a `zarr.json` of format 2) is
+/// refused with what it is and how to convert it, not a complaint about `node_type`.
+#[test]
+fn zarr_v2_metadata_is_named_as_such() {
+    let (dir, repo) = new_repo();
+    let repo = repo.as_str();
+    let v2 = br#"{"zarr_format":2,"shape":[4],"chunks":[2],"dtype":"<i4","compressor":null,"fill_value":0,"order":"C","filters":null}"#;
+    let file = dir.path().join("za");
+    std::fs::write(&file, v2).unwrap();
+    let file = file.to_str().unwrap();
+    fails(&["put", repo, "a/.zarray", file], "Zarr v2 metadata");
+    fails(&["put", repo, "zarr.json", file], "Zarr v2 metadata");
+    fails(&["put", repo, "zarr.json", file], "zarr_format=3");
+}

@@ -1610,7 +1610,7 @@ fn corpus() -> Vec<CorpusFile> {
             "zarr-wrong-format.json",
             zarr_with(&|v| v["zarr_format"] = json!(2)),
             Via::Zarr,
-            Err("InvalidMetadata", "`zarr_format` must be 3"),
+            Err("InvalidMetadata", "this is Zarr v2 metadata"),
         ),
         file(
             "zarr-missing-codecs.json",

@@ -1550,7 +1550,7 @@ async fn session_refuses_invalid_metadata() {
             (without("fill_value"), "missing required field `fill_value`"),
             (without("codecs"), "missing required field `codecs`"),
             (without("zarr_format"), "`zarr_format` must be 3"),
-            (with("zarr_format", json!(2)), "`zarr_format` must be 3"),
+            (with("zarr_format", json!(2)), "this is Zarr v2 metadata"),
             (
                 without("node_type"),
                 "`node_type` must be \"group\" or \"array\"",

@@ -270,6 +270,7 @@ enum Command {
 
 /// Parses arguments, runs the command, maps errors to one line and exit code 1.
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -290,6 +291,18 @@ pub fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A reader that closes the pipe early (`crzarr ls REPO | head -1`) ends the command
+/// quietly, as it ends other Unix tools, instead of an error about a broken pipe. Rust
+/// ignores SIGPIPE by default; a command-line tool wants the default action back.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists; setting the
+    // disposition of SIGPIPE to its default touches no memory of this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -416,12 +429,17 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             message,
             json,
         } => {
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            if [".zarray", ".zgroup", ".zattrs", ".zmetadata"].contains(&name) {
+                return Err(Error::Usage(format!("{key}: {}", crzarr::meta::V2_ADVICE)));
+            }
             let bytes = if file == "-" {
                 let mut b = Vec::new();
                 std::io::stdin().read_to_end(&mut b)?;
                 b
             } else {
-                std::fs::read(&file)?
+                std::fs::read(&file)
+                    .map_err(|e| Error::Usage(format!("cannot read {file}: {e}")))?
             };
             let mut r = open(&repo, concurrency).await?;
             let mut s = r.session();

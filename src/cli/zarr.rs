@@ -40,7 +40,15 @@ pub(crate) async fn run_import(
     json: bool,
     concurrency: usize,
 ) -> Result<()> {
-    let from = connect(src, false)?;
+    // `connect` reports a missing local directory as "not a repository", which for
+    // the source of an import is the wrong advice.
+    let from = connect(src, false).map_err(|e| match e {
+        Error::NotARepo { .. } => Error::Usage(format!(
+            "{src}: no such directory (the source of an import is a Zarr v3 store: a \
+             directory or a URL)"
+        )),
+        e => e,
+    })?;
     // A reference must resolve from any working directory: local paths go absolute.
     let source_url = match src.split_once("://") {
         Some(_) => src.to_string(),
