@@ -380,51 +380,27 @@ impl Repo {
         {
             return self.reload().await;
         }
-        // A damaged newest snapshot was reported once; it is not read again. A handle
-        // that reads an older snapshot's pieces moves to the newest one even when it
-        // holds nothing new: garbage collection may remove the older one's pieces.
-        if let Some(newest) = snaps.first()
-            && (!self.known_snapshots.contains(&newest.name)
-                || base.is_some_and(|b| b != newest.name))
-            && !self.problems.contains_key(newest.key.as_ref())
-        {
-            let based = self.fold.snapshot_base().is_some();
-            match self.read_snapshot(newest, None).await {
-                // Nothing new in it, and no manifest pieces of an older snapshot
-                // (which garbage collection may remove) to depend on.
-                Ok(f) if !based && f.heads().iter().all(|h| self.fold.contains(h)) => {
-                    self.known_snapshots.insert(newest.name);
-                }
-                Ok(_) | Err(Error::Vanished { .. }) => return self.reload().await,
-                Err(e @ (Error::Store { .. } | Error::UnsupportedVersion { .. })) => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    let p = Problem {
-                        key: newest.key.to_string(),
-                        error: e.to_string(),
-                    };
-                    self.problems.insert(p.key.clone(), p.error.clone());
-                    fresh.push(p);
-                }
-            }
-        }
-        // Any other snapshot not known yet may hold history this state lacks (copied
-        // in by a sync or a raw copy): one that does is joined by a fresh open.
+        // A listed snapshot not known yet may hold history this state lacks (a newer
+        // compaction, or one a sync or a raw copy brought in): one that does is read,
+        // or joined, by a fresh open. A damaged one was reported once and is not read
+        // again. A handle that reads an older snapshot's pieces moves to the newest one
+        // even when it holds nothing new: garbage collection may remove the older
+        // one's pieces.
         let superseded: HashSet<String> = self
             .fold
             .snapshot_base()
             .map(|b| b.supersedes.iter().cloned().collect())
             .unwrap_or_default();
+        let newest = snaps.first().map(|s| s.name);
         for snap in &snaps {
-            if self.known_snapshots.contains(&snap.name)
-                || self.problems.contains_key(snap.key.as_ref())
-                || superseded.contains(&snap.name.file_name())
-            {
+            let moves = Some(snap.name) == newest && base.is_some_and(|b| b != snap.name);
+            let settled = self.known_snapshots.contains(&snap.name)
+                || superseded.contains(&snap.name.file_name());
+            if self.problems.contains_key(snap.key.as_ref()) || (settled && !moves) {
                 continue;
             }
             match self.read_snapshot(snap, None).await {
-                Ok(f) if f.heads().iter().all(|h| self.fold.contains(h)) => {
+                Ok(f) if !moves && self.covers_heads(&f.heads()).await? => {
                     self.known_snapshots.insert(snap.name);
                 }
                 Ok(_) | Err(Error::Vanished { .. }) => return self.reload().await,

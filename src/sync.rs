@@ -554,42 +554,12 @@ impl<'a> SideState<'a> {
     async fn read_newest(&mut self, id: RepoId) -> Result<Vec<Problem>> {
         let mut problems = Vec::new();
         for snap in &self.listing.snaps {
-            let key = snap.key.to_string();
-            let got = if snap.size > MAX_META_BYTES {
-                Err(Error::TooLarge {
-                    key: key.clone(),
-                    size: snap.size,
-                    limit: MAX_META_BYTES,
-                })
-            } else {
-                match self.bucket.get(&snap.key, MAX_META_BYTES).await {
-                    // Removed by garbage collection since the listing: try the next.
-                    Ok(None) => continue,
-                    Ok(Some(bytes)) => {
-                        crate::repo::decode_snapshot_meta(&key, &bytes, snap.name, id)
-                            .map(|m| (bytes, m))
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            match got {
-                Ok((bytes, mut meta)) => {
-                    self.coverage.table = Arc::new(std::mem::take(&mut meta.changes));
-                    self.coverage.shards = meta.archive.clone();
-                    self.newest = Some(Newest {
-                        listed: snap.clone(),
-                        bytes,
-                        meta,
-                    });
-                    break;
-                }
-                Err(e @ (Error::Store { .. } | Error::UnsupportedVersion { .. })) => {
-                    return Err(e);
-                }
-                Err(e) => problems.push(Problem {
-                    key,
-                    error: e.to_string(),
-                }),
+            // `None`: damaged (reported) or removed by GC since the listing: the next.
+            if let Some(mut n) = read_snapshot_meta(self.bucket, snap, id, &mut problems).await? {
+                self.coverage.table = Arc::new(std::mem::take(&mut n.meta.changes));
+                self.coverage.shards = n.meta.archive.clone();
+                self.newest = Some(n);
+                break;
             }
         }
         Ok(problems)
