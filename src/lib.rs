@@ -73,32 +73,25 @@
 
 #![warn(missing_docs)]
 
-pub mod bucket;
-pub mod change;
-mod chunkmap;
-pub mod compact;
-pub mod connect;
+pub mod adapters;
 pub mod error;
-pub mod export;
 pub mod fold;
-pub mod gc;
-pub mod ids;
-pub mod import;
-pub mod key;
-pub mod layout;
-pub mod meta;
-pub mod progress;
-pub mod reference;
+pub mod format;
+pub mod io;
+pub mod ops;
 pub mod repo;
 pub mod session;
-pub mod snapshot;
-pub mod status;
-pub mod sync;
-pub mod testing;
-pub mod verify;
-pub mod view;
+pub mod zarr;
+
+// Paths of the flat layout before the redesign.
 #[cfg(feature = "zarrs")]
-pub mod zarrs_store;
+pub use adapters::zarrs as zarrs_store;
+pub(crate) use fold::chunkmap;
+pub use fold::view;
+pub use format::{change, ids, layout, snapshot};
+pub use io::{connect, reference, store as bucket, testing};
+pub use ops::{compact, export, gc, import, progress, status, sync, verify};
+pub use zarr::{key, meta};
 
 pub use error::{Error, Result};
 pub use repo::Repo;

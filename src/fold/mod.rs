@@ -31,8 +31,10 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+pub(crate) mod chunkmap;
 mod join;
 mod snap;
+pub mod view;
 
 /// Most changes held pending (waiting for deps) at once.
 pub const MAX_PENDING_CHANGES: usize = 100_000;

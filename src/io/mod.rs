@@ -1,0 +1,8 @@
+//! I/O over `object_store`: the repository's prefixed store with its limits, create-once
+//! writes and listings; chunks adopted in place; repository URLs; and store wrappers
+//! that count or inject faults.
+
+pub mod connect;
+pub mod reference;
+pub mod store;
+pub mod testing;
