@@ -86,7 +86,6 @@ pub mod zarr;
 // Paths of the flat layout before the redesign.
 #[cfg(feature = "zarrs")]
 pub use adapters::zarrs as zarrs_store;
-pub(crate) use fold::chunkmap;
 pub use fold::view;
 pub use format::{change, ids, layout, snapshot};
 pub use io::{connect, reference, store as bucket, testing};

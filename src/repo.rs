@@ -1,21 +1,21 @@
 //! A repository handle: open (list, fetch in parallel, fold), refresh, read the view,
 //! and publish changes written by a [`WriteSession`].
 
-use crate::bucket::{Bucket, DEFAULT_CONCURRENCY, ListedChange, ListedSnapshot, Problem};
-use crate::change::{Change, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
+use crate::fold::view::{ChunkRef, Conflict, Entry, View};
 use crate::fold::{
     ChangeInfo, Fold, Fork, InsertOutcome, LoadedPiece, PendingChange, RejectedChange,
 };
-use crate::ids::{ActorId, BlobHash, ChangeHash, HARD_MAX_HLC, Hlc, ObjectHash, RepoId};
-use crate::layout::{ChangeName, SnapshotName};
-use crate::reference::ReferenceSources;
-use crate::session::WriteSession;
-use crate::snapshot::{
+use crate::format::change::{Change, MAX_CHANGE_BYTES, Op};
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, HARD_MAX_HLC, Hlc, ObjectHash, RepoId};
+use crate::format::layout::{ChangeName, SnapshotName};
+use crate::format::snapshot::{
     ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
     PieceRef, SnapshotMeta,
 };
-use crate::view::{ChunkRef, Conflict, Entry, View};
+use crate::io::reference::ReferenceSources;
+use crate::io::store::{Bucket, DEFAULT_CONCURRENCY, ListedChange, ListedSnapshot, Problem};
+use crate::session::WriteSession;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -743,7 +743,7 @@ impl Repo {
         };
         let mut all: HashSet<ChangeHash> = self.fold.log_all().map(|c| c.hash).collect();
         for archive in base.archives() {
-            for shard in crate::compact::read_shards(&self.bucket, Some(archive))
+            for shard in crate::ops::compact::read_shards(&self.bucket, Some(archive))
                 .await?
                 .into_iter()
                 .flatten()
@@ -1101,7 +1101,7 @@ pub(crate) fn decode_snapshot_meta(
 ) -> Result<SnapshotMeta> {
     let meta = match SnapshotMeta::decode(key, bytes, &name.hash) {
         Err(Error::UnsupportedVersion { found, .. })
-            if !crate::snapshot::is_snapshot_envelope(bytes, repo, name.covered) =>
+            if !crate::format::snapshot::is_snapshot_envelope(bytes, repo, name.covered) =>
         {
             return Err(Error::corrupt(
                 key,
@@ -1206,7 +1206,7 @@ async fn fetch_pieces(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{MAX_CLOCK_LEAD_MS, now_millis};
+    use crate::format::ids::{MAX_CLOCK_LEAD_MS, now_millis};
     use object_store::memory::InMemory;
 
     /// `publish` checks a change as readers will before uploading anything: one a year
@@ -1230,7 +1230,7 @@ mod tests {
             wall_ms: now_millis(),
             message: None,
             ops: vec![Op::SetAttr {
-                node: crate::change::OpRef::Change(root, 0),
+                node: crate::format::change::OpRef::Change(root, 0),
                 key: "k".into(),
                 value: "1".into(),
                 observed: vec![],

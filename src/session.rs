@@ -5,14 +5,14 @@
 //! or the prefix `a/b/` deletes node `a/b` and its subtree. Any other key (one no
 //! array owns, like `notes/readme.txt`) is an *object*: bytes kept as they are.
 
-use crate::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, OpRef};
 use crate::error::{Error, Result};
 use crate::fold::Stamp;
-use crate::ids::{BlobHash, ChangeHash, now_millis};
-use crate::key::{self, meta_path};
-use crate::meta::{self, ArrayMeta, NodeDoc};
+use crate::fold::view::NodeType;
+use crate::format::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, OpRef};
+use crate::format::ids::{BlobHash, ChangeHash, now_millis};
 use crate::repo::Repo;
-use crate::view::NodeType;
+use crate::zarr::key::{self, meta_path};
+use crate::zarr::meta::{self, ArrayMeta, NodeDoc};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -214,7 +214,7 @@ impl<'r> WriteSession<'r> {
     pub fn delete_object(&mut self, store_key: &str) -> Result<()> {
         key::check_object_key(store_key)?;
         let exists = self.object_ops.contains_key(store_key)
-            || crate::view::object_value(self.repo.fold(), store_key).is_some();
+            || crate::fold::view::object_value(self.repo.fold(), store_key).is_some();
         if exists {
             self.write_object(store_key, None);
         }
@@ -269,7 +269,7 @@ impl<'r> WriteSession<'r> {
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| crate::view::object_value(self.repo.fold(), k).is_some())
+            .filter(|(k, _)| crate::fold::view::object_value(self.repo.fold(), k).is_some())
             .map(|(k, _)| k.to_string())
             .collect();
         keys.extend(
@@ -836,7 +836,7 @@ impl<'r> WriteSession<'r> {
         let fold = self.repo.fold();
         let view = self.repo.view();
         let live_refs = |members: &[Stamp], k: &str| -> Vec<OpRef> {
-            crate::view::chunk_entries(fold, members, k)
+            crate::fold::view::chunk_entries(fold, members, k)
                 .iter()
                 .map(|e| OpRef::Change(e.order.hash, e.order.op))
                 .collect()
@@ -855,7 +855,7 @@ impl<'r> WriteSession<'r> {
         }
         let mut extra = Vec::new();
         for (h, path, filter) in &d.filters {
-            for k in crate::view::member_chunk_keys(fold, &h.members) {
+            for k in crate::fold::view::member_chunk_keys(fold, &h.members) {
                 let wanted = match filter {
                     ChunkFilter::Prefix(rest) => k == *rest || k.starts_with(&format!("{rest}/")),
                     ChunkFilter::Outside(shape) => {

@@ -83,12 +83,12 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::ids::ChangeHash;
-use crate::key::{self, meta_path};
-use crate::meta::{self, ArrayMeta, NodeDoc};
+use crate::fold::view::{ChunkRef, Entry, NodeType};
+use crate::format::ids::ChangeHash;
 use crate::repo::{RefreshReport, Repo};
 use crate::session::WriteSession;
-use crate::view::{ChunkRef, Entry, NodeType};
+use crate::zarr::key::{self, meta_path};
+use crate::zarr::meta::{self, ArrayMeta, NodeDoc};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

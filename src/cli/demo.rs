@@ -1,10 +1,10 @@
 //! `crzarr demo`: a cloud bucket and two laptops edit apart, sync, converge, compact.
 
-use crzarr::bucket::Bucket;
-use crzarr::connect::connect;
+use crzarr::fold::view::{Conflict, ConflictTarget, Entry};
+use crzarr::io::connect::connect;
+use crzarr::io::store::Bucket;
+use crzarr::ops::sync::{SyncOptions, sync};
 use crzarr::repo::Repo;
-use crzarr::sync::{SyncOptions, sync};
-use crzarr::view::{Conflict, ConflictTarget, Entry};
 use crzarr::{Error, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub(crate) fn describe_conflict(c: &Conflict) -> String {
         ConflictTarget::Object => "object".to_string(),
     };
     // The tail of a ULID is random; its head is a timestamp shared by close writers.
-    let actor = |a: &crzarr::ids::ActorId| a.to_string()[18..].to_string();
+    let actor = |a: &crzarr::format::ids::ActorId| a.to_string()[18..].to_string();
     let losers: Vec<String> = c
         .losers
         .iter()
@@ -80,7 +80,7 @@ fn say(step: &str, text: &str) {
 }
 
 /// One line about a sync in one direction.
-fn moved(t: &crzarr::sync::Transfer) -> String {
+fn moved(t: &crzarr::ops::sync::Transfer) -> String {
     let mut parts = vec![
         format!("{} change file(s)", t.changes),
         format!("{} blob(s)", t.blobs),
@@ -278,7 +278,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     // Nothing else writes to this demo bucket, so a zero window is safe here; on a
     // shared bucket use a window longer than any commit (e.g. --older-than 1d).
     let gc = cloud
-        .gc(&crzarr::gc::GcOptions {
+        .gc(&crzarr::ops::gc::GcOptions {
             older_than: std::time::Duration::ZERO,
             dry_run: false,
             force: true,
@@ -289,7 +289,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         "   Garbage collection removed {} objects ({freed} bytes): covered change files and blobs of overwritten chunks.",
         gc.removed.len()
     );
-    let counting = crzarr::testing::CountingStore::new(cloud_b.store().clone());
+    let counting = crzarr::io::testing::CountingStore::new(cloud_b.store().clone());
     let fresh = Repo::open(std::sync::Arc::new(counting.clone()), "").await?;
     let n = counting.take();
     println!(

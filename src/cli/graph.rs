@@ -2,7 +2,7 @@
 //! line of descent, like `git log --graph`.
 
 use crzarr::fold::ChangeInfo;
-use crzarr::ids::ChangeHash;
+use crzarr::format::ids::ChangeHash;
 use std::collections::HashSet;
 
 /// Lines of the graph for `changes` (oldest first, as `Repo::log` gives them).
@@ -112,7 +112,7 @@ fn connector(lanes: &[Option<ChangeHash>], moving: &[usize], ch: char) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crzarr::ids::{ActorId, Hlc};
+    use crzarr::format::ids::{ActorId, Hlc};
 
     fn info(name: u8, deps: &[u8], hlc: u64) -> ChangeInfo {
         ChangeInfo {

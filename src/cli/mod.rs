@@ -6,7 +6,7 @@ mod sync;
 mod zarr;
 
 use clap::{Parser, Subcommand};
-use crzarr::connect::connect;
+use crzarr::io::connect::connect;
 use crzarr::repo::Repo;
 use crzarr::{Error, Result};
 use serde_json::json;
@@ -18,7 +18,7 @@ use std::process::ExitCode;
 #[command(name = "crzarr", version, about, long_about = None, after_help = "REPO is a path, file://PATH, memory://NAME, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX.\nCloud credentials and endpoints come from the usual environment variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, ...).\n\nExample:\n  crzarr demo\n  crzarr init ./data && crzarr put ./data zarr.json group.json && crzarr ls ./data")]
 struct Cli {
     /// Requests in flight at once when fetching changes or uploading blobs.
-    #[arg(long, global = true, default_value_t = crzarr::bucket::DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, global = true, default_value_t = crzarr::io::store::DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: usize,
     #[command(subcommand)]
     command: Command,
@@ -338,7 +338,7 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn report_commit(hash: Option<crzarr::ids::ChangeHash>, json: bool) -> Result<()> {
+fn report_commit(hash: Option<crzarr::format::ids::ChangeHash>, json: bool) -> Result<()> {
     match (hash, json) {
         (Some(h), true) => print_json(&json!({"change": h.to_hex()})),
         (None, true) => print_json(&json!({"change": null})),
@@ -365,7 +365,7 @@ async fn run(cmd: Command, concurrency: usize) -> Result<ExitCode> {
         } => {
             run_verify(
                 &repo,
-                &crzarr::verify::VerifyOptions {
+                &crzarr::ops::verify::VerifyOptions {
                     blobs,
                     quarantine,
                     concurrency,
@@ -402,7 +402,7 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
         } => {
             let loc = connect(&repo, true)?;
             let r = Repo::init(loc.store, &loc.prefix).await?;
-            let config = crzarr::bucket::RepoConfig {
+            let config = crzarr::io::store::RepoConfig {
                 min_gc_window_secs: min_gc_window.as_secs(),
             };
             r.bucket().write_config(&config).await?;
@@ -431,7 +431,10 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
         } => {
             let name = key.rsplit('/').next().unwrap_or(&key);
             if [".zarray", ".zgroup", ".zattrs", ".zmetadata"].contains(&name) {
-                return Err(Error::Usage(format!("{key}: {}", crzarr::meta::V2_ADVICE)));
+                return Err(Error::Usage(format!(
+                    "{key}: {}",
+                    crzarr::zarr::meta::V2_ADVICE
+                )));
             }
             let bytes = if file == "-" {
                 let mut b = Vec::new();
@@ -447,9 +450,9 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             let h = s.commit(message.as_deref()).await?;
             // Say what the key became: a mistyped array path writes an object, not a chunk.
             let kind = match r.view().get(r.fold(), &key) {
-                Some(crzarr::view::Entry::Metadata(_)) => "metadata",
-                Some(crzarr::view::Entry::Chunk(_)) => "chunk",
-                Some(crzarr::view::Entry::Object(_)) => "object",
+                Some(crzarr::fold::view::Entry::Metadata(_)) => "metadata",
+                Some(crzarr::fold::view::Entry::Chunk(_)) => "chunk",
+                Some(crzarr::fold::view::Entry::Object(_)) => "object",
                 None => "absent",
             };
             match (h, json) {
@@ -681,7 +684,7 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
         } => {
             let mut r = open(&repo, concurrency).await?;
             let rep = r
-                .gc(&crzarr::gc::GcOptions {
+                .gc(&crzarr::ops::gc::GcOptions {
                     older_than,
                     dry_run,
                     force,
@@ -783,12 +786,12 @@ const EXIT_PROBLEMS: u8 = 2;
 /// report as JSON); exit 2 when a finding is a problem.
 async fn run_verify(
     url: &str,
-    opts: &crzarr::verify::VerifyOptions,
+    opts: &crzarr::ops::verify::VerifyOptions,
     json: bool,
 ) -> Result<ExitCode> {
-    use crzarr::verify::{Severity, verify};
+    use crzarr::ops::verify::{Severity, verify};
     let loc = connect(url, false)?;
-    let bucket = crzarr::bucket::Bucket::new(loc.store, &loc.prefix);
+    let bucket = crzarr::io::store::Bucket::new(loc.store, &loc.prefix);
     let rep = verify(&bucket, opts).await?;
     if json {
         print_json(&serde_json::to_value(&rep).unwrap_or_default())?;
@@ -810,7 +813,7 @@ async fn run_verify(
         for m in &rep.moved {
             writeln!(out, "moved {} -> {}", m.from, m.to)?;
         }
-        use crzarr::gc::ObjectKind;
+        use crzarr::ops::gc::ObjectKind;
         let checked: Vec<String> = [
             (ObjectKind::Change, "change file"),
             (ObjectKind::Snapshot, "snapshot"),

@@ -1,10 +1,10 @@
 //! `crzarr sync` and `crzarr watch`: replication between two locations, with a
 //! progress bar on a terminal and a summary (or JSON) at the end.
 
-use crzarr::bucket::Bucket;
-use crzarr::connect::connect;
-use crzarr::progress::Progress;
-use crzarr::sync::{Direction, SyncOptions, SyncReport, Transfer, sync};
+use crzarr::io::connect::connect;
+use crzarr::io::store::Bucket;
+use crzarr::ops::progress::Progress;
+use crzarr::ops::sync::{Direction, SyncOptions, SyncReport, Transfer, sync};
 use crzarr::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -253,8 +253,8 @@ fn print_report(args: &SyncArgs, r: &SyncReport) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if let Some(side) = r.initialized {
         let url = match side {
-            crzarr::sync::Side::A => &args.a,
-            crzarr::sync::Side::B => &args.b,
+            crzarr::ops::sync::Side::A => &args.a,
+            crzarr::ops::sync::Side::B => &args.b,
         };
         writeln!(out, "{url} is now a replica of repository {}", r.repo_id)?;
     }

@@ -2,10 +2,10 @@
 
 use super::sync::{draw, progress_bar};
 use super::{open, print_json};
-use crzarr::connect::connect;
-use crzarr::export::ExportOptions;
-use crzarr::import::ImportOptions;
-use crzarr::progress::Progress;
+use crzarr::io::connect::connect;
+use crzarr::ops::export::ExportOptions;
+use crzarr::ops::import::ImportOptions;
+use crzarr::ops::progress::Progress;
 use crzarr::repo::Repo;
 use crzarr::{Error, Result};
 use serde_json::json;

@@ -18,15 +18,15 @@
 //! an unloaded piece, or whose change is not applied yet, is remembered as superseded
 //! and dropped whenever it shows up.
 
-use crate::change::{Change, ChunkData, ChunkReference, Op, OpRef};
-use crate::chunkmap::ChunkMap;
 use crate::error::{Error, Result};
-use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
-use crate::layout::SnapshotName;
-use crate::meta::ArrayMeta;
-use crate::snapshot::{
+use crate::fold::chunkmap::ChunkMap;
+use crate::format::change::{Change, ChunkData, ChunkReference, Op, OpRef};
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
+use crate::format::layout::SnapshotName;
+use crate::format::snapshot::{
     CoveredChange, ManifestPiece, PieceRef, RegKey, SnapChunk, SnapKind, SnapshotMeta,
 };
+use crate::zarr::meta::ArrayMeta;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

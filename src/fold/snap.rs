@@ -2,7 +2,7 @@
 //! registers that live in manifest pieces, and exporting the state as a snapshot.
 
 use super::*;
-use crate::snapshot::{
+use crate::format::snapshot::{
     MAX_PIECE_BYTES, PIECE_ENTRIES, PIECE_TARGET_BYTES, SnapFork, SnapNode, Superseded,
     check_write_size,
 };
@@ -52,7 +52,7 @@ impl Fold {
             op: s.1,
         };
         for n in meta.nodes {
-            crate::key::check_node_path(&n.path)
+            crate::zarr::key::check_node_path(&n.path)
                 .map_err(|e| corrupt(key, format!("node path: {e}")))?;
             let kind = match &n.kind {
                 SnapKind::Group => NodeKind::Group,
@@ -492,7 +492,7 @@ impl Fold {
         let mut reused_pieces = 0;
         let mut nodes: Vec<SnapNode> = Vec::with_capacity(self.nodes.len());
         for (s, n) in &self.nodes {
-            let mut attrs: Vec<(String, crate::snapshot::AttrRegister)> = n
+            let mut attrs: Vec<(String, crate::format::snapshot::AttrRegister)> = n
                 .attrs
                 .iter()
                 .map(|(k, reg)| {

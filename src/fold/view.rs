@@ -1,11 +1,11 @@
 //! The Zarr v3 view of a fold: which node each path shows, its rendered `zarr.json`,
 //! chunk lookup, key listings and the conflicts the merge rules resolved.
 
-use crate::change::ChunkReference;
 use crate::fold::{ChunkEntry, ChunkVal, Fold, NodeKind, Stamp};
-use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc};
-use crate::key;
-use crate::meta::{self, ArrayMeta};
+use crate::format::change::ChunkReference;
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc};
+use crate::zarr::key;
+use crate::zarr::meta::{self, ArrayMeta};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,8 +6,8 @@
 //! structural rule that does not depend on other changes is checked here.
 
 use crate::error::{Error, Result};
-use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
-use crate::key;
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crate::zarr::key;
 use serde::{Deserialize, Serialize};
 
 /// The framing every crzarr object shares: `magic (4) | version (1) | MessagePack`,
@@ -847,7 +847,7 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
         } => {
             key::check_node_path(path).map_err(e)?;
             let doc = check_json(metadata)?;
-            crate::meta::ArrayMeta::from_stored(&doc)?;
+            crate::zarr::meta::ArrayMeta::from_stored(&doc)?;
             check_attrs(attributes)
         }
         Op::SetAttr {

@@ -13,7 +13,7 @@
 //! <prefix>/.crdt/quarantine/<relative key>         objects `verify --quarantine` moved aside
 //! ```
 
-use crate::ids::{ActorId, BlobHash, ChangeHash, ObjectHash};
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, ObjectHash};
 use object_store::path::Path;
 
 const CRDT: &str = ".crdt";

@@ -9,9 +9,9 @@
 //! Every object is `magic (4) | version (1) | msgpack body`, content-addressed by
 //! blake3 of those bytes, and decoded strictly: a bad object is refused with its key.
 
-use crate::change::{ChunkReference, Frame};
 use crate::error::{Error, Result};
-use crate::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
+use crate::format::change::{ChunkReference, Frame};
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot object format of objects that hold no object register.
@@ -451,13 +451,13 @@ impl SnapshotMeta {
             return Err("objects not sorted by key".into());
         }
         for (k, es) in &self.objects {
-            crate::key::check_object_key(k).map_err(|e| e.to_string())?;
+            crate::zarr::key::check_object_key(k).map_err(|e| e.to_string())?;
             if es.is_empty() || es.iter().any(|e| !stamp_ok(&e.0)) {
                 return Err(format!("object {k:?}: empty register or bad stamp"));
             }
             if es.iter().any(|e| match &e.1 {
                 SnapChunk::Reference(_) => true,
-                SnapChunk::Inline(b) => b.len() > crate::change::INLINE_MAX,
+                SnapChunk::Inline(b) => b.len() > crate::format::change::INLINE_MAX,
                 _ => false,
             }) {
                 return Err(format!(

@@ -3,9 +3,9 @@
 //! the ETag and modification time its store reported; a reader serves the object only
 //! while all three still match, and otherwise returns [`Error::ReferenceChanged`].
 
-use crate::change::ChunkReference;
-use crate::connect::connect;
 use crate::error::{Error, Result};
+use crate::format::change::ChunkReference;
+use crate::io::connect::connect;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};

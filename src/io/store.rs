@@ -2,8 +2,8 @@
 //! content-addressed objects, and listing of change files. Keys come from [`Layout`].
 
 use crate::error::{Error, Result};
-use crate::ids::{BlobHash, RepoId};
-use crate::layout::{ChangeName, Layout, SnapshotName};
+use crate::format::ids::{BlobHash, RepoId};
+use crate::format::layout::{ChangeName, Layout, SnapshotName};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;

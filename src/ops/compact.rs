@@ -4,16 +4,16 @@
 //! Pieces and archive shards are written first, the metadata object last: a snapshot
 //! is visible all at once, under an immutable name no other compactor can take.
 
-use crate::bucket::Bucket;
 use crate::error::{Error, Result};
-use crate::gc::store_now;
-use crate::ids::{ActorId, ChangeHash, ObjectHash, now_millis};
-use crate::layout::SnapshotName;
-use crate::repo::Repo;
-use crate::snapshot::{
+use crate::format::ids::{ActorId, ChangeHash, ObjectHash, now_millis};
+use crate::format::layout::SnapshotName;
+use crate::format::snapshot::{
     ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES,
     SnapFork, check_write_size,
 };
+use crate::io::store::Bucket;
+use crate::ops::gc::store_now;
+use crate::repo::Repo;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;

@@ -19,13 +19,13 @@
 //! export never finds a `zarr.json` whose chunks are not there yet. A destination holding
 //! a crzarr repository (`.crdt/`) is refused: an export must never touch a repository.
 
-use crate::bucket::DEFAULT_CONCURRENCY;
 use crate::error::{Error, Result};
-use crate::import::{list_plain, plain_key};
-use crate::key::META_FILE;
-use crate::progress::Progress;
+use crate::fold::view::{ChunkRef, Entry};
+use crate::io::store::DEFAULT_CONCURRENCY;
+use crate::ops::import::{list_plain, plain_key};
+use crate::ops::progress::Progress;
 use crate::repo::Repo;
-use crate::view::{ChunkRef, Entry};
+use crate::zarr::key::META_FILE;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;

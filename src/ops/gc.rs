@@ -9,15 +9,17 @@
 //! re-checked just before deletion, so one re-uploaded by a writer since the listing
 //! survives.
 
-use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
-use crate::change::MAX_CHANGE_BYTES;
-use crate::compact::read_shards;
 use crate::error::{Error, Result};
 use crate::fold::Fold;
-use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
-use crate::layout::SnapshotName;
+use crate::format::change::MAX_CHANGE_BYTES;
+use crate::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::format::layout::SnapshotName;
+use crate::format::snapshot::{
+    MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta,
+};
+use crate::io::store::{Bucket, ListedChange, ListedSnapshot, Problem};
+use crate::ops::compact::read_shards;
 use crate::repo::Repo;
-use crate::snapshot::{MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
@@ -34,7 +36,7 @@ pub struct GcOptions {
     pub older_than: Duration,
     /// List what would go without deleting.
     pub dry_run: bool,
-    /// Accept a window below the repository's minimum ([`crate::bucket::RepoConfig`]):
+    /// Accept a window below the repository's minimum ([`crate::io::store::RepoConfig`]):
     /// for tests, demos and repositories nothing else writes to.
     pub force: bool,
 }
@@ -380,7 +382,9 @@ impl Repo {
             .await;
         for ((name, key), r) in uncovered.iter().zip(fetched) {
             let decoded = match r {
-                Ok(b) => b.map(|b| crate::change::Change::decode(key.as_ref(), &b, &name.hash)),
+                Ok(b) => {
+                    b.map(|b| crate::format::change::Change::decode(key.as_ref(), &b, &name.hash))
+                }
                 Err(e @ Error::Store { .. }) => return Err(e),
                 // Too large to read: its blobs are unknown.
                 Err(e) => Some(Err(e)),
@@ -583,7 +587,7 @@ impl Repo {
                     let to = if dry_run {
                         bucket.layout.quarantine(&from)
                     } else {
-                        crate::verify::move_to_quarantine(&bucket, &from).await?
+                        crate::ops::verify::move_to_quarantine(&bucket, &from).await?
                     };
                     Ok(to.map(|to| Quarantined {
                         from: from.to_string(),

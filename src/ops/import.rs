@@ -11,17 +11,17 @@
 //! stored as a blob as soon as it is read, so memory holds at most `concurrency` chunks,
 //! and the change that references them is written last, as every commit is.
 
-use crate::bucket::DEFAULT_CONCURRENCY;
-use crate::change::{ChunkReference, INLINE_MAX};
 use crate::error::{Error, Result};
-use crate::gc::store_now;
-use crate::ids::{BlobHash, ChangeHash};
-use crate::key::{self, meta_path};
-use crate::meta::{NodeDoc, parse_node_doc};
-use crate::progress::Progress;
-use crate::reference::reference_to;
+use crate::fold::view::{ChunkRef, Entry, NodeType};
+use crate::format::change::{ChunkReference, INLINE_MAX};
+use crate::format::ids::{BlobHash, ChangeHash};
+use crate::io::reference::reference_to;
+use crate::io::store::DEFAULT_CONCURRENCY;
+use crate::ops::gc::store_now;
+use crate::ops::progress::Progress;
 use crate::repo::Repo;
-use crate::view::{ChunkRef, Entry, NodeType};
+use crate::zarr::key::{self, meta_path};
+use crate::zarr::meta::{NodeDoc, parse_node_doc};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;

@@ -2,7 +2,7 @@
 //! yet, and object counts and bytes by kind. Read-only.
 
 use crate::error::Result;
-use crate::gc::ObjectKind;
+use crate::ops::gc::ObjectKind;
 use crate::repo::Repo;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ impl Repo {
         ];
         let lists = futures::future::join_all(dirs.iter().map(|(_, d)| b.list_all(d))).await;
         let mut objects = BTreeMap::new();
-        let mut newest: Option<(crate::layout::SnapshotName, u64)> = None;
+        let mut newest: Option<(crate::format::layout::SnapshotName, u64)> = None;
         for ((kind, _), list) in dirs.iter().zip(lists) {
             let list = list?;
             let t: &mut ObjectTotals = objects.entry(*kind).or_default();

@@ -16,16 +16,16 @@
 //! nothing names, as a killed sync does). Killing a sync at any point and running it
 //! again completes it: every write is idempotent.
 
-use crate::bucket::{Bucket, ListedChange, ListedSnapshot, Problem};
-use crate::change::{Change, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
-use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
-use crate::progress::Progress;
-use crate::repo::Repo;
-use crate::snapshot::{
+use crate::format::change::{Change, MAX_CHANGE_BYTES, Op};
+use crate::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::format::snapshot::{
     ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
     SnapChunk, SnapshotMeta,
 };
+use crate::io::store::{Bucket, ListedChange, ListedSnapshot, Problem};
+use crate::ops::progress::Progress;
+use crate::repo::Repo;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
@@ -87,7 +87,7 @@ impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             direction: Direction::Both,
-            concurrency: crate::bucket::DEFAULT_CONCURRENCY,
+            concurrency: crate::io::store::DEFAULT_CONCURRENCY,
             force: false,
             progress: None,
         }
@@ -189,7 +189,7 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
         joins_written: Vec::new(),
         elapsed_ms: 0,
     };
-    let names = |s: &SideState<'_>| -> HashSet<crate::layout::SnapshotName> {
+    let names = |s: &SideState<'_>| -> HashSet<crate::format::layout::SnapshotName> {
         s.listing.snaps.iter().map(|x| x.name).collect()
     };
     let differs =
@@ -400,7 +400,7 @@ impl Listing {
         })
     }
 
-    fn newest_name(&self) -> Option<crate::layout::SnapshotName> {
+    fn newest_name(&self) -> Option<crate::format::layout::SnapshotName> {
         self.snaps.first().map(|s| s.name)
     }
 }
@@ -476,7 +476,7 @@ impl Coverage {
                 let bucket = bucket.clone();
                 async move { (i, read_shard(&bucket, &h).await.map(|(s, _)| s)) }
             })
-            .buffer_unordered(crate::snapshot::ARCHIVE_SHARDS)
+            .buffer_unordered(crate::format::snapshot::ARCHIVE_SHARDS)
             .collect()
             .await;
         for (i, r) in got {

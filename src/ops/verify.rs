@@ -8,18 +8,18 @@
 //! pending changes, the history horizon, rejected changes and forks come from a
 //! [`Repo`] opened on the bucket.
 
-use crate::bucket::{Bucket, DEFAULT_CONCURRENCY};
-use crate::change::{ChunkReference, MAX_CHANGE_BYTES, Op};
 use crate::error::{Error, Result};
 use crate::fold::Fold;
-use crate::gc::ObjectKind;
-use crate::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
-use crate::layout::{BucketKey, ChangeName, SnapshotName};
-use crate::repo::Repo;
-use crate::snapshot::{
+use crate::fold::view::{ChunkRef, Entry};
+use crate::format::change::{ChunkReference, MAX_CHANGE_BYTES, Op};
+use crate::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::format::layout::{BucketKey, ChangeName, SnapshotName};
+use crate::format::snapshot::{
     ArchiveShard, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece, SnapChunk,
 };
-use crate::view::{ChunkRef, Entry};
+use crate::io::store::{Bucket, DEFAULT_CONCURRENCY};
+use crate::ops::gc::ObjectKind;
+use crate::repo::Repo;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -1325,7 +1325,7 @@ async fn move_aside(bucket: &Bucket, id: RepoId, job: &Job) -> Result<Option<Pat
 }
 
 /// Moves `from` to `.crdt/quarantine/<its key relative to .crdt/>`
-/// ([`crate::layout::Layout::quarantine`]): a copy, then a DELETE of the original.
+/// ([`crate::format::layout::Layout::quarantine`]): a copy, then a DELETE of the original.
 /// Returns where it went; `None` when it was gone or is not a key that can be
 /// quarantined. Used by `verify --quarantine` and by garbage collection. Moving the
 /// object back to `from` undoes it.

@@ -200,7 +200,7 @@ fn render_doc(doc: Map<String, Value>) -> Vec<u8> {
 
 fn parse_shape(v: &Value) -> std::result::Result<Vec<u64>, String> {
     let arr = v.as_array().ok_or("`shape` must be an array")?;
-    if arr.len() > crate::change::MAX_NDIM {
+    if arr.len() > crate::format::change::MAX_NDIM {
         return Err("too many dimensions".into());
     }
     arr.iter()
