@@ -52,7 +52,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use crzarr::bucket::Bucket;
+use crzarr::bucket::RepoStore;
 use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
 use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, now_millis};
@@ -591,7 +591,7 @@ async fn sync_copy(
         concurrency,
         ..SyncOptions::default()
     };
-    let report = sync(&Bucket::new(src, SRC), &Bucket::new(dst, DST), &opts)
+    let report = sync(&RepoStore::new(src, SRC), &RepoStore::new(dst, DST), &opts)
         .await
         .expect("sync");
     assert!(report.is_clean(), "refused: {:?}", report.refused);
@@ -726,8 +726,8 @@ struct NoopRow {
 /// The listings of changes and snapshots of both sides, at once, as sync makes them.
 async fn list_both(src: &Store, dst: &Store) -> usize {
     let (a, b) = (
-        Bucket::new(src.store.clone(), SRC),
-        Bucket::new(dst.store.clone(), DST),
+        RepoStore::new(src.store.clone(), SRC),
+        RepoStore::new(dst.store.clone(), DST),
     );
     let (ca, sa, cb, sb) = futures::join!(
         a.list_changes(),
@@ -826,7 +826,7 @@ async fn noop(backend: Backend, scale: &Scale) -> Vec<NoopRow> {
     for (s, prefix) in [(&src, SRC), (&dst, DST)] {
         let mut repo = Repo::open(s.store.clone(), prefix).await.expect("open");
         repo.gc(&zero).await.expect("gc");
-        let left = Bucket::new(s.store.clone(), prefix)
+        let left = RepoStore::new(s.store.clone(), prefix)
             .list_changes()
             .await
             .expect("list")

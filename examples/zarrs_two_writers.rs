@@ -17,7 +17,7 @@
 //! merged result stays there, so that `crzarr export DIR OUT` and then any Zarr
 //! reader can read it. Without it, both replicas live in memory.
 
-use crzarr::bucket::Bucket;
+use crzarr::bucket::RepoStore;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;
 use crzarr::zarrs_store::{BlockingZarrsStore, ZarrsStore};
@@ -72,7 +72,7 @@ fn main() -> AnyResult<()> {
     rt.block_on(async {
         a.repo()
             .await
-            .push_to(&Bucket::new(bucket_b.clone(), ""))
+            .push_to(&RepoStore::new(bucket_b.clone(), ""))
             .await
     })?;
     let b = Arc::new(ZarrsStore::new(rt.block_on(Repo::open(bucket_b, ""))?));

@@ -88,8 +88,15 @@ pub mod zarr;
 pub use adapters::zarrs as zarrs_store;
 pub use fold::view;
 pub use format::{change, ids, layout, snapshot};
-pub use io::{connect, reference, store as bucket, testing};
-pub use ops::{compact, export, gc, import, progress, status, sync, verify};
+pub use io::{connect, progress, reference, testing};
+#[doc(hidden)]
+pub mod bucket {
+    //! The flat layout's `bucket` module: [`crate::io::store`].
+    pub use crate::io::store::*;
+    /// The flat layout's name for [`RepoStore`].
+    pub type Bucket = RepoStore;
+}
+pub use ops::{compact, export, gc, import, status, sync, verify};
 pub use zarr::{key, meta};
 
 pub use error::{Error, Result};

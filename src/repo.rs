@@ -1,5 +1,5 @@
 //! A repository handle: open (list, fetch in parallel, fold), refresh, read the view,
-//! and publish changes written by a [`WriteSession`].
+//! and publish changes written by a [`WriteSession`](crate::WriteSession).
 
 use crate::error::{Error, Result};
 use crate::fold::view::{ChunkRef, Conflict, Entry, View};
@@ -9,13 +9,9 @@ use crate::fold::{
 use crate::format::change::{Change, MAX_CHANGE_BYTES, Op};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, HARD_MAX_HLC, Hlc, ObjectHash, RepoId};
 use crate::format::layout::{ChangeName, SnapshotName};
-use crate::format::snapshot::{
-    ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
-    PieceRef, SnapshotMeta,
-};
+use crate::format::snapshot::{ArchiveShard, CoveredChange, MAX_META_BYTES, PieceRef};
 use crate::io::reference::ReferenceSources;
-use crate::io::store::{Bucket, DEFAULT_CONCURRENCY, ListedChange, ListedSnapshot, Problem};
-use crate::session::WriteSession;
+use crate::io::store::{DEFAULT_CONCURRENCY, ListedChange, ListedSnapshot, Problem, RepoStore};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -47,7 +43,7 @@ const OPEN_ATTEMPTS: usize = 4;
 /// An open repository: the folded state of every change it has read, and the
 /// Zarr v3 view of that state.
 pub struct Repo {
-    bucket: Bucket,
+    bucket: RepoStore,
     id: RepoId,
     fold: Fold,
     view: View,
@@ -79,7 +75,7 @@ pub struct Repo {
 impl Repo {
     /// Creates a repository at `prefix` in `store` (or opens the one already there).
     pub async fn init(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Repo> {
-        let bucket = Bucket::new(store, prefix);
+        let bucket = RepoStore::new(store, prefix);
         let id = bucket.write_marker(RepoId::generate()).await?;
         Self::open_bucket_with(bucket, Some(id), DEFAULT_CONCURRENCY).await
     }
@@ -87,7 +83,7 @@ impl Repo {
     /// Opens the repository at `prefix` in `store`: one LIST and one marker GET, then
     /// every change fetched in parallel and folded.
     pub async fn open(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Repo> {
-        Self::open_bucket_with(Bucket::new(store, prefix), None, DEFAULT_CONCURRENCY).await
+        Self::open_bucket_with(RepoStore::new(store, prefix), None, DEFAULT_CONCURRENCY).await
     }
 
     /// [`Repo::open`] with `concurrency` requests in flight for fan-out (default 32),
@@ -97,11 +93,11 @@ impl Repo {
         prefix: &str,
         concurrency: usize,
     ) -> Result<Repo> {
-        Self::open_bucket_with(Bucket::new(store, prefix), None, concurrency).await
+        Self::open_bucket_with(RepoStore::new(store, prefix), None, concurrency).await
     }
 
     async fn open_bucket_with(
-        bucket: Bucket,
+        bucket: RepoStore,
         known_id: Option<RepoId>,
         concurrency: usize,
     ) -> Result<Repo> {
@@ -111,7 +107,7 @@ impl Repo {
     }
 
     async fn open_reporting(
-        bucket: Bucket,
+        bucket: RepoStore,
         known_id: Option<RepoId>,
         concurrency: usize,
     ) -> Result<(Repo, RefreshReport)> {
@@ -131,7 +127,7 @@ impl Repo {
     /// hint; then the newest snapshot's metadata (unless the hint is it); then the
     /// uncovered changes, in parallel.
     async fn open_once(
-        bucket: Bucket,
+        bucket: RepoStore,
         known_id: Option<RepoId>,
         concurrency: usize,
     ) -> Result<(Repo, RefreshReport)> {
@@ -166,7 +162,7 @@ impl Repo {
     /// Builds a handle from listings already made: the newest snapshot that reads,
     /// then the uncovered changes.
     pub(crate) async fn open_from(
-        bucket: Bucket,
+        bucket: RepoStore,
         id: RepoId,
         listing: (Vec<ListedChange>, Vec<Problem>),
         (snaps, snap_problems): (Vec<ListedSnapshot>, Vec<Problem>),
@@ -252,21 +248,11 @@ impl Repo {
         let key = snap.key.to_string();
         let bytes = match hint.filter(|h| ObjectHash::of(h) == snap.name.hash) {
             Some(h) => h.clone(),
-            None => {
-                if snap.size > MAX_META_BYTES {
-                    return Err(Error::TooLarge {
-                        key,
-                        size: snap.size,
-                        limit: MAX_META_BYTES,
-                    });
-                }
-                self.bucket
-                    .get(&snap.key, MAX_META_BYTES)
-                    .await?
-                    .ok_or_else(|| Error::Vanished { key: key.clone() })?
-            }
+            None => crate::io::read::snapshot_meta_bytes(&self.bucket, snap)
+                .await?
+                .ok_or_else(|| Error::Vanished { key: key.clone() })?,
         };
-        decode_snapshot(&key, &bytes, snap.name, self.id)
+        Fold::decode_snapshot(&key, &bytes, snap.name, self.id)
     }
 
     /// Joins listed snapshot `snap` into the fold (spec/merge.md §9), unless the fold
@@ -280,7 +266,13 @@ impl Repo {
         }
         let (mine, theirs) = self.fold.join_pieces(&other);
         self.load_pieces(mine.clone()).await?;
-        for (h, piece) in fetch_pieces(&self.bucket, theirs.clone(), self.concurrency).await? {
+        for (h, piece) in crate::io::read::pieces(
+            &self.bucket,
+            theirs.iter().map(|p| p.hash).collect(),
+            self.concurrency,
+        )
+        .await?
+        {
             other.insert_piece(h, LoadedPiece::new(piece));
         }
         let my_named = self.fold.named_changes(&mine);
@@ -503,11 +495,11 @@ impl Repo {
             .collect();
         report.fetched = todo.len();
         let id = self.id;
-        let fetches: Vec<(Bucket, ListedChange)> =
+        let fetches: Vec<(RepoStore, ListedChange)> =
             todo.into_iter().map(|c| (self.bucket.clone(), c)).collect();
         let results: Vec<(ListedChange, Result<Option<Change>>)> = futures::stream::iter(fetches)
             .map(|(bucket, c)| async move {
-                let r = fetch_change(&bucket, id, &c).await;
+                let r = crate::io::read::change(&bucket, id, &c).await;
                 (c, r)
             })
             .buffer_unordered(self.concurrency)
@@ -690,15 +682,7 @@ impl Repo {
         let fetched: Vec<Result<(ObjectHash, ArchiveShard)>> = futures::stream::iter(shards)
             .map(|h| {
                 let bucket = self.bucket.clone();
-                async move {
-                    let key = bucket.layout.archive_shard(&h);
-                    let bytes = bucket.get(&key, MAX_SHARD_BYTES).await?.ok_or_else(|| {
-                        Error::Vanished {
-                            key: key.to_string(),
-                        }
-                    })?;
-                    Ok((h, ArchiveShard::decode(key.as_ref(), &bytes, &h)?))
-                }
+                async move { Ok((h, crate::io::read::shard(&bucket, &h).await?.0)) }
             })
             .buffer_unordered(self.concurrency)
             .collect()
@@ -743,7 +727,7 @@ impl Repo {
         };
         let mut all: HashSet<ChangeHash> = self.fold.log_all().map(|c| c.hash).collect();
         for archive in base.archives() {
-            for shard in crate::ops::compact::read_shards(&self.bucket, Some(archive))
+            for shard in crate::io::read::shards(&self.bucket, Some(archive))
                 .await?
                 .into_iter()
                 .flatten()
@@ -756,7 +740,13 @@ impl Repo {
 
     /// Reads manifest pieces not yet in memory, in parallel.
     pub(crate) async fn load_pieces(&self, pieces: Vec<PieceRef>) -> Result<()> {
-        for (h, piece) in fetch_pieces(&self.bucket, pieces, self.concurrency).await? {
+        for (h, piece) in crate::io::read::pieces(
+            &self.bucket,
+            pieces.iter().map(|p| p.hash).collect(),
+            self.concurrency,
+        )
+        .await?
+        {
             self.fold.insert_piece(h, LoadedPiece::new(piece));
         }
         Ok(())
@@ -774,7 +764,7 @@ impl Repo {
     }
 
     /// Opens the repository in `bucket` (for sync, which holds buckets).
-    pub(crate) async fn open_bucket(bucket: Bucket) -> Result<Repo> {
+    pub(crate) async fn open_bucket(bucket: RepoStore) -> Result<Repo> {
         Self::open_bucket_with(bucket, None, DEFAULT_CONCURRENCY).await
     }
 
@@ -801,7 +791,7 @@ impl Repo {
     }
 
     /// The bucket this handle reads and writes.
-    pub fn bucket(&self) -> &Bucket {
+    pub fn bucket(&self) -> &RepoStore {
         &self.bucket
     }
 
@@ -818,11 +808,6 @@ impl Repo {
     /// The actor this handle commits as.
     pub fn actor(&self) -> ActorId {
         self.actor
-    }
-
-    /// Starts staging writes.
-    pub fn session(&mut self) -> WriteSession<'_> {
-        WriteSession::new(self)
     }
 
     /// The bytes the view serves at a Zarr key; `None` if absent. Blobs are
@@ -1046,7 +1031,7 @@ impl Repo {
             )));
         }
         // Owned items keep the future `Send` (borrowed ones defeat the compiler's proof).
-        let uploads: Vec<(Bucket, object_store::path::Path, Bytes)> = blobs
+        let uploads: Vec<(RepoStore, object_store::path::Path, Bytes)> = blobs
             .iter()
             .map(|(h, b)| (self.bucket.clone(), self.bucket.layout.blob(h), b.clone()))
             .collect();
@@ -1067,140 +1052,6 @@ impl Repo {
             .await?;
         Ok(hash)
     }
-}
-
-/// Decodes snapshot metadata and starts a fold from it: everything a reader checks
-/// (garbage collection judges by the same checks).
-pub(crate) fn decode_snapshot(
-    key: &str,
-    bytes: &[u8],
-    name: SnapshotName,
-    repo: RepoId,
-) -> Result<Fold> {
-    Fold::from_snapshot(
-        key,
-        name,
-        decode_snapshot_meta(key, bytes, name, repo)?,
-        repo,
-    )
-}
-
-/// Decodes snapshot metadata and checks it against its name.
-///
-/// A version byte this build does not know is reported as a newer format (which
-/// stops the reader: reading around it could misread) only when the object is a
-/// plausible snapshot of this repository: its content matches the hash in its name
-/// and its body opens with this repository's id and the name's covered count
-/// (format.md §10.7). Anything else is junk: an error readers skip and report, so one
-/// stray object cannot stop every command.
-pub(crate) fn decode_snapshot_meta(
-    key: &str,
-    bytes: &[u8],
-    name: SnapshotName,
-    repo: RepoId,
-) -> Result<SnapshotMeta> {
-    let meta = match SnapshotMeta::decode(key, bytes, &name.hash) {
-        Err(Error::UnsupportedVersion { found, .. })
-            if !crate::format::snapshot::is_snapshot_envelope(bytes, repo, name.covered) =>
-        {
-            return Err(Error::corrupt(
-                key,
-                format!(
-                    "junk: version byte {found}, but not the envelope of a snapshot of this \
-                     repository (format.md §10.7)"
-                ),
-            ));
-        }
-        other => other?,
-    };
-    if meta.covered != name.covered {
-        return Err(Error::corrupt(key, "covered count differs from the name"));
-    }
-    if meta.repo != repo {
-        return Err(Error::ForeignRepo {
-            key: key.to_string(),
-            found: meta.repo.to_string(),
-            expected: repo.to_string(),
-        });
-    }
-    Ok(meta)
-}
-
-pub(crate) async fn fetch_change(
-    bucket: &Bucket,
-    id: RepoId,
-    c: &ListedChange,
-) -> Result<Option<Change>> {
-    let key = c.key.to_string();
-    if c.size > MAX_CHANGE_BYTES {
-        return Err(Error::TooLarge {
-            key,
-            size: c.size,
-            limit: MAX_CHANGE_BYTES,
-        });
-    }
-    let Some(bytes) = bucket.get(&c.key, MAX_CHANGE_BYTES).await? else {
-        return Ok(None);
-    };
-    check_change(&key, &bytes, &c.name, id).map(Some)
-}
-
-/// Decodes a change file and checks it against its name and repository: what every
-/// reader (and sync, before copying) requires of it.
-pub(crate) fn check_change(
-    key: &str,
-    bytes: &[u8],
-    name: &ChangeName,
-    id: RepoId,
-) -> Result<Change> {
-    let change = Change::decode(key, bytes, &name.hash)?;
-    if change.actor != name.actor || change.seq != name.seq {
-        return Err(Error::corrupt(
-            key,
-            "actor or seq in the file name does not match its header",
-        ));
-    }
-    if change.repo != id {
-        return Err(Error::ForeignRepo {
-            key: key.to_string(),
-            found: change.repo.to_string(),
-            expected: id.to_string(),
-        });
-    }
-    Ok(change)
-}
-
-/// Reads manifest pieces, in parallel, each checked against its hash.
-async fn fetch_pieces(
-    bucket: &Bucket,
-    mut pieces: Vec<PieceRef>,
-    concurrency: usize,
-) -> Result<Vec<(ObjectHash, ManifestPiece)>> {
-    pieces.sort_by_key(|p| p.hash);
-    pieces.dedup_by_key(|p| p.hash);
-    futures::stream::iter(pieces)
-        .map(|p| {
-            let bucket = bucket.clone();
-            async move {
-                let key = bucket.layout.manifest(&p.hash);
-                let bytes =
-                    bucket
-                        .get(&key, MAX_PIECE_BYTES)
-                        .await?
-                        .ok_or_else(|| Error::Vanished {
-                            key: key.to_string(),
-                        })?;
-                Ok((
-                    p.hash,
-                    ManifestPiece::decode(key.as_ref(), &bytes, &p.hash)?,
-                ))
-            }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect::<Vec<Result<(ObjectHash, ManifestPiece)>>>()
-        .await
-        .into_iter()
-        .collect()
 }
 
 #[cfg(test)]

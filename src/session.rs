@@ -52,6 +52,14 @@ struct NodeState {
     shape: Option<Vec<u64>>,
 }
 
+impl Repo {
+    /// Starts staging writes: a [`WriteSession`] on this handle, committed atomically
+    /// by [`WriteSession::commit`].
+    pub fn session(&mut self) -> WriteSession<'_> {
+        WriteSession::new(self)
+    }
+}
+
 /// Staged writes against one [`Repo`], committed atomically by [`WriteSession::commit`].
 pub struct WriteSession<'r> {
     repo: &'r mut Repo,

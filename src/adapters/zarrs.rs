@@ -35,7 +35,7 @@
 //! Two writers on two buckets each write half of an array, then sync:
 //!
 //! ```
-//! use crzarr::bucket::Bucket;
+//! use crzarr::io::store::RepoStore;
 //! use crzarr::repo::Repo;
 //! use crzarr::zarrs_store::ZarrsStore;
 //! use object_store::memory::InMemory;
@@ -55,7 +55,7 @@
 //!
 //! // Writer B is a replica on another bucket.
 //! let bucket_b = Arc::new(InMemory::new());
-//! rt.block_on(async { a.repo().await.push_to(&Bucket::new(bucket_b.clone(), "")).await })?;
+//! rt.block_on(async { a.repo().await.push_to(&RepoStore::new(bucket_b.clone(), "")).await })?;
 //! let b = Arc::new(ZarrsStore::new(rt.block_on(Repo::open(bucket_b, ""))?));
 //! let sync_b = Arc::new(b.clone().blocking(rt.handle().clone()));
 //!

@@ -2,7 +2,7 @@
 
 use crzarr::fold::view::{Conflict, ConflictTarget, Entry};
 use crzarr::io::connect::connect;
-use crzarr::io::store::Bucket;
+use crzarr::io::store::RepoStore;
 use crzarr::ops::sync::{SyncOptions, sync};
 use crzarr::repo::Repo;
 use crzarr::{Error, Result};
@@ -94,12 +94,12 @@ fn moved(t: &crzarr::ops::sync::Transfer) -> String {
     format!("{}, {} bytes", parts.join(", "), t.bytes)
 }
 
-fn bucket_at(path: &std::path::Path) -> Result<Bucket> {
+fn bucket_at(path: &std::path::Path) -> Result<RepoStore> {
     let loc = connect(&path.to_string_lossy(), true)?;
-    Ok(Bucket::new(loc.store, &loc.prefix))
+    Ok(RepoStore::new(loc.store, &loc.prefix))
 }
 
-async fn open_at(b: &Bucket) -> Result<Repo> {
+async fn open_at(b: &RepoStore) -> Result<Repo> {
     Repo::open(b.store().clone(), b.layout().root().as_ref()).await
 }
 

@@ -791,7 +791,7 @@ async fn run_verify(
 ) -> Result<ExitCode> {
     use crzarr::ops::verify::{Severity, verify};
     let loc = connect(url, false)?;
-    let bucket = crzarr::io::store::Bucket::new(loc.store, &loc.prefix);
+    let bucket = crzarr::io::store::RepoStore::new(loc.store, &loc.prefix);
     let rep = verify(&bucket, opts).await?;
     if json {
         print_json(&serde_json::to_value(&rep).unwrap_or_default())?;
@@ -813,7 +813,7 @@ async fn run_verify(
         for m in &rep.moved {
             writeln!(out, "moved {} -> {}", m.from, m.to)?;
         }
-        use crzarr::ops::gc::ObjectKind;
+        use crzarr::format::layout::ObjectKind;
         let checked: Vec<String> = [
             (ObjectKind::Change, "change file"),
             (ObjectKind::Snapshot, "snapshot"),

@@ -2,8 +2,8 @@
 //! progress bar on a terminal and a summary (or JSON) at the end.
 
 use crzarr::io::connect::connect;
-use crzarr::io::store::Bucket;
-use crzarr::ops::progress::Progress;
+use crzarr::io::progress::Progress;
+use crzarr::io::store::RepoStore;
 use crzarr::ops::sync::{Direction, SyncOptions, SyncReport, Transfer, sync};
 use crzarr::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -47,7 +47,7 @@ impl SyncArgs {
         }
     }
 
-    fn buckets(&self) -> Result<(Bucket, Bucket)> {
+    fn buckets(&self) -> Result<(RepoStore, RepoStore)> {
         if self.a == self.b {
             return Err(Error::Usage(format!(
                 "{}: both sides are the same location",
@@ -58,8 +58,8 @@ impl SyncArgs {
         let a = connect(&self.a, true)?;
         let b = connect(&self.b, true)?;
         Ok((
-            Bucket::new(a.store, &a.prefix),
-            Bucket::new(b.store, &b.prefix),
+            RepoStore::new(a.store, &a.prefix),
+            RepoStore::new(b.store, &b.prefix),
         ))
     }
 

@@ -3,9 +3,9 @@
 use super::sync::{draw, progress_bar};
 use super::{open, print_json};
 use crzarr::io::connect::connect;
+use crzarr::io::progress::Progress;
 use crzarr::ops::export::ExportOptions;
 use crzarr::ops::import::ImportOptions;
-use crzarr::ops::progress::Progress;
 use crzarr::repo::Repo;
 use crzarr::{Error, Result};
 use serde_json::json;

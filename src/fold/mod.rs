@@ -23,6 +23,7 @@ use crate::fold::chunkmap::ChunkMap;
 use crate::format::change::{Change, ChunkData, ChunkReference, Op, OpRef};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use crate::format::layout::SnapshotName;
+pub use crate::format::limits::{MAX_PENDING_BYTES, MAX_PENDING_CHANGES};
 use crate::format::snapshot::{
     CoveredChange, ManifestPiece, PieceRef, RegKey, SnapChunk, SnapKind, SnapshotMeta,
 };
@@ -35,13 +36,6 @@ pub(crate) mod chunkmap;
 mod join;
 mod snap;
 pub mod view;
-
-/// Most changes held pending (waiting for deps) at once.
-pub const MAX_PENDING_CHANGES: usize = 100_000;
-/// Most memory held by pending changes at once, in bytes of decoded changes as
-/// [`Change::decoded_size`] estimates it (not file bytes: decoding takes up to about
-/// 20 times the file size).
-pub const MAX_PENDING_BYTES: u64 = 1 << 30;
 
 /// Identity of one op inside the fold: index of its change and op number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

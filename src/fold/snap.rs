@@ -24,6 +24,18 @@ fn corrupt(key: &str, what: impl Into<String>) -> Error {
 }
 
 impl Fold {
+    /// Decodes snapshot metadata found under `name` and starts a fold from it:
+    /// everything a reader checks (garbage collection judges by the same checks).
+    pub(crate) fn decode_snapshot(
+        key: &str,
+        bytes: &[u8],
+        name: SnapshotName,
+        repo: RepoId,
+    ) -> Result<Fold> {
+        let meta = SnapshotMeta::decode_named(key, bytes, name, repo)?;
+        Fold::from_snapshot(key, name, meta, repo)
+    }
+
     /// A fold holding the state of snapshot `meta` (read from `key`). Chunk
     /// registers stay in their manifest pieces until [`Fold::insert_piece`].
     pub fn from_snapshot(

@@ -7,7 +7,13 @@
 
 use crate::error::{Error, Result};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crate::format::layout::ChangeName;
+pub use crate::format::limits::{
+    INLINE_MAX, MAX_CHANGE_BYTES, MAX_DEPS, MAX_JSON_BYTES, MAX_MESSAGE_BYTES, MAX_OBSERVED,
+    MAX_OPS, MAX_REFERENCE_TEXT,
+};
 use crate::zarr::key;
+pub use crate::zarr::meta::MAX_NDIM;
 use serde::{Deserialize, Serialize};
 
 /// The framing every crzarr object shares: `magic (4) | version (1) | MessagePack`,
@@ -112,28 +118,12 @@ pub const CHANGE_VERSION: u8 = 3;
 pub const CHANGE_VERSION_REFERENCES: u8 = 2;
 /// The change format version of changes that hold no reference and no object op.
 pub const CHANGE_VERSION_PLAIN: u8 = 1;
-/// Largest change file accepted (bytes).
-pub const MAX_CHANGE_BYTES: u64 = 64 << 20;
-/// Most ops in one change.
-pub const MAX_OPS: usize = 4_000_000;
-/// Most dependencies of one change.
-pub const MAX_DEPS: usize = 4096;
-/// Most observed entries one op may supersede.
-pub const MAX_OBSERVED: usize = 1024;
 /// Observed entries a change may name per op, beyond [`MAX_OBSERVED`]: a change with
 /// `n` ops names at most `MAX_OBSERVED + OBSERVED_PER_OP * n` in all (spec/format.md
 /// §5). Observed names cost the fold a record each when their change is unknown, and
 /// such records can outlive the change; this keeps them proportional to real edits.
 /// An honest write observes the live entries of its register, almost always one.
 pub const OBSERVED_PER_OP: usize = 16;
-/// Largest chunk stored inline in a change file; larger chunks go to blobs.
-pub const INLINE_MAX: usize = 4096;
-/// Largest metadata document or attribute value (bytes of JSON text).
-pub const MAX_JSON_BYTES: usize = 1 << 20;
-/// Largest commit message (bytes).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
-/// Most array dimensions.
-pub const MAX_NDIM: usize = 64;
 
 /// A reference to an op: in this change (`Local`) or in an earlier one (`Change`).
 /// Nodes are named by the op that created them (their *incarnation*).
@@ -182,9 +172,6 @@ pub struct ChunkReference {
     /// Its last-modified time (ms since the Unix epoch) as the store reported it.
     pub modified_ms: u64,
 }
-
-/// Longest `source` URL or `key` of a [`ChunkReference`] (bytes).
-pub const MAX_REFERENCE_TEXT: usize = 4096;
 
 impl ChunkReference {
     /// Checks its fields' limits (a URL and a key, both non-empty and bounded).
@@ -686,6 +673,31 @@ impl Change {
             ));
         }
         Self::decode_unverified(key, bytes)
+    }
+
+    /// Decodes a change file found under `name` and checks it against the name and the
+    /// repository: what every reader (and sync, before copying) requires of it.
+    pub fn decode_named(
+        key: &str,
+        bytes: &[u8],
+        name: &ChangeName,
+        repo: RepoId,
+    ) -> Result<Change> {
+        let change = Change::decode(key, bytes, &name.hash)?;
+        if change.actor != name.actor || change.seq != name.seq {
+            return Err(Error::corrupt(
+                key,
+                "actor or seq in the file name does not match its header",
+            ));
+        }
+        if change.repo != repo {
+            return Err(Error::ForeignRepo {
+                key: key.to_string(),
+                found: change.repo.to_string(),
+                expected: repo.to_string(),
+            });
+        }
+        Ok(change)
     }
 
     /// Decodes and validates a change without checking its hash.

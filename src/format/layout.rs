@@ -13,6 +13,8 @@
 //! <prefix>/.crdt/quarantine/<relative key>         objects `verify --quarantine` moved aside
 //! ```
 
+use serde::Serialize;
+
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, ObjectHash};
 use object_store::path::Path;
 
@@ -103,6 +105,33 @@ impl SnapshotName {
     }
 }
 
+/// The kinds of object crzarr writes under `.crdt/`: the one list of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// `.crdt/ops/` change files.
+    Change,
+    /// `.crdt/blobs/` chunk bytes.
+    Blob,
+    /// `.crdt/snapshots/` metadata.
+    Snapshot,
+    /// `.crdt/manifests/` chunk-manifest pieces.
+    Manifest,
+    /// `.crdt/archive/` coverage shards.
+    Archive,
+}
+
+impl ObjectKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Change,
+        ObjectKind::Blob,
+        ObjectKind::Snapshot,
+        ObjectKind::Manifest,
+        ObjectKind::Archive,
+    ];
+}
+
 /// What a key under `.crdt/` is, by its name alone ([`Layout::parse_key`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BucketKey {
@@ -129,6 +158,17 @@ pub enum BucketKey {
 }
 
 impl Layout {
+    /// The folder holding objects of `kind`.
+    pub fn dir(&self, kind: ObjectKind) -> Path {
+        match kind {
+            ObjectKind::Change => self.ops_dir(),
+            ObjectKind::Blob => self.blobs_dir(),
+            ObjectKind::Snapshot => self.snapshots_dir(),
+            ObjectKind::Manifest => self.manifests_dir(),
+            ObjectKind::Archive => self.archive_dir(),
+        }
+    }
+
     /// A layout rooted at `prefix` (may be empty) inside the store.
     pub fn new(prefix: &str) -> Self {
         let prefix = prefix.trim_matches('/');

@@ -7,4 +7,5 @@
 pub mod change;
 pub mod ids;
 pub mod layout;
+pub mod limits;
 pub mod snapshot;

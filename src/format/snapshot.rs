@@ -12,6 +12,11 @@
 use crate::error::{Error, Result};
 use crate::format::change::{ChunkReference, Frame};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
+use crate::format::layout::SnapshotName;
+pub use crate::format::limits::{
+    ARCHIVE_SHARDS, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, PIECE_ENTRIES,
+    PIECE_TARGET_BYTES,
+};
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot object format of objects that hold no object register.
@@ -29,20 +34,6 @@ pub const PIECE_VERSION: u8 = 2;
 const META_MAGIC: &[u8; 4] = b"CRZS";
 const PIECE_MAGIC: &[u8; 4] = b"CRZM";
 const SHARD_MAGIC: &[u8; 4] = b"CRZA";
-
-/// Largest snapshot metadata object read.
-pub const MAX_META_BYTES: u64 = 256 << 20;
-/// Largest chunk-manifest piece read.
-pub const MAX_PIECE_BYTES: u64 = 64 << 20;
-/// Largest coverage archive shard read.
-pub const MAX_SHARD_BYTES: u64 = 256 << 20;
-/// Chunk keys per manifest piece before it is split.
-pub const PIECE_ENTRIES: usize = 16_384;
-/// Estimated encoded bytes per manifest piece before it is split: well under
-/// [`MAX_PIECE_BYTES`], so a written piece is always one readers accept.
-pub const PIECE_TARGET_BYTES: u64 = 8 << 20;
-/// Number of coverage archive shards (by the first 4 bits of the change hash).
-pub const ARCHIVE_SHARDS: usize = 16;
 
 /// A change the snapshot covers, with what merging needs of it once its file is gone:
 /// its stamp order and op count (to validate later references and clocks).
@@ -368,6 +359,48 @@ impl SnapshotMeta {
         } else {
             SNAPSHOT_VERSION
         }
+    }
+
+    /// Decodes metadata found under `name` and checks it against the name and the
+    /// repository.
+    ///
+    /// A version byte this build does not know is reported as a newer format (which
+    /// stops the reader: reading around it could misread) only when the object is a
+    /// plausible snapshot of this repository: its content matches the hash in its name
+    /// and its body opens with this repository's id and the name's covered count
+    /// (format.md §10.7). Anything else is junk: an error readers skip and report, so one
+    /// stray object cannot stop every command.
+    pub fn decode_named(
+        key: &str,
+        bytes: &[u8],
+        name: SnapshotName,
+        repo: RepoId,
+    ) -> Result<SnapshotMeta> {
+        let meta = match SnapshotMeta::decode(key, bytes, &name.hash) {
+            Err(Error::UnsupportedVersion { found, .. })
+                if !is_snapshot_envelope(bytes, repo, name.covered) =>
+            {
+                return Err(Error::corrupt(
+                    key,
+                    format!(
+                        "junk: version byte {found}, but not the envelope of a snapshot of this \
+                         repository (format.md §10.7)"
+                    ),
+                ));
+            }
+            other => other?,
+        };
+        if meta.covered != name.covered {
+            return Err(Error::corrupt(key, "covered count differs from the name"));
+        }
+        if meta.repo != repo {
+            return Err(Error::ForeignRepo {
+                key: key.to_string(),
+                found: meta.repo.to_string(),
+                expected: repo.to_string(),
+            });
+        }
+        Ok(meta)
     }
 
     /// Decodes and checks a metadata object against the hash its name claims.

@@ -3,6 +3,8 @@
 //! that count or inject faults.
 
 pub mod connect;
+pub mod progress;
+pub(crate) mod read;
 pub mod reference;
 pub mod store;
 pub mod testing;

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::format::ids::{BlobHash, RepoId};
 use crate::format::layout::{ChangeName, Layout, SnapshotName};
+pub use crate::format::limits::{DEFAULT_CONCURRENCY, MAX_MARKER_BYTES};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -14,12 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Default number of requests in flight for fan-out (fetching changes, uploading blobs).
-pub const DEFAULT_CONCURRENCY: usize = 32;
 /// Format version written into the repository marker.
 pub const REPO_FORMAT_VERSION: u32 = 2;
 const MARKER_FORMAT: &str = "crzarr";
-const MAX_MARKER_BYTES: u64 = 64 << 10;
 
 /// Contents of `.crdt/repo.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +97,7 @@ impl RepoConfig {
 
 /// One repository location: a store and a layout.
 #[derive(Clone, Debug)]
-pub struct Bucket {
+pub struct RepoStore {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) layout: Layout,
 }
@@ -113,10 +111,45 @@ pub enum Created {
     Existing,
 }
 
-impl Bucket {
+impl RepoStore {
+    /// The store's current time, read back from a probe object it just stamped: the
+    /// probe's metadata, whose `last_modified` is "now" by the store's clock.
+    pub(crate) async fn now(&self) -> Result<ObjectMeta> {
+        let key = self.layout.clock_probe();
+        self.store
+            .put(&key, PutPayload::from_static(b"clock probe\n"))
+            .await
+            .map_err(|e| Error::store(key.as_ref(), e))?;
+        self.store
+            .head(&key)
+            .await
+            .map_err(|e| Error::store(key.as_ref(), e))
+    }
+
+    /// Moves `from` to `.crdt/quarantine/<its key relative to .crdt/>`
+    /// ([`crate::format::layout::Layout::quarantine`]): a copy, then a DELETE of the original.
+    /// Returns where it went; `None` when it was gone or is not a key that can be
+    /// quarantined. Used by `verify --quarantine` and by garbage collection. Moving the
+    /// object back to `from` undoes it.
+    pub(crate) async fn move_to_quarantine(&self, from: &Path) -> Result<Option<Path>> {
+        let Some(to) = self.layout().quarantine(from) else {
+            return Ok(None);
+        };
+        let store = self.store();
+        match store.copy(from, &to).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(from.as_ref(), e)),
+        }
+        match store.delete(from).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Some(to)),
+            Err(e) => Err(Error::store(from.as_ref(), e)),
+        }
+    }
+
     /// A bucket over `store` with the repository at `prefix`.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
-        Bucket {
+        RepoStore {
             store,
             layout: Layout::new(prefix),
         }

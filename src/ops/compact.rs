@@ -11,8 +11,7 @@ use crate::format::snapshot::{
     ARCHIVE_SHARDS, ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES,
     SnapFork, check_write_size,
 };
-use crate::io::store::Bucket;
-use crate::ops::gc::store_now;
+use crate::io::store::RepoStore;
 use crate::repo::Repo;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -64,7 +63,7 @@ impl Repo {
         // One pair of listings serves the refresh and the compaction. The store's
         // clock is read before them: the time limit is judged by the clock garbage
         // collection judges ages by, which keeps counting while a laptop sleeps.
-        let started_store: SystemTime = store_now(&bucket).await?.last_modified.into();
+        let started_store: SystemTime = bucket.now().await?.last_modified.into();
         let (listing, snap_listing) =
             futures::join!(bucket.list_changes(), bucket.list_snapshots());
         let (listing, snap_listing) = (listing?, snap_listing?);
@@ -134,7 +133,7 @@ impl Repo {
         let mut old_hashes: Vec<Option<ObjectHash>> = vec![None; ARCHIVE_SHARDS];
         if let Some(b) = &base {
             for (n, archive) in b.archives().enumerate() {
-                for (i, shard) in read_shards(&bucket, Some(archive))
+                for (i, shard) in crate::io::read::shards(&bucket, Some(archive))
                     .await?
                     .into_iter()
                     .enumerate()
@@ -328,7 +327,8 @@ impl Repo {
         results.into_iter().collect::<Result<Vec<()>>>()?;
         // Pieces and shards written past the limit are orphans GC later removes.
         over(started)?;
-        let elapsed = store_now(&bucket)
+        let elapsed = bucket
+            .now()
             .await
             .map(|m| SystemTime::from(m.last_modified))?
             .duration_since(started_store)
@@ -358,7 +358,7 @@ impl Repo {
     }
 
     /// Whether this state holds everything snapshot `name` covers.
-    async fn covers_snapshot(&mut self, bucket: &Bucket, name: SnapshotName) -> Result<bool> {
+    async fn covers_snapshot(&mut self, bucket: &RepoStore, name: SnapshotName) -> Result<bool> {
         let key = bucket.layout.snapshot(&name);
         let bytes = match bucket.get(&key, MAX_META_BYTES).await {
             Ok(Some(b)) => b,
@@ -368,45 +368,9 @@ impl Repo {
         };
         // Judged as readers judge it: one they would skip is not ours to retire.
         // Its heads applied here, or in an archive this state was read from.
-        match crate::repo::decode_snapshot(key.as_ref(), &bytes, name, self.id()) {
+        match crate::fold::Fold::decode_snapshot(key.as_ref(), &bytes, name, self.id()) {
             Ok(f) => self.covers_heads(&f.heads()).await,
             Err(_) => Ok(false),
         }
     }
-}
-
-/// Reads archive shards (all of them, in parallel).
-pub(crate) async fn read_shards(
-    bucket: &Bucket,
-    shards: Option<&[Option<ObjectHash>]>,
-) -> Result<Vec<Option<ArchiveShard>>> {
-    let Some(shards) = shards else {
-        return Ok(vec![None; ARCHIVE_SHARDS]);
-    };
-    let fetched: Vec<Result<(usize, Option<ArchiveShard>)>> =
-        futures::stream::iter(shards.iter().copied().enumerate())
-            .map(|(i, h)| {
-                let bucket = bucket.clone();
-                async move {
-                    let Some(h) = h else {
-                        return Ok((i, None));
-                    };
-                    let key = bucket.layout.archive_shard(&h);
-                    let bytes = bucket.get(&key, MAX_SHARD_BYTES).await?.ok_or_else(|| {
-                        Error::Vanished {
-                            key: key.to_string(),
-                        }
-                    })?;
-                    Ok((i, Some(ArchiveShard::decode(key.as_ref(), &bytes, &h)?)))
-                }
-            })
-            .buffer_unordered(ARCHIVE_SHARDS)
-            .collect()
-            .await;
-    let mut out = vec![None; shards.len().max(ARCHIVE_SHARDS)];
-    for r in fetched {
-        let (i, s) = r?;
-        out[i] = s;
-    }
-    Ok(out)
 }

@@ -21,11 +21,11 @@
 
 use crate::error::{Error, Result};
 use crate::fold::view::{ChunkRef, Entry};
+use crate::io::progress::Progress;
 use crate::io::store::DEFAULT_CONCURRENCY;
-use crate::ops::import::{list_plain, plain_key};
-use crate::ops::progress::Progress;
 use crate::repo::Repo;
 use crate::zarr::key::META_FILE;
+use crate::zarr::plain::{list_plain, plain_key};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;

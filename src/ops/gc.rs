@@ -14,16 +14,13 @@ use crate::fold::Fold;
 use crate::format::change::MAX_CHANGE_BYTES;
 use crate::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crate::format::layout::SnapshotName;
-use crate::format::snapshot::{
-    MAX_META_BYTES, MAX_PIECE_BYTES, ManifestPiece, SnapChunk, SnapshotMeta,
-};
-use crate::io::store::{Bucket, ListedChange, ListedSnapshot, Problem};
-use crate::ops::compact::read_shards;
+use crate::format::snapshot::{SnapChunk, SnapshotMeta};
+use crate::io::store::{ListedChange, ListedSnapshot, Problem, RepoStore};
 use crate::repo::Repo;
 use bytes::Bytes;
 use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -41,21 +38,7 @@ pub struct GcOptions {
     pub force: bool,
 }
 
-/// Kinds of objects in the bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectKind {
-    /// `.crdt/ops/` change files.
-    Change,
-    /// `.crdt/blobs/` chunk bytes.
-    Blob,
-    /// `.crdt/snapshots/` metadata.
-    Snapshot,
-    /// `.crdt/manifests/` chunk-manifest pieces.
-    Manifest,
-    /// `.crdt/archive/` coverage shards.
-    Archive,
-}
+pub use crate::format::layout::ObjectKind;
 
 /// One object deleted (or, in a dry run, that would be).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -118,22 +101,6 @@ impl GcReport {
     }
 }
 
-/// The store's current time, read back from a probe object it just stamped: the
-/// probe's metadata, whose `last_modified` is "now" by the store's clock.
-pub(crate) async fn store_now(bucket: &Bucket) -> Result<ObjectMeta> {
-    let key = bucket.layout.clock_probe();
-    bucket
-        .store
-        .put(&key, PutPayload::from_static(b"clock probe\n"))
-        .await
-        .map_err(|e| Error::store(key.as_ref(), e))?;
-    bucket
-        .store
-        .head(&key)
-        .await
-        .map_err(|e| Error::store(key.as_ref(), e))
-}
-
 impl Repo {
     /// Deletes change files the newest snapshot covers, superseded snapshots,
     /// unreferenced manifest pieces and archive shards, and blobs that neither the
@@ -156,7 +123,7 @@ impl Repo {
                  import, sync or compaction running longer than {window:?} may lose objects it names"
             ));
         }
-        let now: SystemTime = store_now(&bucket).await?.last_modified.into();
+        let now: SystemTime = bucket.now().await?.last_modified.into();
         // Age by the store's clock; a time in the store's future counts as new.
         let old = move |t: SystemTime| now.duration_since(t).unwrap_or_default() >= window;
         let lay = &bucket.layout;
@@ -241,7 +208,7 @@ impl Repo {
         // compaction joining both may retire.
         // R's coverage (table and archive) decides which others it covers entirely,
         // named or not: coverage is causally closed, so covering the heads is enough.
-        let retained_shards = read_shards(&bucket, Some(&meta.archive)).await?;
+        let retained_shards = crate::io::read::shards(&bucket, Some(&meta.archive)).await?;
         let mut r_covers: HashSet<ChangeHash> = meta.changes.iter().map(|c| c.hash).collect();
         for shard in retained_shards.iter().flatten() {
             r_covers.extend(shard.changes.iter().map(|c| c.hash));
@@ -344,25 +311,7 @@ impl Repo {
             .collect();
         let mut blobs_known = true;
         let piece_list: Vec<ObjectHash> = pieces.iter().copied().collect();
-        let fetched: Vec<Result<(ObjectHash, Option<Bytes>)>> = futures::stream::iter(piece_list)
-            .map(|h| {
-                let bucket = bucket.clone();
-                async move {
-                    let key = bucket.layout.manifest(&h);
-                    Ok((h, bucket.get(&key, MAX_PIECE_BYTES).await?))
-                }
-            })
-            .buffer_unordered(self.concurrency())
-            .collect()
-            .await;
-        for r in fetched {
-            let (h, bytes) = r?;
-            let key = lay.manifest(&h);
-            let piece = bytes
-                .ok_or_else(|| Error::Vanished {
-                    key: key.to_string(),
-                })
-                .and_then(|b| ManifestPiece::decode(key.as_ref(), &b, &h))?;
+        for (_, piece) in crate::io::read::pieces(&bucket, piece_list, self.concurrency()).await? {
             for (_, es) in &piece.entries {
                 for (_, v) in es {
                     if let SnapChunk::Blob { hash, .. } = v {
@@ -495,7 +444,7 @@ impl Repo {
     /// then deletes nothing until a compaction here builds on `r`.
     async fn check_retained(
         &self,
-        bucket: &Bucket,
+        bucket: &RepoStore,
         r: &ListedSnapshot,
         meta: &SnapshotMeta,
         valid: &[(&ListedSnapshot, SnapshotMeta)],
@@ -578,7 +527,7 @@ impl Repo {
                     // A file that did not read may have been repaired since this
                     // handle read it (as verify re-checks): read it once more.
                     if unreadable && !dry_run {
-                        match crate::repo::fetch_change(&bucket, id, &c).await {
+                        match crate::io::read::change(&bucket, id, &c).await {
                             Ok(_) => return Ok(None),
                             Err(e @ Error::Store { .. }) => return Err(e),
                             Err(_) => {}
@@ -587,7 +536,7 @@ impl Repo {
                     let to = if dry_run {
                         bucket.layout.quarantine(&from)
                     } else {
-                        crate::ops::verify::move_to_quarantine(&bucket, &from).await?
+                        bucket.move_to_quarantine(&from).await?
                     };
                     Ok(to.map(|to| Quarantined {
                         from: from.to_string(),
@@ -648,7 +597,7 @@ impl Repo {
 /// reader would skip it. A newer format stops garbage collection, as it stops
 /// readers; a snapshot deleted since the listing is left out.
 async fn judge_snapshots<'a>(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     snaps: &'a [ListedSnapshot],
     id: RepoId,
     concurrency: usize,
@@ -659,24 +608,18 @@ async fn judge_snapshots<'a>(
     )>,
 > {
     // Owned items keep the future `Send` (borrowed ones defeat the compiler's proof).
-    let jobs: Vec<(Bucket, Path, u64)> = snaps
+    let jobs: Vec<(RepoStore, ListedSnapshot)> = snaps
         .iter()
-        .map(|s| (bucket.clone(), s.key.clone(), s.size))
+        .map(|s| (bucket.clone(), (*s).clone()))
         .collect();
-    let fetched: Vec<Result<Option<Bytes>>> = futures::stream::iter(jobs)
-        .map(|(bucket, key, size)| async move {
-            if size > MAX_META_BYTES {
-                return Err(Error::TooLarge {
-                    key: key.to_string(),
-                    size,
-                    limit: MAX_META_BYTES,
-                });
-            }
-            bucket.get(&key, MAX_META_BYTES).await
-        })
-        .buffered(concurrency)
-        .collect()
-        .await;
+    let fetched: Vec<Result<Option<Bytes>>> =
+        futures::stream::iter(jobs)
+            .map(|(bucket, snap)| async move {
+                crate::io::read::snapshot_meta_bytes(&bucket, &snap).await
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
     let mut out = Vec::with_capacity(snaps.len());
     for (snap, got) in snaps.iter().zip(fetched) {
         let key = snap.key.as_ref();
@@ -689,11 +632,10 @@ async fn judge_snapshots<'a>(
                 continue;
             }
         };
-        let checked =
-            crate::repo::decode_snapshot_meta(key, &bytes, snap.name, id).and_then(|meta| {
-                Fold::from_snapshot(key, snap.name, meta.clone(), id)?;
-                Ok(meta)
-            });
+        let checked = SnapshotMeta::decode_named(key, &bytes, snap.name, id).and_then(|meta| {
+            Fold::from_snapshot(key, snap.name, meta.clone(), id)?;
+            Ok(meta)
+        });
         match checked {
             Ok(meta) => out.push((snap, Ok(meta))),
             Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),

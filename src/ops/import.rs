@@ -15,17 +15,17 @@ use crate::error::{Error, Result};
 use crate::fold::view::{ChunkRef, Entry, NodeType};
 use crate::format::change::{ChunkReference, INLINE_MAX};
 use crate::format::ids::{BlobHash, ChangeHash};
+use crate::io::progress::Progress;
 use crate::io::reference::reference_to;
 use crate::io::store::DEFAULT_CONCURRENCY;
-use crate::ops::gc::store_now;
-use crate::ops::progress::Progress;
 use crate::repo::Repo;
 use crate::zarr::key::{self, meta_path};
 use crate::zarr::meta::{NodeDoc, parse_node_doc};
+use crate::zarr::plain::{list_plain, plain_key};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -83,38 +83,6 @@ pub struct ImportReport {
     pub elapsed_ms: u64,
 }
 
-/// One object of a plain Zarr store: its key relative to the store's root.
-pub(crate) struct PlainObject {
-    pub(crate) key: String,
-    pub(crate) meta: ObjectMeta,
-}
-
-/// Lists a plain Zarr store under `prefix`, sorted by key.
-pub(crate) async fn list_plain(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<PlainObject>> {
-    let root = Path::from(prefix);
-    let listed: Vec<ObjectMeta> = store
-        .list((!prefix.is_empty()).then_some(&root))
-        .try_collect()
-        .await
-        .map_err(|e| Error::store(root.as_ref(), e))?;
-    let mut out: Vec<PlainObject> = listed
-        .into_iter()
-        .filter_map(|meta| {
-            let full = meta.location.as_ref();
-            let key = if root.as_ref().is_empty() {
-                full.to_string()
-            } else {
-                full.strip_prefix(root.as_ref())?
-                    .strip_prefix('/')?
-                    .to_string()
-            };
-            Some(PlainObject { key, meta })
-        })
-        .collect();
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
-}
-
 const V2_METADATA: [&str; 4] = [".zarray", ".zgroup", ".zattrs", ".zmetadata"];
 
 /// The deepest node whose subtree holds `k`.
@@ -127,15 +95,6 @@ fn owner<'n>(nodes: &'n BTreeMap<String, (Bytes, NodeDoc)>, k: &str) -> Option<&
         up = key::parent(p);
     }
     None
-}
-
-/// The full key of `k` in a plain store under `prefix`.
-pub(crate) fn plain_key(prefix: &str, k: &str) -> String {
-    if prefix.is_empty() {
-        k.to_string()
-    } else {
-        format!("{prefix}/{k}")
-    }
 }
 
 /// A chunk read from the source and what the change must say about it.
@@ -158,7 +117,7 @@ impl Repo {
     ) -> Result<ImportReport> {
         let started = Instant::now();
         // By the store's clock, which garbage collection judges blob ages by.
-        let started_store: SystemTime = store_now(self.bucket()).await?.last_modified.into();
+        let started_store: SystemTime = self.bucket().now().await?.last_modified.into();
         let concurrency = opts.concurrency.max(1);
         let full = |k: &str| plain_key(prefix, k);
         let listing = list_plain(src.as_ref(), prefix).await?;
@@ -445,7 +404,7 @@ impl Repo {
     ) -> Result<()> {
         let bucket = self.bucket().clone();
         let half = bucket.read_config().await?.min_gc_window() / 2;
-        let now: SystemTime = store_now(&bucket).await?.last_modified.into();
+        let now: SystemTime = bucket.now().await?.last_modified.into();
         if stored.is_empty() || now.duration_since(started).unwrap_or_default() < half {
             return Ok(());
         }

@@ -5,7 +5,6 @@ pub mod compact;
 pub mod export;
 pub mod gc;
 pub mod import;
-pub mod progress;
 pub mod status;
 pub mod sync;
 pub mod verify;

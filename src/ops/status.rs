@@ -2,7 +2,7 @@
 //! yet, and object counts and bytes by kind. Read-only.
 
 use crate::error::Result;
-use crate::ops::gc::ObjectKind;
+use crate::format::layout::ObjectKind;
 use crate::repo::Repo;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -44,13 +44,7 @@ impl Repo {
     pub async fn status(&self) -> Result<Status> {
         let b = self.bucket();
         let lay = b.layout();
-        let dirs = [
-            (ObjectKind::Change, lay.ops_dir()),
-            (ObjectKind::Blob, lay.blobs_dir()),
-            (ObjectKind::Snapshot, lay.snapshots_dir()),
-            (ObjectKind::Manifest, lay.manifests_dir()),
-            (ObjectKind::Archive, lay.archive_dir()),
-        ];
+        let dirs = ObjectKind::ALL.map(|kind| (kind, lay.dir(kind)));
         let lists = futures::future::join_all(dirs.iter().map(|(_, d)| b.list_all(d))).await;
         let mut objects = BTreeMap::new();
         let mut newest: Option<(crate::format::layout::SnapshotName, u64)> = None;

@@ -17,14 +17,13 @@
 //! again completes it: every write is idempotent.
 
 use crate::error::{Error, Result};
-use crate::format::change::{Change, MAX_CHANGE_BYTES, Op};
+use crate::format::change::Op;
 use crate::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crate::format::snapshot::{
-    ArchiveShard, CoveredChange, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece,
-    SnapChunk, SnapshotMeta,
+    ArchiveShard, CoveredChange, ManifestPiece, SnapChunk, SnapshotMeta,
 };
-use crate::io::store::{Bucket, ListedChange, ListedSnapshot, Problem};
-use crate::ops::progress::Progress;
+use crate::io::progress::Progress;
+use crate::io::store::{ListedChange, ListedSnapshot, Problem, RepoStore};
 use crate::repo::Repo;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -158,7 +157,7 @@ impl SyncReport {
 /// Copies what each side lacks from the other (see [`SyncOptions`] for one direction
 /// only). A side with no repository is created as a replica of the other; two
 /// repositories with different ids are refused.
-pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncReport> {
+pub async fn sync(a: &RepoStore, b: &RepoStore, opts: &SyncOptions) -> Result<SyncReport> {
     let started = Instant::now();
     let concurrency = opts.concurrency.max(1);
     // One round trip: both markers and all four listings.
@@ -235,7 +234,7 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
         );
         ra?;
         rb?;
-        let copy = |p: Option<Plan>, from: &Bucket, to: &Bucket| {
+        let copy = |p: Option<Plan>, from: &RepoStore, to: &RepoStore| {
             let copier = Copier::new(
                 from.clone(),
                 to.clone(),
@@ -275,7 +274,7 @@ pub async fn sync(a: &Bucket, b: &Bucket, opts: &SyncOptions) -> Result<SyncRepo
 /// Compacts `bucket` if its readers join several snapshots (format.md §16.3). A
 /// compaction that fails for another reason than the store is reported in `refused`
 /// (readers still join at open; `crzarr compact` retries it).
-async fn write_join(bucket: &Bucket, report: &mut SyncReport) -> Result<()> {
+async fn write_join(bucket: &RepoStore, report: &mut SyncReport) -> Result<()> {
     let mut repo = match Repo::open_bucket(bucket.clone()).await {
         Ok(r) => r,
         Err(e @ Error::Store { .. }) => return Err(locate(bucket, e)),
@@ -312,7 +311,7 @@ async fn write_join(bucket: &Bucket, report: &mut SyncReport) -> Result<()> {
 }
 
 /// A store error with the store named in its key.
-fn locate(bucket: &Bucket, e: Error) -> Error {
+fn locate(bucket: &RepoStore, e: Error) -> Error {
     match e {
         Error::Store { key, source } => Error::Store {
             key: format!("{} {key}", bucket.store),
@@ -387,7 +386,7 @@ struct Listing {
 }
 
 impl Listing {
-    async fn read(bucket: &Bucket) -> Result<Listing> {
+    async fn read(bucket: &RepoStore) -> Result<Listing> {
         let (changes, snaps) = futures::join!(bucket.list_changes(), bucket.list_snapshots());
         let ((changes, mut foreign), (snaps, mut snap_foreign)) = (changes?, snaps?);
         foreign.append(&mut snap_foreign);
@@ -417,14 +416,14 @@ struct Newest {
 /// shards read on demand (each at most once).
 #[derive(Clone)]
 struct Coverage {
-    bucket: Bucket,
+    bucket: RepoStore,
     table: Arc<Vec<CoveredChange>>,
     shards: Vec<Option<ObjectHash>>,
     loaded: HashMap<usize, Option<Arc<ArchiveShard>>>,
 }
 
 impl Coverage {
-    fn new(bucket: &Bucket) -> Self {
+    fn new(bucket: &RepoStore) -> Self {
         Coverage {
             bucket: bucket.clone(),
             table: Arc::new(Vec::new()),
@@ -474,7 +473,7 @@ impl Coverage {
         let got: Vec<(usize, Result<ArchiveShard>)> = futures::stream::iter(todo)
             .map(|(i, h)| {
                 let bucket = bucket.clone();
-                async move { (i, read_shard(&bucket, &h).await.map(|(s, _)| s)) }
+                async move { (i, crate::io::read::shard(&bucket, &h).await.map(|(s, _)| s)) }
             })
             .buffer_unordered(crate::format::snapshot::ARCHIVE_SHARDS)
             .collect()
@@ -497,14 +496,14 @@ impl Coverage {
 
 /// What is known of one side while planning.
 struct SideState<'a> {
-    bucket: &'a Bucket,
+    bucket: &'a RepoStore,
     listing: Listing,
     newest: Option<Newest>,
     coverage: Coverage,
 }
 
 impl<'a> SideState<'a> {
-    fn new(bucket: &'a Bucket, listing: Listing) -> Self {
+    fn new(bucket: &'a RepoStore, listing: Listing) -> Self {
         SideState {
             bucket,
             listing,
@@ -564,30 +563,6 @@ impl<'a> SideState<'a> {
         }
         Ok(problems)
     }
-}
-
-/// Reads an archive shard and checks it against its name.
-async fn read_shard(bucket: &Bucket, hash: &ObjectHash) -> Result<(ArchiveShard, Bytes)> {
-    let key = bucket.layout.archive_shard(hash);
-    let bytes = bucket
-        .get(&key, MAX_SHARD_BYTES)
-        .await?
-        .ok_or_else(|| Error::Vanished {
-            key: key.to_string(),
-        })?;
-    Ok((ArchiveShard::decode(key.as_ref(), &bytes, hash)?, bytes))
-}
-
-/// Reads a manifest piece and checks it against its name.
-async fn read_piece(bucket: &Bucket, hash: &ObjectHash) -> Result<(ManifestPiece, Bytes)> {
-    let key = bucket.layout.manifest(hash);
-    let bytes = bucket
-        .get(&key, MAX_PIECE_BYTES)
-        .await?
-        .ok_or_else(|| Error::Vanished {
-            key: key.to_string(),
-        })?;
-    Ok((ManifestPiece::decode(key.as_ref(), &bytes, hash)?, bytes))
 }
 
 /// An error about one object, as a reported problem.
@@ -745,26 +720,16 @@ fn snapshot_copy(s: Newest, dst: &SideState<'_>, newest: bool) -> SnapshotCopy {
 /// Reads and checks one listed snapshot's metadata; a damaged one is reported (and
 /// never copied), one gone since the listing is `None`.
 async fn read_snapshot_meta(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     snap: &ListedSnapshot,
     id: RepoId,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<Newest>> {
     let key = snap.key.to_string();
-    let got = if snap.size > MAX_META_BYTES {
-        Err(Error::TooLarge {
-            key: key.clone(),
-            size: snap.size,
-            limit: MAX_META_BYTES,
-        })
-    } else {
-        match bucket.get(&snap.key, MAX_META_BYTES).await {
-            Ok(None) => return Ok(None),
-            Ok(Some(bytes)) => {
-                crate::repo::decode_snapshot_meta(&key, &bytes, snap.name, id).map(|m| (bytes, m))
-            }
-            Err(e) => Err(e),
-        }
+    let got = match crate::io::read::snapshot_meta(bucket, id, snap).await {
+        Ok(None) => return Ok(None),
+        Ok(Some((meta, bytes))) => Ok((bytes, meta)),
+        Err(e) => Err(e),
     };
     match got {
         Ok((bytes, meta)) => Ok(Some(Newest {
@@ -824,8 +789,8 @@ type WriterBlobs = (Option<ChangeHash>, Vec<(BlobHash, u64)>);
 
 /// Executes a plan from one bucket to another.
 struct Copier {
-    src: Bucket,
-    dst: Bucket,
+    src: RepoStore,
+    dst: RepoStore,
     id: RepoId,
     concurrency: usize,
     progress: Option<Arc<Progress>>,
@@ -849,7 +814,7 @@ type FetchedBatch = Vec<(ListedChange, Result<Fetched>)>;
 
 /// Fetches and verifies changes from `src`, in parallel.
 async fn fetch_changes(
-    src: &Bucket,
+    src: &RepoStore,
     id: RepoId,
     batch: &[ListedChange],
     concurrency: usize,
@@ -870,7 +835,7 @@ async fn fetch_changes(
 /// Fetches and verifies the source's copies of the changes a plan repairs.
 async fn prefetch_repairs(
     plan: Option<&mut Plan>,
-    src: &Bucket,
+    src: &RepoStore,
     id: RepoId,
     concurrency: usize,
 ) -> Result<()> {
@@ -893,8 +858,8 @@ async fn prefetch_repairs(
 
 impl Copier {
     fn new(
-        src: Bucket,
-        dst: Bucket,
+        src: RepoStore,
+        dst: RepoStore,
         id: RepoId,
         concurrency: usize,
         progress: Option<Arc<Progress>>,
@@ -1201,10 +1166,10 @@ impl Copier {
                         let (src, dst) = (src.clone(), dst.clone());
                         async move {
                             let (key, bytes, piece) = if is_piece {
-                                let (piece, bytes) = read_piece(&src, &h).await?;
+                                let (piece, bytes) = crate::io::read::piece(&src, &h).await?;
                                 (dst.layout.manifest(&h), bytes, Some(piece))
                             } else {
-                                let (_, bytes) = read_shard(&src, &h).await?;
+                                let (_, bytes) = crate::io::read::shard(&src, &h).await?;
                                 (dst.layout.archive_shard(&h), bytes, None)
                             };
                             let n = bytes.len() as u64;
@@ -1292,20 +1257,12 @@ impl Copier {
 
 /// Fetches a change from the source and checks it like a reader would: size, hash,
 /// strict decoding, name against header, repository.
-async fn fetch_change(src: &Bucket, id: RepoId, c: &ListedChange) -> Result<Fetched> {
-    let key = c.key.to_string();
-    if c.size > MAX_CHANGE_BYTES {
-        return Err(Error::TooLarge {
-            key,
-            size: c.size,
-            limit: MAX_CHANGE_BYTES,
-        });
-    }
-    let bytes = src
-        .get(&c.key, MAX_CHANGE_BYTES)
+async fn fetch_change(src: &RepoStore, id: RepoId, c: &ListedChange) -> Result<Fetched> {
+    let (change, bytes) = crate::io::read::change_bytes(src, id, c)
         .await?
-        .ok_or_else(|| Error::Vanished { key: key.clone() })?;
-    let change: Change = crate::repo::check_change(&key, &bytes, &c.name, id)?;
+        .ok_or_else(|| Error::Vanished {
+            key: c.key.to_string(),
+        })?;
     let blobs = change.ops.iter().filter_map(Op::blob).collect();
     Ok(Fetched {
         listed: c.clone(),
@@ -1317,7 +1274,7 @@ async fn fetch_change(src: &Bucket, id: RepoId, c: &ListedChange) -> Result<Fetc
 impl crate::repo::Repo {
     /// Syncs this repository's bucket with `other` (both ways unless `opts` says
     /// otherwise), then refreshes this handle.
-    pub async fn sync(&mut self, other: &Bucket, opts: &SyncOptions) -> Result<SyncReport> {
+    pub async fn sync(&mut self, other: &RepoStore, opts: &SyncOptions) -> Result<SyncReport> {
         let report = sync(self.bucket(), other, opts).await?;
         self.refresh().await?;
         Ok(report)
@@ -1325,7 +1282,7 @@ impl crate::repo::Repo {
 
     /// Copies what `other` holds and this repository's bucket lacks, then refreshes:
     /// the step before modifying a replica that others also write.
-    pub async fn pull_from(&mut self, other: &Bucket) -> Result<SyncReport> {
+    pub async fn pull_from(&mut self, other: &RepoStore) -> Result<SyncReport> {
         let opts = SyncOptions {
             direction: Direction::Pull,
             concurrency: self.concurrency(),
@@ -1336,7 +1293,7 @@ impl crate::repo::Repo {
 
     /// Copies what this repository's bucket holds and `other` lacks (creating the
     /// repository there if it has none).
-    pub async fn push_to(&self, other: &Bucket) -> Result<SyncReport> {
+    pub async fn push_to(&self, other: &RepoStore) -> Result<SyncReport> {
         let opts = SyncOptions {
             direction: Direction::Push,
             concurrency: self.concurrency(),

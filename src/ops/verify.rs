@@ -13,12 +13,12 @@ use crate::fold::Fold;
 use crate::fold::view::{ChunkRef, Entry};
 use crate::format::change::{ChunkReference, MAX_CHANGE_BYTES, Op};
 use crate::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crate::format::layout::ObjectKind;
 use crate::format::layout::{BucketKey, ChangeName, SnapshotName};
 use crate::format::snapshot::{
     ArchiveShard, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, ManifestPiece, SnapChunk,
 };
-use crate::io::store::{Bucket, DEFAULT_CONCURRENCY};
-use crate::ops::gc::ObjectKind;
+use crate::io::store::{DEFAULT_CONCURRENCY, RepoStore};
 use crate::repo::Repo;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -274,7 +274,7 @@ impl VerifyReport {
 ///
 /// Errors: no marker (`NotARepo`), a marker of another format version, and store
 /// errors. Everything about the bucket's content is a finding in the report.
-pub async fn verify(bucket: &Bucket, opts: &VerifyOptions) -> Result<VerifyReport> {
+pub async fn verify(bucket: &RepoStore, opts: &VerifyOptions) -> Result<VerifyReport> {
     let started = Instant::now();
     let concurrency = opts.concurrency.max(1);
     let lay = bucket.layout();
@@ -534,7 +534,7 @@ pub async fn verify(bucket: &Bucket, opts: &VerifyOptions) -> Result<VerifyRepor
 
 /// Every object under `.crdt/`: one delimited LIST of `.crdt/`, then each directory
 /// found there listed recursively, in parallel.
-async fn list_crdt(bucket: &Bucket, concurrency: usize) -> Result<Vec<ObjectMeta>> {
+async fn list_crdt(bucket: &RepoStore, concurrency: usize) -> Result<Vec<ObjectMeta>> {
     let dir = bucket.layout().crdt_dir();
     let top = bucket
         .store()
@@ -567,7 +567,11 @@ struct Inventory {
     change_keys: HashMap<ChangeHash, Path>,
 }
 
-fn classify(bucket: &Bucket, listing: Vec<ObjectMeta>, findings: &mut Vec<Finding>) -> Inventory {
+fn classify(
+    bucket: &RepoStore,
+    listing: Vec<ObjectMeta>,
+    findings: &mut Vec<Finding>,
+) -> Inventory {
     let mut inv = Inventory::default();
     for m in listing {
         match bucket.layout().parse_key(&m.location) {
@@ -662,7 +666,7 @@ enum Checked {
 }
 
 async fn run_jobs(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     id: RepoId,
     jobs: Vec<Job>,
     concurrency: usize,
@@ -682,7 +686,7 @@ async fn run_jobs(
 
 /// Reads one object and checks it as a reader would. Returns the bytes hashed and
 /// what it references (`None`: gone since the listing).
-async fn check(bucket: &Bucket, id: RepoId, job: &Job) -> (u64, Result<Option<Checked>>) {
+async fn check(bucket: &RepoStore, id: RepoId, job: &Job) -> (u64, Result<Option<Checked>>) {
     let (limit, size) = match job {
         Job::Change(_, _, s) => (MAX_CHANGE_BYTES, *s),
         Job::Snapshot(_, _, s) => (MAX_META_BYTES, *s),
@@ -709,28 +713,31 @@ async fn check(bucket: &Bucket, id: RepoId, job: &Job) -> (u64, Result<Option<Ch
     };
     let hashed = bytes.len() as u64;
     let checked = match job {
-        Job::Change(n, ..) => crate::repo::check_change(&name, &bytes, n, id).map(|c| {
-            let blobs = c.ops.iter().filter_map(Op::blob).collect();
-            Checked::Change { blobs }
-        }),
+        Job::Change(n, ..) => crate::format::change::Change::decode_named(&name, &bytes, n, id)
+            .map(|c| {
+                let blobs = c.ops.iter().filter_map(Op::blob).collect();
+                Checked::Change { blobs }
+            }),
         Job::Snapshot(n, ..) => {
-            crate::repo::decode_snapshot_meta(&name, &bytes, *n, id).and_then(|meta| {
-                let pieces = meta
-                    .nodes
-                    .iter()
-                    .flat_map(|node| node.pieces.iter().map(|p| p.hash))
-                    .collect();
-                let shards = meta.archive.iter().flatten().copied().collect();
-                let blobs = meta.object_blobs().collect();
-                // The rest of what readers check: node paths, array metadata, stamps,
-                // dimensions, the repository id.
-                Fold::from_snapshot(&name, *n, meta, id)?;
-                Ok(Checked::Snapshot {
-                    pieces,
-                    shards,
-                    blobs,
-                })
-            })
+            crate::format::snapshot::SnapshotMeta::decode_named(&name, &bytes, *n, id).and_then(
+                |meta| {
+                    let pieces = meta
+                        .nodes
+                        .iter()
+                        .flat_map(|node| node.pieces.iter().map(|p| p.hash))
+                        .collect();
+                    let shards = meta.archive.iter().flatten().copied().collect();
+                    let blobs = meta.object_blobs().collect();
+                    // The rest of what readers check: node paths, array metadata, stamps,
+                    // dimensions, the repository id.
+                    Fold::from_snapshot(&name, *n, meta, id)?;
+                    Ok(Checked::Snapshot {
+                        pieces,
+                        shards,
+                        blobs,
+                    })
+                },
+            )
         }
         Job::Manifest(h, ..) => ManifestPiece::decode(&name, &bytes, h).map(|p| {
             let blobs = p
@@ -752,7 +759,7 @@ async fn check(bucket: &Bucket, id: RepoId, job: &Job) -> (u64, Result<Option<Ch
 
 /// Streams a blob through blake3: its size does not matter to memory.
 async fn check_blob(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     hash: &BlobHash,
     key: &Path,
 ) -> (u64, Result<Option<Checked>>) {
@@ -990,7 +997,7 @@ impl Liveness {
 /// HEAD of the missing object (it may have landed since the listing) and of its
 /// referrers (garbage collection may have removed them since).
 async fn dangling(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     inv: &Inventory,
     refs: &References,
     live: &Liveness,
@@ -1094,7 +1101,7 @@ async fn dangling(
 /// What the reader reports: pending changes and their missing deps, the history
 /// horizon, rejected changes, forks, and any file it skipped that no finding names.
 fn from_reader(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     repo: &Repo,
     inv: &Inventory,
     known: &HashSet<String>,
@@ -1215,7 +1222,7 @@ fn from_reader(
 /// Moves each corrupt object to quarantine (copy, then delete) after checking it once
 /// more: one repaired meanwhile (a blob re-uploaded, a change re-synced) stays.
 async fn quarantine(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     id: RepoId,
     corrupt: Vec<Job>,
     concurrency: usize,
@@ -1270,7 +1277,7 @@ async fn quarantine(
 /// snapshot again; nothing is deleted, so restoring the missing object and moving the
 /// snapshot back undoes it.
 async fn quarantine_broken_snapshots(
-    bucket: &Bucket,
+    bucket: &RepoStore,
     findings: &mut [Finding],
 ) -> Result<Vec<Moved>> {
     let lay = bucket.layout();
@@ -1294,7 +1301,7 @@ async fn quarantine_broken_snapshots(
             {
                 continue;
             }
-            let Some(to) = move_to_quarantine(bucket, &from).await? else {
+            let Some(to) = bucket.move_to_quarantine(&from).await? else {
                 continue;
             };
             f.message.push_str(&format!(
@@ -1311,7 +1318,7 @@ async fn quarantine_broken_snapshots(
 }
 
 /// Checks `job` again and, if it still fails, moves it; returns where it went.
-async fn move_aside(bucket: &Bucket, id: RepoId, job: &Job) -> Result<Option<Path>> {
+async fn move_aside(bucket: &RepoStore, id: RepoId, job: &Job) -> Result<Option<Path>> {
     let from = job.key();
     if bucket.layout().quarantine(from).is_none() {
         return Ok(None);
@@ -1321,28 +1328,7 @@ async fn move_aside(bucket: &Bucket, id: RepoId, job: &Job) -> Result<Option<Pat
         Err(e @ Error::Store { .. }) => return Err(e),
         Err(_) => {}
     }
-    move_to_quarantine(bucket, from).await
-}
-
-/// Moves `from` to `.crdt/quarantine/<its key relative to .crdt/>`
-/// ([`crate::format::layout::Layout::quarantine`]): a copy, then a DELETE of the original.
-/// Returns where it went; `None` when it was gone or is not a key that can be
-/// quarantined. Used by `verify --quarantine` and by garbage collection. Moving the
-/// object back to `from` undoes it.
-pub(crate) async fn move_to_quarantine(bucket: &Bucket, from: &Path) -> Result<Option<Path>> {
-    let Some(to) = bucket.layout().quarantine(from) else {
-        return Ok(None);
-    };
-    let store = bucket.store();
-    match store.copy(from, &to).await {
-        Ok(()) => {}
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(Error::store(from.as_ref(), e)),
-    }
-    match store.delete(from).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Some(to)),
-        Err(e) => Err(Error::store(from.as_ref(), e)),
-    }
+    bucket.move_to_quarantine(from).await
 }
 
 /// Chunks of the view adopted in place whose objects no longer match (one HEAD each).

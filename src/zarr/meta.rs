@@ -4,6 +4,9 @@
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 
+/// Most array dimensions.
+pub const MAX_NDIM: usize = 64;
+
 const ARRAY_FIELDS: &[&str] = &[
     "zarr_format",
     "node_type",
@@ -200,7 +203,7 @@ fn render_doc(doc: Map<String, Value>) -> Vec<u8> {
 
 fn parse_shape(v: &Value) -> std::result::Result<Vec<u64>, String> {
     let arr = v.as_array().ok_or("`shape` must be an array")?;
-    if arr.len() > crate::format::change::MAX_NDIM {
+    if arr.len() > MAX_NDIM {
         return Err("too many dimensions".into());
     }
     arr.iter()

@@ -3,3 +3,4 @@
 
 pub mod key;
 pub mod meta;
+pub(crate) mod plain;
