@@ -6,29 +6,24 @@
 //! change DAG into a Zarr v3 view. Replicas holding the same changes show the same
 //! view, byte for byte.
 //!
-//! The modules follow the data's path:
+//! Start with [`Repo`] (open, read, refresh) and [`WriteSession`] (stage writes,
+//! commit one change); the operations' options and reports are re-exported here too.
 //!
-//! | module | concern |
-//! |---|---|
-//! | [`ids`] | hashes, actor and repo ids, hybrid logical clocks |
-//! | [`key`], [`meta`] | Zarr keys and node metadata: validation and rendering |
-//! | [`change`] | a change and its one canonical, strictly decoded encoding |
-//! | [`layout`] | every bucket key, built in one place |
-//! | [`bucket`] | I/O over `object_store`: limits, create-once writes, listing |
-//! | [`fold`] | the causal fold: a pure function from a set of changes to state |
-//! | [`snapshot`] | snapshot objects: metadata, chunk-manifest pieces, coverage archive |
-//! | [`view`] | the Zarr view of a fold: `zarr.json`, chunks, listings, conflicts |
-//! | [`session`] | staging Zarr-store writes as ops and committing them |
-//! | [`repo`] | a repository handle: open, refresh, read, commit |
-//! | [`compact`], [`gc`], [`status`] | snapshots; removing what nothing needs; what a bucket holds |
-//! | [`sync`] | replication between buckets: copy what one side lacks, verified, in writer order |
-//! | [`verify`] | fsck: every object checked as readers check it, dangling references, quarantine |
-//! | [`import`], [`export`] | plain Zarr v3 stores in and out: one change per import, incremental export |
-//! | [`reference`] | chunks adopted in place: where they are read from, the integrity rule |
-//! | [`progress`] | counters of long transfers, for progress bars |
-//! | [`connect`] | repository URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`) |
-//! | [`testing`] | a request-counting store and a fault-injecting store for tests and benchmarks |
-//! | `zarrs_store` | (feature `zarrs`) crzarr as a store for the `zarrs` crate, writes staged until commit |
+//! The folders follow the data's path, each layer using only those below it:
+//!
+//! | layer | modules | concern |
+//! |---|---|---|
+//! | [`zarr`] | [`key`](zarr::key), [`meta`](zarr::meta), plain stores | Zarr v3 keys and node metadata: validation and rendering. A leaf |
+//! | [`format`] | [`ids`](format::ids), [`layout`](format::layout), [`change`](format::change), [`snapshot`](format::snapshot), [`limits`](format::limits) | the bytes in the bucket, the mirror of `spec/format.md`: every key and kind of object, each encoding and its checks, every bound |
+//! | [`io`] | [`store`](io::store), `read`, [`reference`](io::reference), [`connect`](io::connect), [`counting`](io::counting), [`progress`](io::progress) | I/O over `object_store`: the repository's prefixed store (create-once writes, listings), typed reads checked against their names, chunks adopted in place, repository URLs, a request-counting store |
+//! | [`fold`] | [`Fold`](fold::Fold), snapshot state, joins, [`view`](fold::view) | the causal fold: a pure function from a set of changes (and snapshots) to state, and the Zarr view of it |
+//! | [`repo`], [`session`] | [`Repo`], [`WriteSession`] | a repository handle (open, refresh, read, publish) and staged writes committed as one change |
+//! | [`ops`] | [`compact`](ops::compact), [`gc`](ops::gc), [`sync`](ops::sync), [`verify`](ops::verify), [`import`](ops::import), [`export`](ops::export), [`status`](ops::status) | operations over a repository and `io`; none uses another |
+//! | [`adapters`] | `zarrs` (feature `zarrs`) | crzarr as a store for other Zarr libraries |
+//!
+//! [`error`] holds the one error type. The command-line tool (`src/main.rs`, `src/cli/`)
+//! is a separate binary over this API. With the `testing` feature, `io::testing` adds
+//! store wrappers that inject faults or move the store's clock.
 //!
 //! The normative format and merge rules are in `spec/`.
 //!
@@ -83,22 +78,47 @@ pub mod repo;
 pub mod session;
 pub mod zarr;
 
-// Paths of the flat layout before the redesign.
+// The flat layout's paths (before 0.x's layered folders), kept for one release so
+// code written against them still builds; new code uses the layered paths.
+#[doc(hidden)]
 #[cfg(feature = "zarrs")]
 pub use adapters::zarrs as zarrs_store;
+#[doc(hidden)]
 pub use fold::view;
+#[doc(hidden)]
 pub use format::{change, ids, layout, snapshot};
-pub use io::{connect, progress, reference, testing};
+#[doc(hidden)]
+pub use io::{connect, progress, reference};
+#[doc(hidden)]
+pub use ops::{compact, export, gc, import, status, sync, verify};
+#[doc(hidden)]
+pub use zarr::{key, meta};
+#[doc(hidden)]
+pub mod testing {
+    //! The flat layout's `testing` module: [`crate::io::counting`] and, with the
+    //! `testing` feature, `crate::io::testing`.
+    pub use crate::io::counting::*;
+    #[cfg(any(test, feature = "testing"))]
+    pub use crate::io::testing::*;
+}
 #[doc(hidden)]
 pub mod bucket {
     //! The flat layout's `bucket` module: [`crate::io::store`].
     pub use crate::io::store::*;
     /// The flat layout's name for [`RepoStore`].
+    #[deprecated(note = "renamed `crzarr::io::store::RepoStore`")]
     pub type Bucket = RepoStore;
 }
-pub use ops::{compact, export, gc, import, status, sync, verify};
-pub use zarr::{key, meta};
 
 pub use error::{Error, Result};
+pub use fold::view::{Conflict, Entry, View};
+pub use io::connect::{Location, connect};
+pub use ops::compact::CompactReport;
+pub use ops::export::{ExportOptions, ExportReport};
+pub use ops::gc::{GcOptions, GcReport};
+pub use ops::import::{ImportOptions, ImportReport};
+pub use ops::status::Status;
+pub use ops::sync::{Direction, SyncOptions, SyncReport, sync};
+pub use ops::verify::{VerifyOptions, VerifyReport, verify};
 pub use repo::Repo;
 pub use session::WriteSession;

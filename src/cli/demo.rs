@@ -289,7 +289,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         "   Garbage collection removed {} objects ({freed} bytes): covered change files and blobs of overwritten chunks.",
         gc.removed.len()
     );
-    let counting = crzarr::io::testing::CountingStore::new(cloud_b.store().clone());
+    let counting = crzarr::io::counting::CountingStore::new(cloud_b.store().clone());
     let fresh = Repo::open(std::sync::Arc::new(counting.clone()), "").await?;
     let n = counting.take();
     println!(

@@ -3,8 +3,10 @@
 //! that count or inject faults.
 
 pub mod connect;
+pub mod counting;
 pub mod progress;
 pub(crate) mod read;
 pub mod reference;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
