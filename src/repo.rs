@@ -912,7 +912,7 @@ impl Repo {
     }
 
     /// Listed change files that never apply here, by key, with why (the files
-    /// garbage collection may quarantine, spec/format.md §14): those that can never
+    /// garbage collection may quarantine, spec/protocols.md §5): those that can never
     /// apply (corrupt, or invalid against their causal past), and pending changes
     /// past the history horizon ([`Repo::missing_history`]). The flag says the file
     /// failed to read as a change (worth checking again before moving it).

@@ -272,7 +272,7 @@ const SHARD_FRAME: Frame = Frame {
 };
 
 /// Whether `bytes` is the envelope every snapshot metadata object keeps in every
-/// format version (format.md §10.7): the `CRZS` magic, then a MessagePack array whose
+/// format version (format.md §8.7): the `CRZS` magic, then a MessagePack array whose
 /// first two elements are the repository id and the covered count. Only such an
 /// object with an unknown version byte is reported as a newer format; the content
 /// hash is checked by the caller's decoder first.
@@ -368,7 +368,7 @@ impl SnapshotMeta {
     /// stops the reader: reading around it could misread) only when the object is a
     /// plausible snapshot of this repository: its content matches the hash in its name
     /// and its body opens with this repository's id and the name's covered count
-    /// (format.md §10.7). Anything else is junk: an error readers skip and report, so one
+    /// (format.md §8.7). Anything else is junk: an error readers skip and report, so one
     /// stray object cannot stop every command.
     pub fn decode_named(
         key: &str,
@@ -384,7 +384,7 @@ impl SnapshotMeta {
                     key,
                     format!(
                         "junk: version byte {found}, but not the envelope of a snapshot of this \
-                         repository (format.md §10.7)"
+                         repository (format.md §8.7)"
                     ),
                 ));
             }

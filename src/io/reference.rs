@@ -1,5 +1,5 @@
 //! Chunks adopted in place (`import --by-reference`): where their objects live, and
-//! the integrity rule (spec/format.md §5.3). A reference records the object's size and
+//! the integrity rule (spec/format.md §6.1). A reference records the object's size and
 //! the ETag and modification time its store reported; a reader serves the object only
 //! while all three still match, and otherwise returns [`Error::ReferenceChanged`].
 

@@ -209,7 +209,7 @@ impl FaultyStore {
 
     /// Makes listings consistent (never stale) while set, other faults unchanged: the
     /// precondition of a garbage collection whose window is shorter than the listings'
-    /// lag (spec/format.md §14, choosing the window), as tests with a zero window need.
+    /// lag (spec/protocols.md §5, choosing the window), as tests with a zero window need.
     pub fn set_consistent_listings(&self, consistent: bool) {
         self.lock().consistent_listings = consistent;
     }

@@ -1,5 +1,5 @@
 //! Compaction: writing a snapshot of the current state, beside writers and other
-//! compactors, without locks (`spec/format.md`, "Compaction").
+//! compactors, without locks (`spec/protocols.md`, "Compaction").
 //!
 //! Pieces and archive shards are written first, the metadata object last: a snapshot
 //! is visible all at once, under an immutable name no other compactor can take.
@@ -118,7 +118,7 @@ impl Repo {
             ..Default::default()
         };
         // A snapshot this state merely covers is not a reason to write one: GC retires
-        // it by coverage (format.md §14 step 5), and a snapshot written only for that
+        // it by coverage (protocols.md §5 step 5), and a snapshot written only for that
         // would tie its base's count and might not even sort above it.
         if self.fold().is_empty() || (!self.fold().has_uncompacted() && joined.is_empty()) {
             report.covered = base_name.map_or(0, |n| n.covered);
@@ -168,7 +168,7 @@ impl Repo {
         }
         // Superseded records naming a change nobody delivered for a whole window
         // stop costing: the base that carried them is older than the repository's
-        // minimum GC window by the store's clock (format.md §13 step 4).
+        // minimum GC window by the store's clock (protocols.md §4 step 4).
         let base_past_horizon = match base_name {
             Some(b) if self.fold().has_unknown_base_records() => {
                 let min = bucket.read_config().await?.min_gc_window();

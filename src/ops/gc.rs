@@ -1,5 +1,5 @@
 //! Garbage collection: deleting what the retained snapshot and the uncovered changes
-//! do not need (`spec/format.md`, "Garbage collection").
+//! do not need (`spec/protocols.md`, "Garbage collection").
 //!
 //! Safety rests on three rules. Only objects older than the window are deleted, by
 //! the store's own last-modified time (the store's clock is read by writing a probe
@@ -84,7 +84,7 @@ pub struct GcReport {
     /// The retained snapshot, when it could not be verified (and nothing was deleted).
     pub unverified: Option<String>,
     /// Rejected change files, and pending ones past the history horizon, older than
-    /// the window: moved to quarantine (spec/format.md §14, "Stuck change files").
+    /// the window: moved to quarantine (spec/protocols.md §5, "Stuck change files").
     pub quarantined: Vec<Quarantined>,
 }
 
@@ -245,7 +245,7 @@ impl Repo {
         }
 
         // Before anything is deleted on its account, the retained snapshot must be what
-        // its predecessor and the change files it claims give (format.md §14 step 5a): a
+        // its predecessor and the change files it claims give (protocols.md §5 step 5a): a
         // planted or wrong snapshot cannot make GC destroy the history it hides.
         if let Err(why) = self
             .check_retained(&bucket, retained_listed, &meta, &valid, &changes.0)
@@ -379,7 +379,7 @@ impl Repo {
                     let store = store.clone();
                     async move {
                         // A writer or compactor may have re-uploaded this object since
-                        // the listing, to name it again (format.md §14).
+                        // the listing, to name it again (protocols.md §5).
                         if matches!(
                             kind,
                             ObjectKind::Blob | ObjectKind::Manifest | ObjectKind::Archive

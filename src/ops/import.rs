@@ -43,7 +43,7 @@ pub struct ImportOptions {
     /// Adopt chunks in place instead of copying them: each chunk is recorded as a
     /// reference into the source, whose absolute URL this is (`file:///abs/dir`,
     /// `s3://bucket/prefix`). Readers then read the source's objects, and only while
-    /// they still match what was recorded (spec/format.md §5.3). Metadata is copied.
+    /// they still match what was recorded (spec/format.md §6.1). Metadata is copied.
     pub by_reference: Option<String>,
 }
 
@@ -391,7 +391,7 @@ impl Repo {
     }
 
     /// Blobs stored early in an import that ran long may be older than the garbage
-    /// collection window when the change naming them lands (format.md §7.1). When the
+    /// collection window when the change naming them lands (protocols.md §1). When the
     /// import has run half the repository's minimum window, every blob it stored is
     /// checked by HEAD, and one that is gone or as old as that is read from the source
     /// and stored again, so each is young when the change lands.

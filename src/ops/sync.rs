@@ -1,4 +1,4 @@
-//! Replication between two buckets of one repository (`spec/format.md` §16).
+//! Replication between two buckets of one repository (`spec/protocols.md` §7).
 //!
 //! Every object crzarr writes is immutable and content-addressed, so a sync is a set
 //! union: copy what one side has and the other lacks. What is missing is decided from
@@ -271,7 +271,7 @@ pub async fn sync(a: &RepoStore, b: &RepoStore, opts: &SyncOptions) -> Result<Sy
     Ok(report)
 }
 
-/// Compacts `bucket` if its readers join several snapshots (format.md §16.3). A
+/// Compacts `bucket` if its readers join several snapshots (protocols.md §7.3). A
 /// compaction that fails for another reason than the store is reported in `refused`
 /// (readers still join at open; `crzarr compact` retries it).
 async fn write_join(bucket: &RepoStore, report: &mut SyncReport) -> Result<()> {
@@ -949,7 +949,7 @@ impl Copier {
             .collect();
         // A blob missing or damaged here is reported by `copy_blobs` and not copied,
         // but the change is: it is valid, and its descendants must not wait for ever
-        // (format.md §16.3). Only reads of the chunks using that blob fail, naming both,
+        // (protocols.md §7.4). Only reads of the chunks using that blob fail, naming both,
         // until a writer puts or deletes those chunks again.
         self.copy_blobs(wanted, false).await?;
         let writes = good;

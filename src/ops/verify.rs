@@ -1,6 +1,6 @@
 //! `verify` (fsck): checks every object in a bucket exactly as readers check it, and
 //! reports damage, dangling references, changes that cannot apply, forks and files
-//! crzarr does not know (`spec/format.md`, "Verify").
+//! crzarr does not know (`spec/protocols.md`, "Verify").
 //!
 //! It never modifies the bucket, except with [`VerifyOptions::quarantine`]: objects
 //! that fail their hash or decoding are then moved to `.crdt/quarantine/`, which
@@ -1271,7 +1271,7 @@ async fn quarantine(
 }
 
 /// The repair for a snapshot naming a manifest piece or archive shard that is gone
-/// (format.md §17.3): the object is checked again by HEAD and, still missing, every
+/// (protocols.md §8.3): the object is checked again by HEAD and, still missing, every
 /// snapshot naming it is moved to quarantine. Readers then open from the previous
 /// snapshot and the change files still present, and `crzarr compact` writes a whole
 /// snapshot again; nothing is deleted, so restoring the missing object and moving the
