@@ -3,7 +3,7 @@
 //! The encoded change files are built before timing. The timed part is what a reader
 //! does with fetched bytes: `Change::decode` (hash check, strict decode, canonical
 //! re-encode check, validation) and `Fold::insert` for every change, then
-//! `View::build`. Dropping the folded state is not timed.
+//! `ViewIndex::build`. Dropping the folded state is not timed.
 //!
 //! Cases: 1k, 10k and 100k changes of 4 chunk ops each (3 new chunks, 1 overwrite of
 //! the previous change's chunk), and 1M chunk ops as 1000 changes of 1000 new
@@ -17,9 +17,9 @@ use workload::median_ns;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use crzarr::change::Change;
+use crzarr::fold::view::ViewIndex;
 use crzarr::fold::{Fold, InsertOutcome};
 use crzarr::ids::{ChangeHash, RepoId};
-use crzarr::view::View;
 use std::cell::RefCell;
 use std::time::Duration;
 use workload::{Encoded, Workload};
@@ -67,7 +67,7 @@ fn decode_fold(repo: RepoId, input: &[Encoded]) -> (Fold, View) {
         let change = Change::decode("bench", &e.bytes, &e.hash).expect("valid change");
         fold.insert(e.hash, change, e.bytes.len() as u64);
     }
-    let view = View::build(&fold);
+    let view = ViewIndex::build(&fold);
     (fold, view)
 }
 
@@ -79,8 +79,8 @@ fn check(repo: RepoId, input: &[Encoded], case: &Case) {
         let outcome = fold.insert(e.hash, change, e.bytes.len() as u64);
         assert_eq!(outcome, InsertOutcome::Applied { unblocked: 0 });
     }
-    let view = View::build(&fold);
-    let live = view.chunk_keys(&fold, "data").len();
+    let view = ViewIndex::build(&fold);
+    let live = view.with(&fold).chunk_keys("data").len();
     let fresh = (case.ops_per_change - case.overwrites) as usize;
     let expected = (case.changes - 1) * fresh + case.overwrites as usize;
     assert_eq!(live, expected, "{}", case.id);
@@ -130,7 +130,7 @@ fn bench(c: &mut Criterion, ran: &RefCell<Vec<Ran>>) {
 
 /// Where the time goes, for the larger cases: hash check alone, strict decode alone
 /// (`decode_unverified`: msgpack, canonical re-encode check, validation), and
-/// `Fold::insert` of already decoded changes + `View::build`. The three add up to
+/// `Fold::insert` of already decoded changes + `ViewIndex::build`. The three add up to
 /// about the full measurement.
 fn bench_parts(c: &mut Criterion, ran: &RefCell<Vec<RanPart>>) {
     let mut group = c.benchmark_group("decode_fold_parts");
@@ -191,7 +191,7 @@ fn bench_parts(c: &mut Criterion, ran: &RefCell<Vec<RanPart>>) {
                     for (h, c, size) in changes {
                         fold.insert(h, c, size);
                     }
-                    let view = View::build(&fold);
+                    let view = ViewIndex::build(&fold);
                     (fold, view)
                 },
                 BatchSize::PerIteration,

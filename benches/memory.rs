@@ -14,11 +14,11 @@
 //!   one change at a time; each change's bytes are dropped before the next is made.
 //!   The input therefore never accumulates: at the peak, besides the folded state,
 //!   only one change (1000 ops, a few hundred KB) is in flight.
-//! * Then `View::build`.
+//! * Then `ViewIndex::build`.
 //! * Peak: `VmHWM` at the end, minus the baseline. It includes transients such as a
 //!   hash table's or vector's old and new arrays both alive while it grows.
 //!   Steady: `VmRSS` at the end, minus the baseline ("before view": the same just
-//!   before `View::build`).
+//!   before `ViewIndex::build`).
 //! * Bytes per live chunk ref = delta / live chunk refs, counted from the view after
 //!   the readings were taken.
 //! * The allocator is the system one (glibc malloc): its per-allocation headers and
@@ -28,7 +28,7 @@ mod workload;
 
 use crzarr::change::Change;
 use crzarr::fold::Fold;
-use crzarr::view::View;
+use crzarr::fold::view::ViewIndex;
 use std::process::Command;
 use std::time::Instant;
 use workload::Workload;
@@ -53,7 +53,7 @@ fn child(thousands: usize) {
             let c = Change::decode("warm", &e.bytes, &e.hash).expect("valid change");
             fold.insert(e.hash, c, e.bytes.len() as u64);
         }
-        let _ = View::build(&fold);
+        let _ = ViewIndex::build(&fold);
     }
     let mut w = Workload::new(ops_per_change, 0);
     let repo = w.repo;
@@ -68,11 +68,11 @@ fn child(thousands: usize) {
         fold.insert(e.hash, c, e.bytes.len() as u64);
     }
     let rss_loose = status_kb("VmRSS").unwrap_or(0);
-    let view = View::build(&fold);
+    let view = ViewIndex::build(&fold);
     let secs = start.elapsed().as_secs_f64();
     let hwm = status_kb("VmHWM").unwrap_or(0);
     let rss = status_kb("VmRSS").unwrap_or(0);
-    let live = view.chunk_keys(&fold, "data").len();
+    let live = view.with(&fold).chunk_keys("data").len();
     println!(
         "RESULT live={live} ops={ops} base_kb={base_rss} hwm_kb={hwm} loose_kb={rss_loose} rss_kb={rss} secs={secs:.3}"
     );

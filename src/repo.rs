@@ -2,7 +2,7 @@
 //! and publish changes written by a [`WriteSession`](crate::WriteSession).
 
 use crate::error::{Error, Result};
-use crate::fold::view::{ChunkRef, Conflict, Entry, View};
+use crate::fold::view::{ChunkRef, Conflict, Entry, View, ViewIndex};
 use crate::fold::{
     ChangeInfo, Fold, Fork, InsertOutcome, LoadedPiece, PendingChange, RejectedChange,
 };
@@ -46,7 +46,7 @@ pub struct Repo {
     bucket: RepoStore,
     id: RepoId,
     fold: Fold,
-    view: View,
+    view: ViewIndex,
     /// Changes already fetched and decoded: never fetched twice. (Bad files are
     /// remembered by key in `problems`, so they cannot hide a good file's hash.)
     seen: HashSet<ChangeHash>,
@@ -173,7 +173,7 @@ impl Repo {
             bucket,
             id,
             fold: Fold::new(id),
-            view: View::default(),
+            view: ViewIndex::default(),
             seen: HashSet::new(),
             problems: BTreeMap::new(),
             pending_keys: HashMap::new(),
@@ -613,7 +613,7 @@ impl Repo {
                 self.missing_history.push(problem);
             }
         }
-        self.view = View::build(&self.fold);
+        self.view = ViewIndex::build(&self.fold);
         Ok((report, vanished))
     }
 
@@ -800,8 +800,14 @@ impl Repo {
         &self.fold
     }
 
-    /// The resolved view.
-    pub fn view(&self) -> &View {
+    /// The Zarr view of this handle's state (no I/O; chunk queries see the manifest
+    /// pieces loaded so far, see [`View`]).
+    pub fn view(&self) -> View<'_> {
+        View::new(&self.view, &self.fold)
+    }
+
+    /// The view's index, for queries that pass the fold themselves.
+    pub(crate) fn view_index(&self) -> &ViewIndex {
         &self.view
     }
 
@@ -1004,7 +1010,7 @@ impl Repo {
         }
         self.seen.insert(hash);
         let outcome = self.fold.insert(hash, change, bytes.len() as u64);
-        self.view = View::build(&self.fold);
+        self.view = ViewIndex::build(&self.fold);
         let reason = match outcome {
             InsertOutcome::Applied { .. } => return Ok(hash),
             InsertOutcome::Duplicate if self.fold.contains(&hash) => return Ok(hash),

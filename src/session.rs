@@ -137,7 +137,7 @@ impl<'r> WriteSession<'r> {
         if self.deleted.iter().any(|d| key::in_subtree(d, path)) {
             return None;
         }
-        let view = self.repo.view();
+        let view = self.repo.view_index();
         let node = view.nodes.get(path)?;
         let winner = node.winner?;
         let array = match node.node_type {
@@ -157,7 +157,7 @@ impl<'r> WriteSession<'r> {
             return s.clone();
         }
         let fold = self.repo.fold();
-        let view = self.repo.view();
+        let view = self.repo.view_index();
         let s = NodeState {
             attrs: view.attributes(fold, path).unwrap_or_default(),
             shape: view.shape(fold, path),
@@ -378,7 +378,7 @@ impl<'r> WriteSession<'r> {
             v.dedup();
             v
         } else {
-            self.repo.view().chunk_keys(self.repo.fold(), path)
+            self.repo.view_index().chunk_keys(self.repo.fold(), path)
         };
         keys.extend(
             self.chunk_ops
@@ -748,7 +748,7 @@ impl<'r> WriteSession<'r> {
             || (!h.members.is_empty()
                 && self
                     .repo
-                    .view()
+                    .view_index()
                     .chunk(self.repo.fold(), array, chunk)
                     .is_some());
         if exists {
@@ -842,7 +842,7 @@ impl<'r> WriteSession<'r> {
         need.dedup_by_key(|p| p.hash);
         self.repo.load_pieces(need).await?;
         let fold = self.repo.fold();
-        let view = self.repo.view();
+        let view = self.repo.view_index();
         let live_refs = |members: &[Stamp], k: &str| -> Vec<OpRef> {
             crate::fold::view::chunk_entries(fold, members, k)
                 .iter()

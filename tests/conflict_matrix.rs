@@ -13,9 +13,9 @@
 mod common;
 
 use crzarr::change::{Change, ChunkData, Op, OpRef};
+use crzarr::fold::view::{ConflictTarget, ViewIndex};
 use crzarr::fold::{Fold, Fork, InsertOutcome, PendingChange};
 use crzarr::ids::{ActorId, ChangeHash, Hlc, RepoId};
-use crzarr::view::{ConflictTarget, View};
 use serde_json::{Map, json};
 use support::*;
 
@@ -23,11 +23,11 @@ mod support {
     use bytes::Bytes;
     use crzarr::bucket::Problem;
     use crzarr::change::Change;
+    use crzarr::fold::view::{Conflict, ConflictTarget, Entry, ViewIndex};
     use crzarr::fold::{Fold, Fork, PendingChange, RejectedChange};
     use crzarr::ids::ChangeHash;
     use crzarr::layout::{ChangeName, Layout};
     use crzarr::repo::Repo;
-    use crzarr::view::{Conflict, ConflictTarget, Entry, View};
     use futures::TryStreamExt;
     use object_store::local::LocalFileSystem;
     use object_store::memory::InMemory;
@@ -161,10 +161,11 @@ mod support {
 
     impl State {
         pub fn of_fold(fold: &Fold) -> State {
-            let view = View::build(fold);
+            let view_index = ViewIndex::build(fold);
+            let view = view_index.with(fold);
             State {
-                entries: view.entries(fold),
-                conflicts: view.conflicts(fold),
+                entries: view.entries(),
+                conflicts: view.conflicts(),
                 pending: fold.pending(),
                 forks: fold.forks(),
                 rejected: fold.rejected(),
@@ -174,7 +175,7 @@ mod support {
 
         pub async fn of_repo(repo: &Repo) -> State {
             let s = State::of_fold(repo.fold());
-            assert_eq!(s.entries, repo.view().entries(repo.fold()));
+            assert_eq!(s.entries, repo.view().entries());
             assert_eq!(
                 repo.list().await.unwrap(),
                 s.entries.keys().cloned().collect::<Vec<_>>(),
@@ -1801,12 +1802,10 @@ async fn matrix_stamp_order_tiebreaks() {
         let mut states = Vec::new();
         for perm in permutations(3) {
             let fold = Fold::from_changes(id, perm.iter().map(|&i| all[i].clone()));
-            let view = View::build(&fold);
-            let k = view.attributes(&fold, "").unwrap()["k"].clone();
-            states.push((
-                k.as_str().unwrap().to_string(),
-                summary(&view.conflicts(&fold)),
-            ));
+            let view_index = ViewIndex::build(&fold);
+            let view = view_index.with(&fold);
+            let k = view.attributes("").unwrap()["k"].clone();
+            states.push((k.as_str().unwrap().to_string(), summary(&view.conflicts())));
         }
         assert!(states.windows(2).all(|w| w[0] == w[1]));
         states.pop().unwrap()
@@ -1847,10 +1846,11 @@ async fn matrix_stamp_order_tiebreaks() {
     });
     let h2 = ChangeHash::of(&two.encode());
     let fold = Fold::from_changes(id, [(h2, two), (hr, root.clone())]);
-    let view = View::build(&fold);
-    assert_eq!(view.attributes(&fold, "").unwrap()["k"], "second");
+    let view_index = ViewIndex::build(&fold);
+    let view = view_index.with(&fold);
+    assert_eq!(view.attributes("").unwrap()["k"], "second");
     assert_eq!(
-        summary(&view.conflicts(&fold)),
+        summary(&view.conflicts()),
         [conflict("zarr.json", attr("k"), at(h2, 1), &[at(h2, 0)])]
     );
 }

@@ -51,11 +51,11 @@ mod edits;
 use bytes::Bytes;
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::Fold;
+use crzarr::fold::view::{ChunkRef, ConflictTarget, Entry, View, ViewIndex};
 use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
-use crzarr::view::{ChunkRef, ConflictTarget, Entry, View};
 use edits::{Edit, apply_edits, base_edits, edit, meta_key, parent};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -908,7 +908,7 @@ impl Model {
     }
 
     /// Checks a fold and its view against the model.
-    fn check(&self, fold: &Fold, view: &View, ctx: &str) {
+    fn check(&self, fold: &Fold, view: View<'_>, ctx: &str) {
         type ConflictKey = (String, ConflictTarget, OpId, Vec<OpId>);
         let mut conflicts: BTreeSet<ConflictKey> = BTreeSet::new();
         // Candidates per path: live incarnations, winner, members, losers.
@@ -1009,7 +1009,7 @@ impl Model {
                     attrs.insert(k.clone(), serde_json::from_str(v).unwrap());
                 }
             }
-            let Some(Entry::Metadata(bytes)) = view.get(fold, &meta_key(path)) else {
+            let Some(Entry::Metadata(bytes)) = view.get(&meta_key(path)) else {
                 panic!("{ctx}: no metadata for {path:?}");
             };
             let mut doc: Value = serde_json::from_slice(&bytes).unwrap();
@@ -1064,7 +1064,7 @@ impl Model {
                             }
                             _ => None,
                         };
-                        assert_eq!(view.get(fold, &store_key), want, "{ctx}: chunk {store_key}");
+                        assert_eq!(view.get(&store_key), want, "{ctx}: chunk {store_key}");
                     }
                 }
             }
@@ -1106,12 +1106,12 @@ impl Model {
             if want.is_some() {
                 keys.push(k.to_string());
             }
-            assert_eq!(view.get(fold, k), want, "{ctx}: object {k}");
+            assert_eq!(view.get(k), want, "{ctx}: object {k}");
         }
         keys.sort();
-        assert_eq!(view.keys(fold), keys, "{ctx}: keys");
+        assert_eq!(view.keys(), keys, "{ctx}: keys");
         let got: BTreeSet<ConflictKey> = view
-            .conflicts(fold)
+            .conflicts()
             .into_iter()
             .map(|c| {
                 (
@@ -1242,14 +1242,15 @@ proptest! {
                 assert_eq!(pending, &held - &done, "seed {seed}: pending prefix");
                 let (hashes, set): (Vec<ChangeHash>, Vec<&Change>) =
                     done.iter().map(|h| (*h, by_hash[h])).unzip();
-                Model::new(&hashes, &set).check(&fold, &View::build(&fold), "prefix");
+                Model::new(&hashes, &set).check(&fold, ViewIndex::build(&fold).with(&fold), "prefix");
                 // The whole order, duplicates included.
                 let fold = Fold::from_changes(repo.id(), order);
                 assert_eq!(fold.len(), all.len());
                 assert!(fold.pending().is_empty());
-                let view = View::build(&fold);
-                assert_eq!(view.entries(&fold), entries, "seed {seed}: entries");
-                assert_eq!(view.conflicts(&fold), conflicts, "seed {seed}: conflicts");
+                let view_index = ViewIndex::build(&fold);
+    let view = view_index.with(&fold);
+                assert_eq!(view.entries(), entries, "seed {seed}: entries");
+                assert_eq!(view.conflicts(), conflicts, "seed {seed}: conflicts");
             }
             let (hashes, set): (Vec<ChangeHash>, Vec<&Change>) =
                 w.changes.iter().map(|(h, s)| (*h, &s.change)).unzip();

@@ -25,12 +25,12 @@ mod edits;
 use crzarr::bucket::Bucket;
 use crzarr::change::Change;
 use crzarr::fold::Fold;
+use crzarr::fold::view::{Conflict, Entry, ViewIndex};
 use crzarr::gc::GcOptions;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;
 use crzarr::sync::{Direction, SyncOptions, sync};
 use crzarr::testing::{FaultConfig, FaultyStore};
-use crzarr::view::{Conflict, Entry, View};
 use edits::{Edit, apply_edits, base_edits, edit, stage_edits};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
@@ -135,8 +135,9 @@ async fn state(repo: &Repo) -> State {
 /// What a reader of exactly these changes shows: their pure fold.
 fn fold_state(repo: &Repo, changes: &BTreeMap<ChangeHash, Change>) -> State {
     let fold = Fold::from_changes(repo.id(), changes.clone());
-    let view = View::build(&fold);
-    (view.entries(&fold), view.conflicts(&fold), fold.heads())
+    let view_index = ViewIndex::build(&fold);
+    let view = view_index.with(&fold);
+    (view.entries(), view.conflicts(), fold.heads())
 }
 
 /// Every change file in a store (read without faults), decoded.

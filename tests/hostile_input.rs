@@ -151,7 +151,7 @@ impl Fixture {
 
         let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert!(reader.problems().is_empty());
-        let expected = reader.view().entries(reader.fold());
+        let expected = reader.view().entries();
         let mut expected_bytes = BTreeMap::new();
         for k in reader.list().await.unwrap() {
             let v = reader.get(&k).await.unwrap().unwrap();
@@ -249,7 +249,7 @@ impl Fixture {
     /// The view is exactly the good changes' view, and every key reads back.
     async fn assert_good_view(&self, r: &Repo, case: &str) {
         let ctx = format!("{case} on {}", self.b.name);
-        assert_eq!(r.view().entries(r.fold()), self.expected, "{ctx}");
+        assert_eq!(r.view().entries(), self.expected, "{ctx}");
         for (k, v) in &self.expected_bytes {
             assert_eq!(r.get(k).await.unwrap().as_ref(), Some(v), "{ctx}: {k}");
         }
@@ -774,7 +774,7 @@ async fn check_reported(fx: &Fixture, case: &str, files: &BadFiles) {
     s.commit(None).await.unwrap().unwrap();
     let again = fx.open().await;
     assert_eq!(
-        again.view().attributes(again.fold(), "x").unwrap()["after"],
+        again.view().attributes("x").unwrap()["after"],
         json!(case),
         "{ctx}"
     );
@@ -866,10 +866,7 @@ async fn hand_made_valid_change_is_applied() {
         put(&fx.b, &k, v).await;
         let r = fx.open().await;
         assert!(r.problems().is_empty(), "{:?}", r.problems());
-        assert_eq!(
-            r.view().attributes(r.fold(), "").unwrap()["extra"],
-            json!(1)
-        );
+        assert_eq!(r.view().attributes("").unwrap()["extra"], json!(1));
     }
 }
 
@@ -908,10 +905,7 @@ async fn bad_file_claiming_a_hash_does_not_block_the_real_change() {
             fx.b.name
         );
         assert!(r.fold().contains(&hash));
-        assert_eq!(
-            r.view().attributes(r.fold(), "").unwrap()["extra"],
-            json!(1)
-        );
+        assert_eq!(r.view().attributes("").unwrap()["extra"], json!(1));
         assert_eq!(r.problems().len(), 2);
     }
 }
@@ -1034,16 +1028,8 @@ async fn huge_clock_change_does_not_freeze_repository() {
         for h in &commits {
             assert!(r.fold().contains(h), "{ctx}: honest commit {h:?} not seen");
         }
-        assert_eq!(
-            r.view().attributes(r.fold(), "x").unwrap()["honest"],
-            json!(2)
-        );
-        assert!(
-            !r.view()
-                .attributes(r.fold(), "")
-                .unwrap()
-                .contains_key("forged")
-        );
+        assert_eq!(r.view().attributes("x").unwrap()["honest"], json!(2));
+        assert!(!r.view().attributes("").unwrap().contains_key("forged"));
         assert!(r.pending().is_empty(), "{ctx}: {:?}", r.pending());
         let problems = r.problems();
         let reported: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
@@ -1092,7 +1078,7 @@ async fn clock_a_year_ahead_of_deps_is_rejected_29_days_ahead_is_accepted() {
             "{ctx}: {}",
             p[0].error
         );
-        let root = r.view().attributes(r.fold(), "").unwrap();
+        let root = r.view().attributes("").unwrap();
         assert_eq!(root["offline"], json!(29), "{ctx}");
         assert!(
             !root.contains_key("extra"),

@@ -210,10 +210,7 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
     put_change(&store, &b.prefix, &x).await;
     put_change(&w, WITNESS, &x).await;
     let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
-    let k = r
-        .view()
-        .attributes(r.fold(), "")
-        .and_then(|m| m.get("k").cloned());
+    let k = r.view().attributes("").and_then(|m| m.get("k").cloned());
     assert_eq!(
         (kept, k, r.conflicts().await.unwrap().len()),
         (1, Some(json!("w")), 0),

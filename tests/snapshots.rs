@@ -10,13 +10,13 @@ use common::{Backend, array_meta, backends, local, memory};
 use crzarr::Error;
 use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
 use crzarr::fold::Fold;
+use crzarr::fold::view::{Conflict, Entry, ViewIndex};
 use crzarr::gc::{GcOptions, ObjectKind};
 use crzarr::ids::{ActorId, ChangeHash, Hlc};
 use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
 use crzarr::snapshot::{MAX_PIECE_BYTES, PIECE_ENTRIES, SnapshotMeta};
 use crzarr::testing::CountingStore;
-use crzarr::view::{Conflict, Entry, View};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,8 +53,9 @@ fn full_state(
     changes: &BTreeMap<ChangeHash, Change>,
 ) -> (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>) {
     let fold = Fold::from_changes(repo.id(), changes.clone());
-    let view = View::build(&fold);
-    (view.entries(&fold), view.conflicts(&fold), fold.heads())
+    let view_index = ViewIndex::build(&fold);
+    let view = view_index.with(&fold);
+    (view.entries(), view.conflicts(), fold.heads())
 }
 
 async fn state(repo: &Repo) -> (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>) {
@@ -931,8 +932,9 @@ async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
     };
     let fold_state = |changes: Vec<(ChangeHash, Change)>| {
         let fold = Fold::from_changes(w.id(), changes);
-        let view = View::build(&fold);
-        (view.entries(&fold), view.conflicts(&fold))
+        let view_index = ViewIndex::build(&fold);
+        let view = view_index.with(&fold);
+        (view.entries(), view.conflicts())
     };
     let y_first = fold_state(with(&[&y, &x]));
     let x_first = fold_state(with(&[&x, &y]));

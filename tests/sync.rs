@@ -41,6 +41,7 @@ use crzarr::Error;
 use crzarr::bucket::{Bucket, DEFAULT_CONCURRENCY, Problem};
 use crzarr::change::Change;
 use crzarr::fold::Fold;
+use crzarr::fold::view::{ChunkRef, Conflict, Entry, ViewIndex};
 use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash};
 use crzarr::layout::{ChangeName, Layout};
@@ -48,7 +49,6 @@ use crzarr::progress::Progress;
 use crzarr::repo::Repo;
 use crzarr::sync::{Direction, Side, SyncOptions, SyncReport, sync};
 use crzarr::testing::{CountingStore, RequestCounts};
-use crzarr::view::{ChunkRef, Conflict, Entry, View};
 use edits::{Edit, apply_edits, base_edits, edit};
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
@@ -107,8 +107,9 @@ fn fold_state<'a>(
     changes: impl IntoIterator<Item = (&'a ChangeHash, &'a Change)>,
 ) -> State {
     let fold = Fold::from_changes(repo.id(), changes.into_iter().map(|(h, c)| (*h, c.clone())));
-    let view = View::build(&fold);
-    (view.entries(&fold), view.conflicts(&fold), fold.heads())
+    let view_index = ViewIndex::build(&fold);
+    let view = view_index.with(&fold);
+    (view.entries(), view.conflicts(), fold.heads())
 }
 
 /// Every change file in a bucket, decoded (kept before GC removes them).

@@ -192,12 +192,12 @@ impl Inner {
         if self.deleted.iter().any(|d| key::in_subtree(d, path)) {
             return None;
         }
-        let (view, fold) = (self.repo.view(), self.repo.fold());
+        let view = self.repo.view();
         match view.node_type(path)? {
             NodeType::Group => Some(None),
             NodeType::ImplicitGroup => None,
             NodeType::Array => {
-                let doc = view.metadata(fold, path)?;
+                let doc = view.metadata(path)?;
                 match meta::parse_node_doc(&key::meta_key(path), &doc) {
                     Ok(NodeDoc::Array { meta, .. }) => Some(Some(meta)),
                     Ok(NodeDoc::Group { .. }) | Err(_) => None,
@@ -360,7 +360,7 @@ impl Inner {
     /// Length of the repository's explicit key `k` (its pieces must be loaded):
     /// from the view where it says, else by reading the value.
     async fn repo_len(&self, k: &str) -> Result<Option<u64>> {
-        let known = match self.repo.view().get(self.repo.fold(), k) {
+        let known = match self.repo.view().get(k) {
             None => return Ok(None),
             Some(Entry::Metadata(b)) => Some(b.len() as u64),
             Some(Entry::Chunk(c) | Entry::Object(c)) => {

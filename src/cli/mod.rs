@@ -449,7 +449,7 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             s.set(&key, bytes)?;
             let h = s.commit(message.as_deref()).await?;
             // Say what the key became: a mistyped array path writes an object, not a chunk.
-            let kind = match r.view().get(r.fold(), &key) {
+            let kind = match r.view().get(&key) {
                 Some(crzarr::fold::view::Entry::Metadata(_)) => "metadata",
                 Some(crzarr::fold::view::Entry::Chunk(_)) => "chunk",
                 Some(crzarr::fold::view::Entry::Object(_)) => "object",

@@ -103,11 +103,103 @@ pub struct Conflict {
     pub losers: Vec<ConflictSide>,
 }
 
-/// The resolved hierarchy of a fold.
+/// The resolved hierarchy of a fold: which incarnations each path shows. Its queries
+/// need the fold it was built from: [`ViewIndex::with`] bundles the two into a [`View`].
+/// Most users get a [`View`] from [`Repo::view`](crate::Repo::view) instead.
 #[derive(Clone, Debug, Default)]
-pub struct View {
+pub struct ViewIndex {
     pub(crate) nodes: BTreeMap<String, ResolvedNode>,
     node_conflicts: Vec<(String, Stamp, Vec<Stamp>)>,
+}
+
+/// The Zarr v3 view of a repository's state, as a Zarr client sees it: nodes, their
+/// rendered `zarr.json`, chunks and objects, listings and conflicts. Get one from
+/// [`Repo::view`](crate::Repo::view).
+///
+/// Chunk queries see the manifest pieces the repository has loaded: the repository's
+/// own async readers ([`Repo::get`](crate::Repo::get), [`Repo::list`](crate::Repo::list),
+/// ...) load what they need first, and [`Repo::load_all`](crate::Repo::load_all) loads
+/// everything for a view that answers every query.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    index: &'a ViewIndex,
+    fold: &'a Fold,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(index: &'a ViewIndex, fold: &'a Fold) -> Self {
+        View { index, fold }
+    }
+
+    /// Node paths shown, sorted (`""` is the root).
+    pub fn node_paths(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.index.node_paths()
+    }
+
+    /// What kind of node is shown at `path`, if any.
+    pub fn node_type(&self, path: &str) -> Option<NodeType> {
+        self.index.node_type(path)
+    }
+
+    /// User attributes of the node at `path`.
+    pub fn attributes(&self, path: &str) -> Option<Map<String, Value>> {
+        self.index.attributes(self.fold, path)
+    }
+
+    /// Shape of the array at `path`.
+    pub fn shape(&self, path: &str) -> Option<Vec<u64>> {
+        self.index.shape(self.fold, path)
+    }
+
+    /// Rendered `zarr.json` of the node at `path`.
+    pub fn metadata(&self, path: &str) -> Option<Vec<u8>> {
+        self.index.metadata(self.fold, path)
+    }
+
+    /// Where chunk `chunk` of the array at `path` is, if it has a value.
+    pub fn chunk(&self, path: &str, chunk: &str) -> Option<ChunkRef> {
+        self.index.chunk(self.fold, path, chunk)
+    }
+
+    /// Where the object at store key `store_key` is, if it has a value.
+    pub fn object(&self, store_key: &str) -> Option<ChunkRef> {
+        self.index.object(self.fold, store_key)
+    }
+
+    /// Chunk keys of the array at `path` with a value, sorted.
+    pub fn chunk_keys(&self, path: &str) -> Vec<String> {
+        self.index.chunk_keys(self.fold, path)
+    }
+
+    /// What the view holds at Zarr store key `store_key`.
+    pub fn get(&self, store_key: &str) -> Option<Entry> {
+        self.index.get(self.fold, store_key)
+    }
+
+    /// Every store key with a value, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        self.index.keys(self.fold)
+    }
+
+    /// Store keys starting with `prefix`, sorted.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.index.keys_with_prefix(self.fold, prefix)
+    }
+
+    /// Keys and prefixes directly under `prefix`, as a store's `list_dir`.
+    pub fn list_dir(&self, prefix: &str) -> (Vec<String>, Vec<String>) {
+        self.index.list_dir(self.fold, prefix)
+    }
+
+    /// Every store key with what it holds.
+    pub fn entries(&self) -> BTreeMap<String, Entry> {
+        self.index.entries(self.fold)
+    }
+
+    /// Concurrent writes resolved by the merge rules: the value shown and the others.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.index.conflicts(self.fold)
+    }
 }
 
 fn kind_of<'a>(fold: &'a Fold, s: &Stamp) -> Option<&'a NodeKind> {
@@ -153,9 +245,14 @@ where
     entries.max_by(|a, b| fold.cmp_stamp(&a.0, &b.0))
 }
 
-impl View {
+impl ViewIndex {
+    /// The view of `fold`, which this index must have been built from.
+    pub fn with<'a>(&'a self, fold: &'a Fold) -> View<'a> {
+        View::new(self, fold)
+    }
+
     /// Resolves the hierarchy: for each path, which incarnations it shows.
-    pub fn build(fold: &Fold) -> View {
+    pub fn build(fold: &Fold) -> ViewIndex {
         let mut candidates: BTreeMap<String, ResolvedNode> = BTreeMap::new();
         let mut node_conflicts = Vec::new();
         for (path, incs) in &fold.by_path {
@@ -226,24 +323,24 @@ impl View {
                 up = key::parent(a);
             }
         }
-        View {
+        ViewIndex {
             nodes,
             node_conflicts,
         }
     }
 
     /// Node paths shown, sorted.
-    pub fn node_paths(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn node_paths(&self) -> impl Iterator<Item = &str> {
         self.nodes.keys().map(String::as_str)
     }
 
     /// What `path` shows, if anything.
-    pub fn node_type(&self, path: &str) -> Option<NodeType> {
+    pub(crate) fn node_type(&self, path: &str) -> Option<NodeType> {
         self.nodes.get(path).map(|n| n.node_type.clone())
     }
 
     /// Merged attributes of a shown node.
-    pub fn attributes(&self, fold: &Fold, path: &str) -> Option<Map<String, Value>> {
+    pub(crate) fn attributes(&self, fold: &Fold, path: &str) -> Option<Map<String, Value>> {
         let node = self.nodes.get(path)?;
         let mut keys = BTreeSet::new();
         for m in &node.members {
@@ -269,7 +366,7 @@ impl View {
     }
 
     /// Current shape of a shown array: per dimension, the largest live size.
-    pub fn shape(&self, fold: &Fold, path: &str) -> Option<Vec<u64>> {
+    pub(crate) fn shape(&self, fold: &Fold, path: &str) -> Option<Vec<u64>> {
         let node = self.nodes.get(path)?;
         let meta = array_meta(fold, node.winner.as_ref()?)?;
         let mut shape = vec![0u64; meta.ndim()];
@@ -313,7 +410,7 @@ impl View {
     }
 
     /// Rendered `zarr.json` of a shown node.
-    pub fn metadata(&self, fold: &Fold, path: &str) -> Option<Vec<u8>> {
+    pub(crate) fn metadata(&self, fold: &Fold, path: &str) -> Option<Vec<u8>> {
         let node = self.nodes.get(path)?;
         let attrs = self.attributes(fold, path)?;
         match node.node_type {
@@ -326,7 +423,7 @@ impl View {
     }
 
     /// The winning live entry of chunk `chunk` of the array at `path` (deleted: `None`).
-    pub fn chunk(&self, fold: &Fold, path: &str, chunk: &str) -> Option<ChunkRef> {
+    pub(crate) fn chunk(&self, fold: &Fold, path: &str, chunk: &str) -> Option<ChunkRef> {
         let node = self.nodes.get(path)?;
         if node.node_type != NodeType::Array {
             return None;
@@ -342,7 +439,7 @@ impl View {
 
     /// The object at `store_key`, unless deleted or hidden: a key a shown array owns
     /// is that array's chunk key (spec/merge.md, "Objects").
-    pub fn object(&self, fold: &Fold, store_key: &str) -> Option<ChunkRef> {
+    pub(crate) fn object(&self, fold: &Fold, store_key: &str) -> Option<ChunkRef> {
         if self.split_chunk_key(store_key).is_some() {
             return None;
         }
@@ -363,7 +460,7 @@ impl View {
     }
 
     /// Chunk keys (relative) of a shown array that are not deleted, sorted.
-    pub fn chunk_keys(&self, fold: &Fold, path: &str) -> Vec<String> {
+    pub(crate) fn chunk_keys(&self, fold: &Fold, path: &str) -> Vec<String> {
         let Some(node) = self.nodes.get(path) else {
             return Vec::new();
         };
@@ -377,7 +474,7 @@ impl View {
     }
 
     /// Splits a store key into (array path, chunk key) when it names a chunk of a shown array.
-    pub fn split_chunk_key<'k>(&self, store_key: &'k str) -> Option<(&'k str, &'k str)> {
+    pub(crate) fn split_chunk_key<'k>(&self, store_key: &'k str) -> Option<(&'k str, &'k str)> {
         // The deepest shown array whose path prefixes the key owns it.
         let mut end = store_key.len();
         while let Some(pos) = store_key[..end].rfind('/') {
@@ -403,7 +500,7 @@ impl View {
     }
 
     /// What the view serves at a store key.
-    pub fn get(&self, fold: &Fold, store_key: &str) -> Option<Entry> {
+    pub(crate) fn get(&self, fold: &Fold, store_key: &str) -> Option<Entry> {
         if let Some(path) = key::meta_path(store_key) {
             return self.metadata(fold, path).map(Entry::Metadata);
         }
@@ -414,7 +511,7 @@ impl View {
     }
 
     /// Every key of the view, sorted.
-    pub fn keys(&self, fold: &Fold) -> Vec<String> {
+    pub(crate) fn keys(&self, fold: &Fold) -> Vec<String> {
         let mut out = Vec::new();
         for path in self.nodes.keys() {
             out.push(key::meta_key(path));
@@ -428,7 +525,7 @@ impl View {
     }
 
     /// Keys starting with `prefix`, sorted.
-    pub fn keys_with_prefix(&self, fold: &Fold, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys_with_prefix(&self, fold: &Fold, prefix: &str) -> Vec<String> {
         let mut out = Vec::new();
         for path in self.nodes.keys() {
             let node_key_prefix = if path.is_empty() {
@@ -460,7 +557,7 @@ impl View {
 
     /// Keys directly under `prefix` (which is empty or ends with `/`) and the
     /// sub-prefixes (ending with `/`) below it, both sorted.
-    pub fn list_dir(&self, fold: &Fold, prefix: &str) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn list_dir(&self, fold: &Fold, prefix: &str) -> (Vec<String>, Vec<String>) {
         let mut keys = Vec::new();
         let mut dirs = BTreeSet::new();
         for k in self.keys_with_prefix(fold, prefix) {
@@ -476,7 +573,7 @@ impl View {
     }
 
     /// Every key with what it serves: two replicas with the same changes give equal maps.
-    pub fn entries(&self, fold: &Fold) -> BTreeMap<String, Entry> {
+    pub(crate) fn entries(&self, fold: &Fold) -> BTreeMap<String, Entry> {
         self.keys(fold)
             .into_iter()
             .filter_map(|k| {
@@ -487,7 +584,7 @@ impl View {
     }
 
     /// Every concurrent overwrite resolved in the current state, sorted by key.
-    pub fn conflicts(&self, fold: &Fold) -> Vec<Conflict> {
+    pub(crate) fn conflicts(&self, fold: &Fold) -> Vec<Conflict> {
         let side = |s: &Stamp, value: String| {
             let info = fold.info(s);
             ConflictSide {

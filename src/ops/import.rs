@@ -190,7 +190,7 @@ impl Repo {
         // The view to compare with: every manifest piece is needed.
         self.load_all().await?;
         let entries = self.entries().await?;
-        let view = self.view();
+        let view = self.view_index();
         let fold = self.fold();
         let mut created = Vec::new();
         let mut updated = Vec::new();

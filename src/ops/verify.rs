@@ -1339,7 +1339,7 @@ async fn changed_references(repo: &Repo, concurrency: usize) -> Result<Vec<Findi
         return Ok(Vec::new());
     }
     let refs: Vec<(String, ChunkReference)> = repo
-        .view()
+        .view_index()
         .entries(repo.fold())
         .into_iter()
         .filter_map(|(k, e)| match e {

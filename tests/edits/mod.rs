@@ -244,7 +244,7 @@ pub async fn apply_edits(repo: &mut Repo, edits: &[Edit]) -> Option<ChangeHash> 
 pub fn stage_edits<'r>(repo: &'r mut Repo, edits: &[Edit]) -> WriteSession<'r> {
     let mut arrays: BTreeMap<&str, Option<ArrInfo>> = BTreeMap::new();
     for p in PATHS {
-        let info = match repo.view().get(repo.fold(), &meta_key(p)) {
+        let info = match repo.view().get(&meta_key(p)) {
             Some(Entry::Metadata(b)) => ArrInfo::from_doc(&serde_json::from_slice(&b).unwrap()),
             _ => None,
         };
