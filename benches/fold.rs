@@ -61,7 +61,7 @@ const CASES: &[Case] = &[
 ];
 
 /// The timed work: decode every change (with hash check), fold, build the view.
-fn decode_fold(repo: RepoId, input: &[Encoded]) -> (Fold, View) {
+fn decode_fold(repo: RepoId, input: &[Encoded]) -> (Fold, ViewIndex) {
     let mut fold = Fold::new(repo);
     for e in input {
         let change = Change::decode("bench", &e.bytes, &e.hash).expect("valid change");

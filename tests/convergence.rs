@@ -539,7 +539,7 @@ impl World {
         assert_eq!(pending, expected, "replica {r}: pending");
         let set: Vec<&Change> = complete.iter().map(|h| &self.changes[h].change).collect();
         let hashes: Vec<ChangeHash> = complete.iter().copied().collect();
-        Model::new(&hashes, &set).check(repo.fold(), repo.view(), &format!("replica {r}"));
+        Model::new(&hashes, &set).check(repo.view(), &format!("replica {r}"));
     }
 
     /// Final state: everything delivered everywhere, all views identical.
@@ -617,7 +617,7 @@ impl World {
         }
         let (hashes, set): (Vec<ChangeHash>, Vec<&Change>) =
             self.changes.iter().map(|(h, s)| (*h, &s.change)).unzip();
-        Model::new(&hashes, &set).check(first.fold(), first.view(), "final");
+        Model::new(&hashes, &set).check(first.view(), "final");
     }
 }
 
@@ -908,7 +908,7 @@ impl Model {
     }
 
     /// Checks a fold and its view against the model.
-    fn check(&self, fold: &Fold, view: View<'_>, ctx: &str) {
+    fn check(&self, view: View<'_>, ctx: &str) {
         type ConflictKey = (String, ConflictTarget, OpId, Vec<OpId>);
         let mut conflicts: BTreeSet<ConflictKey> = BTreeSet::new();
         // Candidates per path: live incarnations, winner, members, losers.
@@ -1242,7 +1242,7 @@ proptest! {
                 assert_eq!(pending, &held - &done, "seed {seed}: pending prefix");
                 let (hashes, set): (Vec<ChangeHash>, Vec<&Change>) =
                     done.iter().map(|h| (*h, by_hash[h])).unzip();
-                Model::new(&hashes, &set).check(&fold, ViewIndex::build(&fold).with(&fold), "prefix");
+                Model::new(&hashes, &set).check(ViewIndex::build(&fold).with(&fold), "prefix");
                 // The whole order, duplicates included.
                 let fold = Fold::from_changes(repo.id(), order);
                 assert_eq!(fold.len(), all.len());
@@ -1254,7 +1254,7 @@ proptest! {
             }
             let (hashes, set): (Vec<ChangeHash>, Vec<&Change>) =
                 w.changes.iter().map(|(h, s)| (*h, &s.change)).unzip();
-            Model::new(&hashes, &set).check(repo.fold(), repo.view(), "fold");
+            Model::new(&hashes, &set).check(repo.view(), "fold");
         });
     }
 }
