@@ -70,10 +70,12 @@ fn main() -> AnyResult<()> {
     // Writer B: a replica of A on its own (in-memory) bucket.
     let bucket_b: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     rt.block_on(async {
-        a.repo()
-            .await
-            .push_to(&RepoStore::new(bucket_b.clone(), ""))
-            .await
+        crzarr::sync(
+            a.repo().await.bucket(),
+            &RepoStore::new(bucket_b.clone(), ""),
+            &crzarr::SyncOptions::push(),
+        )
+        .await
     })?;
     let b = Arc::new(ZarrsStore::new(rt.block_on(Repo::open(bucket_b, ""))?));
     let sync_b: Arc<BlockingZarrsStore> = Arc::new(b.clone().blocking(rt.handle().clone()));

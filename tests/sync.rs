@@ -1589,18 +1589,23 @@ async fn pull_then_commit_then_push_keeps_the_replica_in_step() {
     s.set("big/c/0", blob(7)).unwrap();
     let remote = s.commit(None).await.unwrap().unwrap();
 
-    let r = laptop.pull_from(&cb).await.unwrap();
+    let r = laptop
+        .sync(&cb, &crzarr::SyncOptions::pull())
+        .await
+        .unwrap();
     assert_eq!(
         (r.b_to_a.changes, r.b_to_a.blobs, r.a_to_b.objects()),
         (1, 1, 0),
         "{r:?}"
     );
-    // pull_from refreshed the handle: the remote change is applied before editing.
+    // A pull through the handle refreshed it: the remote change is applied before editing.
     assert_eq!(laptop.fold().heads(), vec![remote]);
     let mut s = laptop.session();
     s.set("big/c/1", blob(8)).unwrap();
     let mine = s.commit(None).await.unwrap().unwrap();
-    let r = laptop.push_to(&cb).await.unwrap();
+    let r = crzarr::sync(laptop.bucket(), &cb, &crzarr::SyncOptions::push())
+        .await
+        .unwrap();
     assert_eq!(
         (r.a_to_b.changes, r.a_to_b.blobs, r.b_to_a.objects()),
         (1, 1, 0),
@@ -1678,7 +1683,10 @@ async fn a_change_copied_before_its_dependency_waits_and_applies_when_it_arrives
         .unwrap();
     let mut d = Repo::open(dst.clone(), PREFIX).await.unwrap();
     assert_eq!(d.pending().len(), 1);
-    let r = d.pull_from(&bucket(&p2)).await.unwrap();
+    let r = d
+        .sync(&bucket(&p2), &crzarr::SyncOptions::pull())
+        .await
+        .unwrap();
     assert_eq!(r.b_to_a.changes, 3, "{r:?}");
     assert_eq!(d.pending(), vec![]);
     assert!(state(&d).await == full);
@@ -2013,7 +2021,9 @@ async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
     s.set("x/c/0", blob(1)).unwrap();
     s.commit(None).await.unwrap();
     // local -> S3 (creates the S3 replica).
-    let r = laptop.push_to(&s3b).await.unwrap();
+    let r = crzarr::sync(laptop.bucket(), &s3b, &crzarr::SyncOptions::push())
+        .await
+        .unwrap();
     assert_eq!(r.initialized, Some(Side::B), "{r:?}");
     assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (1, 1), "{r:?}");
     let mut cloud = Repo::open(s3.store.clone(), &s3.prefix).await.unwrap();
@@ -2030,13 +2040,18 @@ async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
     s.commit(None).await.unwrap();
 
     // S3 -> local, then local -> S3.
-    let r = laptop.pull_from(&s3b).await.unwrap();
+    let r = laptop
+        .sync(&s3b, &crzarr::SyncOptions::pull())
+        .await
+        .unwrap();
     assert_eq!(
         (r.b_to_a.changes, r.b_to_a.blobs, r.a_to_b.objects()),
         (1, 1, 0),
         "{r:?}"
     );
-    let r = laptop.push_to(&s3b).await.unwrap();
+    let r = crzarr::sync(laptop.bucket(), &s3b, &crzarr::SyncOptions::push())
+        .await
+        .unwrap();
     assert_eq!((r.a_to_b.changes, r.a_to_b.blobs), (1, 1), "{r:?}");
     cloud.refresh().await.unwrap();
     let want = state(&laptop).await;

@@ -333,10 +333,11 @@ async fn two_replicas_importing_edits_of_one_store_merge() {
     import(&mut a, &b, "src").await;
     let other = memory();
     let mut c = {
-        a.push_to(&crzarr::bucket::Bucket::new(
-            other.store.clone(),
-            &other.prefix,
-        ))
+        crzarr::sync(
+            a.bucket(),
+            &crzarr::bucket::Bucket::new(other.store.clone(), &other.prefix),
+            &crzarr::SyncOptions::push(),
+        )
         .await
         .unwrap();
         Repo::open(other.store.clone(), &other.prefix)
@@ -354,8 +355,12 @@ async fn two_replicas_importing_edits_of_one_store_merge() {
     c.import(b.store.clone(), "src-c", &ImportOptions::default())
         .await
         .unwrap();
-    c.pull_from(a.bucket()).await.unwrap();
-    a.pull_from(c.bucket()).await.unwrap();
+    c.sync(a.bucket(), &crzarr::SyncOptions::pull())
+        .await
+        .unwrap();
+    a.sync(c.bucket(), &crzarr::SyncOptions::pull())
+        .await
+        .unwrap();
     let (va, vc) = (view_bytes(&a).await, view_bytes(&c).await);
     assert_eq!(va, vc);
     assert_eq!(va["x/c/0"], vec![1; 20]);

@@ -452,10 +452,12 @@ async fn two_writers_disjoint_regions_then_sync() -> TestResult {
 
     // B: a replica of A on its own bucket.
     let bucket_b: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    a.repo()
-        .await
-        .push_to(&Bucket::new(bucket_b.clone(), ""))
-        .await?;
+    crzarr::sync(
+        a.repo().await.bucket(),
+        &Bucket::new(bucket_b.clone(), ""),
+        &crzarr::SyncOptions::push(),
+    )
+    .await?;
     let b = Arc::new(ZarrsStore::new(Repo::open(bucket_b, "").await?));
 
     // Both write concurrently, neither seeing the other.

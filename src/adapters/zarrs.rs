@@ -55,7 +55,8 @@
 //!
 //! // Writer B is a replica on another bucket.
 //! let bucket_b = Arc::new(InMemory::new());
-//! rt.block_on(async { a.repo().await.push_to(&RepoStore::new(bucket_b.clone(), "")).await })?;
+//! let b_store = RepoStore::new(bucket_b.clone(), "");
+//! rt.block_on(async { crzarr::sync(a.repo().await.bucket(), &b_store, &crzarr::SyncOptions::push()).await })?;
 //! let b = Arc::new(ZarrsStore::new(rt.block_on(Repo::open(bucket_b, ""))?));
 //! let sync_b = Arc::new(b.clone().blocking(rt.handle().clone()));
 //!
@@ -558,12 +559,12 @@ impl ZarrsStore {
         self.inner.write().await.repo.refresh().await
     }
 
-    /// Shared access to the repository (for reads, [`Repo::bucket`], [`Repo::push_to`]).
+    /// Shared access to the repository (for reads, [`Repo::bucket`], pushing with [`crate::sync`]).
     pub async fn repo(&self) -> RwLockReadGuard<'_, Repo> {
         RwLockReadGuard::map(self.inner.read().await, |i| &i.repo)
     }
 
-    /// Exclusive access to the repository (for [`Repo::sync`], [`Repo::pull_from`]).
+    /// Exclusive access to the repository (for [`Repo::sync`]).
     /// Staged writes stay staged; they are checked again when committed.
     pub async fn repo_mut(&self) -> RwLockMappedWriteGuard<'_, Repo> {
         RwLockWriteGuard::map(self.inner.write().await, |i| &mut i.repo)

@@ -93,6 +93,26 @@ impl Default for SyncOptions {
     }
 }
 
+impl SyncOptions {
+    /// One way only, from `b` to `a`: with [`Repo::sync`](crate::Repo::sync), copy
+    /// what `other` holds into this repository's bucket (the step before modifying a
+    /// replica that others also write).
+    pub fn pull() -> Self {
+        SyncOptions {
+            direction: Direction::Pull,
+            ..SyncOptions::default()
+        }
+    }
+
+    /// One way only, from `a` to `b` (creating the repository there if it has none).
+    pub fn push() -> Self {
+        SyncOptions {
+            direction: Direction::Push,
+            ..SyncOptions::default()
+        }
+    }
+}
+
 /// What moved in one direction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Transfer {
@@ -1282,6 +1302,7 @@ impl crate::repo::Repo {
 
     /// Copies what `other` holds and this repository's bucket lacks, then refreshes:
     /// the step before modifying a replica that others also write.
+    #[deprecated(note = "use `repo.sync(other, &SyncOptions::pull())`")]
     pub async fn pull_from(&mut self, other: &RepoStore) -> Result<SyncReport> {
         let opts = SyncOptions {
             direction: Direction::Pull,
@@ -1293,6 +1314,7 @@ impl crate::repo::Repo {
 
     /// Copies what this repository's bucket holds and `other` lacks (creating the
     /// repository there if it has none).
+    #[deprecated(note = "use `crzarr::sync(repo.bucket(), other, &SyncOptions::push())`")]
     pub async fn push_to(&self, other: &RepoStore) -> Result<SyncReport> {
         let opts = SyncOptions {
             direction: Direction::Push,
