@@ -84,7 +84,7 @@ async fn repo_with_array(store: Arc<dyn ObjectStore>) -> Repo {
     let mut s = repo.session();
     s.create_group("", Default::default()).expect("group");
     s.create_array("x", &array_meta(1000)).expect("array");
-    s.commit(None).await.expect("commit");
+    s.commit(&mut repo, None).await.expect("commit");
     repo
 }
 
@@ -97,7 +97,10 @@ async fn commit_k(repo: &mut Repo, k: usize, data: Data, salt: u64) -> Duration 
             .expect("stage");
     }
     let t = Instant::now();
-    s.commit(None).await.expect("commit").expect("a change");
+    s.commit(repo, None)
+        .await
+        .expect("commit")
+        .expect("a change");
     t.elapsed()
 }
 

@@ -701,7 +701,7 @@ fn bench_histories(
             r.gc(&zero).await.expect("gc");
             let mut s = r.session();
             s.set_attr("x", "gc", true.into()).expect("attr");
-            s.commit(None).await.expect("commit");
+            s.commit(&mut r, None).await.expect("commit");
             r.compact().await.expect("compact");
             r.gc(&zero).await.expect("gc");
         });
@@ -787,7 +787,7 @@ fn child_open(dir: &str) {
         s.create_group("", Default::default()).expect("group");
         s.create_array("x", &array_doc(4)).expect("array");
         s.set("x/c/0", vec![1u8]).expect("set");
-        s.commit(None).await.expect("commit");
+        s.commit(&mut r, None).await.expect("commit");
         r.compact().await.expect("compact");
         drop(r);
         let r = Repo::open(warm.clone(), PREFIX).await.expect("open");

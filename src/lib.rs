@@ -50,13 +50,13 @@
 //!     "fill_value": 0, "codecs": [{"name": "bytes"}]
 //! }).to_string())?;
 //! s.set("temp/c/0", vec![1u8, 2])?;
-//! s.commit(Some("create temp")).await?;
+//! s.commit(&mut laptop, Some("create temp")).await?;
 //!
 //! cluster.refresh().await?;
 //! let mut s = cluster.session();
 //! s.set("temp/c/1", vec![3u8, 4])?;
 //! s.set_attr("temp", "units", "K".into())?;
-//! s.commit(None).await?;
+//! s.commit(&mut cluster, None).await?;
 //!
 //! laptop.refresh().await?;
 //! assert_eq!(laptop.list().await?, ["temp/c/0", "temp/c/1", "temp/zarr.json", "zarr.json"]);

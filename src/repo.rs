@@ -45,8 +45,9 @@ const OPEN_ATTEMPTS: usize = 4;
 pub struct Repo {
     bucket: RepoStore,
     id: RepoId,
-    fold: Fold,
-    view: ViewIndex,
+    /// Shared with write sessions, which stage against it; changed copy-on-write.
+    fold: Arc<Fold>,
+    view: Arc<ViewIndex>,
     /// Changes already fetched and decoded: never fetched twice. (Bad files are
     /// remembered by key in `problems`, so they cannot hide a good file's hash.)
     seen: HashSet<ChangeHash>,
@@ -172,8 +173,8 @@ impl Repo {
         let mut repo = Repo {
             bucket,
             id,
-            fold: Fold::new(id),
-            view: ViewIndex::default(),
+            fold: Arc::new(Fold::new(id)),
+            view: Arc::default(),
             seen: HashSet::new(),
             problems: BTreeMap::new(),
             pending_keys: HashMap::new(),
@@ -193,7 +194,7 @@ impl Repo {
         for snap in &snaps {
             match repo.read_snapshot(snap, hint.as_ref()).await {
                 Ok(fold) => {
-                    repo.fold = fold;
+                    repo.fold = Arc::new(fold);
                     loaded = Some(snap.name);
                     break;
                 }
@@ -304,7 +305,7 @@ impl Repo {
             .into_iter()
             .map(|c| (c.hash, c))
             .collect();
-        self.fold.join(other, &mine_archived, &theirs_archived)
+        Arc::make_mut(&mut self.fold).join(other, &mine_archived, &theirs_archived)
     }
 
     /// Whether the state covers every change in `heads` (applied, or in the archive of
@@ -538,7 +539,7 @@ impl Repo {
         // Any order folds to the same state; stamp order just keeps the queue short.
         decoded.sort_by_key(|(c, ch)| (ch.hlc, ch.actor, ch.seq, c.name.hash));
         for (c, change) in decoded {
-            match self.fold.insert(c.name.hash, change, c.size) {
+            match Arc::make_mut(&mut self.fold).insert(c.name.hash, change, c.size) {
                 InsertOutcome::Applied { unblocked } => report.applied += 1 + unblocked,
                 InsertOutcome::Rejected(reason) => {
                     let p = Problem {
@@ -613,7 +614,7 @@ impl Repo {
                 self.missing_history.push(problem);
             }
         }
-        self.view = ViewIndex::build(&self.fold);
+        self.view = Arc::new(ViewIndex::build(&self.fold));
         Ok((report, vanished))
     }
 
@@ -644,7 +645,7 @@ impl Repo {
             return Ok(());
         }
         for c in self.lookup_archive(&wanted).await? {
-            self.fold.add_covered(&c);
+            Arc::make_mut(&mut self.fold).add_covered(&c);
         }
         decoded.retain(|(c, _)| !self.fold.knows(&c.name.hash));
         Ok(())
@@ -740,16 +741,12 @@ impl Repo {
 
     /// Reads manifest pieces not yet in memory, in parallel.
     pub(crate) async fn load_pieces(&self, pieces: Vec<PieceRef>) -> Result<()> {
-        for (h, piece) in crate::io::read::pieces(
-            &self.bucket,
-            pieces.iter().map(|p| p.hash).collect(),
-            self.concurrency,
-        )
-        .await?
-        {
-            self.fold.insert_piece(h, LoadedPiece::new(piece));
-        }
-        Ok(())
+        load_pieces(&self.bucket, &self.fold, pieces, self.concurrency).await
+    }
+
+    /// The state and its view, shared with a write session.
+    pub(crate) fn shared_state(&self) -> (Arc<Fold>, Arc<ViewIndex>) {
+        (self.fold.clone(), self.view.clone())
     }
 
     /// Every blob a live value of the state uses: chunk values in memory and in
@@ -1009,8 +1006,8 @@ impl Repo {
             return Err((e, Some(change)));
         }
         self.seen.insert(hash);
-        let outcome = self.fold.insert(hash, change, bytes.len() as u64);
-        self.view = ViewIndex::build(&self.fold);
+        let outcome = Arc::make_mut(&mut self.fold).insert(hash, change, bytes.len() as u64);
+        self.view = Arc::new(ViewIndex::build(&self.fold));
         let reason = match outcome {
             InsertOutcome::Applied { .. } => return Ok(hash),
             InsertOutcome::Duplicate if self.fold.contains(&hash) => return Ok(hash),
@@ -1060,6 +1057,20 @@ impl Repo {
     }
 }
 
+/// Reads manifest pieces into `fold`'s cache (shared by every copy of that state).
+pub(crate) async fn load_pieces(
+    store: &RepoStore,
+    fold: &Fold,
+    pieces: Vec<PieceRef>,
+    concurrency: usize,
+) -> Result<()> {
+    let hashes = pieces.iter().map(|p| p.hash).collect();
+    for (h, piece) in crate::io::read::pieces(store, hashes, concurrency).await? {
+        fold.insert_piece(h, LoadedPiece::new(piece));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1075,7 +1086,7 @@ mod tests {
         let mut w = Repo::init(store, "r").await.unwrap();
         let mut s = w.session();
         s.create_group("", Default::default()).unwrap();
-        let root = s.commit(None).await.unwrap().unwrap();
+        let root = s.commit(&mut w, None).await.unwrap().unwrap();
         let dep = w.fold.hlc_of(&root).unwrap();
         let (id, actor) = (w.id, w.actor);
         let change = |hlc: Hlc, seq: u64| Change {

@@ -6,10 +6,11 @@
 //! array owns, like `notes/readme.txt`) is an *object*: bytes kept as they are.
 
 use crate::error::{Error, Result};
-use crate::fold::Stamp;
-use crate::fold::view::NodeType;
+use crate::fold::view::{NodeType, ViewIndex};
+use crate::fold::{Fold, Stamp};
 use crate::format::change::{Change, ChunkData, ChunkReference, DimSize, INLINE_MAX, Op, OpRef};
-use crate::format::ids::{BlobHash, ChangeHash, now_millis};
+use crate::format::ids::{ActorId, BlobHash, ChangeHash, now_millis};
+use crate::io::store::RepoStore;
 use crate::repo::Repo;
 use crate::zarr::key::{self, meta_path};
 use crate::zarr::meta::{self, ArrayMeta, NodeDoc};
@@ -53,16 +54,30 @@ struct NodeState {
 }
 
 impl Repo {
-    /// Starts staging writes: a [`WriteSession`] on this handle, committed atomically
-    /// by [`WriteSession::commit`].
-    pub fn session(&mut self) -> WriteSession<'_> {
+    /// Starts staging writes against this handle's current state: a [`WriteSession`],
+    /// committed atomically through this handle by [`WriteSession::commit`].
+    pub fn session(&self) -> WriteSession {
         WriteSession::new(self)
     }
 }
 
-/// Staged writes against one [`Repo`], committed atomically by [`WriteSession::commit`].
-pub struct WriteSession<'r> {
-    repo: &'r mut Repo,
+/// Staged writes against the state of a [`Repo`] when the session started, committed
+/// atomically as one change by [`WriteSession::commit`].
+///
+/// A session owns what it stages and shares the repository's state copy-on-write,
+/// so a program (or a language binding) can hold the repository and any number of
+/// sessions at once, and refresh or read the repository while a session is open.
+/// The change a session commits depends on the state the session started from: what
+/// the repository read since is concurrent with it, merged by the CRDT's rules.
+pub struct WriteSession {
+    /// The state staged against, and its view.
+    base: Arc<Fold>,
+    index: Arc<ViewIndex>,
+    /// Where manifest pieces are read from, and how many at once.
+    store: RepoStore,
+    concurrency: usize,
+    /// The handle that started this session: the one that commits it.
+    actor: ActorId,
     ops: Vec<Op>,
     blobs: BTreeMap<BlobHash, Bytes>,
     created: BTreeMap<String, (u32, Option<Arc<ArrayMeta>>)>,
@@ -76,10 +91,15 @@ pub struct WriteSession<'r> {
     prepared: Option<(Change, Bytes)>,
 }
 
-impl<'r> WriteSession<'r> {
-    pub(crate) fn new(repo: &'r mut Repo) -> Self {
+impl WriteSession {
+    pub(crate) fn new(repo: &Repo) -> Self {
+        let (base, index) = repo.shared_state();
         WriteSession {
-            repo,
+            base,
+            index,
+            store: repo.bucket().clone(),
+            concurrency: repo.concurrency(),
+            actor: repo.actor(),
             ops: Vec::new(),
             blobs: BTreeMap::new(),
             created: BTreeMap::new(),
@@ -96,7 +116,7 @@ impl<'r> WriteSession<'r> {
 
     /// Whether some incarnation behind `h` keeps chunks in manifest pieces.
     fn has_pieces(&self, h: &Handle) -> bool {
-        let fold = self.repo.fold();
+        let fold = &*self.base;
         h.members
             .iter()
             .any(|m| fold.nodes.get(m).is_some_and(|n| !n.base.is_empty()))
@@ -119,10 +139,7 @@ impl<'r> WriteSession<'r> {
     }
 
     fn refs(&self, stamps: impl IntoIterator<Item = Stamp>) -> Vec<OpRef> {
-        stamps
-            .into_iter()
-            .map(|s| self.repo.fold().op_ref(&s))
-            .collect()
+        stamps.into_iter().map(|s| self.base.op_ref(&s)).collect()
     }
 
     /// The node a path shows, counting what this session staged.
@@ -137,16 +154,16 @@ impl<'r> WriteSession<'r> {
         if self.deleted.iter().any(|d| key::in_subtree(d, path)) {
             return None;
         }
-        let view = self.repo.view_index();
+        let view = &*self.index;
         let node = view.nodes.get(path)?;
         let winner = node.winner?;
         let array = match node.node_type {
-            NodeType::Array => Some(view.array_meta_arc(self.repo.fold(), path)?),
+            NodeType::Array => Some(view.array_meta_arc(&self.base, path)?),
             NodeType::Group => None,
             NodeType::ImplicitGroup => return None,
         };
         Some(Handle {
-            target: self.repo.fold().op_ref(&winner),
+            target: self.base.op_ref(&winner),
             array,
             members: node.members.clone(),
         })
@@ -156,8 +173,8 @@ impl<'r> WriteSession<'r> {
         if let Some(s) = self.state.get(&h.target) {
             return s.clone();
         }
-        let fold = self.repo.fold();
-        let view = self.repo.view_index();
+        let fold = &*self.base;
+        let view = &*self.index;
         let s = NodeState {
             attrs: view.attributes(fold, path).unwrap_or_default(),
             shape: view.shape(fold, path),
@@ -222,7 +239,7 @@ impl<'r> WriteSession<'r> {
     pub fn delete_object(&mut self, store_key: &str) -> Result<()> {
         key::check_object_key(store_key)?;
         let exists = self.object_ops.contains_key(store_key)
-            || crate::fold::view::object_value(self.repo.fold(), store_key).is_some();
+            || crate::fold::view::object_value(&self.base, store_key).is_some();
         if exists {
             self.write_object(store_key, None);
         }
@@ -236,8 +253,7 @@ impl<'r> WriteSession<'r> {
                 observed.clone()
             }
             _ => self.refs(
-                self.repo
-                    .fold()
+                self.base
                     .objects
                     .get(store_key)
                     .map(|r| r.entries().iter().map(|e| e.0).collect::<Vec<_>>())
@@ -269,15 +285,14 @@ impl<'r> WriteSession<'r> {
     /// a deleted subtree must not uncover objects it hid.
     fn delete_objects_under(&mut self, prefix: &str) {
         let mut keys: Vec<String> = self
-            .repo
-            .fold()
+            .base
             .objects
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| crate::fold::view::object_value(self.repo.fold(), k).is_some())
+            .filter(|(k, _)| crate::fold::view::object_value(&self.base, k).is_some())
             .map(|(k, _)| k.to_string())
             .collect();
         keys.extend(
@@ -367,7 +382,7 @@ impl<'r> WriteSession<'r> {
             Vec::new()
         } else if self.has_pieces(h) {
             // Keys in manifest pieces are handled at commit (see `Deferred`).
-            let fold = self.repo.fold();
+            let fold = &*self.base;
             let mut v: Vec<String> = h
                 .members
                 .iter()
@@ -378,7 +393,7 @@ impl<'r> WriteSession<'r> {
             v.dedup();
             v
         } else {
-            self.repo.view_index().chunk_keys(self.repo.fold(), path)
+            self.index.chunk_keys(&self.base, path)
         };
         keys.extend(
             self.chunk_ops
@@ -551,7 +566,7 @@ impl<'r> WriteSession<'r> {
                 Vec::new()
             };
         }
-        let fold = self.repo.fold();
+        let fold = &*self.base;
         let stamps = h
             .members
             .iter()
@@ -624,7 +639,7 @@ impl<'r> WriteSession<'r> {
         if let OpRef::Local(_) = h.target {
             return vec![h.target];
         }
-        let fold = self.repo.fold();
+        let fold = &*self.base;
         let stamps: Vec<Stamp> = h
             .members
             .iter()
@@ -745,12 +760,7 @@ impl<'r> WriteSession<'r> {
             return Ok(());
         }
         let exists = staged
-            || (!h.members.is_empty()
-                && self
-                    .repo
-                    .view_index()
-                    .chunk(self.repo.fold(), array, chunk)
-                    .is_some());
+            || (!h.members.is_empty() && self.index.chunk(&self.base, array, chunk).is_some());
         if exists {
             self.write_chunk(&h, chunk, None);
         }
@@ -769,7 +779,7 @@ impl<'r> WriteSession<'r> {
             },
             None if h.members.is_empty() => Vec::new(),
             None => {
-                let fold = self.repo.fold();
+                let fold = &*self.base;
                 let stamps: Vec<Stamp> = h
                     .members
                     .iter()
@@ -814,7 +824,7 @@ impl<'r> WriteSession<'r> {
     fn view_path(&self, h: &Handle) -> String {
         h.members
             .first()
-            .and_then(|m| self.repo.fold().nodes.get(m))
+            .and_then(|m| self.base.nodes.get(m))
             .map(|n| n.path.to_string())
             .unwrap_or_default()
     }
@@ -830,7 +840,7 @@ impl<'r> WriteSession<'r> {
         }
         let mut need = Vec::new();
         {
-            let fold = self.repo.fold();
+            let fold = &*self.base;
             for (_, h, _, k) in &d.rescan {
                 need.extend(fold.missing_pieces(&h.members, Some(k)));
             }
@@ -840,9 +850,9 @@ impl<'r> WriteSession<'r> {
         }
         need.sort_by_key(|p| p.hash);
         need.dedup_by_key(|p| p.hash);
-        self.repo.load_pieces(need).await?;
-        let fold = self.repo.fold();
-        let view = self.repo.view_index();
+        crate::repo::load_pieces(&self.store, &self.base, need, self.concurrency).await?;
+        let fold = &*self.base;
+        let view = &*self.index;
         let live_refs = |members: &[Stamp], k: &str| -> Vec<OpRef> {
             crate::fold::view::chunk_entries(fold, members, k)
                 .iter()
@@ -955,7 +965,7 @@ impl<'r> WriteSession<'r> {
     fn delete_incarnations_at(&mut self, path: &str) {
         let mut incs: Vec<OpRef> = Vec::new();
         if !self.deleted.iter().any(|d| key::in_subtree(d, path))
-            && let Some(stamps) = self.repo.fold().by_path.get(path)
+            && let Some(stamps) = self.base.by_path.get(path)
         {
             incs.extend(self.refs(stamps.clone()));
         }
@@ -975,7 +985,7 @@ impl<'r> WriteSession<'r> {
     fn delete_node(&mut self, path: &str) -> bool {
         let mut incs: Vec<OpRef> = Vec::new();
         if !self.deleted.iter().any(|d| key::in_subtree(d, path)) {
-            let fold = self.repo.fold();
+            let fold = &*self.base;
             let stamps: Vec<Stamp> = fold
                 .by_path
                 .range::<str, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
@@ -1010,22 +1020,33 @@ impl<'r> WriteSession<'r> {
     /// Publishes the staged ops as one change: blobs first, then the change file.
     /// Returns `Ok(None)` when nothing was staged. On error the session keeps the
     /// prepared change, and calling `commit` again retries the very same bytes.
-    pub async fn commit(&mut self, message: Option<&str>) -> Result<Option<ChangeHash>> {
+    pub async fn commit(
+        &mut self,
+        repo: &mut Repo,
+        message: Option<&str>,
+    ) -> Result<Option<ChangeHash>> {
         if self.ops.is_empty() {
             return Ok(None);
+        }
+        if repo.actor() != self.actor {
+            return Err(Error::CommitRefused {
+                key: repo.bucket().layout().ops_dir().to_string(),
+                reason: "a session commits through the repository handle that started it".into(),
+            });
         }
         if self.prepared.is_none() {
             self.finish_deferred().await?;
             if self.ops.is_empty() {
                 return Ok(None);
             }
-            let deps = self.repo.fold().heads();
+            // The state the ops were staged against, whatever the handle read since.
+            let deps = self.base.heads();
             // Stamped before a sequence number is taken: a refusal leaves no gap.
-            let hlc = self.repo.stamp(&deps, &self.ops, now_millis())?;
-            let repo = self.repo.id();
-            let (actor, seq) = self.repo.next_change_header()?;
+            let hlc = repo.stamp(&deps, &self.ops, now_millis())?;
+            let repo_id = repo.id();
+            let (actor, seq) = repo.next_change_header()?;
             let change = Change {
-                repo,
+                repo: repo_id,
                 actor,
                 seq,
                 deps,
@@ -1046,7 +1067,13 @@ impl<'r> WriteSession<'r> {
         let Some((change, bytes)) = self.prepared.take() else {
             return Ok(None);
         };
-        let result = match self.repo.publish(change, &bytes, &self.blobs).await {
+        // The handle applies the change to its state: hold no share of that state
+        // meanwhile, or applying it would copy it.
+        self.base = Arc::new(Fold::new(repo.id()));
+        self.index = Arc::default();
+        let published = repo.publish(change, &bytes, &self.blobs).await;
+        (self.base, self.index) = repo.shared_state();
+        let result = match published {
             Ok(hash) => Ok(Some(hash)),
             // Nothing was written: the ops stay staged and the next commit stamps anew.
             Err((e @ Error::CommitRefused { .. }, _)) => return Err(e),
@@ -1070,5 +1097,67 @@ impl<'r> WriteSession<'r> {
         self.resize_op.clear();
         self.prepared = None;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStore;
+    use object_store::memory::InMemory;
+    use serde_json::json;
+
+    /// A session is owned: the handle that started it refreshes and reads while it is
+    /// open, the change it commits depends on the state it started from (concurrent
+    /// with what the handle read since), and only that handle commits it.
+    #[tokio::test]
+    async fn a_session_is_held_beside_its_repository() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut a = Repo::init(store.clone(), "r").await.unwrap();
+        let mut s = a.session();
+        s.create_group("", Map::new()).unwrap();
+        let root = s.commit(&mut a, None).await.unwrap().unwrap();
+
+        let mut b = Repo::open(store.clone(), "r").await.unwrap();
+        let mut open = a.session();
+        open.set_attr("", "from_a", json!(1)).unwrap();
+        let mut sb = b.session();
+        sb.set_attr("", "from_b", json!(2)).unwrap();
+        let hb = sb.commit(&mut b, None).await.unwrap().unwrap();
+
+        // The handle moves on while `open` is staged against the older state.
+        a.refresh().await.unwrap();
+        assert!(a.fold().contains(&hb));
+        assert_eq!(a.view().attributes("").unwrap().get("from_a"), None);
+        let ha = open.commit(&mut a, None).await.unwrap().unwrap();
+        let deps = |h: ChangeHash, r: &Repo| {
+            let log = r.log();
+            log.iter().find(|c| c.hash == h).map(|c| c.deps.clone())
+        };
+        assert_eq!(deps(ha, &a), Some(vec![root]));
+        let attrs = a.view().attributes("").unwrap();
+        assert_eq!(
+            (attrs["from_a"].clone(), attrs["from_b"].clone()),
+            (json!(1), json!(2))
+        );
+
+        // Committed, the session stages against the handle's state, its own change in.
+        open.set_attr("", "again", json!(3)).unwrap();
+        let h3 = open.commit(&mut a, None).await.unwrap().unwrap();
+        let mut heads = vec![ha, hb];
+        heads.sort();
+        assert_eq!(deps(h3, &a), Some(heads));
+
+        // Another handle of the same repository does not commit it: nothing written.
+        let mut other = b.session();
+        other.set_attr("", "x", json!(4)).unwrap();
+        match other.commit(&mut a, None).await {
+            Err(Error::CommitRefused { reason, .. }) => {
+                assert!(reason.contains("handle that started it"), "{reason}")
+            }
+            got => panic!("expected a refusal, got {got:?}"),
+        }
+        assert_eq!(other.len(), 1);
+        assert_eq!(a.bucket().list_changes().await.unwrap().0.len(), 4);
     }
 }

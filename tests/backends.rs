@@ -45,7 +45,7 @@ async fn commit_open_refresh_on_every_backend() {
         s.create_array("x", &array_meta(&[4], &[2])).unwrap();
         s.set("x/c/0", vec![1u8, 2]).unwrap();
         s.set("x/c/1", vec![9u8; 5000]).unwrap();
-        s.commit(Some("first")).await.unwrap().unwrap();
+        s.commit(&mut a, Some("first")).await.unwrap().unwrap();
 
         let mut reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
@@ -63,7 +63,7 @@ async fn commit_open_refresh_on_every_backend() {
 
         let mut s = a.session();
         s.delete("x/c/0").unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut a, None).await.unwrap().unwrap();
         let report = reader.refresh().await.unwrap();
         assert_eq!(
             (report.listed, report.fetched, report.applied),
@@ -94,7 +94,7 @@ async fn replicas_apart_converge_on_every_backend() {
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[4], &[2])).unwrap();
         s.set("x/c/0", vec![1u8, 2]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
 
         let other = another(&b);
         copy_all(&b, &other).await;
@@ -105,12 +105,12 @@ async fn replicas_apart_converge_on_every_backend() {
         let mut s = a.session();
         s.set("x/c/0", vec![3u8; 6000]).unwrap();
         s.set_attr("x", "who", "a".into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let mut s = c.session();
         s.set("x/c/0", vec![4u8, 4]).unwrap();
         s.set_attr("x", "who", "c".into()).unwrap();
         s.resize("x", &[8]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut c, None).await.unwrap();
 
         copy_all(&b, &other).await;
         copy_all(&other, &b).await;
@@ -141,7 +141,7 @@ async fn concurrent_writers_on_one_bucket_lose_nothing() {
         let mut setup = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = setup.session();
         s.create_array("", &array_meta(&[64], &[1])).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut setup, None).await.unwrap();
         let mut tasks = Vec::new();
         for w in 0..8u8 {
             let store = b.store.clone();
@@ -151,7 +151,7 @@ async fn concurrent_writers_on_one_bucket_lose_nothing() {
                 for i in 0..4u8 {
                     let mut s = r.session();
                     s.set(&format!("c/{}", w * 8 + i), vec![w, i]).unwrap();
-                    s.commit(None).await.unwrap().unwrap();
+                    s.commit(&mut r, None).await.unwrap().unwrap();
                 }
             }));
         }
@@ -179,10 +179,10 @@ async fn shrink_then_grow_shows_fill_not_stale_chunks() {
         for i in 0..3 {
             s.set(&format!("a/c/{i}"), vec![i as u8; 2]).unwrap();
         }
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         let mut s = r.session();
         s.resize("a", &[3]).unwrap();
-        s.commit(Some("shrink")).await.unwrap();
+        s.commit(&mut r, Some("shrink")).await.unwrap();
         // c/1 straddles the new edge and stays; c/2 lies wholly outside and goes.
         assert_eq!(
             r.list_prefix("a/c/").await.unwrap(),
@@ -192,7 +192,7 @@ async fn shrink_then_grow_shows_fill_not_stale_chunks() {
         );
         let mut s = r.session();
         s.resize("a", &[6]).unwrap();
-        s.commit(Some("grow")).await.unwrap();
+        s.commit(&mut r, Some("grow")).await.unwrap();
         assert_eq!(
             r.list_prefix("a/c/").await.unwrap(),
             ["a/c/0", "a/c/1"],
@@ -214,7 +214,7 @@ async fn failed_commit_retries_the_same_change() {
     let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = r.session();
     s.create_array("a", &array_meta(&[4], &[2])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
 
     let root = b.root().unwrap().join(&b.prefix).join(".crdt");
     // A plain file where the ops directory should be makes the change PUT fail.
@@ -223,7 +223,7 @@ async fn failed_commit_retries_the_same_change() {
 
     let mut s = r.session();
     s.set("a/c/0", vec![1u8, 2]).unwrap();
-    assert!(s.commit(Some("retry me")).await.is_err());
+    assert!(s.commit(&mut r, Some("retry me")).await.is_err());
     let other = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
     assert!(
         !other.exists("a/c/0").await.unwrap(),
@@ -232,7 +232,7 @@ async fn failed_commit_retries_the_same_change() {
 
     std::fs::remove_file(root.join("ops")).unwrap();
     std::fs::rename(root.join("ops-aside"), root.join("ops")).unwrap();
-    let hash = s.commit(Some("retry me")).await.unwrap().unwrap();
+    let hash = s.commit(&mut r, Some("retry me")).await.unwrap().unwrap();
 
     let files: Vec<_> = std::fs::read_dir(root.join("ops"))
         .unwrap()

@@ -148,7 +148,7 @@ async fn commit_fails_if_readers_would_reject_its_change() {
         let mut s = w.session();
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[4], &[2])).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut w, None).await.unwrap().unwrap();
         let report = w.compact().await.unwrap();
         let layout = Layout::new(&b.prefix);
         let name = SnapshotName::parse(&report.snapshot.unwrap()).unwrap();
@@ -180,7 +180,7 @@ async fn commit_fails_if_readers_would_reject_its_change() {
         let mut s = w.session();
         s.set_attr("x", "k", json!(1)).unwrap();
         for attempt in 0..2 {
-            match s.commit(None).await {
+            match s.commit(&mut w, None).await {
                 Err(Error::CommitRefused { key, reason }) => {
                     assert!(key.contains(&head.to_hex()), "{ctx}: {key}");
                     assert!(reason.contains("no valid stamp"), "{ctx}: {reason}");

@@ -503,18 +503,21 @@ macro_rules! commit {
     ($w:expr, |$s:ident| $body:block) => {{
         let mut $s = $w.session();
         $body;
-        $s.commit(None).await.unwrap().unwrap()
+        $s.commit(&mut $w, None).await.unwrap().unwrap()
     }};
 }
 
 /// Root group plus the given setup, committed into the origin.
-async fn lab_with(kind: Kind, setup: impl FnOnce(&mut crzarr::WriteSession<'_>)) -> Lab {
+async fn lab_with(kind: Kind, setup: impl FnOnce(&mut crzarr::WriteSession)) -> Lab {
     let mut lab = Lab::new(kind).await;
     {
         let mut s = lab.base.session();
         s.create_group("", Map::new()).unwrap();
         setup(&mut s);
-        s.commit(Some("base")).await.unwrap().unwrap();
+        s.commit(&mut lab.base, Some("base"))
+            .await
+            .unwrap()
+            .unwrap();
     }
     lab
 }

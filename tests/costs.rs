@@ -37,7 +37,7 @@ async fn clocked(b: &Backend) -> (ClockStore, Arc<dyn ObjectStore>, Repo) {
     repo.bucket().write_config(&config).await.unwrap();
     let mut s = repo.session();
     s.create_group("", Default::default()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut repo, None).await.unwrap();
     (clock, store, repo)
 }
 
@@ -316,7 +316,7 @@ async fn bogus_observed_ids_cost_near_linear_time() {
     repo.refresh().await.unwrap();
     let mut s = repo.session();
     s.set_attr("", "m", json!(3)).unwrap();
-    match s.commit(None).await {
+    match s.commit(&mut repo, None).await {
         Err(Error::Limit(m)) => assert!(m.contains("observed"), "{m}"),
         other => panic!("expected Limit, got {other:?}"),
     }
@@ -348,7 +348,7 @@ async fn records_naming_changes_that_never_arrive_stop_costing() {
         // The base is younger than the window: every record stays.
         let mut s = repo.session();
         s.set_attr("", "a", json!(1)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut repo, None).await.unwrap();
         let s2 = repo.compact().await.unwrap().snapshot.unwrap();
         assert_eq!(records(&store, &b.prefix, &s2).await, 51, "{ctx}");
 
@@ -356,7 +356,7 @@ async fn records_naming_changes_that_never_arrive_stop_costing() {
         clock.advance(2 * HOUR);
         let mut s = repo.session();
         s.set_attr("", "a", json!(2)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut repo, None).await.unwrap();
         let s3 = repo.compact().await.unwrap().snapshot.unwrap();
         assert_eq!(records(&store, &b.prefix, &s3).await, 1, "{ctx}");
         let r = Repo::open(store.clone(), &b.prefix).await.unwrap();

@@ -340,7 +340,7 @@ async fn build(a: &Path, rng: &mut Rng) {
             s.set(&format!("{a}/c/{k}"), rng.bytes(len)).unwrap();
         }
     }
-    s.commit(Some("create")).await.unwrap();
+    s.commit(&mut repo, Some("create")).await.unwrap();
 }
 
 fn path_arg(p: &Path) -> String {
@@ -757,7 +757,7 @@ fn the_checks_report_damage() {
         let mut r = Repo::open(local_store(&a), "").await.unwrap();
         let mut s = r.session();
         s.set_attr("x", "n", serde_json::json!(1)).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut r, None).await.unwrap().unwrap();
         r.log().iter().map(|c| c.hash).collect::<Vec<_>>()
     });
     assert_eq!(hashes.len(), 2);

@@ -192,12 +192,12 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
     for (i, edits) in sessions.iter().enumerate() {
         // Reads under faults too; a failed refresh leaves the handle as it was.
         let _ = repo.refresh().await;
-        let mut s = stage_edits(&mut repo, edits);
+        let mut s = stage_edits(&repo, edits);
         let mut landed: Option<ChangeHash> = None;
         let mut tries = 0;
         let hash = loop {
             tries += 1;
-            match s.commit(None).await {
+            match s.commit(&mut repo, None).await {
                 Ok(h) => break h,
                 Err(e) => {
                     prop_assert!(tries < MAX_TRIES, "session {i}: still failing: {e}");
@@ -346,11 +346,11 @@ impl World {
     async fn commit(&mut self, r: usize, edits: &[Edit]) -> Result<(), TestCaseError> {
         let rep = &mut self.replicas[r];
         let _ = rep.repo.refresh().await;
-        let mut s = stage_edits(&mut rep.repo, edits);
+        let mut s = stage_edits(&rep.repo, edits);
         let mut tries = 0;
         let hash = loop {
             tries += 1;
-            match s.commit(None).await {
+            match s.commit(&mut rep.repo, None).await {
                 Ok(h) => break h,
                 Err(e) => prop_assert!(tries < MAX_TRIES, "replica {r}: still failing: {e}"),
             }
@@ -566,7 +566,7 @@ fn a_failed_refresh_loses_nothing_it_fetched() {
             for i in 0..6u8 {
                 let mut s = writer.session();
                 s.set_attr("g", "a", i.into()).unwrap();
-                s.commit(None).await.unwrap();
+                s.commit(&mut writer, None).await.unwrap();
             }
             faulty.set_enabled(true);
             let _ = reader.refresh().await;

@@ -682,18 +682,22 @@ async fn build_real_objects() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     s.set("temp/c/0/0", vec![1u8, 2, 3, 4]).expect("chunk");
     s.set("temp/c/1/0", vec![7u8; INLINE_MAX + 100])
         .expect("blob chunk");
-    s.commit(Some("create temp")).await.expect("commit");
+    s.commit(&mut repo, Some("create temp"))
+        .await
+        .expect("commit");
     let mut s = repo.session();
     s.set_attr("temp", "scale", json!(0.5)).expect("attr");
     s.resize("temp", &[8, 4]).expect("resize");
     s.set("temp/c/3/1", vec![9u8; 8]).expect("chunk");
     s.create_group("g", Default::default()).expect("group");
-    s.commit(None).await.expect("commit");
+    s.commit(&mut repo, None).await.expect("commit");
     // A change of chunk writes only: nothing in the snapshot metadata refers to it, so
     // once its file is collected the next compaction archives it.
     let mut s = repo.session();
     s.set("temp/c/2/0", vec![5u8; 4]).expect("chunk");
-    s.commit(Some("chunks only")).await.expect("commit");
+    s.commit(&mut repo, Some("chunks only"))
+        .await
+        .expect("commit");
     repo.compact().await.expect("compact");
     // Every object so far (gc removes the covered change files)...
     let mut out: BTreeMap<&'static str, BTreeSet<Vec<u8>>> = BTreeMap::new();
@@ -710,7 +714,7 @@ async fn build_real_objects() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     s.delete("temp/c/0/0").expect("delete chunk");
     s.delete_attr("temp", "scale").expect("delete attr");
     s.delete_prefix("g").expect("delete node");
-    s.commit(Some("deletes")).await.expect("commit");
+    s.commit(&mut repo, Some("deletes")).await.expect("commit");
     repo.compact().await.expect("compact");
     collect_objects(&store, &mut out).await;
     // The `zarr.json` documents the view renders: what clients read, and write back.
@@ -1723,7 +1727,7 @@ fn hostile_corpus_gives_clear_errors() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut repo = rt
+    let repo = rt
         .block_on(Repo::init(Arc::new(InMemory::new()), "corpus"))
         .expect("init");
 

@@ -49,7 +49,7 @@ async fn clocked(b: &Backend) -> (ClockStore, Repo) {
     let mut s = repo.session();
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[1 << 20], &[1])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut repo, None).await.unwrap();
     (clock, repo)
 }
 
@@ -57,7 +57,7 @@ async fn write(repo: &mut Repo, i: u32) {
     let mut s = repo.session();
     s.set(&format!("x/c/{i}"), i.to_le_bytes().to_vec())
         .unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(repo, None).await.unwrap();
 }
 
 async fn count(store: &Arc<dyn ObjectStore>, dir: &Path) -> usize {
@@ -443,10 +443,10 @@ async fn gc_below_the_minimum_window_refuses_without_force() {
 async fn write_plain(repo: &mut Repo) {
     let mut s = repo.session();
     s.create_array("x", &array_meta(&[4], &[1])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(repo, None).await.unwrap();
     let mut s = repo.session();
     s.set("x/c/0", vec![7u8; 5000]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(repo, None).await.unwrap();
 }
 
 /// Issue 14 item 8: an import that runs longer than the window beside a GC: the blob
@@ -521,7 +521,7 @@ async fn gc_never_deletes_history_a_planted_snapshot_hides() {
         repo.compact().await.unwrap();
         let mut s = repo.session();
         s.set_attr("x", "units", "K".into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut repo, None).await.unwrap();
         let honest = repo.compact().await.unwrap();
         let honest = SnapshotName::parse(&honest.snapshot.unwrap()).unwrap();
         let layout = Layout::new(&b.prefix);

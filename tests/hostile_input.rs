@@ -128,14 +128,14 @@ impl Fixture {
         s.create_array("x", &array_meta(&[4], &[2])).unwrap();
         s.set("x/c/0", vec![1u8, 2]).unwrap();
         s.set("x/c/1", BLOB_CHUNK.to_vec()).unwrap();
-        let h1 = s.commit(Some("first")).await.unwrap().unwrap();
+        let h1 = s.commit(&mut w1, Some("first")).await.unwrap().unwrap();
 
         let mut w2 = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = w2.session();
         s.set_attr("x", "units", json!("K")).unwrap();
         s.resize("x", &[6]).unwrap();
         s.set("x/c/2", vec![5u8, 6]).unwrap();
-        let h2 = s.commit(None).await.unwrap().unwrap();
+        let h2 = s.commit(&mut w2, None).await.unwrap().unwrap();
 
         let layout = w1.bucket().layout().clone();
         let mut good = Vec::new();
@@ -771,7 +771,7 @@ async fn check_reported(fx: &Fixture, case: &str, files: &BadFiles) {
     // The repo is not blocked: a writer commits on top and a fresh reader sees it.
     let mut s = r.session();
     s.set_attr("x", "after", json!(case)).unwrap();
-    s.commit(None).await.unwrap().unwrap();
+    s.commit(&mut r, None).await.unwrap().unwrap();
     let again = fx.open().await;
     assert_eq!(
         again.view().attributes("x").unwrap()["after"],
@@ -1011,7 +1011,7 @@ async fn huge_clock_change_does_not_freeze_repository() {
         for i in 0..3 {
             let mut s = w.session();
             s.set_attr("x", "honest", json!(i)).unwrap();
-            let h = s.commit(None).await.unwrap().unwrap();
+            let h = s.commit(&mut w, None).await.unwrap().unwrap();
             assert!(
                 w.fold().contains(&h),
                 "{ctx}: commit {i} not applied locally"
@@ -1087,7 +1087,7 @@ async fn clock_a_year_ahead_of_deps_is_rejected_29_days_ahead_is_accepted() {
 
         let mut s = r.session();
         s.set_attr("x", "after", json!(1)).unwrap();
-        let h = s.commit(None).await.unwrap().unwrap();
+        let h = s.commit(&mut r, None).await.unwrap().unwrap();
         assert_eq!(r.fold().hlc_of(&h), Some(Hlc(month.hlc.0 + 1)), "{ctx}");
         assert!(fx.open().await.fold().contains(&h), "{ctx}");
     }
@@ -1501,7 +1501,7 @@ async fn session_refuses_bad_keys() {
         // Nothing was staged by any refusal; the session still works.
         assert!(s.is_empty(), "{} ops staged by refused calls", s.len());
         s.set("x/c/3", vec![9u8]).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut r, None).await.unwrap().unwrap();
         assert_eq!(r.get("x/c/3").await.unwrap().as_deref(), Some(&[9u8][..]));
     }
 }
@@ -1603,7 +1603,7 @@ async fn session_refuses_invalid_metadata() {
                 .to_string(),
         )
         .unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut r, None).await.unwrap().unwrap();
         let g = r.get("g/zarr.json").await.unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&g).contains("consolidated_metadata"));
     }

@@ -40,7 +40,7 @@ async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
     s.create_array("x", &array_meta(&[64], &[1])).unwrap();
     s.create_array("y", &array_meta(&[64], &[1])).unwrap();
     s.set_attr("", "title", "base".into()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     let r = sync(
         a.bucket(),
         &Bucket::new(b2.store.clone(), &b2.prefix),
@@ -76,13 +76,13 @@ async fn replicas_compacted_and_collected_apart_merge_again() {
             let mut s = a.session();
             s.set_attr("", "title", "from a".into()).unwrap();
             s.delete_chunk("x", "c/1").unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut a, None).await.unwrap();
         }
         {
             let mut s = c.session();
             s.set_attr("", "title", "from c".into()).unwrap();
             s.set("x/c/3", b"c3".to_vec()).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut c, None).await.unwrap();
         }
         // Overwrites that supersede entries the snapshot of the other side keeps.
         commit(&mut a, &[("y/c/5", b"a5 again")]).await;
@@ -220,7 +220,7 @@ async fn laptop_offline_eight_days_while_both_sides_collect() {
         let mut s = cloud.session();
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[64], &[1])).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut cloud, None).await.unwrap();
         let r = sync(
             cloud.bucket(),
             &Bucket::new(laptop_store.clone(), &b2.prefix),
@@ -487,7 +487,7 @@ async fn join_cost_figures() {
         s.set(&format!("x/c/{i}"), i.to_le_bytes().to_vec())
             .unwrap();
     }
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     a.compact().await.unwrap();
     sync(
         a.bucket(),
@@ -504,7 +504,7 @@ async fn join_cost_figures() {
                 let key = (u32::from(tag) * 5_000 + k * 100 + i) % N;
                 s.set(&format!("x/c/{key}"), vec![tag; 4]).unwrap();
             }
-            s.commit(None).await.unwrap();
+            s.commit(r, None).await.unwrap();
         }
         r.compact().await.unwrap();
         r.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
@@ -558,7 +558,7 @@ async fn three(b: &Backend) -> (Backend, Backend, Repo, Repo, Repo) {
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[64], &[1])).unwrap();
     s.create_array("y", &array_meta(&[64], &[1])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     sync_clean(a.bucket(), &Bucket::new(bb.store.clone(), &bb.prefix)).await;
     sync_clean(a.bucket(), &Bucket::new(bc.store.clone(), &bc.prefix)).await;
     let rb = Repo::open(bb.store.clone(), &bb.prefix).await.unwrap();
@@ -668,7 +668,7 @@ async fn an_old_snapshot_covered_only_through_the_archive_does_not_stall_gc() {
         let mut s = a.session();
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[64], &[1])).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         commit(&mut a, &[("x/c/0", b"one")]).await;
         a.compact().await.unwrap();
         // A backup of the snapshot tree as it is now.
@@ -721,7 +721,7 @@ async fn blob_lost_at_source_is_reported_with_concurrent_snapshots() {
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[64], &[1])).unwrap();
         s.set("x/c/9", big.clone()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
         let mut c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
         commit(&mut a, &[("x/c/0", b"a")]).await;

@@ -111,7 +111,7 @@ async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
     s.set("notes.txt", b"base notes".to_vec()).unwrap();
     s.set("y/c/0", b"y0".to_vec()).unwrap();
     s.set("x/c/20", b"x20".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
     let c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
     (b2, a, c)
@@ -147,7 +147,7 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
         .unwrap();
     let mut s = a.session();
     s.create_group("", Default::default()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     let b2 = another(&b);
     sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
     let mut c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
@@ -229,13 +229,13 @@ async fn edits_a(a: &mut Repo) {
     s.resize("x", &[100]).unwrap();
     s.set("notes.txt", b"notes from a".to_vec()).unwrap();
     s.set("other.txt", b"other from a".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(a, None).await.unwrap();
     let mut s = a.session();
     // Shrink (deletes x/c/20 it saw), and delete array y.
     s.resize("x", &[10]).unwrap();
     s.delete("y/zarr.json").unwrap();
     s.delete_object("other.txt").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(a, None).await.unwrap();
 }
 
 /// Side C edits, concurrently.
@@ -247,7 +247,7 @@ async fn edits_c(c: &mut Repo) {
     s.resize("y", &[128]).unwrap();
     s.set_attr("y", "k", json!("c")).unwrap();
     s.set("notes.txt", b"notes from c".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(c, None).await.unwrap();
     // Replace y by an array of other metadata, and write into it.
     let mut s = c.session();
     s.set(
@@ -258,11 +258,11 @@ async fn edits_c(c: &mut Repo) {
     s.set("y/c/1", b"y1 new".to_vec()).unwrap();
     s.delete_object("notes.txt").unwrap();
     s.set("other.txt", b"other from c".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(c, None).await.unwrap();
     let mut s = c.session();
     s.resize("y", &[48]).unwrap();
     s.set_attr("y", "k", json!("c2")).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(c, None).await.unwrap();
 }
 
 /// Two replicas: A resizes and shrinks `x`, deletes array `y`, writes and deletes
@@ -294,10 +294,10 @@ async fn dims_objects_and_a_recreated_array_join_to_the_fold() {
         let mut s = a.session();
         s.resize("x", &[5]).unwrap();
         s.set("notes.txt", b"notes after".to_vec()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let mut s = c.session();
         s.resize("y", &[16]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut c, None).await.unwrap();
         witness(&b.store, &w, &b.prefix).await;
         witness(&b2.store, &w, &b2.prefix).await;
         for r in [&mut a, &mut c] {
@@ -331,13 +331,13 @@ async fn dims_objects_and_recreation_three_way() {
             s.set("x/c/40", b"x40 d".to_vec()).unwrap();
             s.resize("x", &[200]).unwrap();
             s.set("notes.txt", b"notes from d".to_vec()).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut d, None).await.unwrap();
             let mut s = d.session();
             s.delete("x/zarr.json").unwrap();
             s.create_array("x", &array_meta(&[64], &[1])).unwrap();
             s.set("x/c/2", b"x2 d".to_vec()).unwrap();
             s.set_attr("y", "k", json!("d")).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut d, None).await.unwrap();
         }
         for (st, p) in [
             (&b.store, &b.prefix),
@@ -397,7 +397,7 @@ async fn gc_verifies_the_join_of_two_joins() {
         let mut s = a.session();
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[64], &[1])).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let others: Vec<Backend> = (0..3).map(|_| another(&b)).collect();
         let mut reps = vec![];
         for o in &others {
@@ -414,7 +414,7 @@ async fn gc_verifies_the_join_of_two_joins() {
         {
             let mut s = rd.session();
             s.resize("x", &[70]).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(rd, None).await.unwrap();
         }
         let w_ab: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         witness(&b.store, &w, &b.prefix).await;
@@ -516,7 +516,7 @@ async fn a_handle_writing_after_a_joining_refresh_resolves_alike_everywhere() {
             s.set("notes.txt", tag.as_bytes().to_vec()).unwrap();
             s.set_attr("", "title", json!(tag)).unwrap();
             s.resize("x", &[if tag == "a" { 90 } else { 80 }]).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(r, None).await.unwrap();
         }
         witness(&b.store, &w, &b.prefix).await;
         witness(&b2.store, &w, &b2.prefix).await;
@@ -535,7 +535,7 @@ async fn a_handle_writing_after_a_joining_refresh_resolves_alike_everywhere() {
         s.set("notes.txt", b"resolved".to_vec()).unwrap();
         s.set_attr("", "title", json!("resolved")).unwrap();
         s.resize("x", &[40]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         witness(&b.store, &w, &b.prefix).await;
         let want = Repo::open(w.clone(), WITNESS).await.unwrap();
         assert_eq!(
@@ -615,10 +615,10 @@ async fn a_fork_between_two_archives_is_reported_once_the_join_is_compacted() {
             r.refresh().await.unwrap();
             let mut s = r.session();
             s.delete_attr("", key).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(r, None).await.unwrap();
             let mut s = r.session();
             s.set_attr("", "other", json!(key)).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(r, None).await.unwrap();
         }
         witness(&b.store, &w, &b.prefix).await;
         witness(&b2.store, &w, &b2.prefix).await;

@@ -56,13 +56,13 @@ async fn objects_are_written_read_listed_and_deleted() {
         s.create_group("", Default::default()).unwrap();
         s.create_array("v", &array_meta(&[4], &[2])).unwrap();
         s.set("v/c/0", vec![1u8, 2]).unwrap();
-        let h = s.commit(Some("objects")).await.unwrap().unwrap();
+        let h = s.commit(&mut r, Some("objects")).await.unwrap().unwrap();
         // The change holds object ops: format 3. A change without them stays 1.
         let bytes = read_change(&b, &r, h).await;
         assert_eq!(bytes[4], 3, "{}", b.name);
         let mut s = r.session();
         s.set("v/c/1", vec![3u8, 4]).unwrap();
-        let h2 = s.commit(None).await.unwrap().unwrap();
+        let h2 = s.commit(&mut r, None).await.unwrap().unwrap();
         assert_eq!(read_change(&b, &r, h2).await[4], 1, "{}", b.name);
 
         let other = open(&b).await;
@@ -98,7 +98,7 @@ async fn objects_are_written_read_listed_and_deleted() {
         s.delete_prefix("notes/").unwrap();
         s.delete("never-there").unwrap();
         assert_eq!(s.len(), 2, "a delete of what is not there stages nothing");
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         let other = open(&b).await;
         assert_eq!(
             other.list().await.unwrap(),
@@ -129,10 +129,10 @@ async fn concurrent_object_writes_merge_by_stamp_and_report_a_conflict() {
     let mut c = open(&b).await;
     let mut s = a.session();
     s.set("k", b"from a".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     let mut s = c.session();
     s.set("k", b"from c".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut c, None).await.unwrap();
     a.refresh().await.unwrap();
     c.refresh().await.unwrap();
     let got = a.get("k").await.unwrap();
@@ -145,7 +145,7 @@ async fn concurrent_object_writes_merge_by_stamp_and_report_a_conflict() {
     // A write that saw both settles it; a concurrent delete loses to a later write.
     let mut s = a.session();
     s.set("k", b"settled".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     c.refresh().await.unwrap();
     assert!(c.conflicts().await.unwrap().is_empty());
     assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&b"settled"[..]));
@@ -161,11 +161,11 @@ async fn an_array_hides_the_objects_under_its_path_until_it_is_gone() {
     let mut s = c.session();
     s.create_array("v", &array_meta(&[4], &[2])).unwrap();
     s.set("v/c/0", vec![1u8, 2]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut c, None).await.unwrap();
     d.refresh().await.unwrap();
     let mut s = a.session();
     s.set("v/extra", b"note".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     a.refresh().await.unwrap();
     c.refresh().await.unwrap();
     // The array owns `v/...`: the object is hidden, and `v/extra` is its chunk key.
@@ -180,7 +180,7 @@ async fn an_array_hides_the_objects_under_its_path_until_it_is_gone() {
     // `d`, which never saw the object, deletes the array: the object shows again.
     let mut s = d.session();
     s.delete("v/zarr.json").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut d, None).await.unwrap();
     a.refresh().await.unwrap();
     assert_eq!(a.list().await.unwrap(), ["v/extra"]);
     assert_eq!(
@@ -191,20 +191,20 @@ async fn an_array_hides_the_objects_under_its_path_until_it_is_gone() {
     // then delete it by its `zarr.json`.
     let mut s = a.session();
     s.create_array("v", &array_meta(&[4], &[2])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     assert_eq!(a.list().await.unwrap(), ["v/zarr.json", "zarr.json"]);
     let mut s = a.session();
     s.delete("v/zarr.json").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     assert!(a.list().await.unwrap().is_empty());
     // And by prefix.
     let mut s = a.session();
     s.set("w/x", b"1".to_vec()).unwrap();
     s.create_group("w", Default::default()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     let mut s = a.session();
     s.delete_prefix("w/").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     assert!(a.list().await.unwrap().is_empty());
 }
 
@@ -216,11 +216,11 @@ async fn objects_survive_compaction_gc_and_sync_with_their_blobs() {
         s.set("small", b"x".to_vec()).unwrap();
         s.set("dir/big", big(7)).unwrap();
         s.set("gone", big(8)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         let mut s = r.session();
         s.delete("gone").unwrap();
         s.set("dir/big", big(9)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         let before = r.entries().await.unwrap();
 
         r.compact().await.unwrap();
@@ -270,13 +270,13 @@ async fn snapshots_without_objects_keep_version_1_and_a_wrong_version_byte_is_re
     let mut r = init(&b).await;
     let mut s = r.session();
     s.create_group("", Default::default()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     r.compact().await.unwrap();
     assert_eq!(newest_snapshot(&b).await[4], SNAPSHOT_VERSION);
 
     let mut s = r.session();
     s.set("k", b"v".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     r.compact().await.unwrap();
     let bytes = newest_snapshot(&b).await;
     assert_eq!(bytes[4], SNAPSHOT_META_OBJECTS_VERSION);
@@ -298,7 +298,7 @@ async fn export_writes_objects_beside_the_zarr_hierarchy() {
     let mut s = r.session();
     s.create_group("", Default::default()).unwrap();
     s.set("README.md", b"# data".to_vec()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dst: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
         object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),

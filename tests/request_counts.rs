@@ -32,7 +32,10 @@ async fn setup(b: &Backend) -> (CountingStore, Repo) {
     let mut s = repo.session();
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[64], &[1])).unwrap();
-    s.commit(Some("create x")).await.unwrap().unwrap();
+    s.commit(&mut repo, Some("create x"))
+        .await
+        .unwrap()
+        .unwrap();
     counting.reset();
     (counting, repo)
 }
@@ -68,14 +71,14 @@ async fn commit_with_only_inline_chunks_is_one_put_in_one_round_trip() {
                 s.set(&format!("x/c/{i}"), vec![i as u8; 100]).unwrap();
             }
             s.set_attr("x", "k", k.into()).unwrap();
-            s.commit(None).await.unwrap().unwrap();
+            s.commit(&mut repo, None).await.unwrap().unwrap();
             let c = counting.take();
             assert_eq!(summary(&c), counts(1, 0, 0, 1), "{} k={k}: {c:?}", b.name);
         }
         // Creating nodes is inline too.
         let mut s = repo.session();
         s.create_array("y", &array_meta(&[4], &[2])).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut repo, None).await.unwrap().unwrap();
         assert_eq!(summary(&counting.take()), counts(1, 0, 0, 1), "{}", b.name);
     }
 }
@@ -92,7 +95,7 @@ async fn commit_with_k_blob_chunks_is_k_plus_one_puts_in_two_round_trips() {
                     .unwrap();
                 next += 1;
             }
-            s.commit(None).await.unwrap().unwrap();
+            s.commit(&mut repo, None).await.unwrap().unwrap();
             let c = counting.take();
             assert_eq!(
                 summary(&c),
@@ -107,7 +110,7 @@ async fn commit_with_k_blob_chunks_is_k_plus_one_puts_in_two_round_trips() {
         s.set("x/c/0", blob_bytes(1000)).unwrap();
         s.set("x/c/1", blob_bytes(1001)).unwrap();
         s.set("x/c/2", vec![7u8; 10]).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut repo, None).await.unwrap().unwrap();
         assert_eq!(summary(&counting.take()), counts(3, 0, 0, 2), "{}", b.name);
     }
 }
@@ -126,7 +129,7 @@ async fn commit_over_the_concurrency_limit_takes_a_round_trip_per_wave() {
             for i in 0..40 {
                 s.set(&format!("x/c/{i}"), blob_bytes(salt + i)).unwrap();
             }
-            s.commit(None).await.unwrap().unwrap();
+            s.commit(&mut repo, None).await.unwrap().unwrap();
             let c = counting.take();
             let waves = 40u64.div_ceil(limit as u64);
             assert_eq!((c.puts, c.requests()), (41, 41), "{}: {c:?}", b.name);
@@ -155,7 +158,7 @@ async fn open_is_two_lists_marker_and_hint_gets_and_n_change_gets_in_two_round_t
             while n < target {
                 let mut s = writer.session();
                 s.set(&format!("x/c/{n}"), vec![n as u8; 10]).unwrap();
-                s.commit(None).await.unwrap().unwrap();
+                s.commit(&mut writer, None).await.unwrap().unwrap();
                 n += 1;
             }
             counting.reset();
@@ -206,7 +209,7 @@ async fn refresh_fetches_only_new_changes() {
             for i in 0..m {
                 let mut s = writer.session();
                 s.set(&format!("x/c/{i}"), vec![m as u8; 10]).unwrap();
-                s.commit(None).await.unwrap().unwrap();
+                s.commit(&mut writer, None).await.unwrap().unwrap();
             }
             counting.reset();
             let report = reader.refresh().await.unwrap();
@@ -228,7 +231,7 @@ async fn get_of_inline_data_is_free_and_of_a_blob_chunk_is_one_get() {
         let mut s = repo.session();
         s.set("x/c/0", vec![1u8; 100]).unwrap();
         s.set("x/c/1", blob_bytes(1)).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut repo, None).await.unwrap().unwrap();
         counting.reset();
 
         assert_eq!(repo.get("x/c/0").await.unwrap().unwrap().len(), 100);
@@ -256,7 +259,7 @@ async fn objects_cost_what_chunks_cost() {
         let mut s = repo.session();
         s.set("notes/small", vec![1u8; 100]).unwrap();
         s.set("notes/big", blob_bytes(2)).unwrap();
-        s.commit(None).await.unwrap().unwrap();
+        s.commit(&mut repo, None).await.unwrap().unwrap();
         // One blob: one PUT for it, then the change file.
         let c = counting.take();
         assert_eq!(summary(&c), counts(2, 0, 0, 2), "{}: {c:?}", b.name);

@@ -76,19 +76,19 @@ async fn history(b: &Backend) -> (Repo, Repo) {
     s.create_array("gone", &array_meta(&[4], &[2])).unwrap();
     s.set("x/c/0", blob(1)).unwrap();
     s.set("x/c/1", vec![1u8; 4]).unwrap();
-    s.commit(Some("base")).await.unwrap();
+    s.commit(&mut a, Some("base")).await.unwrap();
     let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = a.session();
     s.set_attr("x", "units", "K".into()).unwrap();
     s.set("x/c/0", blob(2)).unwrap();
     s.set("x/c/2", vec![2u8; 4]).unwrap();
-    s.commit(Some("a")).await.unwrap();
+    s.commit(&mut a, Some("a")).await.unwrap();
     let mut s = w.session();
     s.set_attr("x", "units", "C".into()).unwrap();
     s.set("x/c/2", vec![3u8; 4]).unwrap();
     s.delete("gone/zarr.json").unwrap();
     s.resize("x", &[10]).unwrap();
-    s.commit(Some("w")).await.unwrap();
+    s.commit(&mut w, Some("w")).await.unwrap();
     a.refresh().await.unwrap();
     w.refresh().await.unwrap();
     (a, w)
@@ -125,10 +125,10 @@ async fn a_snapshot_shows_what_the_history_shows_and_merges_late_changes_alike()
         s.set_attr("x", "units", "F".into()).unwrap();
         s.set("x/c/1", blob(9)).unwrap();
         s.set("x/c/0", vec![7u8; 4]).unwrap();
-        s.commit(Some("late")).await.unwrap();
+        s.commit(&mut late, Some("late")).await.unwrap();
         let mut s = w.session();
         s.set("x/c/3", vec![4u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut w, None).await.unwrap();
         let all = stash(&b).await;
         let mut reader2 = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
@@ -146,13 +146,13 @@ async fn a_snapshot_shows_what_the_history_shows_and_merges_late_changes_alike()
         let mut s = reader2.session();
         s.create_array("y", &array_meta(&[4], &[2])).unwrap();
         s.set("y/c/0", vec![1u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut reader2, None).await.unwrap();
         let r = reader2.compact().await.unwrap();
         assert_eq!(r.changes_folded, 3, "{}: {r:?}", b.name);
         let r2 = {
             let mut s = reader2.session();
             s.set("y/c/1", vec![2u8; 4]).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut reader2, None).await.unwrap();
             reader2.compact().await.unwrap()
         };
         assert_eq!(
@@ -238,7 +238,7 @@ async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply(
         // A late writer whose deps were collected: recognized as ready via the archive.
         let mut s = late.session();
         s.set("x/c/3", blob(5)).unwrap();
-        s.commit(Some("late")).await.unwrap();
+        s.commit(&mut late, Some("late")).await.unwrap();
         let mut all = all_before.clone();
         all.extend(stash(&b).await);
         let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
@@ -282,7 +282,7 @@ async fn a_change_file_copied_back_after_gc_is_not_applied_twice() {
         // A second compaction empties the table of listed changes into the archive.
         let mut s = a.session();
         s.set("x/c/4", vec![5u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         a.compact().await.unwrap();
         a.gc(&NOW).await.unwrap();
         // A sync from a replica that never collected copies the old files back.
@@ -315,11 +315,11 @@ async fn open_request_counts_before_and_after_compaction() {
         let mut s = w.session();
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[64], &[1])).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut w, None).await.unwrap();
         for i in 0..20u8 {
             let mut s = w.session();
             s.set(&format!("x/c/{i}"), blob(i)).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut w, None).await.unwrap();
         }
         counting.reset();
         let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
@@ -357,7 +357,7 @@ async fn open_request_counts_before_and_after_compaction() {
         // A stale hint costs one more round trip; k new changes add k GETs.
         let mut s = w.session();
         s.set("x/c/30", vec![1u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut w, None).await.unwrap();
         w.compact().await.unwrap();
         b.store
             .put(
@@ -369,7 +369,7 @@ async fn open_request_counts_before_and_after_compaction() {
         for i in 40..43u8 {
             let mut s = w.session();
             s.set(&format!("x/c/{i}"), vec![i; 4]).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut w, None).await.unwrap();
         }
         counting.reset();
         let r = Repo::open(store.clone(), &b.prefix).await.unwrap();
@@ -467,12 +467,12 @@ async fn compaction_splits_large_manifests_and_an_append_rewrites_the_last_piece
         s.set(&format!("big/c/{i}"), vec![(i % 251) as u8; 2])
             .unwrap();
     }
-    s.commit(None).await.unwrap();
+    s.commit(&mut w, None).await.unwrap();
     let r = w.compact().await.unwrap();
     assert_eq!(r.manifests_written, 2, "{r:?}");
     let mut s = w.session();
     s.set("big/c/30000", vec![1u8; 2]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut w, None).await.unwrap();
     let r = w.compact().await.unwrap();
     assert_eq!((r.manifests_written, r.manifests_reused), (1, 1), "{r:?}");
     let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
@@ -602,7 +602,7 @@ async fn a_reader_that_listed_just_before_gc_relists_and_succeeds() {
         a.compact().await.unwrap();
         let mut s = a.session();
         s.set("x/c/5", vec![9u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let layout = Layout::new(&b.prefix);
         // The reader's listings are taken now: old snapshot, old change files.
         let stale =
@@ -651,7 +651,7 @@ async fn gc_spares_a_writers_blob_uploaded_before_its_change_file() {
         assert!(b.store.head(&key).await.is_ok(), "{}", b.name);
         let mut s = w.session();
         s.set("x/c/3", bytes.clone()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut w, None).await.unwrap();
         let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
             reader.get("x/c/3").await.unwrap().as_deref(),
@@ -660,7 +660,7 @@ async fn gc_spares_a_writers_blob_uploaded_before_its_change_file() {
         // The same blob, unreferenced and past a zero window, would have gone.
         let mut s = w.session();
         s.delete("x/c/3").unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut w, None).await.unwrap();
         a.compact().await.unwrap();
         let r = a.gc(&NOW).await.unwrap();
         assert!(
@@ -681,7 +681,7 @@ async fn concurrent_compactors_both_land_and_gc_waits_for_one_to_cover_both() {
         let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = w.session();
         s.set("x/c/4", vec![4u8; 4]).unwrap();
-        let (r1, r2, rw) = futures::join!(c1.compact(), c2.compact(), s.commit(None));
+        let (r1, r2, rw) = futures::join!(c1.compact(), c2.compact(), s.commit(&mut w, None));
         let (r1, r2) = (r1.unwrap(), r2.unwrap());
         rw.unwrap();
         assert!(r1.snapshot.is_some() && r2.snapshot.is_some(), "{}", b.name);
@@ -708,7 +708,7 @@ async fn concurrent_compactors_both_land_and_gc_waits_for_one_to_cover_both() {
         // Another change, so the next compaction has something to fold.
         let mut s = g.session();
         s.set("x/c/6", vec![6u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut g, None).await.unwrap();
         let all = stash(&b).await.into_iter().chain(all).collect();
         let r = g.compact().await.unwrap();
         let r = match r.snapshot {
@@ -761,7 +761,7 @@ async fn a_handle_on_an_old_snapshot_refreshes_onto_the_new_one_after_gc() {
         let mut old = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = a.session();
         s.set("x/c/0", vec![8u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         a.compact().await.unwrap();
         a.gc(&NOW).await.unwrap();
         // The old snapshot's manifest piece is gone: reading through it says so.
@@ -785,7 +785,7 @@ async fn chunk_keys_without_grid_coordinates_survive_compaction_and_gc() {
         s.create_array("x", &array_meta(&[4], &[2])).unwrap();
         s.set("x/foo", vec![1u8; 3]).unwrap();
         s.set("x/c/1", vec![2u8; 3]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let before = state(&a).await;
         a.compact().await.unwrap();
         a.gc(&NOW).await.unwrap();
@@ -803,7 +803,7 @@ async fn chunk_keys_without_grid_coordinates_survive_compaction_and_gc() {
         s.set(&format!("x/k{i}"), vec![1u8]).unwrap();
     }
     s.set("x/c/1", vec![2u8]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     a.compact().await.unwrap();
     let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
     assert_eq!(r.problems(), vec![]);
@@ -872,7 +872,7 @@ async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
     let mut s = w.session();
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[4], &[2])).unwrap();
-    let c0 = s.commit(None).await.unwrap().unwrap();
+    let c0 = s.commit(&mut w, None).await.unwrap().unwrap();
     let base = w.fold().hlc_of(&c0).unwrap();
     let make = |hlc: u64, ops: Vec<Op>| {
         let c = Change {
@@ -979,7 +979,7 @@ async fn a_damaged_manifest_piece_or_archive_shard_is_named_and_contained() {
         // A change nothing stamps once compacted: it ends up in the archive.
         let mut s = a.session();
         s.set("x/c/3", vec![5u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         // An offline writer that saw it: its next change depends on it.
         let mut late = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         a.compact().await.unwrap();
@@ -988,7 +988,7 @@ async fn a_damaged_manifest_piece_or_archive_shard_is_named_and_contained() {
         let mut s = a.session();
         s.create_array("y", &array_meta(&[4], &[2])).unwrap();
         s.set("y/c/0", vec![3u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         a.compact().await.unwrap();
         a.gc(&NOW).await.unwrap();
         let layout = Layout::new(&b.prefix);
@@ -1039,7 +1039,7 @@ async fn a_damaged_manifest_piece_or_archive_shard_is_named_and_contained() {
         // A late change needs the archive: the damaged shard is reported, open works.
         let mut s = late.session();
         s.set_attr("x", "late", true.into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut late, None).await.unwrap();
         let r = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let problems = r.problems();
         assert!(
@@ -1061,17 +1061,17 @@ async fn forks_are_detected_against_the_table_at_once_and_the_archive_at_compact
         // K: a chunk-only change, soon archived. Then another change on top.
         let mut s = a.session();
         s.set("x/c/3", vec![5u8; 4]).unwrap();
-        let k = s.commit(None).await.unwrap().unwrap();
+        let k = s.commit(&mut a, None).await.unwrap().unwrap();
         let k_info = a.log().into_iter().find(|c| c.hash == k).unwrap().clone();
         let mut s = a.session();
         s.set_attr("x", "n", 1.into()).unwrap();
-        let top = s.commit(None).await.unwrap().unwrap();
+        let top = s.commit(&mut a, None).await.unwrap().unwrap();
         for _ in 0..2 {
             a.compact().await.unwrap();
             a.gc(&NOW).await.unwrap();
             let mut s = a.session();
             s.set_attr("x", "n", 2.into()).unwrap();
-            s.commit(None).await.unwrap();
+            s.commit(&mut a, None).await.unwrap();
         }
         // A cloned writer reuses K's actor and seq for different content.
         let head = a.fold().heads()[0];
@@ -1113,7 +1113,7 @@ async fn forks_are_detected_against_the_table_at_once_and_the_archive_at_compact
         let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = w.session();
         s.set("x/c/4", vec![6u8; 4]).unwrap();
-        let t = s.commit(None).await.unwrap().unwrap();
+        let t = s.commit(&mut w, None).await.unwrap().unwrap();
         let t_info = w.log().into_iter().find(|c| c.hash == t).unwrap().clone();
         w.compact().await.unwrap();
         let (key, bytes, f2) = forged(t_info.deps.clone(), t_info.seq, t_info.actor);
@@ -1220,7 +1220,7 @@ async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
         let mut w = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = w.session();
         s.create_array("x", &array_meta(&[4096], &[1])).unwrap();
-        let c0 = s.commit(None).await.unwrap().unwrap();
+        let c0 = s.commit(&mut w, None).await.unwrap().unwrap();
         let mut prev = c0;
         let mut hlc = w.fold().hlc_of(&c0).unwrap().0;
         let layout = Layout::new(&b.prefix);
@@ -1259,7 +1259,7 @@ async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
         // One more change, so the next snapshot moves collected writers to the archive.
         let mut s = c.session();
         s.set_attr("x", "done", true.into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut c, None).await.unwrap();
         c.compact().await.unwrap();
         c.gc(&NOW).await.unwrap();
         let counting = CountingStore::new(b.store.clone());
@@ -1284,7 +1284,7 @@ async fn array_base(b: &Backend, meta: &serde_json::Value) -> (ChangeHash, Chang
     let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = r.session();
     s.create_array("x", meta).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     stash(b).await.into_iter().next().unwrap()
 }
 
@@ -1401,7 +1401,7 @@ async fn compaction_never_writes_a_piece_readers_refuse() {
     let mut w = fresh;
     let mut s = w.session();
     s.set("x/c/5/5", vec![7u8; 3]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut w, None).await.unwrap();
     w.gc(&NOW).await.unwrap();
     let r = w.compact().await.unwrap();
     assert_eq!(
@@ -1464,7 +1464,7 @@ async fn chunk_keys_without_coordinates_split_by_name() {
     s.set("x/k50000a", vec![2u8]).unwrap();
     s.set("x/a", vec![3u8]).unwrap();
     s.delete("x/k70000").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut w, None).await.unwrap();
     let r = w.compact().await.unwrap();
     assert!(r.manifests_reused >= pieces.len() - 4, "{r:?}");
     let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();

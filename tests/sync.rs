@@ -928,17 +928,17 @@ impl Hist {
         let mut s = a.session();
         s.create_group("", Default::default()).unwrap();
         s.create_array("x", &array_meta(&[8], &[2])).unwrap();
-        let base = s.commit(Some("base")).await.unwrap().unwrap();
+        let base = s.commit(&mut a, Some("base")).await.unwrap().unwrap();
         let mut w = Repo::open(store.clone(), PREFIX).await.unwrap();
         let mut s = a.session();
         s.set("x/c/0", blob(1)).unwrap();
-        let blobbed = s.commit(None).await.unwrap().unwrap();
+        let blobbed = s.commit(&mut a, None).await.unwrap().unwrap();
         let mut s = a.session();
         s.set_attr("x", "units", "K".into()).unwrap();
-        let after = s.commit(None).await.unwrap().unwrap();
+        let after = s.commit(&mut a, None).await.unwrap().unwrap();
         let mut s = w.session();
         s.set("x/c/1", vec![2u8; 4]).unwrap();
-        let side = s.commit(None).await.unwrap().unwrap();
+        let side = s.commit(&mut w, None).await.unwrap().unwrap();
         a.refresh().await.unwrap();
         let changes = stash(&bucket(&store)).await;
         assert_eq!(changes.len(), 4);
@@ -1063,7 +1063,7 @@ async fn one_missing_blob_hides_no_later_history() {
     // The repair (format.md §16.3): write the chunk again; sync carries it.
     let mut s = h.repo.session();
     s.set("x/c/0", blob(1)).unwrap();
-    s.commit(Some("repair")).await.unwrap();
+    s.commit(&mut h.repo, Some("repair")).await.unwrap();
     let r = sync(&bucket(&h.store), &bucket(&dst), &opts(Direction::Push))
         .await
         .unwrap();
@@ -1113,7 +1113,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_previous_one_copied_instead() {
     h.repo.compact().await.unwrap();
     let mut s = h.repo.session();
     s.set("x/c/2", vec![3u8; 4]).unwrap();
-    s.commit(None).await.unwrap().unwrap();
+    s.commit(&mut h.repo, None).await.unwrap().unwrap();
     h.repo.compact().await.unwrap();
     let src = bucket(&h.store);
     let all = stash(&src).await;
@@ -1148,7 +1148,7 @@ async fn the_only_snapshot_corrupt_after_gc_leaves_a_valid_destination_waiting_f
     h.repo.gc(&NOW).await.unwrap();
     let mut s = h.repo.session();
     s.set("x/c/2", vec![3u8; 4]).unwrap();
-    let late = s.commit(None).await.unwrap().unwrap();
+    let late = s.commit(&mut h.repo, None).await.unwrap().unwrap();
     let src = bucket(&h.store);
     assert_eq!(listed_changes(&src).await, BTreeSet::from([late]));
     let (snaps, _) = src.list_snapshots().await.unwrap();
@@ -1174,12 +1174,12 @@ async fn a_corrupt_manifest_piece_or_archive_shard_refuses_the_snapshot_and_the_
     // A second compaction after GC moves covered changes to the archive.
     let mut s = h.repo.session();
     s.set("x/c/2", blob(3)).unwrap();
-    s.commit(None).await.unwrap().unwrap();
+    s.commit(&mut h.repo, None).await.unwrap().unwrap();
     h.repo.compact().await.unwrap();
     h.repo.gc(&NOW).await.unwrap();
     let mut s = h.repo.session();
     s.set("x/c/3", vec![4u8; 4]).unwrap();
-    let late = s.commit(None).await.unwrap().unwrap();
+    let late = s.commit(&mut h.repo, None).await.unwrap().unwrap();
     let src = bucket(&h.store);
     let want = state(&h.repo).await;
     let (snaps, _) = src.list_snapshots().await.unwrap();
@@ -1260,7 +1260,7 @@ async fn truncated_oversized_and_foreign_changes_are_refused_and_foreign_files_i
     let mut other = Repo::init(other_store.clone(), PREFIX).await.unwrap();
     let mut s = other.session();
     s.create_group("", Default::default()).unwrap();
-    let foreign = s.commit(None).await.unwrap().unwrap();
+    let foreign = s.commit(&mut other, None).await.unwrap().unwrap();
     let foreign = key(&name_of(&other, foreign));
     write(&h.store, &foreign, read(&other_store, &foreign).await).await;
     // Not crzarr objects at all.
@@ -1364,24 +1364,24 @@ async fn an_empty_bucket_synced_from_a_compacted_and_collected_source_shows_the_
         s.create_array("gone", &array_meta(&[4], &[2])).unwrap();
         s.set("x/c/0", blob(1)).unwrap();
         s.set("gone/c/0", blob(2)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = a.session();
         s.set("x/c/0", blob(3)).unwrap();
         s.set_attr("x", "units", "K".into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         let mut s = w.session();
         s.set_attr("x", "units", "C".into()).unwrap();
         s.set("x/c/1", blob(4)).unwrap();
         s.delete("gone/zarr.json").unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut w, None).await.unwrap();
         a.refresh().await.unwrap();
         let mut all = stash(&src).await;
         a.compact().await.unwrap();
         a.gc(&NOW).await.unwrap();
         let mut s = a.session();
         s.set("x/c/2", blob(5)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         all.extend(stash(&src).await);
         let kept = listed_changes(&src).await;
         assert_eq!(kept.len(), 1, "{}", b.name);
@@ -1445,7 +1445,7 @@ async fn one_change(repo: &mut Repo, attr: &str) -> ChangeHash {
     let mut s = repo.session();
     s.create_group("", Default::default()).unwrap();
     s.set_attr("", attr, "1".into()).unwrap();
-    s.commit(None).await.unwrap().unwrap()
+    s.commit(repo, None).await.unwrap().unwrap()
 }
 
 fn mismatch_hint(r: crzarr::Result<SyncReport>) -> String {
@@ -1553,10 +1553,10 @@ async fn push_and_pull_move_one_way_only() {
     let mut b = Repo::open(sb.clone(), PREFIX).await.unwrap();
     let mut s = a.session();
     s.set_attr("", "from_a", "1".into()).unwrap();
-    let from_a = s.commit(None).await.unwrap().unwrap();
+    let from_a = s.commit(&mut a, None).await.unwrap().unwrap();
     let mut s = b.session();
     s.set_attr("", "from_b", "1".into()).unwrap();
-    let from_b = s.commit(None).await.unwrap().unwrap();
+    let from_b = s.commit(&mut b, None).await.unwrap().unwrap();
 
     let r = sync(&ba, &bb, &opts(Direction::Push)).await.unwrap();
     assert_eq!((r.a_to_b.changes, r.b_to_a.objects()), (1, 0), "{r:?}");
@@ -1587,7 +1587,7 @@ async fn pull_then_commit_then_push_keeps_the_replica_in_step() {
     s.set("big/zarr.json", array_meta(&[4], &[2]).to_string())
         .unwrap();
     s.set("big/c/0", blob(7)).unwrap();
-    let remote = s.commit(None).await.unwrap().unwrap();
+    let remote = s.commit(&mut cluster, None).await.unwrap().unwrap();
 
     let r = laptop
         .sync(&cb, &crzarr::SyncOptions::pull())
@@ -1602,7 +1602,7 @@ async fn pull_then_commit_then_push_keeps_the_replica_in_step() {
     assert_eq!(laptop.fold().heads(), vec![remote]);
     let mut s = laptop.session();
     s.set("big/c/1", blob(8)).unwrap();
-    let mine = s.commit(None).await.unwrap().unwrap();
+    let mine = s.commit(&mut laptop, None).await.unwrap().unwrap();
     let r = crzarr::sync(laptop.bucket(), &cb, &crzarr::SyncOptions::push())
         .await
         .unwrap();
@@ -1705,13 +1705,13 @@ async fn a_sync_killed_after_any_write_leaves_valid_replicas_and_a_rerun_complet
     h.repo.gc(&NOW).await.unwrap();
     let mut s = h.repo.session();
     s.set("x/c/2", blob(3)).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut h.repo, None).await.unwrap();
     h.repo.compact().await.unwrap();
     h.repo.gc(&NOW).await.unwrap();
     let mut s = h.repo.session();
     s.set("x/c/3", blob(4)).unwrap();
     s.set("x/c/0", vec![1u8; 3]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut h.repo, None).await.unwrap();
     let setup = || async {
         let src = clone_store(&h.store).await;
         let dst = mem();
@@ -1722,12 +1722,12 @@ async fn a_sync_killed_after_any_write_leaves_valid_replicas_and_a_rerun_complet
         let mut s = b.session();
         s.set("x/c/3", blob(5)).unwrap();
         s.set_attr("", "dst", "1".into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut b, None).await.unwrap();
         // The source moves on after the first copy.
         let mut a = Repo::open(src.clone(), PREFIX).await.unwrap();
         let mut s = a.session();
         s.set("x/c/1", blob(6)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut a, None).await.unwrap();
         a.compact().await.unwrap();
         (src, dst)
     };
@@ -1829,7 +1829,7 @@ async fn counted_pair(compact_b: bool) -> (CountingStore, Repo, Bucket, Bucket) 
     let mut s = a.session();
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[8], &[2])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut a, None).await.unwrap();
     let (ba, bb) = (
         Bucket::new(store.clone(), "a"),
         Bucket::new(store.clone(), "b"),
@@ -1881,7 +1881,7 @@ async fn a_sync_of_one_new_change_with_a_blob_costs_counted_requests() {
         let (counting, mut a, ba, bb) = counted_pair(compacted).await;
         let mut s = a.session();
         s.set("x/c/0", blob(1)).unwrap();
-        let new = s.commit(None).await.unwrap().unwrap();
+        let new = s.commit(&mut a, None).await.unwrap().unwrap();
         let change_bytes = read(ba.store(), &ba.layout().change(&name_of(&a, new)))
             .await
             .len() as u64;
@@ -1922,7 +1922,7 @@ async fn what_garbage_collection_removes_under_a_sync_is_skipped_and_the_next_ru
     h.repo.compact().await.unwrap();
     let mut s = h.repo.session();
     s.set("x/c/2", blob(3)).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut h.repo, None).await.unwrap();
     // A sync that listed just before a compaction and a GC removed what it listed.
     let l = layout();
     let stale = Faulty::stale(&h.store, &[l.ops_dir(), l.snapshots_dir()]).await;
@@ -1965,12 +1965,12 @@ async fn progress_counts_what_is_written_and_ends_complete() {
     collected.repo.gc(&NOW).await.unwrap();
     let mut s = collected.repo.session();
     s.set("x/c/2", blob(3)).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut collected.repo, None).await.unwrap();
     collected.repo.compact().await.unwrap();
     collected.repo.gc(&NOW).await.unwrap();
     let mut s = collected.repo.session();
     s.set("x/c/3", blob(4)).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut collected.repo, None).await.unwrap();
     // The same with a damaged shard: the snapshot is refused part-way.
     let damaged = clone_store(&collected.store).await;
     let shard = keys_under(&bucket(&damaged), &layout().archive_dir()).await;
@@ -2019,7 +2019,7 @@ async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
     s.create_group("", Default::default()).unwrap();
     s.create_array("x", &array_meta(&[8], &[2])).unwrap();
     s.set("x/c/0", blob(1)).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut laptop, None).await.unwrap();
     // local -> S3 (creates the S3 replica).
     let r = crzarr::sync(laptop.bucket(), &s3b, &crzarr::SyncOptions::push())
         .await
@@ -2033,11 +2033,11 @@ async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
     let mut s = cloud.session();
     s.set("x/c/1", blob(2)).unwrap();
     s.set_attr("x", "units", "K".into()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut cloud, None).await.unwrap();
     let mut s = laptop.session();
     s.set("x/c/2", blob(3)).unwrap();
     s.set_attr("x", "units", "C".into()).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut laptop, None).await.unwrap();
 
     // S3 -> local, then local -> S3.
     let r = laptop

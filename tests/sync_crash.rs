@@ -84,7 +84,7 @@ async fn source_commit(repo: &mut Repo, rng: &mut Rng, n: usize) -> Option<Chang
             s.set_attr("", "step", serde_json::json!(n)).unwrap();
         }
     }
-    s.commit(Some(&format!("source {n}"))).await.unwrap()
+    s.commit(repo, Some(&format!("source {n}"))).await.unwrap()
 }
 
 /// A commit made on a replica between runs: a new array of its own, one chunk.
@@ -99,7 +99,10 @@ async fn replica_commit(repo: &mut Repo, rng: &mut Rng, path: &str) -> ChangeHas
     } as usize;
     s.set(&format!("{path}/c/{}", rng.below(4)), rng.bytes(len))
         .unwrap();
-    s.commit(Some(path)).await.unwrap().expect("a new array")
+    s.commit(repo, Some(path))
+        .await
+        .unwrap()
+        .expect("a new array")
 }
 
 /// The source: ~210 changes, some with blobs, some inline; compacted, collected and
@@ -113,7 +116,7 @@ async fn build_source(root: &Path, rng: &mut Rng, commits: &mut Vec<ChangeHash>)
         .unwrap();
     s.create_array("small", &array_meta(&[CHUNKS * 16], &[16]))
         .unwrap();
-    commits.push(s.commit(Some("create")).await.unwrap().unwrap());
+    commits.push(s.commit(&mut repo, Some("create")).await.unwrap().unwrap());
     let mut n = 0;
     for phase in 0..3 {
         for _ in 0..[110, 60, 40][phase] {

@@ -54,13 +54,13 @@ async fn sample(b: &Backend) -> Repo {
     s.create_array("x", &array_meta(&[8], &[2])).unwrap();
     s.set("x/c/0", blob(1)).unwrap();
     s.set("x/c/1", vec![1u8; 4]).unwrap();
-    s.commit(Some("base")).await.unwrap();
+    s.commit(&mut r, Some("base")).await.unwrap();
     let mut s = r.session();
     s.set("x/c/0", blob(2)).unwrap();
-    s.commit(Some("overwrite")).await.unwrap();
+    s.commit(&mut r, Some("overwrite")).await.unwrap();
     let mut s = r.session();
     s.set_attr("x", "units", "K".into()).unwrap();
-    s.commit(Some("attr")).await.unwrap();
+    s.commit(&mut r, Some("attr")).await.unwrap();
     r
 }
 
@@ -161,7 +161,7 @@ async fn a_clean_repository_verifies_clean_with_a_snapshot_and_after_gc() {
         // A later change on top of the collected history.
         let mut s = r.session();
         s.set("x/c/2", blob(3)).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         let rep = run(&b, &opts(true, false)).await;
         assert_eq!(rep.findings, vec![], "{}: after GC and a commit", b.name);
     }
@@ -174,7 +174,7 @@ async fn verify_modifies_nothing_and_bounds_its_requests() {
     for i in 0..30u8 {
         let mut s = r.session();
         s.set_attr("x", "n", i.into()).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
     }
     let (listed, _) = bucket(&b).list_changes().await.unwrap();
     flip(&b, &listed[0].key).await;
@@ -208,7 +208,7 @@ async fn a_flipped_byte_in_a_change_file_is_found_under_its_key() {
         let mut r = sample(&b).await;
         let mut s = r.session();
         s.set_attr("x", "late", true.into()).unwrap();
-        let h = s.commit(None).await.unwrap().unwrap();
+        let h = s.commit(&mut r, None).await.unwrap().unwrap();
         let key = change_key(&b, h).await;
         flip(&b, &key).await;
         let rep = run(&b, &opts(false, false)).await;
@@ -308,7 +308,7 @@ async fn a_flipped_byte_in_a_snapshot_piece_or_shard_is_found_under_its_key() {
         r.gc(&NOW).await.unwrap();
         let mut s = r.session();
         s.set("x/c/3", vec![3u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         r.compact().await.unwrap();
         r.gc(&NOW).await.unwrap();
         assert_eq!(run(&b2, &opts(true, false)).await.findings, vec![]);
@@ -412,7 +412,7 @@ async fn a_missing_archive_shard_is_reported() {
     r.gc(&NOW).await.unwrap();
     let mut s = r.session();
     s.set("x/c/3", vec![3u8; 4]).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     r.compact().await.unwrap();
     r.gc(&NOW).await.unwrap();
     let lay = bucket(&b).layout().clone();
@@ -501,10 +501,10 @@ async fn pending_changes_name_what_they_wait_for_and_the_horizon_is_reported() {
         let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = w.session();
         s.set_attr("x", "a", 1.into()).unwrap();
-        let c1 = s.commit(None).await.unwrap().unwrap();
+        let c1 = s.commit(&mut w, None).await.unwrap().unwrap();
         let mut s = w.session();
         s.set_attr("x", "b", 2.into()).unwrap();
-        let c2 = s.commit(None).await.unwrap().unwrap();
+        let c2 = s.commit(&mut w, None).await.unwrap().unwrap();
         let (k1, k2) = (change_key(&b, c1).await, change_key(&b, c2).await);
         flip(&b, &k1).await;
         let rep = run(&b, &opts(false, false)).await;
@@ -600,7 +600,7 @@ async fn quarantine_moves_exactly_the_corrupt_objects_and_readers_ignore_them() 
         let mut w = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = w.session();
         s.set_attr("x", "late", true.into()).unwrap();
-        let head = s.commit(None).await.unwrap().unwrap();
+        let head = s.commit(&mut w, None).await.unwrap().unwrap();
         let change = change_key(&b, head).await;
         let blob_key = lay.blob(&BlobHash::of(&blob(1)));
         let stray = lay.crdt_dir().join("stray.txt");
@@ -846,7 +846,7 @@ async fn a_snapshot_naming_a_missing_piece_is_reported_and_repaired() {
         r.compact().await.unwrap();
         let mut s = r.session();
         s.set("x/c/2", vec![5u8; 4]).unwrap();
-        s.commit(None).await.unwrap();
+        s.commit(&mut r, None).await.unwrap();
         let before: BTreeSet<Path> = keys_under(&b, &bucket(&b).layout().manifests_dir())
             .await
             .into_iter()

@@ -291,7 +291,7 @@ async fn export_deletes_what_the_view_dropped_and_never_touches_a_repository() {
         .unwrap();
     let mut s = r.session();
     s.delete("x/zarr.json").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     counting.reset();
     let e = r
         .export(dst.clone(), "out", &ExportOptions::default())
@@ -471,7 +471,7 @@ async fn writes_overlay_adopted_chunks_and_never_touch_the_originals() {
     let mut s = r.session();
     s.set("x/c/1", blob(42, 5000)).unwrap();
     s.delete("x/c/3").unwrap();
-    s.commit(Some("QA fix")).await.unwrap();
+    s.commit(&mut r, Some("QA fix")).await.unwrap();
     assert_eq!(r.get("x/c/1").await.unwrap().unwrap(), blob(42, 5000));
     assert_eq!(r.get("x/c/3").await.unwrap(), None);
     assert_eq!(r.get("x/c/0").await.unwrap().unwrap(), blob(1, 5000));
@@ -625,7 +625,7 @@ async fn incremental_export_deletes_only_its_own_keys() {
     // The repository drops array `x`.
     let mut s = r.session();
     s.delete("x/zarr.json").unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     let e = r
         .export(dst.clone(), "out", &ExportOptions::default())
         .await
@@ -655,7 +655,7 @@ async fn incremental_export_deletes_only_its_own_keys() {
     .await;
     let mut s = r.session();
     s.create_array("y", &array_meta(&[4], &[2])).unwrap();
-    s.commit(None).await.unwrap();
+    s.commit(&mut r, None).await.unwrap();
     let before = all_objects(&b.store, "out").await;
     let err = r
         .export(dst.clone(), "out", &ExportOptions::default())

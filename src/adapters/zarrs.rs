@@ -115,7 +115,7 @@ enum Staged {
 }
 
 impl Staged {
-    fn apply(&self, s: &mut WriteSession<'_>) -> Result<()> {
+    fn apply(&self, s: &mut WriteSession) -> Result<()> {
         match self {
             Staged::Set(k, v) => s.set(k, v.clone()),
             Staged::Delete(k) => s.delete(k),
@@ -535,7 +535,7 @@ impl ZarrsStore {
         for op in &inner.log {
             op.apply(&mut s)?;
         }
-        let hash = s.commit(message).await?;
+        let hash = s.commit(&mut inner.repo, message).await?;
         inner.clear();
         Ok(hash)
     }

@@ -156,7 +156,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
         s.set_chunk("sst", key, chunk(10.0 + i as f32).into())?;
     }
     let first = s
-        .commit(Some("create sst"))
+        .commit(&mut cloud, Some("create sst"))
         .await?
         .ok_or_else(|| bug("nothing committed"))?;
     println!(
@@ -183,7 +183,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     s.set_chunk("sst", "c/0/0", chunk(280.0).into())?;
     s.resize("sst", &[SIDE + CHUNK, SIDE])?;
     s.set_chunk("sst", "c/2/0", chunk(281.0).into())?;
-    s.commit(Some("A: kelvin, more rows")).await?;
+    s.commit(&mut a, Some("A: kelvin, more rows")).await?;
     println!(
         "   A: units = \"K\", rewrites chunk c/0/0, grows the array to 120 rows and fills the new chunk c/2/0."
     );
@@ -193,7 +193,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     s.set_chunk("sst", "c/0/0", chunk(7.0).into())?;
     s.delete_chunk("sst", "c/1/1")?;
     s.resize("sst", &[SIDE, SIDE + CHUNK])?;
-    s.commit(Some("B: celsius, more columns")).await?;
+    s.commit(&mut b, Some("B: celsius, more columns")).await?;
     println!(
         "   B: units = \"degC\", source = \"buoy network\", rewrites chunk c/0/0, deletes c/1/1 and grows to 120 columns."
     );

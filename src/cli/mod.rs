@@ -447,7 +447,7 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             let mut r = open(&repo, concurrency).await?;
             let mut s = r.session();
             s.set(&key, bytes)?;
-            let h = s.commit(message.as_deref()).await?;
+            let h = s.commit(&mut r, message.as_deref()).await?;
             // Say what the key became: a mistyped array path writes an object, not a chunk.
             let kind = match r.view().get(&key) {
                 Some(crzarr::fold::view::Entry::Metadata(_)) => "metadata",
@@ -484,7 +484,7 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             } else {
                 s.delete(&key)?;
             }
-            let h = s.commit(message.as_deref()).await?;
+            let h = s.commit(&mut r, message.as_deref()).await?;
             report_commit(h, json)
         }
         Command::SetAttr {
@@ -503,7 +503,7 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
             let mut r = open(&repo, concurrency).await?;
             let mut s = r.session();
             s.set_attr(node.trim_matches('/'), &name, value)?;
-            let h = s.commit(message.as_deref()).await?;
+            let h = s.commit(&mut r, message.as_deref()).await?;
             report_commit(h, json)
         }
         Command::Ls { repo, prefix, json } => {

@@ -435,6 +435,7 @@ pub enum InsertOutcome {
     QueueFull,
 }
 
+#[derive(Clone)]
 struct Waiting {
     change: Change,
     size: u64,
@@ -442,6 +443,9 @@ struct Waiting {
 }
 
 /// The CRDT state of one repository: applied changes, pending ones, and nodes.
+///
+/// Cloning copies the state and shares the cache of manifest pieces read.
+#[derive(Clone)]
 pub struct Fold {
     repo: RepoId,
     infos: Vec<ChangeInfo>,
@@ -460,7 +464,8 @@ pub struct Fold {
     /// Entries superseded where they may still appear: by path, then register.
     pub(crate) superseded: HashMap<Box<str>, HashMap<RegKey, Records>>,
     /// Manifest pieces read so far (a cache: loading one never changes the state).
-    pieces: RwLock<HashMap<ObjectHash, Arc<LoadedPiece>>>,
+    /// Shared by clones: pieces are named by their content.
+    pieces: Arc<RwLock<HashMap<ObjectHash, Arc<LoadedPiece>>>>,
     base: Option<SnapshotBase>,
     snapshot_forks: Vec<Fork>,
 }
@@ -482,7 +487,7 @@ impl Fold {
             claims: HashMap::new(),
             objects: BTreeMap::new(),
             superseded: HashMap::new(),
-            pieces: RwLock::new(HashMap::new()),
+            pieces: Arc::default(),
             base: None,
             snapshot_forks: Vec::new(),
         }

@@ -384,7 +384,9 @@ impl Repo {
         report.nodes_created = n_created;
         report.nodes_updated = n_updated;
         report.nodes_deleted = n_deleted;
-        report.change = s.commit(message.as_deref().or(Some("import"))).await?;
+        report.change = s
+            .commit(self, message.as_deref().or(Some("import")))
+            .await?;
         report.ignored.sort();
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)

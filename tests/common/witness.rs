@@ -83,5 +83,5 @@ pub async fn commit(repo: &mut Repo, edits: &[(&str, &[u8])]) {
     for (k, v) in edits {
         s.set(k, v.to_vec()).unwrap();
     }
-    s.commit(None).await.unwrap();
+    s.commit(repo, None).await.unwrap();
 }

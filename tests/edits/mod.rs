@@ -237,11 +237,11 @@ impl ArrInfo {
 /// Stages `edits` in one session and commits. Edits the session refuses (no such
 /// node, a node inside an array, a chunk of a group...) are skipped.
 pub async fn apply_edits(repo: &mut Repo, edits: &[Edit]) -> Option<ChangeHash> {
-    stage_edits(repo, edits).commit(None).await.unwrap()
+    stage_edits(repo, edits).commit(repo, None).await.unwrap()
 }
 
 /// Stages `edits` in one session, as [`apply_edits`] does, and returns it uncommitted.
-pub fn stage_edits<'r>(repo: &'r mut Repo, edits: &[Edit]) -> WriteSession<'r> {
+pub fn stage_edits(repo: &Repo, edits: &[Edit]) -> WriteSession {
     let mut arrays: BTreeMap<&str, Option<ArrInfo>> = BTreeMap::new();
     for p in PATHS {
         let info = match repo.view().get(&meta_key(p)) {

@@ -854,7 +854,7 @@ async fn reconnect_crz(behind: u64, k: u64, lat: u64, wd: &std::path::Path) -> R
     st.set_latency(ms(lat));
     st.reset();
     let t = Instant::now();
-    session.commit(Some("offline")).await?;
+    session.commit(&mut offline, Some("offline")).await?;
     let s = Sample {
         ms: elapsed_ms(t),
         counts: st.counts(),
