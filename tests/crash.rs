@@ -22,10 +22,9 @@
 //! the kills per command.
 
 mod common;
-mod crash_support;
 
 use common::array_meta;
-use crash_support::{Rng, local_store, present_or_covered};
+use common::crash::{Rng, local_store, present_or_covered};
 use crzarr::bucket::Bucket;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;

@@ -12,10 +12,9 @@
 //! run prints one line (`--nocapture` shows them) saying what the destination held.
 
 mod common;
-mod crash_support;
 
 use common::array_meta;
-use crash_support::{Rng, local_store, present_or_covered};
+use common::crash::{Rng, local_store, present_or_covered};
 use crzarr::bucket::Bucket;
 use crzarr::change::{Change, Op};
 use crzarr::gc::GcOptions;

@@ -1,6 +1,14 @@
-//! Shared test support: the object stores every suite runs against.
+//! Shared test support: the object stores every suite runs against (here), and by
+//! concern: [`crash`] (the crash tests' RNG and what a killed replica holds), [`edits`]
+//! (random Zarr edits for the property tests) and [`witness`] (the join tests' bucket
+//! of every change ever written).
+//!
+//! Included by `tests/suite/main.rs` (`#[path]`) and by the binaries that cannot share
+//! its process (`mod common;`); each uses part of it.
 #![allow(dead_code)]
 
+pub mod crash;
+pub mod edits;
 pub mod witness;
 
 use object_store::ObjectStore;

@@ -45,9 +45,7 @@
 //! `with_cases` ignores that variable, so [`config`] reads it): the in-memory and fold
 //! properties then run N cases and the local-disk one N/10.
 
-mod common;
-mod edits;
-
+use crate::common::edits::{Edit, apply_edits, base_edits, edit, meta_key, parent};
 use bytes::Bytes;
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::Fold;
@@ -56,7 +54,6 @@ use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
 use crzarr::view::{ChunkRef, ConflictTarget, Entry, View};
-use edits::{Edit, apply_edits, base_edits, edit, meta_key, parent};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -225,7 +222,7 @@ fn new_store(backend: Backend) -> (Arc<dyn ObjectStore>, Option<tempfile::TempDi
             (Arc::new(fs), Some(dir))
         }
         Backend::S3 => {
-            let b = common::s3().expect("S3 backend");
+            let b = crate::common::s3().expect("S3 backend");
             let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
             (Arc::new(store), None)
         }
@@ -1199,7 +1196,7 @@ proptest! {
     /// there, skipped when a developer runs `cargo test` without it).
     #[test]
     fn replicas_converge_s3(sc in scenario(20)) {
-        if common::s3().is_none() {
+        if crate::common::s3().is_none() {
             return Ok(());
         }
         converge(Backend::S3, &sc);

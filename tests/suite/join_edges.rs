@@ -4,10 +4,8 @@
 //! handles that commit after a refresh joined a concurrent snapshot. Each test states what it expects of the fold of every change
 //! (a witness bucket holding a raw copy of every change file ever written).
 
-mod common;
-
-use common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
-use common::{Backend, another, array_meta, backends, memory};
+use crate::common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
+use crate::common::{Backend, another, array_meta, backends, memory};
 use crzarr::bucket::Bucket;
 use crzarr::change::{Change, Op, OpRef};
 use crzarr::gc::{GcOptions, ObjectKind};

@@ -1,5 +1,5 @@
-//! Helpers shared by the crash tests (`crash.rs`, `sync_crash.rs`): a seeded RNG,
-//! local stores, and which changes a replica holds or covers.
+//! Helpers shared by the crash tests (`tests/crash.rs`, `tests/sync_crash.rs`): a seeded
+//! RNG, local stores, and which changes a replica holds or covers.
 
 use crzarr::bucket::Bucket;
 use crzarr::ids::ChangeHash;

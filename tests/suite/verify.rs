@@ -3,10 +3,8 @@
 //! for, which moves exactly the corrupt objects to `.crdt/quarantine/`, where readers,
 //! GC, status and sync never look.
 
-mod common;
-
+use crate::common::{Backend, another, array_meta, backends, memory};
 use bytes::Bytes;
-use common::{Backend, another, array_meta, backends, memory};
 use crzarr::Error;
 use crzarr::bucket::Bucket;
 use crzarr::change::Change;

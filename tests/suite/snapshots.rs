@@ -3,10 +3,8 @@
 //! history it replaces, open reads only what the snapshot does not cover, and GC
 //! removes only what nothing needs.
 
-mod common;
-
+use crate::common::{Backend, array_meta, backends, local, memory};
 use bytes::Bytes;
-use common::{Backend, array_meta, backends, local, memory};
 use crzarr::Error;
 use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
 use crzarr::fold::Fold;

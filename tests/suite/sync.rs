@@ -31,12 +31,10 @@
 //! collection anywhere 300 (in memory) + 30 (local disk) + 8 (S3) by default;
 //! `PROPTEST_CASES=N` divides N as `config` says.
 
-mod common;
-mod edits;
-
+use crate::common::edits::{Edit, apply_edits, base_edits, edit};
+use crate::common::{another, array_meta, backends};
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::{another, array_meta, backends};
 use crzarr::Error;
 use crzarr::bucket::{Bucket, DEFAULT_CONCURRENCY, Problem};
 use crzarr::change::Change;
@@ -49,7 +47,6 @@ use crzarr::repo::Repo;
 use crzarr::sync::{Direction, Side, SyncOptions, SyncReport, sync};
 use crzarr::testing::{CountingStore, RequestCounts};
 use crzarr::view::{ChunkRef, Conflict, Entry, View};
-use edits::{Edit, apply_edits, base_edits, edit};
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -524,7 +521,7 @@ fn new_store(kind: Kind, index: usize) -> (Arc<dyn ObjectStore>, Option<tempfile
     match kind {
         Kind::Memory => (mem(), None),
         Kind::LocalAndS3 if index.is_multiple_of(2) => {
-            let b = common::s3().expect("S3 backend");
+            let b = crate::common::s3().expect("S3 backend");
             let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
             (Arc::new(store), None)
         }
@@ -877,7 +874,7 @@ proptest! {
     #![proptest_config(config(8, 100))]
     #[test]
     fn replicas_collecting_apart_converge_between_local_disk_and_s3(sc in scenario(16, 2, 0.2)) {
-        if common::s3().is_none() {
+        if crate::common::s3().is_none() {
             return Ok(());
         }
         converge(Kind::LocalAndS3, &sc, false);
@@ -888,7 +885,7 @@ proptest! {
     #![proptest_config(config(16, 60))]
     #[test]
     fn replicas_converge_through_sync_between_local_disk_and_s3(sc in scenario(16, 1, 0.7)) {
-        if common::s3().is_none() {
+        if crate::common::s3().is_none() {
             return Ok(());
         }
         converge(Kind::LocalAndS3, &sc, true);
@@ -2000,8 +1997,10 @@ async fn progress_counts_what_is_written_and_ends_complete() {
 /// side that the laptop picks up.
 #[tokio::test]
 async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
-    let Some(s3) = common::s3() else { return };
-    let disk = common::local();
+    let Some(s3) = crate::common::s3() else {
+        return;
+    };
+    let disk = crate::common::local();
     let s3b = Bucket::new(s3.store.clone(), &s3.prefix);
     let diskb = Bucket::new(disk.store.clone(), &disk.prefix);
 

@@ -1,5 +1,5 @@
-//! Random Zarr edits shared by the property tests (`tests/convergence.rs`,
-//! `tests/sync.rs`): a small alphabet of node paths, attribute names and chunk
+//! Random Zarr edits shared by the property tests (`convergence`, `faults` and `sync`
+//! in `tests/suite`): a small alphabet of node paths, attribute names and chunk
 //! coordinates, so that concurrent edits by different replicas collide often, and
 //! [`apply_edits`], which stages them in one session and commits.
 #![allow(dead_code)]

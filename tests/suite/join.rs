@@ -5,10 +5,8 @@
 //! fold of every change ever committed, compared with a witness bucket that received a
 //! raw copy of every change file before any was collected. On every backend.
 
-mod common;
-
-use common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
-use common::{Backend, another, array_meta, backends};
+use crate::common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
+use crate::common::{Backend, another, array_meta, backends};
 use crzarr::bucket::Bucket;
 use crzarr::gc::{GcOptions, ObjectKind};
 use crzarr::repo::Repo;
@@ -465,7 +463,8 @@ async fn an_old_snapshot_copied_back_is_retired() {
     }
 }
 
-/// Figures, not assertions (`cargo test --release --test join -- --ignored --nocapture`):
+/// Figures, not assertions
+/// (`cargo test --release --test suite join::join_cost_figures -- --ignored --nocapture`):
 /// what opening a bucket with two snapshots compacted apart costs (requests, round trips
 /// and time in memory), against the same bucket once compaction wrote their join. Each
 /// side holds an array of 20,000 chunks (two manifest pieces), and edited 2,000 of them
@@ -476,7 +475,7 @@ async fn join_cost_figures() {
     use crzarr::testing::CountingStore;
     use std::time::Instant;
     const N: u32 = 20_000;
-    let b = common::memory();
+    let b = crate::common::memory();
     let b2 = another(&b);
     let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = a.session();

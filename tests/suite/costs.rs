@@ -2,12 +2,11 @@
 //! `observed` lists and superseded records naming changes that never arrive must stop
 //! costing every open. The store clock is moved by [`ClockStore`]; request counts are
 //! exact ([`CountingStore`]). Figures (not assertions): the ignored test
-//! `cost_figures`, run with `cargo test --test costs -- --ignored --nocapture`.
+//! `cost_figures`, run with
+//! `cargo test --test suite costs::cost_figures -- --ignored --nocapture`.
 
-mod common;
-
+use crate::common::{Backend, local, memory};
 use bytes::Bytes;
-use common::{Backend, local, memory};
 use crzarr::Error;
 use crzarr::change::{Change, MAX_OBSERVED, OBSERVED_PER_OP, Op, OpRef, max_observed_refs};
 use crzarr::gc::GcOptions;

@@ -20,8 +20,7 @@
 //! listings are consistent while it runs (spec/format.md §14: the window must exceed
 //! the listings' lag); every other fault stays on.
 
-mod edits;
-
+use crate::common::edits::{Edit, apply_edits, base_edits, edit, stage_edits};
 use crzarr::bucket::Bucket;
 use crzarr::change::Change;
 use crzarr::fold::Fold;
@@ -31,7 +30,6 @@ use crzarr::repo::Repo;
 use crzarr::sync::{Direction, SyncOptions, sync};
 use crzarr::testing::{FaultConfig, FaultyStore};
 use crzarr::view::{Conflict, Entry, View};
-use edits::{Edit, apply_edits, base_edits, edit, stage_edits};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
