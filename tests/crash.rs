@@ -22,19 +22,17 @@
 //! the kills per command.
 
 mod common;
-mod crash_support;
 
 use common::array_meta;
-use crash_support::{Rng, local_store, present_or_covered};
+use common::crash::{Finished, Rng, local_store, present_or_covered, run_killing};
+use common::repo::State;
 use crzarr::bucket::Bucket;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;
-use crzarr::view::{Conflict, Entry};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEFAULT_SEED: u64 = 0xC4A5_11ED_0006_2026;
@@ -44,7 +42,6 @@ const MIN_KILLS: usize = 100;
 /// Bounds so the file stays well under a minute.
 const MAX_STEPS: usize = 400;
 const TIME_BUDGET: Duration = Duration::from_secs(40);
-const SIGKILL: i32 = 9;
 thread_local! {
     /// Findings excused because a sync was killed mid-way, per test thread (for the
     /// summary; `block_on` runs the checks on the test's own thread).
@@ -83,20 +80,6 @@ impl Kind {
     }
 }
 
-struct Finished {
-    status: ExitStatus,
-    /// From spawn to exit (to the kill, when killed).
-    took: Duration,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn killed(&self) -> bool {
-        self.status.signal() == Some(SIGKILL)
-    }
-}
-
 fn crzarr(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crzarr"));
     cmd.args(args)
@@ -109,30 +92,7 @@ fn crzarr(args: &[&str]) -> Command {
 /// Runs the binary; SIGKILLs it after `kill_after` unless it finished first.
 fn run(args: &[String], kill_after: Option<Duration>) -> Finished {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let started = Instant::now();
-    let mut child = crzarr(&args).spawn().unwrap();
-    let mut took = None;
-    if let Some(d) = kill_after {
-        while started.elapsed() < d {
-            if child.try_wait().unwrap().is_some() {
-                took = Some(started.elapsed());
-                break;
-            }
-            std::thread::sleep((d - started.elapsed().min(d)).min(Duration::from_micros(500)));
-        }
-        if took.is_none() {
-            took = Some(started.elapsed());
-            // SIGKILL on Unix; harmless when it exited since the last look.
-            child.kill().unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    Finished {
-        status: out.status,
-        took: took.unwrap_or_else(|| started.elapsed()),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_killing(&mut crzarr(&args), kill_after, Duration::from_micros(500))
 }
 
 /// Files under a directory, staging files included: a kill that changed it did
@@ -315,15 +275,9 @@ async fn check(
     v
 }
 
-type State = (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>);
-
 async fn state(root: &Path) -> State {
     let repo = Repo::open(local_store(root), "").await.unwrap();
-    (
-        repo.entries().await.unwrap(),
-        repo.conflicts().await.unwrap(),
-        repo.fold().heads(),
-    )
+    common::repo::state(&repo).await
 }
 
 /// Replica 0: a root group and an array `x` of 12 blob chunks, a few commits; replica

@@ -12,10 +12,10 @@
 //! run prints one line (`--nocapture` shows them) saying what the destination held.
 
 mod common;
-mod crash_support;
 
 use common::array_meta;
-use crash_support::{Rng, local_store, present_or_covered};
+use common::crash::{Finished, Rng, local_store, present_or_covered, run_killing};
+use common::repo::State;
 use crzarr::bucket::Bucket;
 use crzarr::change::{Change, Op};
 use crzarr::gc::GcOptions;
@@ -23,13 +23,12 @@ use crzarr::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
 use crzarr::layout::SnapshotName;
 use crzarr::repo::Repo;
 use crzarr::snapshot::{ArchiveShard, ManifestPiece, SnapChunk, SnapshotMeta};
-use crzarr::view::{ChunkRef, Conflict, Entry};
+use crzarr::view::{ChunkRef, Entry};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::process::ExitStatusExt;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +41,6 @@ const MAX_RUNS: usize = 80;
 /// Kills in one episode before an uninterrupted sync completes it anyway.
 const MAX_EPISODE_KILLS: usize = 8;
 const CONCURRENCY: [usize; 3] = [2, 8, 32];
-const SIGKILL: i32 = 9;
 
 /// Chunks of `big` go to blobs (20-100 KB), chunks of `small` travel inline.
 const BIG_CHUNK: u64 = 131_072;
@@ -454,15 +452,9 @@ async fn check_side(root: &Path) -> (Seen, Vec<String>) {
     (seen, c.violations)
 }
 
-type State = (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>);
-
 async fn state(root: &Path) -> (State, Repo) {
     let repo = Repo::open(local_store(root), "").await.unwrap();
-    let s = (
-        repo.entries().await.unwrap(),
-        repo.conflicts().await.unwrap(),
-        repo.fold().heads(),
-    );
+    let s = common::repo::state(&repo).await;
     (s, repo)
 }
 
@@ -480,20 +472,6 @@ fn sync_command(src: &Path, dst: &Path, both: bool, concurrency: usize) -> Comma
     cmd
 }
 
-struct Finished {
-    status: ExitStatus,
-    /// From spawn to exit (to the kill, when killed).
-    took: Duration,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn killed(&self) -> bool {
-        self.status.signal() == Some(SIGKILL)
-    }
-}
-
 /// Runs a sync; SIGKILLs it after `kill_after` unless it finished first.
 fn run_sync(
     src: &Path,
@@ -502,31 +480,11 @@ fn run_sync(
     concurrency: usize,
     kill_after: Option<Duration>,
 ) -> Finished {
-    let started = Instant::now();
-    let mut child = sync_command(src, dst, both, concurrency).spawn().unwrap();
-    let mut took = None;
-    if let Some(d) = kill_after {
-        // Watch for an early exit (to learn how long a run takes), then kill.
-        while started.elapsed() < d {
-            if child.try_wait().unwrap().is_some() {
-                took = Some(started.elapsed());
-                break;
-            }
-            std::thread::sleep((d - started.elapsed().min(d)).min(Duration::from_millis(1)));
-        }
-        if took.is_none() {
-            took = Some(started.elapsed());
-            // SIGKILL on Unix; harmless when it exited since the last look.
-            child.kill().unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    Finished {
-        status: out.status,
-        took: took.unwrap_or_else(|| started.elapsed()),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_killing(
+        &mut sync_command(src, dst, both, concurrency),
+        kill_after,
+        Duration::from_millis(1),
+    )
 }
 
 /// A complete sync: exit 0, nothing refused or ignored; returns its JSON report.

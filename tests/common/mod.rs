@@ -1,8 +1,21 @@
-//! Shared test support: the object stores every suite runs against.
+//! Shared test support: the object stores every suite runs against (here), and by
+//! concern: [`repo`] (what a replica shows, what a bucket holds), [`changes`] (change
+//! files built by hand), [`props`] and [`edits`] (the property suites' case counts,
+//! runtime and random Zarr edits), [`witness`] (the join suites' bucket of every change
+//! ever written) and [`crash`] (the crash tests' RNG, killed runs, what a replica holds).
+//!
+//! Included by `tests/suite/main.rs` (`#[path]`) and by the binaries that cannot share
+//! its process (`mod common;`); each uses part of it.
 #![allow(dead_code)]
 
+pub mod changes;
+pub mod crash;
+pub mod edits;
+pub mod props;
+pub mod repo;
 pub mod witness;
 
+use crzarr::bucket::Bucket;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -22,6 +35,11 @@ impl Backend {
     /// The directory behind a local-disk backend.
     pub fn root(&self) -> Option<&std::path::Path> {
         self._dir.as_ref().map(|d| d.path())
+    }
+
+    /// The bucket: this store under this prefix.
+    pub fn bucket(&self) -> Bucket {
+        Bucket::new(self.store.clone(), &self.prefix)
     }
 }
 

@@ -1,11 +1,33 @@
 //! The witness pattern of the join tests: a bucket holding a raw copy of every change
-//! file ever written, whose fold is what every replica must show.
+//! file ever written, whose fold is what every replica must show; and what else the join
+//! suites (`join`, `join_edges`) share.
 
+use crzarr::bucket::Bucket;
+use crzarr::gc::GcOptions;
 use crzarr::repo::Repo;
+use crzarr::sync::{SyncOptions, sync};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The directories a snapshot's files live in (what a raw copy of snapshots copies).
+pub const SNAPSHOT_DIRS: &[&str] = &[".crdt/snapshots", ".crdt/manifests", ".crdt/archive"];
+
+pub fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
+    GcOptions {
+        older_than,
+        dry_run: false,
+        force,
+    }
+}
+
+/// A two-way sync that refuses and ignores nothing.
+pub async fn sync_clean(a: &Bucket, b: &Bucket) {
+    let r = sync(a, b, &SyncOptions::default()).await.unwrap();
+    assert!(r.is_clean(), "{r:?}");
+}
 
 /// Copies every object under `from_prefix/dir` of `from` to the same place under
 /// `to_prefix` of `to`, unless there already (what `cp -rn`, `rclone copy` or

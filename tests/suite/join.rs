@@ -5,12 +5,13 @@
 //! fold of every change ever committed, compared with a witness bucket that received a
 //! raw copy of every change file before any was collected. On every backend.
 
-mod common;
-
-use common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
-use common::{Backend, another, array_meta, backends};
+use crate::common::witness::{
+    SNAPSHOT_DIRS, WITNESS, assert_shows_everything, commit, copy_tree, gc_opts, sync_clean,
+    witness,
+};
+use crate::common::{Backend, another, array_meta, backends};
 use crzarr::bucket::Bucket;
-use crzarr::gc::{GcOptions, ObjectKind};
+use crzarr::gc::ObjectKind;
 use crzarr::repo::Repo;
 use crzarr::sync::{SyncOptions, sync};
 use crzarr::testing::ClockStore;
@@ -22,14 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
-    GcOptions {
-        older_than,
-        dry_run: false,
-        force,
-    }
-}
 
 /// A repository with arrays `x` and `y`, replicated to a second bucket.
 async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
@@ -465,7 +458,8 @@ async fn an_old_snapshot_copied_back_is_retired() {
     }
 }
 
-/// Figures, not assertions (`cargo test --release --test join -- --ignored --nocapture`):
+/// Figures, not assertions
+/// (`cargo test --release --test suite join::join_cost_figures -- --ignored --nocapture`):
 /// what opening a bucket with two snapshots compacted apart costs (requests, round trips
 /// and time in memory), against the same bucket once compaction wrote their join. Each
 /// side holds an array of 20,000 chunks (two manifest pieces), and edited 2,000 of them
@@ -476,7 +470,7 @@ async fn join_cost_figures() {
     use crzarr::testing::CountingStore;
     use std::time::Instant;
     const N: u32 = 20_000;
-    let b = common::memory();
+    let b = crate::common::memory();
     let b2 = another(&b);
     let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = a.session();
@@ -545,11 +539,6 @@ async fn join_cost_figures() {
 
 // Found by a review of the join (each failed on its first version).
 
-async fn sync_clean(a: &Bucket, b: &Bucket) {
-    let r = sync(a, b, &SyncOptions::default()).await.unwrap();
-    assert!(r.is_clean(), "{r:?}");
-}
-
 /// Three replicas of a repository with arrays `x` and `y`.
 async fn three(b: &Backend) -> (Backend, Backend, Repo, Repo, Repo) {
     let (bb, bc) = (another(b), another(b));
@@ -565,8 +554,6 @@ async fn three(b: &Backend) -> (Backend, Backend, Repo, Repo, Repo) {
     let rc = Repo::open(bc.store.clone(), &bc.prefix).await.unwrap();
     (bb, bc, a, rb, rc)
 }
-
-const SNAPSHOT_DIRS: &[&str] = &[".crdt/snapshots", ".crdt/manifests", ".crdt/archive"];
 
 /// Three concurrent snapshots joined in sequence. The second join (of `b`) puts
 /// `b`'s entry of chunk x/c/0 into the fold's memory; the third (of `c`, which

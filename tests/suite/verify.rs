@@ -3,10 +3,9 @@
 //! for, which moves exactly the corrupt objects to `.crdt/quarantine/`, where readers,
 //! GC, status and sync never look.
 
-mod common;
-
+use crate::common::repo::blob;
+use crate::common::{Backend, another, array_meta, backends, memory};
 use bytes::Bytes;
-use common::{Backend, another, array_meta, backends, memory};
 use crzarr::Error;
 use crzarr::bucket::Bucket;
 use crzarr::change::Change;
@@ -35,10 +34,6 @@ fn opts(blobs: bool, quarantine: bool) -> VerifyOptions {
         quarantine,
         ..Default::default()
     }
-}
-
-fn blob(i: u8) -> Vec<u8> {
-    vec![i; 5000]
 }
 
 fn bucket(b: &Backend) -> Bucket {

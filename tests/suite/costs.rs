@@ -2,12 +2,12 @@
 //! `observed` lists and superseded records naming changes that never arrive must stop
 //! costing every open. The store clock is moved by [`ClockStore`]; request counts are
 //! exact ([`CountingStore`]). Figures (not assertions): the ignored test
-//! `cost_figures`, run with `cargo test --test costs -- --ignored --nocapture`.
+//! `cost_figures`, run with
+//! `cargo test --test suite costs::cost_figures -- --ignored --nocapture`.
 
-mod common;
-
+use crate::common::changes::{forger, on_top, put_change};
+use crate::common::{Backend, local, memory};
 use bytes::Bytes;
-use common::{Backend, local, memory};
 use crzarr::Error;
 use crzarr::change::{Change, MAX_OBSERVED, OBSERVED_PER_OP, Op, OpRef, max_observed_refs};
 use crzarr::gc::GcOptions;
@@ -49,29 +49,8 @@ fn gc(older_than: Duration) -> GcOptions {
     }
 }
 
-fn forger() -> ActorId {
-    ActorId(Ulid::from_bytes([9; 16]))
-}
-
-/// A change on top of `repo`'s heads, by the forger.
-fn on_top(repo: &Repo, seq: u64, ops: Vec<Op>) -> Change {
-    let deps = repo.fold().heads();
-    let hlc = deps
-        .iter()
-        .filter_map(|h| repo.fold().hlc_of(h))
-        .max()
-        .unwrap();
-    Change {
-        repo: repo.id(),
-        actor: forger(),
-        seq,
-        deps,
-        hlc: Hlc(hlc.0 + 1),
-        wall_ms: 1,
-        message: None,
-        ops,
-    }
-}
+/// The actor of the hand-built changes.
+const FORGER: u8 = 9;
 
 /// `SetAttr` on the root group (created by the repository's first change) observing
 /// `ids` entries of changes that do not exist.
@@ -100,19 +79,6 @@ async fn put_bytes(store: &Arc<dyn ObjectStore>, key: &Path, bytes: Vec<u8>) {
         .put(key, PutPayload::from(Bytes::from(bytes)))
         .await
         .unwrap();
-}
-
-/// Writes a hand-built change through `store`; returns its hash and key.
-async fn put_change(store: &Arc<dyn ObjectStore>, prefix: &str, c: &Change) -> (ChangeHash, Path) {
-    let bytes = c.encode();
-    let hash = ChangeHash::of(&bytes);
-    let key = Layout::new(prefix).change(&ChangeName {
-        hash,
-        actor: c.actor,
-        seq: c.seq,
-    });
-    put_bytes(store, &key, bytes).await;
-    (hash, key)
 }
 
 /// `n` change files, canonically named after their bytes, that do not decode.
@@ -155,15 +121,15 @@ async fn rejected_and_pending_files_stop_costing_after_the_horizon() {
         let (clock, store, repo) = clocked(&b).await;
         let corrupt = put_corrupt(&store, &b.prefix, 1000).await;
         // Invalid against its causal past: its clock does not exceed its dep's.
-        let mut bad = on_top(&repo, 1, bogus_observer(&repo, 0..1, 1));
+        let mut bad = on_top(&repo, forger(FORGER), 1, bogus_observer(&repo, 0..1, 1));
         bad.hlc = repo.fold().hlc_of(&bad.deps[0]).unwrap();
         let (_, bad_key) = put_change(&store, &b.prefix, &bad).await;
         // Past the horizon: needs a change no bucket has.
-        let mut lost = on_top(&repo, 2, bogus_observer(&repo, 0..1, 1));
+        let mut lost = on_top(&repo, forger(FORGER), 2, bogus_observer(&repo, 0..1, 1));
         lost.deps = vec![ChangeHash([0x11; 32])];
         let (lost_hash, lost_key) = put_change(&store, &b.prefix, &lost).await;
         // Needs `lost`, which is listed (pending): not past the horizon itself.
-        let mut after = on_top(&repo, 3, bogus_observer(&repo, 0..1, 1));
+        let mut after = on_top(&repo, forger(FORGER), 3, bogus_observer(&repo, 0..1, 1));
         after.deps = vec![lost_hash];
         after.hlc = Hlc(lost.hlc.0 + 1);
         let (_, after_key) = put_change(&store, &b.prefix, &after).await;
@@ -261,6 +227,7 @@ async fn bogus_observed_ids_cost_near_linear_time() {
     // Two ops of MAX_OBSERVED each: within the per-op limit, over the per-change one.
     let over = on_top(
         &repo,
+        forger(FORGER),
         1,
         bogus_observer(&repo, 0..2 * MAX_OBSERVED as u32, 1024),
     );
@@ -283,13 +250,18 @@ async fn bogus_observed_ids_cost_near_linear_time() {
     let per_change = 20_000u32;
     for start in (0..100_000u32).step_by(per_change as usize) {
         let ops = bogus_observer(&repo, start..start + per_change, OBSERVED_PER_OP as u32);
-        let c = on_top(&repo, seq, ops);
+        let c = on_top(&repo, forger(FORGER), seq, ops);
         seq += 1;
         put_change(&store, &b.prefix, &c).await;
         repo.refresh().await.unwrap();
     }
     // And the same ids once more: no new record.
-    let c = on_top(&repo, seq, bogus_observer(&repo, 0..1000, 16));
+    let c = on_top(
+        &repo,
+        forger(FORGER),
+        seq,
+        bogus_observer(&repo, 0..1000, 16),
+    );
     put_change(&store, &b.prefix, &c).await;
     repo.refresh().await.unwrap();
     assert_eq!(repo.problems().len(), 1, "{:?}", repo.problems());
@@ -311,7 +283,7 @@ async fn bogus_observed_ids_cost_near_linear_time() {
             observed: vec![],
         })
         .collect();
-    let c = on_top(&repo, seq + 1, many);
+    let c = on_top(&repo, forger(FORGER), seq + 1, many);
     put_change(&store, &b.prefix, &c).await;
     repo.refresh().await.unwrap();
     let mut s = repo.session();
@@ -332,14 +304,14 @@ async fn records_naming_changes_that_never_arrive_stop_costing() {
         let ctx = b.name;
         let (clock, store, mut repo) = clocked(&b).await;
         // Pending for ever, but listed: records naming it stay.
-        let mut waiting = on_top(&repo, 1, bogus_observer(&repo, 0..1, 1));
+        let mut waiting = on_top(&repo, forger(FORGER), 1, bogus_observer(&repo, 0..1, 1));
         waiting.deps = vec![ChangeHash([0x22; 32])];
         let (waiting_hash, _) = put_change(&store, &b.prefix, &waiting).await;
         let mut ops = bogus_observer(&repo, 0..50, 16);
         if let Op::SetAttr { observed, .. } = &mut ops[0] {
             observed.push(OpRef::Change(waiting_hash, 0));
         }
-        let c = on_top(&repo, 2, ops);
+        let c = on_top(&repo, forger(FORGER), 2, ops);
         put_change(&store, &b.prefix, &c).await;
         repo.refresh().await.unwrap();
         let s1 = repo.compact().await.unwrap().snapshot.unwrap();
@@ -419,7 +391,7 @@ async fn cost_figures() {
     let (_clock, store, mut repo) = clocked(&b).await;
     for (seq, start) in (1..).zip((0..100_000u32).step_by(20_000)) {
         let ops = bogus_observer(&repo, start..start + 20_000, OBSERVED_PER_OP as u32);
-        put_change(&store, &b.prefix, &on_top(&repo, seq, ops)).await;
+        put_change(&store, &b.prefix, &on_top(&repo, forger(FORGER), seq, ops)).await;
         repo.refresh().await.unwrap();
     }
     let (history_ms, _) = measure(CountingStore::new(store.clone()), b.prefix.clone()).await;

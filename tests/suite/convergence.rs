@@ -45,9 +45,8 @@
 //! `with_cases` ignores that variable, so [`config`] reads it): the in-memory and fold
 //! properties then run N cases and the local-disk one N/10.
 
-mod common;
-mod edits;
-
+use crate::common::edits::{Edit, apply_edits, base_edits, edit, meta_key, parent};
+use crate::common::props::{config, runtime};
 use bytes::Bytes;
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::Fold;
@@ -56,13 +55,11 @@ use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crzarr::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
-use edits::{Edit, apply_edits, base_edits, edit, meta_key, parent};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -71,20 +68,6 @@ const PREFIX: &str = "ds";
 // ---------------------------------------------------------------------------
 // Case counts
 // ---------------------------------------------------------------------------
-
-fn config(default_cases: u32, divisor: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(default_cases, |n| (n / divisor).max(1));
-    ProptestConfig {
-        cases,
-        // Outcomes depend on wall-clock stamps and random actor ids, so a saved seed
-        // need not replay exactly; the shrunk scenario is printed instead.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Scenarios
@@ -225,7 +208,7 @@ fn new_store(backend: Backend) -> (Arc<dyn ObjectStore>, Option<tempfile::TempDi
             (Arc::new(fs), Some(dir))
         }
         Backend::S3 => {
-            let b = common::s3().expect("S3 backend");
+            let b = crate::common::s3().expect("S3 backend");
             let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
             (Arc::new(store), None)
         }
@@ -1135,13 +1118,6 @@ fn sorted(mut v: Vec<OpId>) -> Vec<OpId> {
 // Properties
 // ---------------------------------------------------------------------------
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn converge(backend: Backend, sc: &Scenario) {
     runtime().block_on(async {
         let mut w = World::new(backend, sc.replicas, true).await;
@@ -1172,7 +1148,7 @@ fn shuffled_with_duplicates<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
 }
 
 proptest! {
-    #![proptest_config(config(4000, 1))]
+    #![proptest_config(config(4000, 1, 1))]
 
     /// In-memory replicas: after every delivery the receiver matches the model; in
     /// the end every replica shows the same entries, listing, conflicts and bytes.
@@ -1183,7 +1159,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(250, 10))]
+    #![proptest_config(config(250, 1, 10))]
 
     /// The same on local-disk stores (unsorted listings, real files).
     #[test]
@@ -1193,13 +1169,13 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(40, 100))]
+    #![proptest_config(config(40, 1, 100))]
 
     /// The same against a real S3 server (started by `tests/run.sh`; required
     /// there, skipped when a developer runs `cargo test` without it).
     #[test]
     fn replicas_converge_s3(sc in scenario(20)) {
-        if common::s3().is_none() {
+        if crate::common::s3().is_none() {
             return Ok(());
         }
         converge(Backend::S3, &sc);
@@ -1207,7 +1183,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(3000, 1))]
+    #![proptest_config(config(3000, 1, 1))]
 
     /// Folding the full change set in any order, with duplicates, gives the same
     /// view and conflicts as the replicas, and what the model says.

@@ -1,8 +1,6 @@
 //! Core scenarios run against every store: InMemory, LocalFileSystem and a real S3 server.
 
-mod common;
-
-use common::{Backend, another, array_meta, backends};
+use crate::common::{Backend, another, array_meta, backends};
 use crzarr::repo::Repo;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -210,7 +208,7 @@ async fn shrink_then_grow_shows_fill_not_stale_chunks() {
 /// second one.
 #[tokio::test]
 async fn failed_commit_retries_the_same_change() {
-    let b = common::local();
+    let b = crate::common::local();
     let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = r.session();
     s.create_array("a", &array_meta(&[4], &[2])).unwrap();

@@ -998,7 +998,7 @@ fn a_usage_error_exits_2_with_a_usage_hint() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Usage:"), "{err}");
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     assert!(
         readme.contains("exits with status 2"),
         "README states the usage exit code"

@@ -1,5 +1,6 @@
-//! Helpers shared by the crash tests (`crash.rs`, `sync_crash.rs`): a seeded RNG,
-//! local stores, and which changes a replica holds or covers.
+//! Helpers shared by the crash tests (`tests/crash.rs`, `tests/sync_crash.rs`): a seeded
+//! RNG, running a command that may be SIGKILLed, local stores, and which changes a
+//! replica holds or covers.
 
 use crzarr::bucket::Bucket;
 use crzarr::ids::ChangeHash;
@@ -7,8 +8,13 @@ use crzarr::snapshot::{ArchiveShard, SnapshotMeta};
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SIGKILL: i32 = 9;
 
 /// xorshift64*: small, seeded, good enough to pick moments and sizes.
 pub struct Rng(u64);
@@ -44,6 +50,51 @@ impl Rng {
         }
         v.truncate(n);
         v
+    }
+}
+
+/// How a run of a command ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    /// From spawn to exit (to the kill, when killed).
+    pub took: Duration,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn killed(&self) -> bool {
+        self.status.signal() == Some(SIGKILL)
+    }
+}
+
+/// Runs `cmd` (its stdout and stderr piped); SIGKILLs it after `kill_after` unless it
+/// finished first, looking at most every `poll` whether it has (to learn how long a
+/// run takes).
+pub fn run_killing(cmd: &mut Command, kill_after: Option<Duration>, poll: Duration) -> Finished {
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let mut took = None;
+    if let Some(d) = kill_after {
+        while started.elapsed() < d {
+            if child.try_wait().unwrap().is_some() {
+                took = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep((d - started.elapsed().min(d)).min(poll));
+        }
+        if took.is_none() {
+            took = Some(started.elapsed());
+            // SIGKILL on Unix; harmless when it exited since the last look.
+            child.kill().unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    Finished {
+        status: out.status,
+        took: took.unwrap_or_else(|| started.elapsed()),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -3,10 +3,8 @@
 //! their own, hide under an array that owns their key, survive compaction and
 //! garbage collection with their blobs, sync, verify, and export.
 
-mod common;
-
+use crate::common::{Backend, another, array_meta, backends};
 use bytes::Bytes;
-use common::{Backend, another, array_meta, backends};
 use crzarr::bucket::Bucket;
 use crzarr::change::Change;
 use crzarr::gc::GcOptions;
@@ -124,7 +122,7 @@ async fn read_change(b: &Backend, r: &Repo, h: ChangeHash) -> Bytes {
 
 #[tokio::test]
 async fn concurrent_object_writes_merge_by_stamp_and_report_a_conflict() {
-    let b = common::memory();
+    let b = crate::common::memory();
     let mut a = init(&b).await;
     let mut c = open(&b).await;
     let mut s = a.session();
@@ -153,7 +151,7 @@ async fn concurrent_object_writes_merge_by_stamp_and_report_a_conflict() {
 
 #[tokio::test]
 async fn an_array_hides_the_objects_under_its_path_until_it_is_gone() {
-    let b = common::memory();
+    let b = crate::common::memory();
     let mut a = init(&b).await;
     let mut c = open(&b).await;
     let mut d = open(&b).await;
@@ -266,7 +264,7 @@ async fn objects_survive_compaction_gc_and_sync_with_their_blobs() {
 
 #[tokio::test]
 async fn snapshots_without_objects_keep_version_1_and_a_wrong_version_byte_is_refused() {
-    let b = common::memory();
+    let b = crate::common::memory();
     let mut r = init(&b).await;
     let mut s = r.session();
     s.create_group("", Default::default()).unwrap();
@@ -293,7 +291,7 @@ async fn snapshots_without_objects_keep_version_1_and_a_wrong_version_byte_is_re
 
 #[tokio::test]
 async fn export_writes_objects_beside_the_zarr_hierarchy() {
-    let b = common::local();
+    let b = crate::common::local();
     let mut r = init(&b).await;
     let mut s = r.session();
     s.create_group("", Default::default()).unwrap();

@@ -2,11 +2,9 @@
 //! for issue 14 (items 3, 6, 7 and 8), on every backend. The store clock is moved by
 //! [`ClockStore`], so windows of hours are crossed without waiting.
 
-mod common;
-
+use crate::common::{Backend, array_meta, backends};
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::{Backend, array_meta, backends};
 use crzarr::Error;
 use crzarr::bucket::Bucket;
 use crzarr::gc::{GcOptions, ObjectKind};

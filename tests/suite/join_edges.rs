@@ -4,35 +4,27 @@
 //! handles that commit after a refresh joined a concurrent snapshot. Each test states what it expects of the fold of every change
 //! (a witness bucket holding a raw copy of every change file ever written).
 
-mod common;
-
-use common::witness::{WITNESS, assert_shows_everything, commit, copy_tree, witness};
-use common::{Backend, another, array_meta, backends, memory};
+use crate::common::changes::{forger, on_top, put_change};
+use crate::common::witness::{
+    SNAPSHOT_DIRS, WITNESS, assert_shows_everything, commit, copy_tree, gc_opts, sync_clean,
+    witness,
+};
+use crate::common::{Backend, another, array_meta, backends, memory};
 use crzarr::bucket::Bucket;
 use crzarr::change::{Change, Op, OpRef};
-use crzarr::gc::{GcOptions, ObjectKind};
-use crzarr::ids::{ActorId, ChangeHash, Hlc};
-use crzarr::layout::{ChangeName, Layout, SnapshotName};
+use crzarr::gc::ObjectKind;
+use crzarr::ids::ChangeHash;
+use crzarr::layout::{Layout, SnapshotName};
 use crzarr::repo::Repo;
 use crzarr::snapshot::SnapshotMeta;
 use crzarr::sync::{SyncOptions, sync};
 use crzarr::testing::ClockStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use ulid::Ulid;
 
 const HOUR: Duration = Duration::from_secs(3600);
-const SNAPSHOT_DIRS: &[&str] = &[".crdt/snapshots", ".crdt/manifests", ".crdt/archive"];
-
-fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
-    GcOptions {
-        older_than,
-        dry_run: false,
-        force,
-    }
-}
 
 async fn push(a: &Bucket, b: &Bucket) {
     let opts = SyncOptions {
@@ -43,52 +35,8 @@ async fn push(a: &Bucket, b: &Bucket) {
     assert!(r.is_clean(), "{r:?}");
 }
 
-async fn sync_clean(a: &Bucket, b: &Bucket) {
-    let r = sync(a, b, &SyncOptions::default()).await.unwrap();
-    assert!(r.is_clean(), "{r:?}");
-}
-
-fn forger(n: u8) -> ActorId {
-    ActorId(Ulid::from_bytes([n; 16]))
-}
-
-/// A hand-built change on top of `repo`'s heads.
-fn on_top(repo: &Repo, actor: ActorId, seq: u64, ops: Vec<Op>) -> Change {
-    let deps = repo.fold().heads();
-    let hlc = deps
-        .iter()
-        .filter_map(|h| repo.fold().hlc_of(h))
-        .max()
-        .unwrap();
-    Change {
-        repo: repo.id(),
-        actor,
-        seq,
-        deps,
-        hlc: Hlc(hlc.0 + 1),
-        wall_ms: 1,
-        message: None,
-        ops,
-    }
-}
-
 fn hash_of(c: &Change) -> ChangeHash {
     ChangeHash::of(&c.encode())
-}
-
-async fn put_change(store: &Arc<dyn ObjectStore>, prefix: &str, c: &Change) -> ChangeHash {
-    let bytes = c.encode();
-    let hash = ChangeHash::of(&bytes);
-    let key = Layout::new(prefix).change(&ChangeName {
-        hash,
-        actor: c.actor,
-        seq: c.seq,
-    });
-    store
-        .put(&key, PutPayload::from(bytes::Bytes::from(bytes)))
-        .await
-        .unwrap();
-    hash
 }
 
 async fn snapshot_meta(store: &Arc<dyn ObjectStore>, prefix: &str, snapshot: &str) -> SnapshotMeta {

@@ -10,8 +10,6 @@
 //! forks, rejections and heads. The test then asserts the row's visible outcome and its
 //! exact conflict report. Store-level rows run on `InMemory` and on `LocalFileSystem`.
 
-mod common;
-
 use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::view::{ConflictTarget, ViewIndex};
 use crzarr::fold::{Fold, Fork, InsertOutcome, PendingChange};

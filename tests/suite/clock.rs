@@ -2,9 +2,7 @@
 //! accept, never saturated or wrapped, and a commit whose change readers would reject
 //! fails with a typed error instead of saying Ok.
 
-mod common;
-
-use common::{array_meta, backends};
+use crate::common::{array_meta, backends};
 use crzarr::Error;
 use crzarr::change::{Change, Op, OpRef};
 use crzarr::fold::{Fold, InsertOutcome};

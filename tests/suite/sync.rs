@@ -31,17 +31,15 @@
 //! collection anywhere 300 (in memory) + 30 (local disk) + 8 (S3) by default;
 //! `PROPTEST_CASES=N` divides N as `config` says.
 
-mod common;
-mod edits;
-
+use crate::common::edits::{Edit, apply_edits, base_edits, edit};
+use crate::common::props::{config, runtime};
+use crate::common::repo::{State, blob, fold_state, stash, state};
+use crate::common::{another, array_meta, backends};
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::{another, array_meta, backends};
 use crzarr::Error;
 use crzarr::bucket::{Bucket, DEFAULT_CONCURRENCY, Problem};
 use crzarr::change::Change;
-use crzarr::fold::Fold;
-use crzarr::fold::view::{ChunkRef, Conflict, Entry, ViewIndex};
 use crzarr::gc::GcOptions;
 use crzarr::ids::{ActorId, BlobHash, ChangeHash};
 use crzarr::layout::{ChangeName, Layout};
@@ -49,7 +47,7 @@ use crzarr::progress::Progress;
 use crzarr::repo::Repo;
 use crzarr::sync::{Direction, Side, SyncOptions, SyncReport, sync};
 use crzarr::testing::{CountingStore, RequestCounts};
-use edits::{Edit, apply_edits, base_edits, edit};
+use crzarr::view::{ChunkRef, Entry};
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -58,7 +56,6 @@ use object_store::{
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -85,45 +82,6 @@ fn opts(direction: Direction) -> SyncOptions {
         direction,
         ..SyncOptions::default()
     }
-}
-
-fn blob(i: u8) -> Vec<u8> {
-    vec![i; 5000]
-}
-
-type State = (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>);
-
-async fn state(repo: &Repo) -> State {
-    (
-        repo.entries().await.unwrap(),
-        repo.conflicts().await.unwrap(),
-        repo.fold().heads(),
-    )
-}
-
-/// What a reader of exactly these changes shows: their pure fold.
-fn fold_state<'a>(
-    repo: &Repo,
-    changes: impl IntoIterator<Item = (&'a ChangeHash, &'a Change)>,
-) -> State {
-    let fold = Fold::from_changes(repo.id(), changes.into_iter().map(|(h, c)| (*h, c.clone())));
-    let view_index = ViewIndex::build(&fold);
-    let view = view_index.with(&fold);
-    (view.entries(), view.conflicts(), fold.heads())
-}
-
-/// Every change file in a bucket, decoded (kept before GC removes them).
-async fn stash(b: &Bucket) -> BTreeMap<ChangeHash, Change> {
-    let (listed, _) = b.list_changes().await.unwrap();
-    let mut out = BTreeMap::new();
-    for c in listed {
-        let bytes = b.store().get(&c.key).await.unwrap().bytes().await.unwrap();
-        out.insert(
-            c.name.hash,
-            Change::decode(c.key.as_ref(), &bytes, &c.name.hash).unwrap(),
-        );
-    }
-    out
 }
 
 async fn listed_changes(b: &Bucket) -> BTreeSet<ChangeHash> {
@@ -352,19 +310,6 @@ impl ObjectStore for Faulty {
 // Convergence across topologies (proptest)
 // ---------------------------------------------------------------------------
 
-fn config(default_cases: u32, divisor: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(default_cases, |n| (n / divisor).max(1));
-    ProptestConfig {
-        cases,
-        // Outcomes depend on wall-clock stamps and random ids: print the scenario.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Topology {
     /// Replica 0 in the middle.
@@ -525,7 +470,7 @@ fn new_store(kind: Kind, index: usize) -> (Arc<dyn ObjectStore>, Option<tempfile
     match kind {
         Kind::Memory => (mem(), None),
         Kind::LocalAndS3 if index.is_multiple_of(2) => {
-            let b = common::s3().expect("S3 backend");
+            let b = crate::common::s3().expect("S3 backend");
             let store = object_store::prefix::PrefixStore::new(b.store, b.prefix.as_str());
             (Arc::new(store), None)
         }
@@ -824,13 +769,6 @@ impl World {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn converge(kind: Kind, sc: &Scenario, safe_gc: bool) {
     runtime().block_on(async {
         let mut w = World::new(kind, sc.replicas, safe_gc).await;
@@ -840,7 +778,7 @@ fn converge(kind: Kind, sc: &Scenario, safe_gc: bool) {
 }
 
 proptest! {
-    #![proptest_config(config(1000, 1))]
+    #![proptest_config(config(1000, 1, 1))]
     #[test]
     fn replicas_converge_through_sync_in_memory(sc in scenario(30, 1, 0.7)) {
         converge(Kind::Memory, &sc, true);
@@ -848,7 +786,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(60, 10))]
+    #![proptest_config(config(60, 1, 10))]
     #[test]
     fn replicas_converge_through_sync_local_fs(sc in scenario(20, 1, 0.7)) {
         converge(Kind::Local, &sc, true);
@@ -859,7 +797,7 @@ proptest! {
 // syncing first: issue 14 items 4 and 13. Nothing is refused, and every replica ends
 // with the fold of every change ever committed.
 proptest! {
-    #![proptest_config(config(300, 3))]
+    #![proptest_config(config(300, 1, 3))]
     #[test]
     fn replicas_collecting_apart_converge_in_memory(sc in scenario(30, 2, 0.2)) {
         converge(Kind::Memory, &sc, false);
@@ -867,7 +805,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(30, 20))]
+    #![proptest_config(config(30, 1, 20))]
     #[test]
     fn replicas_collecting_apart_converge_on_local_disk(sc in scenario(20, 2, 0.2)) {
         converge(Kind::Local, &sc, false);
@@ -875,10 +813,10 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(8, 100))]
+    #![proptest_config(config(8, 1, 100))]
     #[test]
     fn replicas_collecting_apart_converge_between_local_disk_and_s3(sc in scenario(16, 2, 0.2)) {
-        if common::s3().is_none() {
+        if crate::common::s3().is_none() {
             return Ok(());
         }
         converge(Kind::LocalAndS3, &sc, false);
@@ -886,10 +824,10 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(16, 60))]
+    #![proptest_config(config(16, 1, 60))]
     #[test]
     fn replicas_converge_through_sync_between_local_disk_and_s3(sc in scenario(16, 1, 0.7)) {
-        if common::s3().is_none() {
+        if crate::common::s3().is_none() {
             return Ok(());
         }
         converge(Kind::LocalAndS3, &sc, true);
@@ -2009,8 +1947,10 @@ async fn progress_counts_what_is_written_and_ends_complete() {
 /// side that the laptop picks up.
 #[tokio::test]
 async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
-    let Some(s3) = common::s3() else { return };
-    let disk = common::local();
+    let Some(s3) = crate::common::s3() else {
+        return;
+    };
+    let disk = crate::common::local();
     let s3b = Bucket::new(s3.store.clone(), &s3.prefix);
     let diskb = Bucket::new(disk.store.clone(), &disk.prefix);
 

@@ -3,9 +3,7 @@
 //! same view; re-import records only the difference; bad sources are refused with their
 //! key and nothing committed. Real Zarr clients read the exports in `tests/interop/`.
 
-mod common;
-
-use common::{Backend, array_meta, backends, memory};
+use crate::common::{Backend, array_meta, backends, memory};
 use crzarr::Error;
 use crzarr::export::{EXPORT_RECORD, ExportOptions};
 use crzarr::gc::GcOptions;
@@ -391,7 +389,7 @@ async fn adopted() -> (
         "file://{}/archive",
         dir.path().canonicalize().unwrap().display()
     );
-    let b = common::local();
+    let b = crate::common::local();
     let mut r = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let rep = adopt(&mut r, &src, &url).await;
     // Only metadata is read: the chunks stay where they are.

@@ -20,23 +20,21 @@
 //! listings are consistent while it runs (spec/format.md §14: the window must exceed
 //! the listings' lag); every other fault stays on.
 
-mod edits;
-
+use crate::common::edits::{Edit, apply_edits, base_edits, edit, stage_edits};
+use crate::common::props::{config, runtime};
+use crate::common::repo::{fold_state, stash, state};
 use crzarr::bucket::Bucket;
 use crzarr::change::Change;
-use crzarr::fold::Fold;
-use crzarr::fold::view::{Conflict, Entry, ViewIndex};
 use crzarr::gc::GcOptions;
 use crzarr::ids::ChangeHash;
 use crzarr::repo::Repo;
 use crzarr::sync::{Direction, SyncOptions, sync};
 use crzarr::testing::{FaultConfig, FaultyStore};
-use edits::{Edit, apply_edits, base_edits, edit, stage_edits};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
+use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,26 +49,6 @@ const NOW: GcOptions = GcOptions {
 
 /// Commit attempts before a test gives up (each fails with probability well under 1).
 const MAX_TRIES: usize = 200;
-
-fn config(default_cases: u32, num: u32, den: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(default_cases, |n| (n * num / den).max(1));
-    ProptestConfig {
-        cases,
-        // Outcomes depend on wall-clock stamps and random ids: print the scenario.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap()
-}
 
 /// A fault probability: none, some or many.
 fn p() -> impl Strategy<Value = f64> {
@@ -122,39 +100,6 @@ fn faults(vanish: bool) -> impl Strategy<Value = FaultConfig> {
         )
 }
 
-type State = (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>);
-
-async fn state(repo: &Repo) -> State {
-    (
-        repo.entries().await.unwrap(),
-        repo.conflicts().await.unwrap(),
-        repo.fold().heads(),
-    )
-}
-
-/// What a reader of exactly these changes shows: their pure fold.
-fn fold_state(repo: &Repo, changes: &BTreeMap<ChangeHash, Change>) -> State {
-    let fold = Fold::from_changes(repo.id(), changes.clone());
-    let view_index = ViewIndex::build(&fold);
-    let view = view_index.with(&fold);
-    (view.entries(), view.conflicts(), fold.heads())
-}
-
-/// Every change file in a store (read without faults), decoded.
-async fn stash(store: &Arc<dyn ObjectStore>) -> BTreeMap<ChangeHash, Change> {
-    let b = Bucket::new(store.clone(), PREFIX);
-    let (listed, _) = b.list_changes().await.unwrap();
-    let mut out = BTreeMap::new();
-    for c in listed {
-        let bytes = store.get(&c.key).await.unwrap().bytes().await.unwrap();
-        out.insert(
-            c.name.hash,
-            Change::decode(c.key.as_ref(), &bytes, &c.name.hash).unwrap(),
-        );
-    }
-    out
-}
-
 /// A fresh reader of `store` (no faults) shows exactly the fold of `changes`, whole:
 /// every key readable, no problem, nothing pending.
 async fn check_whole(
@@ -188,7 +133,7 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
     faulty.set_enabled(false);
     let mut repo = Repo::open(Arc::new(faulty.clone()), PREFIX).await.unwrap();
     faulty.set_enabled(true);
-    let mut committed = stash(&mem).await;
+    let mut committed = stash(&Bucket::new(mem.clone(), PREFIX)).await;
     for (i, edits) in sessions.iter().enumerate() {
         // Reads under faults too; a failed refresh leaves the handle as it was.
         let _ = repo.refresh().await;
@@ -201,7 +146,7 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
                 Ok(h) => break h,
                 Err(e) => {
                     prop_assert!(tries < MAX_TRIES, "session {i}: still failing: {e}");
-                    let now = stash(&mem).await;
+                    let now = stash(&Bucket::new(mem.clone(), PREFIX)).await;
                     let new: Vec<ChangeHash> = now
                         .keys()
                         .filter(|h| !committed.contains_key(h))
@@ -217,7 +162,7 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
                 }
             }
         };
-        let now = stash(&mem).await;
+        let now = stash(&Bucket::new(mem.clone(), PREFIX)).await;
         match hash {
             Some(h) => {
                 prop_assert!(now.contains_key(&h), "session {i}: {h} not stored");
@@ -318,7 +263,7 @@ impl World {
                 .await
                 .unwrap();
         }
-        let committed = stash(&mems[0]).await;
+        let committed = stash(&Bucket::new(mems[0].clone(), PREFIX)).await;
         let mut replicas = Vec::new();
         for (mem, cfg) in mems.into_iter().zip(cfgs) {
             let faulty = FaultyStore::new(mem.clone(), cfg.clone());
@@ -356,7 +301,7 @@ impl World {
             }
         };
         if let Some(h) = hash {
-            let stored = stash(&rep.mem).await;
+            let stored = stash(&Bucket::new(rep.mem.clone(), PREFIX)).await;
             let change = stored.get(&h).cloned();
             prop_assert!(change.is_some(), "replica {r}: {h} returned Ok, not stored");
             if let Some(c) = change {

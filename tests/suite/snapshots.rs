@@ -3,10 +3,9 @@
 //! history it replaces, open reads only what the snapshot does not cover, and GC
 //! removes only what nothing needs.
 
-mod common;
-
+use crate::common::repo::{blob, fold_state, stash, state};
+use crate::common::{Backend, array_meta, backends, local, memory};
 use bytes::Bytes;
-use common::{Backend, array_meta, backends, local, memory};
 use crzarr::Error;
 use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
 use crzarr::fold::Fold;
@@ -27,44 +26,6 @@ const NOW: GcOptions = GcOptions {
     dry_run: false,
     force: true,
 };
-
-fn blob(i: u8) -> Vec<u8> {
-    vec![i; 5000]
-}
-
-/// Every change file in the bucket, decoded (kept before GC removes them).
-async fn stash(b: &Backend) -> BTreeMap<ChangeHash, Change> {
-    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
-    let (listed, _) = bucket.list_changes().await.unwrap();
-    let mut out = BTreeMap::new();
-    for c in listed {
-        let bytes = b.store.get(&c.key).await.unwrap().bytes().await.unwrap();
-        out.insert(
-            c.name.hash,
-            Change::decode(c.key.as_ref(), &bytes, &c.name.hash).unwrap(),
-        );
-    }
-    out
-}
-
-/// What a reader of the full history shows: the pure fold of every change.
-fn full_state(
-    repo: &Repo,
-    changes: &BTreeMap<ChangeHash, Change>,
-) -> (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>) {
-    let fold = Fold::from_changes(repo.id(), changes.clone());
-    let view_index = ViewIndex::build(&fold);
-    let view = view_index.with(&fold);
-    (view.entries(), view.conflicts(), fold.heads())
-}
-
-async fn state(repo: &Repo) -> (BTreeMap<String, Entry>, Vec<Conflict>, Vec<ChangeHash>) {
-    (
-        repo.entries().await.unwrap(),
-        repo.conflicts().await.unwrap(),
-        repo.fold().heads(),
-    )
-}
 
 /// Two writers with concurrent edits: conflicts on an attribute and a chunk, a
 /// deleted array (a tombstone), an overwritten blob chunk, a resize.
@@ -129,11 +90,11 @@ async fn a_snapshot_shows_what_the_history_shows_and_merges_late_changes_alike()
         let mut s = w.session();
         s.set("x/c/3", vec![4u8; 4]).unwrap();
         s.commit(&mut w, None).await.unwrap();
-        let all = stash(&b).await;
+        let all = stash(&b.bucket()).await;
         let mut reader2 = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
             state(&reader2).await,
-            full_state(&reader2, &all),
+            fold_state(&reader2, &all),
             "{}: late changes onto a snapshot",
             b.name
         );
@@ -161,9 +122,9 @@ async fn a_snapshot_shows_what_the_history_shows_and_merges_late_changes_alike()
             "{}: only y's manifest is rewritten: {r2:?}",
             b.name
         );
-        let all = stash(&b).await;
+        let all = stash(&b.bucket()).await;
         let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        assert_eq!(state(&fresh).await, full_state(&fresh, &all), "{}", b.name);
+        assert_eq!(state(&fresh).await, fold_state(&fresh, &all), "{}", b.name);
     }
 }
 
@@ -172,7 +133,7 @@ async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply(
     for b in backends() {
         let (mut a, _w) = history(&b).await;
         let mut late = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        let all_before = stash(&b).await;
+        let all_before = stash(&b.bucket()).await;
         a.compact().await.unwrap();
         let dry = a
             .gc(&GcOptions {
@@ -197,7 +158,7 @@ async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply(
             b.name
         );
         assert_eq!(
-            stash(&b).await.len(),
+            stash(&b.bucket()).await.len(),
             3,
             "{}: a dry run deletes nothing",
             b.name
@@ -225,11 +186,11 @@ async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply(
         );
         let r = a.gc(&NOW).await.unwrap();
         assert_eq!(r.removed.len(), 4, "{}: {r:?}", b.name);
-        assert!(stash(&b).await.is_empty(), "{}", b.name);
+        assert!(stash(&b.bucket()).await.is_empty(), "{}", b.name);
 
         // The view still serves every key, blobs included.
         let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        let expect = full_state(&reader, &all_before);
+        let expect = fold_state(&reader, &all_before);
         assert_eq!(state(&reader).await, expect, "{}", b.name);
         for k in expect.0.keys() {
             assert!(reader.get(k).await.unwrap().is_some(), "{}: {k}", b.name);
@@ -240,12 +201,12 @@ async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply(
         s.set("x/c/3", blob(5)).unwrap();
         s.commit(&mut late, Some("late")).await.unwrap();
         let mut all = all_before.clone();
-        all.extend(stash(&b).await);
+        all.extend(stash(&b.bucket()).await);
         let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(reader.pending(), vec![], "{}", b.name);
         assert_eq!(
             state(&reader).await,
-            full_state(&reader, &all),
+            fold_state(&reader, &all),
             "{}",
             b.name
         );
@@ -260,7 +221,7 @@ async fn gc_removes_covered_changes_and_dead_blobs_and_late_changes_still_apply(
         c.compact().await.unwrap();
         c.gc(&NOW).await.unwrap();
         let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        assert_eq!(state(&fresh).await, full_state(&fresh, &all), "{}", b.name);
+        assert_eq!(state(&fresh).await, fold_state(&fresh, &all), "{}", b.name);
     }
 }
 
@@ -685,11 +646,11 @@ async fn concurrent_compactors_both_land_and_gc_waits_for_one_to_cover_both() {
         let (r1, r2) = (r1.unwrap(), r2.unwrap());
         rw.unwrap();
         assert!(r1.snapshot.is_some() && r2.snapshot.is_some(), "{}", b.name);
-        let all = stash(&b).await;
+        let all = stash(&b.bucket()).await;
         let reader = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
         assert_eq!(
             state(&reader).await,
-            full_state(&reader, &all),
+            fold_state(&reader, &all),
             "{}",
             b.name
         );
@@ -697,7 +658,7 @@ async fn concurrent_compactors_both_land_and_gc_waits_for_one_to_cover_both() {
         // GC proceeds only if the newest snapshot supersedes every other one.
         let r = g.gc(&NOW).await.unwrap();
         let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        assert_eq!(state(&fresh).await, full_state(&fresh, &all), "{}", b.name);
+        assert_eq!(state(&fresh).await, fold_state(&fresh, &all), "{}", b.name);
         if r.removed.is_empty() {
             assert!(
                 r.notes.iter().any(|n| n.contains("run `crzarr compact`")),
@@ -709,7 +670,7 @@ async fn concurrent_compactors_both_land_and_gc_waits_for_one_to_cover_both() {
         let mut s = g.session();
         s.set("x/c/6", vec![6u8; 4]).unwrap();
         s.commit(&mut g, None).await.unwrap();
-        let all = stash(&b).await.into_iter().chain(all).collect();
+        let all: BTreeMap<_, _> = stash(&b.bucket()).await.into_iter().chain(all).collect();
         let r = g.compact().await.unwrap();
         let r = match r.snapshot {
             Some(_) => r,
@@ -725,7 +686,7 @@ async fn concurrent_compactors_both_land_and_gc_waits_for_one_to_cover_both() {
         let (snaps, _) = g.bucket().list_snapshots().await.unwrap();
         assert_eq!(snaps.len(), 1, "{}: one snapshot left", b.name);
         let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-        assert_eq!(state(&fresh).await, full_state(&fresh, &all), "{}", b.name);
+        assert_eq!(state(&fresh).await, fold_state(&fresh, &all), "{}", b.name);
     }
 }
 
@@ -923,7 +884,7 @@ async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
             },
         ],
     );
-    let base_changes = stash(&b).await;
+    let base_changes = stash(&b.bucket()).await;
     let with = |extra: &[&(ChangeHash, Change, Vec<u8>)]| {
         let mut v: Vec<(ChangeHash, Change)> =
             base_changes.iter().map(|(h, c)| (*h, c.clone())).collect();
@@ -1285,7 +1246,7 @@ async fn array_base(b: &Backend, meta: &serde_json::Value) -> (ChangeHash, Chang
     let mut s = r.session();
     s.create_array("x", meta).unwrap();
     s.commit(&mut r, None).await.unwrap();
-    stash(b).await.into_iter().next().unwrap()
+    stash(&b.bucket()).await.into_iter().next().unwrap()
 }
 
 /// Writes `n` hand-made changes on top of `base`, each from a fresh writer that saw
@@ -1468,8 +1429,8 @@ async fn chunk_keys_without_coordinates_split_by_name() {
     let r = w.compact().await.unwrap();
     assert!(r.manifests_reused >= pieces.len() - 4, "{r:?}");
     let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
-    let changes = stash(&b).await;
-    assert_eq!(state(&fresh).await, full_state(&fresh, &changes));
+    let changes = stash(&b.bucket()).await;
+    assert_eq!(state(&fresh).await, fold_state(&fresh, &changes));
     assert_eq!(
         fresh.get("x/k50000a").await.unwrap().as_deref(),
         Some(&[2u8][..])

@@ -15,9 +15,7 @@
 //! | get of a blob chunk | 1 GET | 1 |
 //! | objects (keys no array owns): commit, inline get, blob get | as for chunks | as for chunks |
 
-mod common;
-
-use common::{Backend, array_meta, local, memory};
+use crate::common::{Backend, array_meta, local, memory};
 use crzarr::repo::Repo;
 use crzarr::testing::{CountingStore, RequestCounts};
 use std::sync::Arc;
