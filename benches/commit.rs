@@ -15,8 +15,8 @@ mod workload;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
+use crzarr::io::counting::{CountingStore, RequestCounts};
 use crzarr::repo::Repo;
-use crzarr::testing::{CountingStore, RequestCounts};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};

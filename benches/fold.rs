@@ -16,10 +16,10 @@ mod workload;
 use workload::median_ns;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
-use crzarr::change::Change;
 use crzarr::fold::view::ViewIndex;
 use crzarr::fold::{Fold, InsertOutcome};
-use crzarr::ids::{ChangeHash, RepoId};
+use crzarr::format::change::Change;
+use crzarr::format::ids::{ChangeHash, RepoId};
 use std::cell::RefCell;
 use std::time::Duration;
 use workload::{Encoded, Workload};

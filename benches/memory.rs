@@ -26,9 +26,9 @@
 
 mod workload;
 
-use crzarr::change::Change;
 use crzarr::fold::Fold;
 use crzarr::fold::view::ViewIndex;
+use crzarr::format::change::Change;
 use std::process::Command;
 use std::time::Instant;
 use workload::Workload;

@@ -37,11 +37,11 @@ mod workload;
 
 use bytes::Bytes;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, measurement::WallTime};
-use crzarr::change::{Change, ChunkData, Op, OpRef};
-use crzarr::ids::{ActorId, ChangeHash, Hlc, RepoId, now_millis};
-use crzarr::layout::{ChangeName, Layout};
+use crzarr::format::change::{Change, ChunkData, Op, OpRef};
+use crzarr::format::ids::{ActorId, ChangeHash, Hlc, RepoId, now_millis};
+use crzarr::format::layout::{ChangeName, Layout};
+use crzarr::io::counting::{CountingStore, RequestCounts};
 use crzarr::repo::Repo;
-use crzarr::testing::{CountingStore, RequestCounts};
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -237,7 +237,7 @@ impl Writer {
             },
             Op::CreateArray {
                 path: "x".into(),
-                metadata: crzarr::meta::canonical_json(&array_doc(len)),
+                metadata: crzarr::zarr::meta::canonical_json(&array_doc(len)),
                 attributes: vec![],
             },
         ];
@@ -692,7 +692,7 @@ fn bench_histories(
         // The steady state with GC running: collected change files leave the
         // listing, and the next compaction moves them from the table to the archive.
         rt.block_on(async {
-            let zero = crzarr::gc::GcOptions {
+            let zero = crzarr::ops::gc::GcOptions {
                 older_than: Duration::ZERO,
                 dry_run: false,
                 force: true,

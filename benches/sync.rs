@@ -21,7 +21,7 @@
 //!    - raw: one LIST of the source's `.crdt/`, then every object GET then PUT, with
 //!      `buffer_unordered(CONCURRENCY)`: what a copier that neither verifies nor
 //!      orders its writes costs;
-//!    - sync: `crzarr::sync::sync` (`Direction::Push`), which also checks every
+//!    - sync: `crzarr::ops::sync::sync` (`Direction::Push`), which also checks every
 //!      object against its name and writes in writer order (a change's blobs before
 //!      its file), so a reader of the destination never sees part of a change.
 //!
@@ -52,14 +52,14 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use crzarr::bucket::RepoStore;
-use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
-use crzarr::gc::GcOptions;
-use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, now_millis};
-use crzarr::layout::{ChangeName, Layout};
+use crzarr::format::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
+use crzarr::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, now_millis};
+use crzarr::format::layout::{ChangeName, Layout};
+use crzarr::io::counting::{CountingStore, RequestCounts};
+use crzarr::io::store::RepoStore;
+use crzarr::ops::gc::GcOptions;
+use crzarr::ops::sync::{Direction, Side, SyncOptions, SyncReport, sync};
 use crzarr::repo::Repo;
-use crzarr::sync::{Direction, Side, SyncOptions, SyncReport, sync};
-use crzarr::testing::{CountingStore, RequestCounts};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
@@ -80,7 +80,7 @@ const SRC: &str = "src";
 const DST: &str = "dst";
 
 /// Requests in flight, for sync and for the raw copy: the CLI default.
-const CONCURRENCY: usize = crzarr::bucket::DEFAULT_CONCURRENCY;
+const CONCURRENCY: usize = crzarr::io::store::DEFAULT_CONCURRENCY;
 
 /// Writers taking turns in the source's history.
 const WRITERS: usize = 8;
@@ -465,7 +465,7 @@ async fn build_source(store: &Arc<dyn ObjectStore>, w: &Workload) {
                 },
                 Op::CreateArray {
                     path: "x".into(),
-                    metadata: crzarr::meta::canonical_json(&array_doc(
+                    metadata: crzarr::zarr::meta::canonical_json(&array_doc(
                         total_chunks,
                         w.chunk_bytes as u64,
                     )),
@@ -579,7 +579,7 @@ async fn raw_copy(src: Arc<dyn ObjectStore>, dst: Arc<dyn ObjectStore>, concurre
         .await
 }
 
-/// `crzarr::sync::sync` from `SRC` on `src` to `DST` on `dst`.
+/// `crzarr::ops::sync::sync` from `SRC` on `src` to `DST` on `dst`.
 async fn sync_copy(
     src: Arc<dyn ObjectStore>,
     dst: Arc<dyn ObjectStore>,

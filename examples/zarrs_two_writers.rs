@@ -12,15 +12,15 @@
 //! ```
 //!
 //! With `DIR`, writer A's repository is on local disk at `DIR` (resolved as
-//! `crzarr::connect` resolves a path; created if missing, reused if it already is a
+//! `crzarr::io::connect` resolves a path; created if missing, reused if it already is a
 //! crzarr repository, in which case the same values are written again), and the
 //! merged result stays there, so that `crzarr export DIR OUT` and then any Zarr
 //! reader can read it. Without it, both replicas live in memory.
 
-use crzarr::bucket::RepoStore;
-use crzarr::ids::ChangeHash;
+use crzarr::adapters::zarrs::{BlockingZarrsStore, ZarrsStore};
+use crzarr::format::ids::ChangeHash;
+use crzarr::io::store::RepoStore;
 use crzarr::repo::Repo;
-use crzarr::zarrs_store::{BlockingZarrsStore, ZarrsStore};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use std::sync::Arc;
@@ -42,10 +42,10 @@ fn main() -> AnyResult<()> {
     let dir = std::env::args().nth(1);
     let rt = tokio::runtime::Runtime::new()?;
 
-    // Writer A: on disk at DIR (as `crzarr::connect` resolves a path), or in memory.
+    // Writer A: on disk at DIR (as `crzarr::io::connect` resolves a path), or in memory.
     let (bucket_a, prefix_a, where_a): (Arc<dyn ObjectStore>, String, String) = match &dir {
         Some(d) => {
-            let loc = crzarr::connect::connect(d, true)?;
+            let loc = crzarr::io::connect::connect(d, true)?;
             (loc.store, loc.prefix, format!("local directory {d}"))
         }
         None => (Arc::new(InMemory::new()), String::new(), "memory".into()),

@@ -26,8 +26,8 @@ mod common;
 use common::array_meta;
 use common::crash::{Finished, Rng, local_store, present_or_covered, run_killing};
 use common::repo::State;
-use crzarr::bucket::Bucket;
-use crzarr::ids::ChangeHash;
+use crzarr::format::ids::ChangeHash;
+use crzarr::io::store::RepoStore;
 use crzarr::repo::Repo;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -744,7 +744,7 @@ fn the_checks_report_damage() {
 
     // An acknowledged commit gone.
     let c = copy("lost");
-    let key = Bucket::new(local_store(&c), "");
+    let key = RepoStore::new(local_store(&c), "");
     let (listed, _) = rt.block_on(key.list_changes()).unwrap();
     let second = listed.iter().find(|l| l.name.hash == hashes[1]).unwrap();
     std::fs::remove_file(c.join(second.key.as_ref())).unwrap();

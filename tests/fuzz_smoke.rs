@@ -18,17 +18,17 @@
 //! [`corpus`]. Run with `--nocapture` to see executions and outcomes per target.
 
 use crzarr::Error;
-use crzarr::change::{
+use crzarr::format::change::{
     CHANGE_MAGIC, CHANGE_VERSION_PLAIN, Change, ChunkData, DimSize, INLINE_MAX, MAX_OPS, Op, OpRef,
 };
-use crzarr::gc::GcOptions;
-use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
-use crzarr::meta::{NodeDoc, canonical_json, parse_node_doc, render_group};
-use crzarr::repo::Repo;
-use crzarr::snapshot::{
+use crzarr::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
+use crzarr::format::snapshot::{
     ArchiveShard, CoveredChange, ManifestPiece, PieceRef, RegKey, SnapChunk, SnapFork, SnapKind,
     SnapNode, SnapshotMeta, Superseded,
 };
+use crzarr::ops::gc::GcOptions;
+use crzarr::repo::Repo;
+use crzarr::zarr::meta::{NodeDoc, canonical_json, parse_node_doc, render_group};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
@@ -902,7 +902,7 @@ fn reference_op(key: &str) -> Op {
     Op::SetChunk {
         node: OpRef::Local(0),
         key: key.into(),
-        data: ChunkData::Reference(crzarr::change::ChunkReference {
+        data: ChunkData::Reference(crzarr::format::change::ChunkReference {
             source: "s3://archive/sst".into(),
             key: format!("x/{key}"),
             size: 4096,
@@ -1008,14 +1008,14 @@ fn covered(h: u8, seq: u64) -> CoveredChange {
 }
 
 /// Two object registers: a blob and a tombstone.
-fn snapshot_objects() -> Vec<crzarr::snapshot::ObjectRegister> {
+fn snapshot_objects() -> Vec<crzarr::format::snapshot::ObjectRegister> {
     vec![
         (
             "a/b".into(),
             vec![(
                 (0, 1),
                 SnapChunk::Blob {
-                    hash: crzarr::ids::BlobHash([0x44; 32]),
+                    hash: crzarr::format::ids::BlobHash([0x44; 32]),
                     len: 5000,
                 },
             )],

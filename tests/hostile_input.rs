@@ -10,14 +10,14 @@ mod common;
 use bytes::Bytes;
 use common::{Backend, array_meta, memory};
 use crzarr::Error;
-use crzarr::change::{
+use crzarr::fold::view::Entry;
+use crzarr::format::change::{
     CHANGE_MAGIC, CHANGE_VERSION, CHANGE_VERSION_PLAIN, Change, ChunkData, DimSize, INLINE_MAX,
     MAX_CHANGE_BYTES, Op, OpRef,
 };
-use crzarr::ids::{ActorId, BlobHash, CAP_HLC, ChangeHash, Hlc, MAX_CLOCK_LEAD_MS, RepoId};
-use crzarr::layout::{ChangeName, Layout};
+use crzarr::format::ids::{ActorId, BlobHash, CAP_HLC, ChangeHash, Hlc, MAX_CLOCK_LEAD_MS, RepoId};
+use crzarr::format::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
-use crzarr::view::Entry;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -516,7 +516,7 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
             obj.remove("codecs");
             let missing = fx.change(vec![Op::CreateArray {
                 path: "y".into(),
-                metadata: crzarr::meta::canonical_json(&meta),
+                metadata: crzarr::zarr::meta::canonical_json(&meta),
                 attributes: vec![],
             }]);
             let not_json = fx.change(vec![Op::CreateArray {
@@ -598,7 +598,7 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
             }]);
             let reference = fx.change(vec![Op::SetObject {
                 key: "notes".into(),
-                data: ChunkData::Reference(crzarr::change::ChunkReference {
+                data: ChunkData::Reference(crzarr::format::change::ChunkReference {
                     source: "file:///tmp".into(),
                     key: "x".into(),
                     size: 1,
@@ -1633,7 +1633,7 @@ fn sample_change() -> Change {
             },
             Op::CreateArray {
                 path: "x".into(),
-                metadata: crzarr::meta::canonical_json(&serde_json::Value::Object(meta)),
+                metadata: crzarr::zarr::meta::canonical_json(&serde_json::Value::Object(meta)),
                 attributes: vec![],
             },
             Op::SetAttr {

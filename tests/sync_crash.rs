@@ -16,14 +16,14 @@ mod common;
 use common::array_meta;
 use common::crash::{Finished, Rng, local_store, present_or_covered, run_killing};
 use common::repo::State;
-use crzarr::bucket::Bucket;
-use crzarr::change::{Change, Op};
-use crzarr::gc::GcOptions;
-use crzarr::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
-use crzarr::layout::SnapshotName;
+use crzarr::fold::view::{ChunkRef, Entry};
+use crzarr::format::change::{Change, Op};
+use crzarr::format::ids::{BlobHash, ChangeHash, ObjectHash, RepoId};
+use crzarr::format::layout::SnapshotName;
+use crzarr::format::snapshot::{ArchiveShard, ManifestPiece, SnapChunk, SnapshotMeta};
+use crzarr::io::store::RepoStore;
+use crzarr::ops::gc::GcOptions;
 use crzarr::repo::Repo;
-use crzarr::snapshot::{ArchiveShard, ManifestPiece, SnapChunk, SnapshotMeta};
-use crzarr::view::{ChunkRef, Entry};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use std::collections::{HashMap, HashSet};
@@ -177,7 +177,7 @@ fn staging_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 struct Checker {
-    bucket: Bucket,
+    bucket: RepoStore,
     id: RepoId,
     blobs: HashMap<BlobHash, Result<(), String>>,
     violations: Vec<String>,
@@ -406,7 +406,7 @@ async fn check_side(root: &Path) -> (Seen, Vec<String>) {
         return (seen, Vec::new());
     }
     let store = local_store(root);
-    let bucket = Bucket::new(store.clone(), "");
+    let bucket = RepoStore::new(store.clone(), "");
     let id = match bucket.read_marker().await {
         Ok(Some(id)) => id,
         Ok(None) => {
@@ -574,7 +574,7 @@ fn killed_syncs_leave_only_whole_objects_and_a_rerun_completes() {
             // Writers between runs: the replica (once it is one) and the source.
             let dst_is_repo = rt.block_on(async {
                 dst.exists()
-                    && Bucket::new(local_store(&dst), "")
+                    && RepoStore::new(local_store(&dst), "")
                         .read_marker()
                         .await
                         .unwrap()

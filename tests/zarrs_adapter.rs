@@ -1,9 +1,9 @@
-//! The zarrs storage adapter (`crzarr::zarrs_store`): zarrs' own store test helpers,
+//! The zarrs storage adapter (`crzarr::adapters::zarrs`): zarrs' own store test helpers,
 //! arrays and groups through a write session, staging, two writers and sync, sharding.
 
-use crzarr::bucket::Bucket;
+use crzarr::adapters::zarrs::{BlockingZarrsStore, ZarrsStore};
+use crzarr::io::store::RepoStore;
 use crzarr::repo::Repo;
-use crzarr::zarrs_store::{BlockingZarrsStore, ZarrsStore};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use std::sync::Arc;
@@ -454,7 +454,7 @@ async fn two_writers_disjoint_regions_then_sync() -> TestResult {
     let bucket_b: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     crzarr::sync(
         a.repo().await.bucket(),
-        &Bucket::new(bucket_b.clone(), ""),
+        &RepoStore::new(bucket_b.clone(), ""),
         &crzarr::SyncOptions::push(),
     )
     .await?;

@@ -11,8 +11,8 @@
 //! n changes: (n - 1) x (ops_per_change - overwrites) + overwrites.
 #![allow(dead_code)]
 
-use crzarr::change::{Change, ChunkData, Op, OpRef};
-use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
+use crzarr::format::change::{Change, ChunkData, Op, OpRef};
+use crzarr::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
 use std::path::PathBuf;
 
 /// Generates encoded changes one at a time (nothing is kept but the last hash).
@@ -121,7 +121,7 @@ impl Workload {
                     },
                     Op::CreateArray {
                         path: "data".into(),
-                        metadata: crzarr::meta::canonical_json(&meta),
+                        metadata: crzarr::zarr::meta::canonical_json(&meta),
                         attributes: vec![("units".into(), "\"K\"".into())],
                     },
                 ]

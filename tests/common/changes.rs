@@ -1,9 +1,9 @@
 //! Change files built by hand (a forger's, a late one, one naming what never arrives)
 //! and written straight into a bucket.
 
-use crzarr::change::{Change, Op};
-use crzarr::ids::{ActorId, ChangeHash, Hlc};
-use crzarr::layout::{ChangeName, Layout};
+use crzarr::format::change::{Change, Op};
+use crzarr::format::ids::{ActorId, ChangeHash, Hlc};
+use crzarr::format::layout::{ChangeName, Layout};
 use crzarr::repo::Repo;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};

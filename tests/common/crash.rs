@@ -2,9 +2,9 @@
 //! RNG, running a command that may be SIGKILLed, local stores, and which changes a
 //! replica holds or covers.
 
-use crzarr::bucket::Bucket;
-use crzarr::ids::ChangeHash;
-use crzarr::snapshot::{ArchiveShard, SnapshotMeta};
+use crzarr::format::ids::ChangeHash;
+use crzarr::format::snapshot::{ArchiveShard, SnapshotMeta};
+use crzarr::io::store::RepoStore;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use std::collections::HashSet;
@@ -105,7 +105,7 @@ pub fn local_store(root: &Path) -> Arc<dyn ObjectStore> {
 /// Changes present at a side: listed as files, or covered by its newest snapshot
 /// (its change table and its archive shards).
 pub async fn present_or_covered(root: &Path) -> HashSet<ChangeHash> {
-    let bucket = Bucket::new(local_store(root), "");
+    let bucket = RepoStore::new(local_store(root), "");
     let (listed, _) = bucket.list_changes().await.unwrap();
     let mut out: HashSet<ChangeHash> = listed.iter().map(|c| c.name.hash).collect();
     let (snaps, _) = bucket.list_snapshots().await.unwrap();

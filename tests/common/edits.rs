@@ -5,10 +5,10 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use crzarr::ids::ChangeHash;
+use crzarr::fold::view::Entry;
+use crzarr::format::ids::ChangeHash;
 use crzarr::repo::Repo;
 use crzarr::session::WriteSession;
-use crzarr::view::Entry;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -351,10 +351,10 @@ pub fn stage_edits(repo: &Repo, edits: &[Edit]) -> WriteSession {
 }
 
 // `meta_key`, `parent` and `in_subtree` are an independent re-implementation of those
-// in `crzarr::key`, on purpose: `stage_edits` tracks with them which nodes exist, and
+// in `crzarr::zarr::key`, on purpose: `stage_edits` tracks with them which nodes exist, and
 // `convergence`'s reference model derives with them the conflicts and entries it
 // expects, so a bug in the library's must not be mirrored in what the tests expect.
-// Do not replace them with `crzarr::key`'s.
+// Do not replace them with `crzarr::zarr::key`'s.
 
 pub fn meta_key(path: &str) -> String {
     if path.is_empty() {

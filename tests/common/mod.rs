@@ -15,7 +15,7 @@ pub mod props;
 pub mod repo;
 pub mod witness;
 
-use crzarr::bucket::Bucket;
+use crzarr::io::store::RepoStore;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -38,8 +38,8 @@ impl Backend {
     }
 
     /// The bucket: this store under this prefix.
-    pub fn bucket(&self) -> Bucket {
-        Bucket::new(self.store.clone(), &self.prefix)
+    pub fn bucket(&self) -> RepoStore {
+        RepoStore::new(self.store.clone(), &self.prefix)
     }
 }
 

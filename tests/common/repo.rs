@@ -1,11 +1,11 @@
 //! What a replica shows and what a bucket holds: a replica's state, the pure fold of a
 //! set of changes, and every change file of a bucket.
 
-use crzarr::bucket::Bucket;
-use crzarr::change::Change;
 use crzarr::fold::Fold;
 use crzarr::fold::view::{Conflict, Entry, ViewIndex};
-use crzarr::ids::ChangeHash;
+use crzarr::format::change::Change;
+use crzarr::format::ids::ChangeHash;
+use crzarr::io::store::RepoStore;
 use crzarr::repo::Repo;
 use object_store::ObjectStoreExt;
 use std::collections::BTreeMap;
@@ -34,7 +34,7 @@ pub fn fold_state<'a>(
 
 /// Every change file in a bucket, decoded (kept before GC removes them). Reads through
 /// the bucket's own store: give it the bare store to read without faults.
-pub async fn stash(b: &Bucket) -> BTreeMap<ChangeHash, Change> {
+pub async fn stash(b: &RepoStore) -> BTreeMap<ChangeHash, Change> {
     let (listed, _) = b.list_changes().await.unwrap();
     let mut out = BTreeMap::new();
     for c in listed {

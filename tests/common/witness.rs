@@ -2,10 +2,10 @@
 //! file ever written, whose fold is what every replica must show; and what else the join
 //! suites (`join`, `join_edges`) share.
 
-use crzarr::bucket::Bucket;
-use crzarr::gc::GcOptions;
+use crzarr::io::store::RepoStore;
+use crzarr::ops::gc::GcOptions;
+use crzarr::ops::sync::{SyncOptions, sync};
 use crzarr::repo::Repo;
-use crzarr::sync::{SyncOptions, sync};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -24,7 +24,7 @@ pub fn gc_opts(older_than: Duration, force: bool) -> GcOptions {
 }
 
 /// A two-way sync that refuses and ignores nothing.
-pub async fn sync_clean(a: &Bucket, b: &Bucket) {
+pub async fn sync_clean(a: &RepoStore, b: &RepoStore) {
     let r = sync(a, b, &SyncOptions::default()).await.unwrap();
     assert!(r.is_clean(), "{r:?}");
 }

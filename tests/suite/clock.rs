@@ -4,14 +4,14 @@
 
 use crate::common::{array_meta, backends};
 use crzarr::Error;
-use crzarr::change::{Change, Op, OpRef};
 use crzarr::fold::{Fold, InsertOutcome};
-use crzarr::ids::{
+use crzarr::format::change::{Change, Op, OpRef};
+use crzarr::format::ids::{
     ActorId, CAP_HLC, ChangeHash, HARD_MAX_HLC, Hlc, MAX_CLOCK_LEAD_MS, ObjectHash, RepoId,
 };
-use crzarr::layout::{Layout, SnapshotName};
+use crzarr::format::layout::{Layout, SnapshotName};
+use crzarr::format::snapshot::SnapshotMeta;
 use crzarr::repo::Repo;
-use crzarr::snapshot::SnapshotMeta;
 use object_store::{ObjectStoreExt, PutPayload};
 use proptest::prelude::*;
 use serde_json::json;

@@ -10,21 +10,21 @@
 //! forks, rejections and heads. The test then asserts the row's visible outcome and its
 //! exact conflict report. Store-level rows run on `InMemory` and on `LocalFileSystem`.
 
-use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::view::{ConflictTarget, ViewIndex};
 use crzarr::fold::{Fold, Fork, InsertOutcome, PendingChange};
-use crzarr::ids::{ActorId, ChangeHash, Hlc, RepoId};
+use crzarr::format::change::{Change, ChunkData, Op, OpRef};
+use crzarr::format::ids::{ActorId, ChangeHash, Hlc, RepoId};
 use serde_json::{Map, json};
 use support::*;
 
 mod support {
     use bytes::Bytes;
-    use crzarr::bucket::Problem;
-    use crzarr::change::Change;
     use crzarr::fold::view::{Conflict, ConflictTarget, Entry, ViewIndex};
     use crzarr::fold::{Fold, Fork, PendingChange, RejectedChange};
-    use crzarr::ids::ChangeHash;
-    use crzarr::layout::{ChangeName, Layout};
+    use crzarr::format::change::Change;
+    use crzarr::format::ids::ChangeHash;
+    use crzarr::format::layout::{ChangeName, Layout};
+    use crzarr::io::store::Problem;
     use crzarr::repo::Repo;
     use futures::TryStreamExt;
     use object_store::local::LocalFileSystem;

@@ -48,12 +48,12 @@
 use crate::common::edits::{Edit, apply_edits, base_edits, edit, meta_key, parent};
 use crate::common::props::{config, runtime};
 use bytes::Bytes;
-use crzarr::change::{Change, ChunkData, Op, OpRef};
 use crzarr::fold::Fold;
 use crzarr::fold::view::{ChunkRef, ConflictTarget, Entry, View, ViewIndex};
-use crzarr::gc::GcOptions;
-use crzarr::ids::{ActorId, BlobHash, ChangeHash, Hlc};
-use crzarr::layout::{ChangeName, Layout};
+use crzarr::format::change::{Change, ChunkData, Op, OpRef};
+use crzarr::format::ids::{ActorId, BlobHash, ChangeHash, Hlc};
+use crzarr::format::layout::{ChangeName, Layout};
+use crzarr::ops::gc::GcOptions;
 use crzarr::repo::Repo;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;

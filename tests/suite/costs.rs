@@ -9,13 +9,14 @@ use crate::common::changes::{forger, on_top, put_change};
 use crate::common::{Backend, local, memory};
 use bytes::Bytes;
 use crzarr::Error;
-use crzarr::change::{Change, MAX_OBSERVED, OBSERVED_PER_OP, Op, OpRef, max_observed_refs};
-use crzarr::gc::GcOptions;
-use crzarr::ids::{ActorId, ChangeHash, Hlc};
-use crzarr::layout::{ChangeName, Layout, SnapshotName};
+use crzarr::format::change::{Change, MAX_OBSERVED, OBSERVED_PER_OP, Op, OpRef, max_observed_refs};
+use crzarr::format::ids::{ActorId, ChangeHash, Hlc};
+use crzarr::format::layout::{ChangeName, Layout, SnapshotName};
+use crzarr::format::snapshot::SnapshotMeta;
+use crzarr::io::counting::CountingStore;
+use crzarr::io::testing::ClockStore;
+use crzarr::ops::gc::GcOptions;
 use crzarr::repo::Repo;
-use crzarr::snapshot::SnapshotMeta;
-use crzarr::testing::{ClockStore, CountingStore};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::json;
@@ -31,7 +32,7 @@ async fn clocked(b: &Backend) -> (ClockStore, Arc<dyn ObjectStore>, Repo) {
     let clock = ClockStore::new(b.store.clone());
     let store: Arc<dyn ObjectStore> = Arc::new(clock.clone());
     let mut repo = Repo::init(store.clone(), &b.prefix).await.unwrap();
-    let config = crzarr::bucket::RepoConfig {
+    let config = crzarr::io::store::RepoConfig {
         min_gc_window_secs: HOUR.as_secs(),
     };
     repo.bucket().write_config(&config).await.unwrap();

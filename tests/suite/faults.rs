@@ -1,4 +1,4 @@
-//! Fault injection (`crzarr::testing::FaultyStore`): commits, syncs, compactions and
+//! Fault injection (`crzarr::io::testing::FaultyStore`): commits, syncs, compactions and
 //! garbage collections against stores that fail requests, lose PUT replies, time
 //! out, list stale and lose objects between a listing and a GET.
 //!
@@ -23,13 +23,13 @@
 use crate::common::edits::{Edit, apply_edits, base_edits, edit, stage_edits};
 use crate::common::props::{config, runtime};
 use crate::common::repo::{fold_state, stash, state};
-use crzarr::bucket::Bucket;
-use crzarr::change::Change;
-use crzarr::gc::GcOptions;
-use crzarr::ids::ChangeHash;
+use crzarr::format::change::Change;
+use crzarr::format::ids::ChangeHash;
+use crzarr::io::store::RepoStore;
+use crzarr::io::testing::{FaultConfig, FaultyStore};
+use crzarr::ops::gc::GcOptions;
+use crzarr::ops::sync::{Direction, SyncOptions, sync};
 use crzarr::repo::Repo;
-use crzarr::sync::{Direction, SyncOptions, sync};
-use crzarr::testing::{FaultConfig, FaultyStore};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
@@ -133,7 +133,7 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
     faulty.set_enabled(false);
     let mut repo = Repo::open(Arc::new(faulty.clone()), PREFIX).await.unwrap();
     faulty.set_enabled(true);
-    let mut committed = stash(&Bucket::new(mem.clone(), PREFIX)).await;
+    let mut committed = stash(&RepoStore::new(mem.clone(), PREFIX)).await;
     for (i, edits) in sessions.iter().enumerate() {
         // Reads under faults too; a failed refresh leaves the handle as it was.
         let _ = repo.refresh().await;
@@ -146,7 +146,7 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
                 Ok(h) => break h,
                 Err(e) => {
                     prop_assert!(tries < MAX_TRIES, "session {i}: still failing: {e}");
-                    let now = stash(&Bucket::new(mem.clone(), PREFIX)).await;
+                    let now = stash(&RepoStore::new(mem.clone(), PREFIX)).await;
                     let new: Vec<ChangeHash> = now
                         .keys()
                         .filter(|h| !committed.contains_key(h))
@@ -162,7 +162,7 @@ async fn commits(cfg: FaultConfig, sessions: &[Vec<Edit>]) -> Result<(), TestCas
                 }
             }
         };
-        let now = stash(&Bucket::new(mem.clone(), PREFIX)).await;
+        let now = stash(&RepoStore::new(mem.clone(), PREFIX)).await;
         match hash {
             Some(h) => {
                 prop_assert!(now.contains_key(&h), "session {i}: {h} not stored");
@@ -240,7 +240,7 @@ fn step() -> impl Strategy<Value = Step> {
 struct Replica {
     mem: Arc<dyn ObjectStore>,
     faulty: FaultyStore,
-    bucket: Bucket,
+    bucket: RepoStore,
     repo: Repo,
 }
 
@@ -258,12 +258,16 @@ impl World {
         let mut first = Repo::init(mems[0].clone(), PREFIX).await.unwrap();
         apply_edits(&mut first, &base_edits()).await;
         for m in &mems[1..] {
-            let a = Bucket::new(mems[0].clone(), PREFIX);
-            sync(&a, &Bucket::new(m.clone(), PREFIX), &SyncOptions::default())
-                .await
-                .unwrap();
+            let a = RepoStore::new(mems[0].clone(), PREFIX);
+            sync(
+                &a,
+                &RepoStore::new(m.clone(), PREFIX),
+                &SyncOptions::default(),
+            )
+            .await
+            .unwrap();
         }
-        let committed = stash(&Bucket::new(mems[0].clone(), PREFIX)).await;
+        let committed = stash(&RepoStore::new(mems[0].clone(), PREFIX)).await;
         let mut replicas = Vec::new();
         for (mem, cfg) in mems.into_iter().zip(cfgs) {
             let faulty = FaultyStore::new(mem.clone(), cfg.clone());
@@ -274,7 +278,7 @@ impl World {
             replicas.push(Replica {
                 mem,
                 faulty,
-                bucket: Bucket::new(store, PREFIX),
+                bucket: RepoStore::new(store, PREFIX),
                 repo,
             });
         }
@@ -301,7 +305,7 @@ impl World {
             }
         };
         if let Some(h) = hash {
-            let stored = stash(&Bucket::new(rep.mem.clone(), PREFIX)).await;
+            let stored = stash(&RepoStore::new(rep.mem.clone(), PREFIX)).await;
             let change = stored.get(&h).cloned();
             prop_assert!(change.is_some(), "replica {r}: {h} returned Ok, not stored");
             if let Some(c) = change {
@@ -328,7 +332,7 @@ impl World {
     /// (looked at without faults: the test's oracle).
     async fn held(&self, j: usize) -> BTreeSet<ChangeHash> {
         let rep = &self.replicas[j];
-        let b = Bucket::new(rep.mem.clone(), PREFIX);
+        let b = RepoStore::new(rep.mem.clone(), PREFIX);
         let (listed, _) = b.list_changes().await.unwrap();
         let mut out: BTreeSet<ChangeHash> = listed.iter().map(|c| c.name.hash).collect();
         out.extend(rep.repo.log().iter().map(|c| c.hash));

@@ -6,12 +6,12 @@ use crate::common::{Backend, array_meta, backends};
 use async_trait::async_trait;
 use bytes::Bytes;
 use crzarr::Error;
-use crzarr::bucket::Bucket;
-use crzarr::gc::{GcOptions, ObjectKind};
-use crzarr::layout::{Layout, SnapshotName};
+use crzarr::format::layout::{Layout, SnapshotName};
+use crzarr::io::store::RepoStore;
+use crzarr::io::testing::ClockStore;
+use crzarr::ops::gc::{GcOptions, ObjectKind};
+use crzarr::ops::verify::{VerifyOptions, verify};
 use crzarr::repo::Repo;
-use crzarr::testing::ClockStore;
-use crzarr::verify::{VerifyOptions, verify};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
@@ -40,7 +40,7 @@ async fn clocked(b: &Backend) -> (ClockStore, Repo) {
     let mut repo = Repo::init(Arc::new(clock.clone()), &b.prefix)
         .await
         .unwrap();
-    let config = crzarr::bucket::RepoConfig {
+    let config = crzarr::io::store::RepoConfig {
         min_gc_window_secs: HOUR.as_secs(),
     };
     repo.bucket().write_config(&config).await.unwrap();
@@ -119,11 +119,11 @@ async fn junk_snapshot_blocks_nothing() {
         let junk = b"CRZS\x09\x92\xc0\xc0junk".to_vec();
         let newer = SnapshotName {
             covered: u64::MAX / 2,
-            hash: crzarr::ids::ObjectHash::of(&junk),
+            hash: crzarr::format::ids::ObjectHash::of(&junk),
         };
         let damaged = SnapshotName {
             covered: u64::MAX / 3,
-            hash: crzarr::ids::ObjectHash::of(b"something else"),
+            hash: crzarr::format::ids::ObjectHash::of(b"something else"),
         };
         for name in [newer, damaged] {
             b.store
@@ -164,7 +164,7 @@ async fn junk_snapshot_blocks_nothing() {
         assert_all_readable(Arc::new(clock.clone()), &b.prefix, 4, b.name).await;
 
         // `verify --quarantine` moves both aside.
-        let bucket = Bucket::new(b.store.clone(), &b.prefix);
+        let bucket = RepoStore::new(b.store.clone(), &b.prefix);
         let opts = VerifyOptions {
             quarantine: true,
             ..VerifyOptions::default()
@@ -372,7 +372,7 @@ async fn gc_keeps_a_piece_a_retried_compaction_reuses() {
         assert!(hooked.fired(), "{}: the GC never touched a piece", b.name);
 
         assert_all_readable(Arc::new(clock.clone()), &b.prefix, 8, b.name).await;
-        let bucket = Bucket::new(b.store.clone(), &b.prefix);
+        let bucket = RepoStore::new(b.store.clone(), &b.prefix);
         let v = verify(&bucket, &VerifyOptions::default()).await.unwrap();
         assert!(v.findings.is_empty(), "{}: {:?}", b.name, v.findings);
     }
@@ -485,7 +485,7 @@ async fn import_longer_than_the_window_keeps_its_blobs() {
         let mut importer = Repo::open(Arc::new(hooked.clone()), &b.prefix)
             .await
             .unwrap();
-        let opts = crzarr::import::ImportOptions {
+        let opts = crzarr::ops::import::ImportOptions {
             concurrency: 1,
             ..Default::default()
         };
@@ -534,7 +534,8 @@ async fn gc_never_deletes_history_a_planted_snapshot_hides() {
             .bytes()
             .await
             .unwrap();
-        let mut meta = crzarr::snapshot::SnapshotMeta::decode("k", &bytes, &honest.hash).unwrap();
+        let mut meta =
+            crzarr::format::snapshot::SnapshotMeta::decode("k", &bytes, &honest.hash).unwrap();
         let node = meta.nodes.iter_mut().find(|n| n.path == "x").unwrap();
         let before = node.attrs.len();
         node.attrs.retain(|(name, _)| name != "units");
@@ -546,7 +547,7 @@ async fn gc_never_deletes_history_a_planted_snapshot_hides() {
         let forged = Bytes::from(meta.encode());
         let name = SnapshotName {
             covered: meta.covered,
-            hash: crzarr::ids::ObjectHash::of(&forged),
+            hash: crzarr::format::ids::ObjectHash::of(&forged),
         };
         b.store
             .put(&layout.snapshot(&name), PutPayload::from(forged))

@@ -10,12 +10,12 @@ use crate::common::witness::{
     witness,
 };
 use crate::common::{Backend, another, array_meta, backends};
-use crzarr::bucket::Bucket;
-use crzarr::gc::ObjectKind;
+use crzarr::io::store::RepoStore;
+use crzarr::io::testing::ClockStore;
+use crzarr::ops::gc::ObjectKind;
+use crzarr::ops::sync::{SyncOptions, sync};
+use crzarr::ops::verify::{VerifyOptions, verify};
 use crzarr::repo::Repo;
-use crzarr::sync::{SyncOptions, sync};
-use crzarr::testing::ClockStore;
-use crzarr::verify::{VerifyOptions, verify};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -36,7 +36,7 @@ async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
     s.commit(&mut a, None).await.unwrap();
     let r = sync(
         a.bucket(),
-        &Bucket::new(b2.store.clone(), &b2.prefix),
+        &RepoStore::new(b2.store.clone(), &b2.prefix),
         &SyncOptions::default(),
     )
     .await
@@ -216,7 +216,7 @@ async fn laptop_offline_eight_days_while_both_sides_collect() {
         s.commit(&mut cloud, None).await.unwrap();
         let r = sync(
             cloud.bucket(),
-            &Bucket::new(laptop_store.clone(), &b2.prefix),
+            &RepoStore::new(laptop_store.clone(), &b2.prefix),
             &SyncOptions::default(),
         )
         .await
@@ -303,7 +303,7 @@ async fn three_snapshots_join_to_the_fold_of_everything() {
         let b2 = another(&b);
         let r = sync(
             g.bucket(),
-            &Bucket::new(b2.store.clone(), &b2.prefix),
+            &RepoStore::new(b2.store.clone(), &b2.prefix),
             &SyncOptions::default(),
         )
         .await
@@ -391,7 +391,7 @@ async fn an_old_snapshot_copied_back_is_retired() {
         // The clone keeps that snapshot.
         let r = sync(
             a.bucket(),
-            &Bucket::new(b2.store.clone(), &b2.prefix),
+            &RepoStore::new(b2.store.clone(), &b2.prefix),
             &SyncOptions::default(),
         )
         .await
@@ -467,7 +467,7 @@ async fn an_old_snapshot_copied_back_is_retired() {
 #[tokio::test]
 #[ignore]
 async fn join_cost_figures() {
-    use crzarr::testing::CountingStore;
+    use crzarr::io::counting::CountingStore;
     use std::time::Instant;
     const N: u32 = 20_000;
     let b = crate::common::memory();
@@ -485,7 +485,7 @@ async fn join_cost_figures() {
     a.compact().await.unwrap();
     sync(
         a.bucket(),
-        &Bucket::new(b2.store.clone(), &b2.prefix),
+        &RepoStore::new(b2.store.clone(), &b2.prefix),
         &SyncOptions::default(),
     )
     .await
@@ -548,8 +548,8 @@ async fn three(b: &Backend) -> (Backend, Backend, Repo, Repo, Repo) {
     s.create_array("x", &array_meta(&[64], &[1])).unwrap();
     s.create_array("y", &array_meta(&[64], &[1])).unwrap();
     s.commit(&mut a, None).await.unwrap();
-    sync_clean(a.bucket(), &Bucket::new(bb.store.clone(), &bb.prefix)).await;
-    sync_clean(a.bucket(), &Bucket::new(bc.store.clone(), &bc.prefix)).await;
+    sync_clean(a.bucket(), &RepoStore::new(bb.store.clone(), &bb.prefix)).await;
+    sync_clean(a.bucket(), &RepoStore::new(bc.store.clone(), &bc.prefix)).await;
     let rb = Repo::open(bb.store.clone(), &bb.prefix).await.unwrap();
     let rc = Repo::open(bc.store.clone(), &bc.prefix).await.unwrap();
     (bb, bc, a, rb, rc)
@@ -709,7 +709,7 @@ async fn blob_lost_at_source_is_reported_with_concurrent_snapshots() {
         s.create_array("x", &array_meta(&[64], &[1])).unwrap();
         s.set("x/c/9", big.clone()).unwrap();
         s.commit(&mut a, None).await.unwrap();
-        sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
+        sync_clean(a.bucket(), &RepoStore::new(b2.store.clone(), &b2.prefix)).await;
         let mut c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
         commit(&mut a, &[("x/c/0", b"a")]).await;
         commit(&mut c, &[("x/c/1", b"c")]).await;
@@ -739,7 +739,7 @@ async fn blob_lost_at_source_is_reported_with_concurrent_snapshots() {
         let d = another(&b);
         let r = sync(
             a.bucket(),
-            &Bucket::new(d.store.clone(), &d.prefix),
+            &RepoStore::new(d.store.clone(), &d.prefix),
             &SyncOptions::default(),
         )
         .await

@@ -10,15 +10,15 @@ use crate::common::witness::{
     witness,
 };
 use crate::common::{Backend, another, array_meta, backends, memory};
-use crzarr::bucket::Bucket;
-use crzarr::change::{Change, Op, OpRef};
-use crzarr::gc::ObjectKind;
-use crzarr::ids::ChangeHash;
-use crzarr::layout::{Layout, SnapshotName};
+use crzarr::format::change::{Change, Op, OpRef};
+use crzarr::format::ids::ChangeHash;
+use crzarr::format::layout::{Layout, SnapshotName};
+use crzarr::format::snapshot::SnapshotMeta;
+use crzarr::io::store::RepoStore;
+use crzarr::io::testing::ClockStore;
+use crzarr::ops::gc::ObjectKind;
+use crzarr::ops::sync::{SyncOptions, sync};
 use crzarr::repo::Repo;
-use crzarr::snapshot::SnapshotMeta;
-use crzarr::sync::{SyncOptions, sync};
-use crzarr::testing::ClockStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -26,9 +26,9 @@ use std::time::Duration;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn push(a: &Bucket, b: &Bucket) {
+async fn push(a: &RepoStore, b: &RepoStore) {
     let opts = SyncOptions {
-        direction: crzarr::sync::Direction::Push,
+        direction: crzarr::ops::sync::Direction::Push,
         ..SyncOptions::default()
     };
     let r = sync(a, b, &opts).await.unwrap();
@@ -60,7 +60,7 @@ async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
     s.set("y/c/0", b"y0".to_vec()).unwrap();
     s.set("x/c/20", b"x20".to_vec()).unwrap();
     s.commit(&mut a, None).await.unwrap();
-    sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
+    sync_clean(a.bucket(), &RepoStore::new(b2.store.clone(), &b2.prefix)).await;
     let c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
     (b2, a, c)
 }
@@ -72,7 +72,7 @@ async fn pair(b: &Backend) -> (Backend, Repo, Repo) {
 /// A record of a *young* joined snapshot must not be dropped because the *primary*
 /// base (the one with the greatest count) is past the horizon.
 ///
-/// Bucket `b` holds snapshot P (greatest count) written two hours ago (window one
+/// RepoStore `b` holds snapshot P (greatest count) written two hours ago (window one
 /// hour). Replica `c` applies change W, whose `observed` names the entry of change X
 /// that nobody has delivered yet, and compacts: its snapshot Q (young) keeps the
 /// record naming X. Q is copied into `b`; `b` compacts the join. The record has been
@@ -88,7 +88,7 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
     let store: Arc<dyn ObjectStore> = Arc::new(clock.clone());
     let mut a = Repo::init(store.clone(), &b.prefix).await.unwrap();
     a.bucket()
-        .write_config(&crzarr::bucket::RepoConfig {
+        .write_config(&crzarr::io::store::RepoConfig {
             min_gc_window_secs: HOUR.as_secs(),
         })
         .await
@@ -97,7 +97,7 @@ async fn a_young_joined_snapshots_record_is_not_dropped_by_the_primarys_age() {
     s.create_group("", Default::default()).unwrap();
     s.commit(&mut a, None).await.unwrap();
     let b2 = another(&b);
-    sync_clean(a.bucket(), &Bucket::new(b2.store.clone(), &b2.prefix)).await;
+    sync_clean(a.bucket(), &RepoStore::new(b2.store.clone(), &b2.prefix)).await;
     let mut c = Repo::open(b2.store.clone(), &b2.prefix).await.unwrap();
     let root = a.log()[0].hash;
 
@@ -267,7 +267,7 @@ async fn dims_objects_and_recreation_three_way() {
         let w: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let (b2, mut a, mut c) = pair(&b).await;
         let b3 = another(&b);
-        sync_clean(a.bucket(), &Bucket::new(b3.store.clone(), &b3.prefix)).await;
+        sync_clean(a.bucket(), &RepoStore::new(b3.store.clone(), &b3.prefix)).await;
         let mut d = Repo::open(b3.store.clone(), &b3.prefix).await.unwrap();
         edits_a(&mut a).await;
         for i in 0..4u8 {
@@ -349,7 +349,7 @@ async fn gc_verifies_the_join_of_two_joins() {
         let others: Vec<Backend> = (0..3).map(|_| another(&b)).collect();
         let mut reps = vec![];
         for o in &others {
-            sync_clean(a.bucket(), &Bucket::new(o.store.clone(), &o.prefix)).await;
+            sync_clean(a.bucket(), &RepoStore::new(o.store.clone(), &o.prefix)).await;
             reps.push(Repo::open(o.store.clone(), &o.prefix).await.unwrap());
         }
         let [rb, rc, rd] = &mut reps[..] else {

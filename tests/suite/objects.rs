@@ -5,15 +5,15 @@
 
 use crate::common::{Backend, another, array_meta, backends};
 use bytes::Bytes;
-use crzarr::bucket::Bucket;
-use crzarr::change::Change;
-use crzarr::gc::GcOptions;
-use crzarr::ids::{ChangeHash, ObjectHash};
-use crzarr::layout::Layout;
+use crzarr::fold::view::{ConflictTarget, Entry};
+use crzarr::format::change::Change;
+use crzarr::format::ids::{ChangeHash, ObjectHash};
+use crzarr::format::layout::Layout;
+use crzarr::format::snapshot::{SNAPSHOT_META_OBJECTS_VERSION, SNAPSHOT_VERSION, SnapshotMeta};
+use crzarr::io::store::RepoStore;
+use crzarr::ops::gc::GcOptions;
+use crzarr::ops::verify::{VerifyOptions, verify};
 use crzarr::repo::Repo;
-use crzarr::snapshot::{SNAPSHOT_META_OBJECTS_VERSION, SNAPSHOT_VERSION, SnapshotMeta};
-use crzarr::verify::{VerifyOptions, verify};
-use crzarr::view::{ConflictTarget, Entry};
 use object_store::ObjectStoreExt;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ async fn open(b: &Backend) -> Repo {
 
 /// The bytes of the newest snapshot's metadata.
 async fn newest_snapshot(b: &Backend) -> Bytes {
-    let bucket = Bucket::new(b.store.clone(), &b.prefix);
+    let bucket = RepoStore::new(b.store.clone(), &b.prefix);
     let (snaps, _) = bucket.list_snapshots().await.unwrap();
     let s = snaps.first().expect("a snapshot");
     b.store.get(&s.key).await.unwrap().bytes().await.unwrap()
@@ -110,7 +110,7 @@ async fn objects_are_written_read_listed_and_deleted() {
 
 async fn read_change(b: &Backend, r: &Repo, h: ChangeHash) -> Bytes {
     let info = r.log().into_iter().find(|c| c.hash == h).unwrap().clone();
-    let key = Layout::new(&b.prefix).change(&crzarr::layout::ChangeName {
+    let key = Layout::new(&b.prefix).change(&crzarr::format::layout::ChangeName {
         hash: h,
         actor: info.actor,
         seq: info.seq,
@@ -226,7 +226,7 @@ async fn objects_survive_compaction_gc_and_sync_with_their_blobs() {
         assert_eq!(meta[4], SNAPSHOT_META_OBJECTS_VERSION, "{}", b.name);
         r.gc(&NOW).await.unwrap();
         // Only the live object's blob is left: `big(7)` and `big(8)` were superseded.
-        let bucket = Bucket::new(b.store.clone(), &b.prefix);
+        let bucket = RepoStore::new(b.store.clone(), &b.prefix);
         let blobs = bucket.list_all(&bucket.layout().blobs_dir()).await.unwrap();
         assert_eq!(blobs.len(), 1, "{}: {blobs:?}", b.name);
 
@@ -250,7 +250,7 @@ async fn objects_survive_compaction_gc_and_sync_with_their_blobs() {
 
         // Sync into an empty bucket copies the snapshot and the object blobs it holds.
         let other = another(&b);
-        let dst = Bucket::new(other.store.clone(), &other.prefix);
+        let dst = RepoStore::new(other.store.clone(), &other.prefix);
         let mut r = fresh;
         r.sync(&dst, &Default::default()).await.unwrap();
         let copy = open(&other).await;

@@ -16,8 +16,8 @@
 //! | objects (keys no array owns): commit, inline get, blob get | as for chunks | as for chunks |
 
 use crate::common::{Backend, array_meta, local, memory};
+use crzarr::io::counting::{CountingStore, RequestCounts};
 use crzarr::repo::Repo;
-use crzarr::testing::{CountingStore, RequestCounts};
 use std::sync::Arc;
 
 /// A counting store over `b`'s store, and a writer that has created array `x`

@@ -7,15 +7,15 @@ use crate::common::repo::{blob, fold_state, stash, state};
 use crate::common::{Backend, array_meta, backends, local, memory};
 use bytes::Bytes;
 use crzarr::Error;
-use crzarr::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
 use crzarr::fold::Fold;
 use crzarr::fold::view::{Conflict, Entry, ViewIndex};
-use crzarr::gc::{GcOptions, ObjectKind};
-use crzarr::ids::{ActorId, ChangeHash, Hlc};
-use crzarr::layout::{ChangeName, Layout};
+use crzarr::format::change::{Change, ChunkData, INLINE_MAX, Op, OpRef};
+use crzarr::format::ids::{ActorId, ChangeHash, Hlc};
+use crzarr::format::layout::{ChangeName, Layout};
+use crzarr::format::snapshot::{MAX_PIECE_BYTES, PIECE_ENTRIES, SnapshotMeta};
+use crzarr::io::counting::CountingStore;
+use crzarr::ops::gc::{GcOptions, ObjectKind};
 use crzarr::repo::Repo;
-use crzarr::snapshot::{MAX_PIECE_BYTES, PIECE_ENTRIES, SnapshotMeta};
-use crzarr::testing::CountingStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -230,7 +230,7 @@ async fn a_change_file_copied_back_after_gc_is_not_applied_twice() {
     for b in [memory(), local()] {
         let (mut a, _w) = history(&b).await;
         let layout = Layout::new(&b.prefix);
-        let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+        let bucket = crzarr::io::store::RepoStore::new(b.store.clone(), &b.prefix);
         let (listed, _) = bucket.list_changes().await.unwrap();
         let mut files = Vec::new();
         for c in &listed {
@@ -258,7 +258,7 @@ async fn a_change_file_copied_back_after_gc_is_not_applied_twice() {
         let mut expect = before.0.clone();
         expect.insert(
             "x/c/4".into(),
-            Entry::Chunk(crzarr::view::ChunkRef::Inline(vec![5u8; 4])),
+            Entry::Chunk(crzarr::fold::view::ChunkRef::Inline(vec![5u8; 4])),
         );
         assert_eq!(entries, expect, "{}", b.name);
         assert_eq!(conflicts, before.1, "{}", b.name);
@@ -351,15 +351,15 @@ async fn a_snapshot_of_a_newer_format_is_refused_with_a_clear_error() {
         let (mut a, _) = history(&b).await;
         let r = a.compact().await.unwrap();
         let layout = Layout::new(&b.prefix);
-        let name = crzarr::layout::SnapshotName::parse(&r.snapshot.unwrap()).unwrap();
+        let name = crzarr::format::layout::SnapshotName::parse(&r.snapshot.unwrap()).unwrap();
         // A future format keeps the envelope (format.md §10.7): magic, version, then
         // an array opening with the repository id and the covered count.
         let covered = name.covered + 1;
         let mut bytes = b"CRZS\x09".to_vec();
         bytes.extend(rmp_serde::to_vec(&(a.id(), covered, "fields of version 9")).unwrap());
-        let newer = crzarr::layout::SnapshotName {
+        let newer = crzarr::format::layout::SnapshotName {
             covered,
-            hash: crzarr::ids::ObjectHash::of(&bytes),
+            hash: crzarr::format::ids::ObjectHash::of(&bytes),
         };
         b.store
             .put(
@@ -393,9 +393,9 @@ async fn a_damaged_snapshot_is_reported_and_the_previous_one_used() {
         a.compact().await.unwrap();
         let layout = Layout::new(&b.prefix);
         // A truncated snapshot under a greater name.
-        let fake = crzarr::layout::SnapshotName {
+        let fake = crzarr::format::layout::SnapshotName {
             covered: 1000,
-            hash: crzarr::ids::ObjectHash::of(b"x"),
+            hash: crzarr::format::ids::ObjectHash::of(b"x"),
         };
         b.store
             .put(
@@ -591,7 +591,7 @@ async fn gc_spares_a_writers_blob_uploaded_before_its_change_file() {
         a.compact().await.unwrap();
         // The writer has uploaded its blob; its change file is not written yet.
         let bytes = blob(42);
-        let key = Layout::new(&b.prefix).blob(&crzarr::ids::BlobHash::of(&bytes));
+        let key = Layout::new(&b.prefix).blob(&crzarr::format::ids::BlobHash::of(&bytes));
         w.bucket()
             .put_blob(&key, Bytes::from(bytes.clone()))
             .await
@@ -760,7 +760,7 @@ async fn chunk_keys_without_grid_coordinates_survive_compaction_and_gc() {
     let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = a.session();
     s.create_array("x", &array_meta(&[4], &[2])).unwrap();
-    for i in 0..crzarr::snapshot::PIECE_ENTRIES + 10 {
+    for i in 0..crzarr::format::snapshot::PIECE_ENTRIES + 10 {
         s.set(&format!("x/k{i}"), vec![1u8]).unwrap();
     }
     s.set("x/c/1", vec![2u8]).unwrap();
@@ -770,7 +770,7 @@ async fn chunk_keys_without_grid_coordinates_survive_compaction_and_gc() {
     assert_eq!(r.problems(), vec![]);
     assert_eq!(
         r.list_prefix("x/").await.unwrap().len(),
-        crzarr::snapshot::PIECE_ENTRIES + 12
+        crzarr::format::snapshot::PIECE_ENTRIES + 12
     );
 }
 
@@ -785,20 +785,20 @@ async fn a_change_needing_history_nobody_has_says_what_to_do() {
         let lost = ChangeHash([7; 32]);
         let c = Change {
             repo: a.id(),
-            actor: crzarr::ids::ActorId::generate(),
+            actor: crzarr::format::ids::ActorId::generate(),
             seq: 1,
             deps: {
                 let mut d = vec![head, lost];
                 d.sort();
                 d
             },
-            hlc: crzarr::ids::Hlc(a.fold().hlc_of(&head).unwrap().0 + 10),
+            hlc: crzarr::format::ids::Hlc(a.fold().hlc_of(&head).unwrap().0 + 10),
             wall_ms: 0,
             message: None,
             ops: vec![],
         };
         let bytes = c.encode();
-        let name = crzarr::layout::ChangeName {
+        let name = crzarr::format::layout::ChangeName {
             hash: ChangeHash::of(&bytes),
             actor: c.actor,
             seq: 1,
@@ -827,7 +827,7 @@ async fn a_change_needing_history_nobody_has_says_what_to_do() {
 /// it arrives: before, after, or after a compaction in between.
 #[tokio::test]
 async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
-    use crzarr::change::{ChunkData, Op, OpRef};
+    use crzarr::format::change::{ChunkData, Op, OpRef};
     let b = memory();
     let mut w = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
     let mut s = w.session();
@@ -838,10 +838,10 @@ async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
     let make = |hlc: u64, ops: Vec<Op>| {
         let c = Change {
             repo: w.id(),
-            actor: crzarr::ids::ActorId::generate(),
+            actor: crzarr::format::ids::ActorId::generate(),
             seq: 1,
             deps: vec![c0],
-            hlc: crzarr::ids::Hlc(base.0 + hlc),
+            hlc: crzarr::format::ids::Hlc(base.0 + hlc),
             wall_ms: 0,
             message: None,
             ops,
@@ -908,12 +908,12 @@ async fn an_observed_entry_that_arrives_late_is_dropped_in_every_order() {
     let chunk = |st: &(BTreeMap<String, Entry>, Vec<Conflict>)| st.0.get("x/c/0").cloned();
     assert_eq!(
         chunk(&y_first),
-        Some(Entry::Chunk(crzarr::view::ChunkRef::Inline(vec![2])))
+        Some(Entry::Chunk(crzarr::fold::view::ChunkRef::Inline(vec![2])))
     );
 
     // Through a bucket, with a compaction between X and Y.
     let put = |c: &(ChangeHash, Change, Vec<u8>)| {
-        let key = Layout::new(&b.prefix).change(&crzarr::layout::ChangeName {
+        let key = Layout::new(&b.prefix).change(&crzarr::format::layout::ChangeName {
             hash: c.0,
             actor: c.1.actor,
             seq: c.1.seq,
@@ -1036,19 +1036,19 @@ async fn forks_are_detected_against_the_table_at_once_and_the_archive_at_compact
         }
         // A cloned writer reuses K's actor and seq for different content.
         let head = a.fold().heads()[0];
-        let forged = |deps: Vec<ChangeHash>, seq: u64, actor: crzarr::ids::ActorId| {
+        let forged = |deps: Vec<ChangeHash>, seq: u64, actor: crzarr::format::ids::ActorId| {
             let c = Change {
                 repo: a.id(),
                 actor,
                 seq,
                 deps,
-                hlc: crzarr::ids::Hlc(a.fold().hlc_of(&head).unwrap().0 + 100),
+                hlc: crzarr::format::ids::Hlc(a.fold().hlc_of(&head).unwrap().0 + 100),
                 wall_ms: 0,
                 message: Some("clone".into()),
                 ops: vec![],
             };
             let bytes = c.encode();
-            let name = crzarr::layout::ChangeName {
+            let name = crzarr::format::layout::ChangeName {
                 hash: ChangeHash::of(&bytes),
                 actor,
                 seq,
@@ -1094,13 +1094,13 @@ async fn forks_are_detected_against_the_table_at_once_and_the_archive_at_compact
 
 #[tokio::test]
 async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped() {
-    use crzarr::snapshot::SnapshotMeta;
+    use crzarr::format::snapshot::SnapshotMeta;
     for b in backends() {
         let (mut a, _) = history(&b).await;
         let before = state(&a).await;
         let r = a.compact().await.unwrap();
         let layout = Layout::new(&b.prefix);
-        let name = crzarr::layout::SnapshotName::parse(&r.snapshot.unwrap()).unwrap();
+        let name = crzarr::format::layout::SnapshotName::parse(&r.snapshot.unwrap()).unwrap();
         let bytes = b
             .store
             .get(&layout.snapshot(&name))
@@ -1119,7 +1119,7 @@ async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped()
             ("change table not sorted by hash", |m| m.changes.reverse()),
             ("covered count differs from the name", |m| m.covered += 7),
             ("belongs to repository", |m| {
-                m.repo = crzarr::ids::RepoId::generate()
+                m.repo = crzarr::format::ids::RepoId::generate()
             }),
             ("two nodes with one stamp", |m| {
                 // Another path, sorting last, so only the stamp is shared.
@@ -1137,21 +1137,21 @@ async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped()
             mutate(&mut m);
             let bad = m.encode();
             // Named as covering more, so a reader tries it first.
-            let bad_name = crzarr::layout::SnapshotName {
+            let bad_name = crzarr::format::layout::SnapshotName {
                 covered: if *want == "covered count differs from the name" {
                     100 + i as u64
                 } else {
                     m.covered + 100 + i as u64
                 },
-                hash: crzarr::ids::ObjectHash::of(&bad),
+                hash: crzarr::format::ids::ObjectHash::of(&bad),
             };
             let mut m2 = m.clone();
             if *want != "covered count differs from the name" {
                 m2.covered = bad_name.covered;
             }
             let bad = m2.encode();
-            let bad_name = crzarr::layout::SnapshotName {
-                hash: crzarr::ids::ObjectHash::of(&bad),
+            let bad_name = crzarr::format::layout::SnapshotName {
+                hash: crzarr::format::ids::ObjectHash::of(&bad),
                 ..bad_name
             };
             let key = layout.snapshot(&bad_name);
@@ -1174,7 +1174,7 @@ async fn structurally_invalid_snapshots_are_refused_with_their_key_and_skipped()
 /// cluster job per chunk would write), what open reads does not grow with them.
 #[tokio::test]
 async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
-    use crzarr::change::{ChunkData, Op, OpRef};
+    use crzarr::format::change::{ChunkData, Op, OpRef};
     let mut sizes = Vec::new();
     for writers in [100usize, 2000] {
         let b = memory();
@@ -1189,10 +1189,10 @@ async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
             hlc += 1;
             let c = Change {
                 repo: w.id(),
-                actor: crzarr::ids::ActorId::generate(),
+                actor: crzarr::format::ids::ActorId::generate(),
                 seq: 1,
                 deps: vec![prev],
-                hlc: crzarr::ids::Hlc(hlc),
+                hlc: crzarr::format::ids::Hlc(hlc),
                 wall_ms: 0,
                 message: None,
                 ops: vec![Op::SetChunk {
@@ -1203,7 +1203,7 @@ async fn open_after_many_short_lived_writers_reads_no_per_writer_state() {
                 }],
             };
             let bytes = c.encode();
-            let name = crzarr::layout::ChangeName {
+            let name = crzarr::format::layout::ChangeName {
                 hash: ChangeHash::of(&bytes),
                 actor: c.actor,
                 seq: 1,
@@ -1302,7 +1302,7 @@ fn tile(i: usize, salt: u8) -> Vec<u8> {
 
 /// Every manifest piece in the bucket is one readers accept; returns how many.
 async fn pieces_within_the_read_limit(b: &Backend) -> usize {
-    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    let bucket = crzarr::io::store::RepoStore::new(b.store.clone(), &b.prefix);
     let pieces = bucket
         .list_all(&bucket.layout().manifests_dir())
         .await
@@ -1320,7 +1320,7 @@ async fn pieces_within_the_read_limit(b: &Backend) -> usize {
 
 /// The newest snapshot's metadata.
 async fn newest_meta(b: &Backend) -> (u8, SnapshotMeta) {
-    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    let bucket = crzarr::io::store::RepoStore::new(b.store.clone(), &b.prefix);
     let (snaps, _) = bucket.list_snapshots().await.unwrap();
     let s = snaps.first().unwrap();
     let key = bucket.layout().snapshot(&s.name);
@@ -1356,7 +1356,7 @@ async fn compaction_never_writes_a_piece_readers_refuse() {
     }
     // Coordinates alone still split these pieces: the metadata stays version 1.
     let (version, meta) = newest_meta(&b).await;
-    assert_eq!(version, crzarr::snapshot::SNAPSHOT_VERSION);
+    assert_eq!(version, crzarr::format::snapshot::SNAPSHOT_VERSION);
     assert_eq!(meta.nodes[0].pieces.len(), written);
     // Commits and GC read the pieces too.
     let mut w = fresh;
@@ -1402,7 +1402,7 @@ async fn chunk_keys_without_coordinates_split_by_name() {
     assert!(pieces.iter().skip(1).all(|p| !p.first_key.is_empty()));
     // Pieces that start inside a run of equal coordinates need version 3: an older
     // reader would route lookups by coordinates alone.
-    assert_eq!(version, crzarr::snapshot::SNAPSHOT_META_VERSION);
+    assert_eq!(version, crzarr::format::snapshot::SNAPSHOT_META_VERSION);
     assert_eq!(pieces_within_the_read_limit(&b).await, pieces.len());
 
     let fresh = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
@@ -1483,7 +1483,7 @@ async fn a_register_too_large_for_any_piece_fails_compaction_with_a_limit_error(
     let err = w.compact().await.unwrap_err();
     assert!(matches!(err, Error::Limit(_)), "{err:?}");
     assert!(err.to_string().contains("\"c/0\""), "{err}");
-    let bucket = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix);
+    let bucket = crzarr::io::store::RepoStore::new(b.store.clone(), &b.prefix);
     assert!(bucket.list_snapshots().await.unwrap().0.is_empty());
     assert_eq!(pieces_within_the_read_limit(&b).await, 0);
     // Readers are unaffected: the history still serves the winner.

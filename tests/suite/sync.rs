@@ -1,4 +1,4 @@
-//! Replication between buckets (`crzarr::sync`, `spec/format.md` §16): `sync` copies
+//! Replication between buckets (`crzarr::ops::sync`, `spec/format.md` §16): `sync` copies
 //! what one side lacks, verified, in writer order; every topology converges.
 //!
 //! * Properties (`replicas_converge_through_sync_*`): 3 to 6 replicas (the first
@@ -38,16 +38,16 @@ use crate::common::{another, array_meta, backends};
 use async_trait::async_trait;
 use bytes::Bytes;
 use crzarr::Error;
-use crzarr::bucket::{Bucket, DEFAULT_CONCURRENCY, Problem};
-use crzarr::change::Change;
-use crzarr::gc::GcOptions;
-use crzarr::ids::{ActorId, BlobHash, ChangeHash};
-use crzarr::layout::{ChangeName, Layout};
-use crzarr::progress::Progress;
+use crzarr::fold::view::{ChunkRef, Entry};
+use crzarr::format::change::Change;
+use crzarr::format::ids::{ActorId, BlobHash, ChangeHash};
+use crzarr::format::layout::{ChangeName, Layout};
+use crzarr::io::counting::{CountingStore, RequestCounts};
+use crzarr::io::progress::Progress;
+use crzarr::io::store::{DEFAULT_CONCURRENCY, Problem, RepoStore};
+use crzarr::ops::gc::GcOptions;
+use crzarr::ops::sync::{Direction, Side, SyncOptions, SyncReport, sync};
 use crzarr::repo::Repo;
-use crzarr::sync::{Direction, Side, SyncOptions, SyncReport, sync};
-use crzarr::testing::{CountingStore, RequestCounts};
-use crzarr::view::{ChunkRef, Entry};
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -73,8 +73,8 @@ fn mem() -> Arc<dyn ObjectStore> {
     Arc::new(InMemory::new())
 }
 
-fn bucket(store: &Arc<dyn ObjectStore>) -> Bucket {
-    Bucket::new(store.clone(), PREFIX)
+fn bucket(store: &Arc<dyn ObjectStore>) -> RepoStore {
+    RepoStore::new(store.clone(), PREFIX)
 }
 
 fn opts(direction: Direction) -> SyncOptions {
@@ -84,12 +84,12 @@ fn opts(direction: Direction) -> SyncOptions {
     }
 }
 
-async fn listed_changes(b: &Bucket) -> BTreeSet<ChangeHash> {
+async fn listed_changes(b: &RepoStore) -> BTreeSet<ChangeHash> {
     let (listed, _) = b.list_changes().await.unwrap();
     listed.iter().map(|c| c.name.hash).collect()
 }
 
-async fn keys_under(b: &Bucket, dir: &Path) -> BTreeSet<String> {
+async fn keys_under(b: &RepoStore, dir: &Path) -> BTreeSet<String> {
     b.list_all(dir)
         .await
         .unwrap()
@@ -199,8 +199,8 @@ struct Faulty {
 }
 
 impl Faulty {
-    fn wrap(inner: &Arc<dyn ObjectStore>, budget: &Arc<AtomicI64>, lose_reply: bool) -> Bucket {
-        Bucket::new(
+    fn wrap(inner: &Arc<dyn ObjectStore>, budget: &Arc<AtomicI64>, lose_reply: bool) -> RepoStore {
+        RepoStore::new(
             Arc::new(Faulty {
                 inner: inner.clone(),
                 budget: budget.clone(),
@@ -212,12 +212,12 @@ impl Faulty {
     }
 
     /// A bucket whose next listing of each of `dirs` shows what they hold now.
-    async fn stale(inner: &Arc<dyn ObjectStore>, dirs: &[Path]) -> Bucket {
+    async fn stale(inner: &Arc<dyn ObjectStore>, dirs: &[Path]) -> RepoStore {
         let mut frozen = BTreeMap::new();
         for d in dirs {
             frozen.insert(d.to_string(), bucket(inner).list_all(d).await.unwrap());
         }
-        Bucket::new(
+        RepoStore::new(
             Arc::new(Faulty {
                 inner: inner.clone(),
                 budget: Arc::new(AtomicI64::new(i64::MAX)),
@@ -533,7 +533,7 @@ impl World {
         }
     }
 
-    fn bucket(&self, r: usize) -> Bucket {
+    fn bucket(&self, r: usize) -> RepoStore {
         bucket(&self.replicas[r].store)
     }
 
@@ -1210,7 +1210,7 @@ async fn truncated_oversized_and_foreign_changes_are_refused_and_foreign_files_i
     }
 
     let counting = CountingStore::new(h.store.clone());
-    let src = Bucket::new(Arc::new(counting.clone()), PREFIX);
+    let src = RepoStore::new(Arc::new(counting.clone()), PREFIX);
     let dst = mem();
     let r = sync(&src, &bucket(&dst), &opts(Direction::Both))
         .await
@@ -1282,7 +1282,7 @@ async fn a_damaged_copy_on_the_destination_is_replaced_never_the_good_one() {
 // ---------------------------------------------------------------------------
 
 /// Object names (the last path segment) under a directory.
-async fn names_under(b: &Bucket, dir: &Path) -> BTreeSet<String> {
+async fn names_under(b: &RepoStore, dir: &Path) -> BTreeSet<String> {
     b.list_all(dir)
         .await
         .unwrap()
@@ -1294,7 +1294,7 @@ async fn names_under(b: &Bucket, dir: &Path) -> BTreeSet<String> {
 #[tokio::test]
 async fn an_empty_bucket_synced_from_a_compacted_and_collected_source_shows_the_same() {
     for b in backends() {
-        let src = Bucket::new(b.store.clone(), &b.prefix);
+        let src = RepoStore::new(b.store.clone(), &b.prefix);
         let mut a = Repo::init(b.store.clone(), &b.prefix).await.unwrap();
         let mut s = a.session();
         s.create_group("", Default::default()).unwrap();
@@ -1328,7 +1328,7 @@ async fn an_empty_bucket_synced_from_a_compacted_and_collected_source_shows_the_
         assert_eq!(collected.len(), 3, "{}", b.name);
 
         let d = another(&b);
-        let dst = Bucket::new(d.store.clone(), &d.prefix);
+        let dst = RepoStore::new(d.store.clone(), &d.prefix);
         let r = sync(&src, &dst, &SyncOptions::default()).await.unwrap();
         assert!(r.is_clean(), "{}: {r:?}", b.name);
         assert_eq!(r.initialized, Some(Side::B), "{}", b.name);
@@ -1674,8 +1674,8 @@ async fn a_sync_killed_after_any_write_leaves_valid_replicas_and_a_rerun_complet
     let counting = CountingStore::new(dst.clone());
     let counting_src = CountingStore::new(src.clone());
     let r = sync(
-        &Bucket::new(Arc::new(counting_src.clone()), PREFIX),
-        &Bucket::new(Arc::new(counting.clone()), PREFIX),
+        &RepoStore::new(Arc::new(counting_src.clone()), PREFIX),
+        &RepoStore::new(Arc::new(counting.clone()), PREFIX),
         &SyncOptions::default(),
     )
     .await
@@ -1760,7 +1760,7 @@ fn summary(c: &RequestCounts) -> (u64, u64, u64, u64, u64) {
 
 /// Two repositories at prefixes `a` and `b` of one counting store (so one chain of
 /// round trips covers both sides); `a` has one inline change, copied to `b`.
-async fn counted_pair(compact_b: bool) -> (CountingStore, Repo, Bucket, Bucket) {
+async fn counted_pair(compact_b: bool) -> (CountingStore, Repo, RepoStore, RepoStore) {
     let counting = CountingStore::new(mem());
     let store: Arc<dyn ObjectStore> = Arc::new(counting.clone());
     let mut a = Repo::init(store.clone(), "a").await.unwrap();
@@ -1769,8 +1769,8 @@ async fn counted_pair(compact_b: bool) -> (CountingStore, Repo, Bucket, Bucket) 
     s.create_array("x", &array_meta(&[8], &[2])).unwrap();
     s.commit(&mut a, None).await.unwrap();
     let (ba, bb) = (
-        Bucket::new(store.clone(), "a"),
-        Bucket::new(store.clone(), "b"),
+        RepoStore::new(store.clone(), "a"),
+        RepoStore::new(store.clone(), "b"),
     );
     if compact_b {
         a.compact().await.unwrap();
@@ -1951,8 +1951,8 @@ async fn a_local_disk_replica_and_an_s3_replica_sync_both_ways() {
         return;
     };
     let disk = crate::common::local();
-    let s3b = Bucket::new(s3.store.clone(), &s3.prefix);
-    let diskb = Bucket::new(disk.store.clone(), &disk.prefix);
+    let s3b = RepoStore::new(s3.store.clone(), &s3.prefix);
+    let diskb = RepoStore::new(disk.store.clone(), &disk.prefix);
 
     let mut laptop = Repo::init(disk.store.clone(), &disk.prefix).await.unwrap();
     let mut s = laptop.session();

@@ -7,14 +7,14 @@ use crate::common::repo::blob;
 use crate::common::{Backend, another, array_meta, backends, memory};
 use bytes::Bytes;
 use crzarr::Error;
-use crzarr::bucket::Bucket;
-use crzarr::change::Change;
-use crzarr::gc::{GcOptions, ObjectKind};
-use crzarr::ids::{BlobHash, ChangeHash, Hlc};
-use crzarr::layout::ChangeName;
+use crzarr::format::change::Change;
+use crzarr::format::ids::{BlobHash, ChangeHash, Hlc};
+use crzarr::format::layout::ChangeName;
+use crzarr::io::counting::CountingStore;
+use crzarr::io::store::RepoStore;
+use crzarr::ops::gc::{GcOptions, ObjectKind};
+use crzarr::ops::verify::{FindingKind, Severity, VerifyOptions, VerifyReport, verify};
 use crzarr::repo::Repo;
-use crzarr::testing::CountingStore;
-use crzarr::verify::{FindingKind, Severity, VerifyOptions, VerifyReport, verify};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -36,8 +36,8 @@ fn opts(blobs: bool, quarantine: bool) -> VerifyOptions {
     }
 }
 
-fn bucket(b: &Backend) -> Bucket {
-    Bucket::new(b.store.clone(), &b.prefix)
+fn bucket(b: &Backend) -> RepoStore {
+    RepoStore::new(b.store.clone(), &b.prefix)
 }
 
 /// A group, an array with a blob chunk written twice (the first blob is then only
@@ -174,7 +174,7 @@ async fn verify_modifies_nothing_and_bounds_its_requests() {
     let (listed, _) = bucket(&b).list_changes().await.unwrap();
     flip(&b, &listed[0].key).await;
     let counting = Arc::new(CountingStore::new(b.store.clone()));
-    let counted = Bucket::new(counting.clone() as Arc<dyn ObjectStore>, &b.prefix);
+    let counted = RepoStore::new(counting.clone() as Arc<dyn ObjectStore>, &b.prefix);
     let o = VerifyOptions {
         blobs: true,
         quarantine: false,
@@ -429,16 +429,16 @@ async fn a_blob_shorter_than_its_reference_is_a_length_mismatch() {
     let info = r.log().last().map(|c| (*c).clone()).unwrap();
     let c = Change {
         repo: r.id(),
-        actor: crzarr::ids::ActorId::generate(),
+        actor: crzarr::format::ids::ActorId::generate(),
         seq: 1,
         deps: vec![info.hash],
         hlc: Hlc(info.hlc.0 + 1),
         wall_ms: 0,
         message: None,
-        ops: vec![crzarr::change::Op::SetChunk {
-            node: crzarr::change::OpRef::Change(r.log()[0].hash, 1),
+        ops: vec![crzarr::format::change::Op::SetChunk {
+            node: crzarr::format::change::OpRef::Change(r.log()[0].hash, 1),
             key: "c/5".into(),
-            data: crzarr::change::ChunkData::Blob {
+            data: crzarr::format::change::ChunkData::Blob {
                 hash: BlobHash::of(&blob(2)),
                 len: 4999,
             },
@@ -526,7 +526,7 @@ async fn pending_changes_name_what_they_wait_for_and_the_horizon_is_reported() {
             &b,
             &Change {
                 repo: w.id(),
-                actor: crzarr::ids::ActorId::generate(),
+                actor: crzarr::format::ids::ActorId::generate(),
                 seq: 1,
                 deps,
                 hlc: Hlc(w.fold().hlc_of(&head).unwrap().0 + 10),
@@ -725,10 +725,10 @@ async fn quarantine_of_a_snapshot_and_its_piece_leaves_a_clean_repository_sync_i
         // Sync neither copies nor reports the quarantine.
         let mut dst = another(&b);
         dst.prefix = format!("{}-replica", b.prefix);
-        let report = crzarr::sync::sync(
+        let report = crzarr::ops::sync::sync(
             &bucket(&b),
             &bucket(&dst),
-            &crzarr::sync::SyncOptions::default(),
+            &crzarr::ops::sync::SyncOptions::default(),
         )
         .await
         .unwrap();

@@ -5,12 +5,12 @@
 
 use crate::common::{Backend, array_meta, backends, memory};
 use crzarr::Error;
-use crzarr::export::{EXPORT_RECORD, ExportOptions};
-use crzarr::gc::GcOptions;
-use crzarr::import::{ImportOptions, ImportReport};
+use crzarr::fold::view::Entry;
+use crzarr::io::counting::CountingStore;
+use crzarr::ops::export::{EXPORT_RECORD, ExportOptions};
+use crzarr::ops::gc::GcOptions;
+use crzarr::ops::import::{ImportOptions, ImportReport};
 use crzarr::repo::Repo;
-use crzarr::testing::CountingStore;
-use crzarr::view::Entry;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::BTreeMap;
@@ -333,7 +333,7 @@ async fn two_replicas_importing_edits_of_one_store_merge() {
     let mut c = {
         crzarr::sync(
             a.bucket(),
-            &crzarr::bucket::Bucket::new(other.store.clone(), &other.prefix),
+            &crzarr::io::store::RepoStore::new(other.store.clone(), &other.prefix),
             &crzarr::SyncOptions::push(),
         )
         .await
@@ -427,7 +427,7 @@ async fn by_reference_import_copies_no_chunk_and_reads_and_exports_the_originals
     let cold = Repo::open(b.store.clone(), &b.prefix).await.unwrap();
     assert_same_store(&view_bytes(&cold).await, &plain, "cold");
     // The change that records them is format 2; plain changes stay format 1.
-    let changes = crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix)
+    let changes = crzarr::io::store::RepoStore::new(b.store.clone(), &b.prefix)
         .list_changes()
         .await
         .unwrap()
@@ -440,7 +440,7 @@ async fn by_reference_import_copies_no_chunk_and_reads_and_exports_the_originals
         .bytes()
         .await
         .unwrap();
-    assert_eq!(bytes[4], crzarr::change::CHANGE_VERSION_REFERENCES);
+    assert_eq!(bytes[4], crzarr::format::change::CHANGE_VERSION_REFERENCES);
     // Export resolves references: a plain store with the original bytes.
     let out = memory();
     r.export(out.store.clone(), "out", &ExportOptions::default())
@@ -517,14 +517,14 @@ async fn a_changed_or_vanished_original_is_reported_never_served() {
         .unwrap_err();
     assert!(matches!(err, Error::ReferenceChanged { .. }), "{err:?}");
     // verify names both chunks.
-    let report = crzarr::verify::verify(
-        &crzarr::bucket::Bucket::new(b.store.clone(), &b.prefix),
-        &crzarr::verify::VerifyOptions::default(),
+    let report = crzarr::ops::verify::verify(
+        &crzarr::io::store::RepoStore::new(b.store.clone(), &b.prefix),
+        &crzarr::ops::verify::VerifyOptions::default(),
     )
     .await
     .unwrap();
     let keys: Vec<&str> = report
-        .of_kind(crzarr::verify::FindingKind::ReferenceChanged)
+        .of_kind(crzarr::ops::verify::FindingKind::ReferenceChanged)
         .iter()
         .map(|f| f.key.as_str())
         .collect();

@@ -8,7 +8,7 @@ mod stack;
 mod systems;
 
 use clap::Parser;
-use crzarr::testing::RequestCounts;
+use crzarr::io::counting::RequestCounts;
 use stack::{Base, Stack};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -288,7 +288,7 @@ fn header(rep: &mut Report, args: &Args) {
     ));
     rep.line("");
     rep.line(
-        "**Store**: base store -> ThrottledStore -> `crzarr::testing::CountingStore` (requests and sequential round \
+        "**Store**: base store -> ThrottledStore -> `crzarr::io::counting::CountingStore` (requests and sequential round \
          trips; a LIST counts as one request). crzarr gets that stack as its `Arc<dyn ObjectStore>`; Icechunk gets the \
          same stack through its own `ObjectStorage` (its object_store-backed storage), via a registered \
          `ObjectStoreBackend` whose client is the stack and whose settings are those of Icechunk's backend for the same \

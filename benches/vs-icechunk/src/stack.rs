@@ -10,7 +10,7 @@
 //! the same latency layer and the same counter as crzarr's.
 
 use async_trait::async_trait;
-use crzarr::testing::{CountingStore, RequestCounts};
+use crzarr::io::counting::{CountingStore, RequestCounts};
 use futures::stream::BoxStream;
 use icechunk::storage::{
     ObjectStoreBackend, RetriesSettings, Role, Settings, StorageError, StorageInfo,

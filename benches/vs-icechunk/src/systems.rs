@@ -6,7 +6,7 @@
 //! default), so in both every chunk is an object of its own.
 
 use bytes::Bytes;
-use crzarr::gc::GcOptions;
+use crzarr::ops::gc::GcOptions;
 use crzarr::repo::Repo;
 use futures::{StreamExt, TryStreamExt, stream};
 use icechunk::conflicts::detector::ConflictDetector;
@@ -90,7 +90,7 @@ pub async fn crz_commit(repo: &mut Repo, chunks: &[u64], tag: u64) -> R<()> {
     for &c in chunks {
         s.set(&chunk_key(c), chunk_bytes(c, tag))?;
     }
-    s.commit(&mut repo, Some("bench")).await?;
+    s.commit(repo, Some("bench")).await?;
     Ok(())
 }
 
@@ -189,7 +189,7 @@ pub async fn ice_publish(store: &Store, max_retries: u32) -> Publish {
     let mut s = session.write().await;
     let mut out = Publish::default();
     loop {
-        match s.commit(&mut repo, "bench").execute().await {
+        match s.commit("bench").execute().await {
             Ok(_) => return out,
             Err(e) if matches!(e.kind, SessionErrorKind::Conflict { .. }) => {
                 if out.retries >= max_retries {
@@ -224,7 +224,7 @@ pub async fn ice_get(store: &Store, chunk: u64) -> R<Option<Bytes>> {
 pub async fn ice_compact(storage: Arc<dyn icechunk::Storage + Send + Sync>) -> R<()> {
     let repo = ice_open(storage).await?;
     let mut s = repo.writable_session(BRANCH).await?;
-    s.commit(&mut repo, "rewrite manifests")
+    s.commit("rewrite manifests")
         .rewrite_manifests()
         .execute()
         .await?;
