@@ -1,4 +1,8 @@
 //! Typed errors. Every error that concerns an object in the bucket names its key.
+//!
+//! One flat enum, [`Error`](enum@Error), for everything the library returns;
+//! [`Error::key`] and [`Error::reason`] split any message into the key it concerns and
+//! what is wrong.
 
 use thiserror::Error;
 
@@ -6,7 +10,11 @@ use thiserror::Error;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in crzarr.
+///
+/// New variants may be added: match with a wildcard arm. [`Error::key`] gives the key
+/// an error concerns and [`Error::reason`] the message without it, for any variant.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The object store failed (network, permissions, missing bucket...).
     #[error("object store error at {key}: {source}")]
@@ -26,7 +34,7 @@ pub enum Error {
         reason: String,
     },
     /// A file in the bucket is larger than crzarr accepts.
-    #[error("{key}: {size} bytes exceeds the limit of {limit} bytes")]
+    #[error("{key}: {}", self.reason())]
     TooLarge {
         /// Bucket key of the offending file.
         key: String,
@@ -36,9 +44,7 @@ pub enum Error {
         limit: u64,
     },
     /// A file was written by a newer crzarr (or is not ours at all).
-    #[error(
-        "{key}: format version {found} is not supported (this build reads version {supported}); upgrade crzarr"
-    )]
+    #[error("{key}: {}", self.reason())]
     UnsupportedVersion {
         /// Bucket key of the offending file.
         key: String,
@@ -54,7 +60,7 @@ pub enum Error {
         location: String,
     },
     /// A change or snapshot belongs to a different repository.
-    #[error("{key}: belongs to repository {found}, not {expected}")]
+    #[error("{key}: {}", self.reason())]
     ForeignRepo {
         /// Bucket key of the offending file.
         key: String,
@@ -150,7 +156,7 @@ pub enum Error {
     },
     /// A commit wrote its change file but the writer's own fold did not apply it, so
     /// readers will not either. Never expected: the change is checked before upload.
-    #[error("{key}: committed change is not applied: {reason}")]
+    #[error("{key}: {}", self.reason())]
     CommitRejected {
         /// Bucket key of the written change.
         key: String,
@@ -165,17 +171,13 @@ pub enum Error {
     Usage(String),
     /// An object that was listed or referenced is gone: garbage collection removed
     /// it after a newer snapshot covered it. Refreshing (or reopening) succeeds.
-    #[error("{key}: removed by garbage collection after it was listed; refresh and retry")]
+    #[error("{key}: {}", self.reason())]
     Vanished {
         /// Bucket key.
         key: String,
     },
     /// A change needs history older than the oldest retained snapshot.
-    #[error(
-        "{key}: needs change {missing} which is neither in the bucket nor covered by its snapshots \
-         (garbage-collected history, or a partial copy): sync the replica that has it, \
-         or remove this change if it is abandoned"
-    )]
+    #[error("{key}: {}", self.reason())]
     HistoryHorizon {
         /// The change that cannot be applied.
         key: String,
@@ -197,6 +199,67 @@ pub enum Error {
 }
 
 impl Error {
+    /// The key this error concerns, if it names one: the bucket key of an object, the
+    /// Zarr key or node path of a request, or the location of a repository or export.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Error::Store { key, .. }
+            | Error::Corrupt { key, .. }
+            | Error::TooLarge { key, .. }
+            | Error::UnsupportedVersion { key, .. }
+            | Error::ForeignRepo { key, .. }
+            | Error::InvalidKey { key, .. }
+            | Error::InvalidMetadata { key, .. }
+            | Error::MissingBlob { key, .. }
+            | Error::ReferenceChanged { key, .. }
+            | Error::CommitRefused { key, .. }
+            | Error::CommitRejected { key, .. }
+            | Error::Vanished { key }
+            | Error::HistoryHorizon { key, .. } => Some(key),
+            Error::NoSuchNode { path } => Some(path),
+            Error::NotARepo { location } | Error::ExportRefused { location, .. } => Some(location),
+            Error::RepoMismatch { .. }
+            | Error::WindowTooShort { .. }
+            | Error::Limit(_)
+            | Error::Usage(_)
+            | Error::Io(_) => None,
+        }
+    }
+
+    /// The message without the key it starts with: what is wrong with the object
+    /// [`Error::key`] names. Messages that do not start with `key: ` are whole.
+    pub fn reason(&self) -> String {
+        // Variants displayed as `{key}: {reason}` get their text here, in one place;
+        // each needs its own arm (the fallback displays the whole error).
+        match self {
+            Error::Corrupt { reason, .. } => reason.clone(),
+            Error::TooLarge { size, limit, .. } => {
+                format!("{size} bytes exceeds the limit of {limit} bytes")
+            }
+            Error::UnsupportedVersion {
+                found, supported, ..
+            } => format!(
+                "format version {found} is not supported (this build reads version \
+                 {supported}); upgrade crzarr"
+            ),
+            Error::ForeignRepo {
+                found, expected, ..
+            } => format!("belongs to repository {found}, not {expected}"),
+            Error::CommitRejected { reason, .. } => {
+                format!("committed change is not applied: {reason}")
+            }
+            Error::Vanished { .. } => {
+                "removed by garbage collection after it was listed; refresh and retry".into()
+            }
+            Error::HistoryHorizon { missing, .. } => format!(
+                "needs change {missing} which is neither in the bucket nor covered by its \
+                 snapshots (garbage-collected history, or a partial copy): sync the replica \
+                 that has it, or remove this change if it is abandoned"
+            ),
+            e => e.to_string(),
+        }
+    }
+
     pub(crate) fn store(key: impl Into<String>, source: object_store::Error) -> Self {
         Error::Store {
             key: key.into(),
@@ -223,5 +286,47 @@ impl Error {
             key: key.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_messages_are_the_key_then_the_reason() {
+        let keyed = [
+            Error::corrupt("k", "r"),
+            Error::TooLarge {
+                key: "k".into(),
+                size: 2,
+                limit: 1,
+            },
+            Error::UnsupportedVersion {
+                key: "k".into(),
+                found: 9,
+                supported: 1,
+            },
+            Error::ForeignRepo {
+                key: "k".into(),
+                found: "a".into(),
+                expected: "b".into(),
+            },
+            Error::CommitRejected {
+                key: "k".into(),
+                reason: "r".into(),
+            },
+            Error::Vanished { key: "k".into() },
+            Error::HistoryHorizon {
+                key: "k".into(),
+                missing: "m".into(),
+            },
+        ];
+        for e in keyed {
+            assert_eq!(e.key(), Some("k"), "{e:?}");
+            assert_eq!(e.to_string(), format!("k: {}", e.reason()), "{e:?}");
+        }
+        let e = Error::Usage("bad input".into());
+        assert_eq!((e.key(), e.reason()), (None, "bad input".to_string()));
     }
 }
