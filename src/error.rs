@@ -144,8 +144,8 @@ pub enum Error {
         min: std::time::Duration,
     },
     /// A commit was refused before anything was uploaded: readers would reject the
-    /// change it would write, or no valid clock stamp exists on top of its
-    /// dependencies. The staged ops are kept.
+    /// change it would write (by its own rules or against its causal past), or no
+    /// valid clock stamp exists on top of its dependencies. The staged ops are kept.
     #[error("commit refused, nothing written: {key}: {reason}")]
     CommitRefused {
         /// The key concerned: the change's own, or the dependency whose clock stamp
@@ -163,12 +163,28 @@ pub enum Error {
         /// Why the fold did not apply it.
         reason: String,
     },
-    /// A limit protecting memory was reached.
+    /// A size or count limit was reached (most protect memory, some what readers
+    /// accept), or an operation ran over its time limit. Nothing past it was written.
     #[error("limit reached: {0}")]
     Limit(String),
     /// Bad command-line or URL input.
     #[error("{0}")]
     Usage(String),
+    /// A request refused because of what it asks for or what its destination holds
+    /// (a directory that is not empty, Zarr v2 metadata); nothing was written.
+    /// Commits and exports have their own variants, [`Error::CommitRefused`] and
+    /// [`Error::ExportRefused`].
+    #[error("{what}: {reason}")]
+    Refused {
+        /// The key, path or location the request named.
+        what: String,
+        /// Why it is refused and what to do instead.
+        reason: String,
+    },
+    /// An internal invariant does not hold (such as a manifest piece that should be
+    /// in memory and is not): a crzarr bug, never the input's fault.
+    #[error("internal error (a crzarr bug): {0}")]
+    Internal(String),
     /// An object that was listed or referenced is gone: garbage collection removed
     /// it after a newer snapshot covered it. Refreshing (or reopening) succeeds.
     #[error("{key}: {}", self.reason())]
@@ -217,11 +233,14 @@ impl Error {
             | Error::Vanished { key }
             | Error::HistoryHorizon { key, .. } => Some(key),
             Error::NoSuchNode { path } => Some(path),
-            Error::NotARepo { location } | Error::ExportRefused { location, .. } => Some(location),
+            Error::NotARepo { location }
+            | Error::ExportRefused { location, .. }
+            | Error::Refused { what: location, .. } => Some(location),
             Error::RepoMismatch { .. }
             | Error::WindowTooShort { .. }
             | Error::Limit(_)
             | Error::Usage(_)
+            | Error::Internal(_)
             | Error::Io(_) => None,
         }
     }
@@ -245,6 +264,7 @@ impl Error {
             Error::ForeignRepo {
                 found, expected, ..
             } => format!("belongs to repository {found}, not {expected}"),
+            Error::Refused { reason, .. } => reason.clone(),
             Error::CommitRejected { reason, .. } => {
                 format!("committed change is not applied: {reason}")
             }
@@ -320,6 +340,10 @@ mod tests {
             Error::HistoryHorizon {
                 key: "k".into(),
                 missing: "m".into(),
+            },
+            Error::Refused {
+                what: "k".into(),
+                reason: "r".into(),
             },
         ];
         for e in keyed {

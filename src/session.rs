@@ -1026,13 +1026,14 @@ impl<'r> WriteSession<'r> {
                 message: message.map(str::to_string),
                 ops: self.ops.clone(),
             };
-            // Never publish what readers would refuse: check it as they will.
-            change.validate().map_err(|reason| {
-                Error::Limit(format!(
-                    "refusing to commit an invalid change (a crzarr bug or a limit): {reason}"
-                ))
-            })?;
             let bytes = Bytes::from(change.encode());
+            // Never publish what readers would refuse: check it as they will.
+            if let Err(rule) = change.validate() {
+                return Err(Error::CommitRefused {
+                    key: self.repo.change_key(ChangeHash::of(&bytes), actor, seq),
+                    reason: rule.to_string(),
+                });
+            }
             self.prepared = Some((change, bytes));
         }
         let Some((change, bytes)) = self.prepared.take() else {

@@ -668,7 +668,7 @@ impl Fold {
             // Keys of the old piece nothing touched keep their entries as they are.
             if let Some(p) = old.get(i) {
                 let piece = self.loaded_piece(&p.hash).ok_or_else(|| {
-                    Error::Usage(format!("manifest piece {} not loaded for export", p.hash))
+                    Error::Internal(format!("manifest piece {} not loaded for export", p.hash))
                 })?;
                 for (k, es) in &piece.keys {
                     if dirty_set.contains(&**k) {
@@ -687,7 +687,7 @@ impl Fold {
             for (c, k) in changed {
                 let mut es = Vec::new();
                 self.chunk_entries(s, k, &mut es).map_err(|h| {
-                    Error::Usage(format!("manifest piece {h} not loaded for export"))
+                    Error::Internal(format!("manifest piece {h} not loaded for export"))
                 })?;
                 if !es.is_empty() {
                     es.sort_by_key(|e| e.order);
