@@ -862,7 +862,8 @@ impl Fold {
                 Op::CreateArray { metadata, .. } => {
                     let doc: serde_json::Value =
                         serde_json::from_str(metadata).map_err(|e| e.to_string())?;
-                    Some(Some(ArrayMeta::from_stored(&doc)?.ndim()))
+                    let meta = ArrayMeta::from_stored(&doc).map_err(|e| e.to_string())?;
+                    Some(Some(meta.ndim()))
                 }
                 _ => None,
             });

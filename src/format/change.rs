@@ -834,7 +834,7 @@ fn check_observed(
 }
 
 fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(), String> {
-    let e = |e: Error| e.to_string();
+    let e = |e: crate::zarr::key::KeyError| e.to_string();
     match op {
         Op::CreateGroup { path, attributes } => {
             key::check_node_path(path).map_err(e)?;
@@ -847,7 +847,7 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
         } => {
             key::check_node_path(path).map_err(e)?;
             let doc = check_json(metadata)?;
-            crate::zarr::meta::ArrayMeta::from_stored(&doc)?;
+            crate::zarr::meta::ArrayMeta::from_stored(&doc).map_err(|e| e.to_string())?;
             check_attrs(attributes)
         }
         Op::SetAttr {
