@@ -2,8 +2,18 @@
 //!
 //! One flat enum, [`Error`](enum@Error), for everything the library returns;
 //! [`Error::key`] and [`Error::reason`] split any message into the key it concerns and
-//! what is wrong.
+//! what is wrong. Validators have error types of their own, one per concern, naming
+//! the rule broken; they convert into [`Error`](enum@Error) where they meet a key:
+//!
+//! | type | concern | as an error |
+//! |---|---|---|
+//! | [`ChangeError`], [`OpError`](crate::format::change::OpError) | a change's own rules | [`Error::Corrupt`] ([`CorruptKind::Change`]) |
+//! | [`SnapshotError`] | a snapshot object's structure | [`Error::Corrupt`] ([`CorruptKind::Snapshot`]) |
+//! | [`KeyError`](crate::zarr::key::KeyError) | Zarr keys and node paths | [`Error::InvalidKey`] |
+//! | [`MetaError`](crate::zarr::meta::MetaError) | Zarr v3 node metadata | [`Error::InvalidMetadata`] |
 
+use crate::format::change::ChangeError;
+use crate::format::snapshot::SnapshotError;
 use thiserror::Error;
 
 /// Result alias used throughout crzarr.
@@ -26,12 +36,13 @@ pub enum Error {
         source: object_store::Error,
     },
     /// A file in the bucket could not be decoded or failed verification.
-    #[error("{key}: {reason}")]
+    #[error("{key}: {kind}")]
     Corrupt {
         /// Bucket key of the offending file.
         key: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        kind: CorruptKind,
     },
     /// A file in the bucket is larger than crzarr accepts.
     #[error("{key}: {}", self.reason())]
@@ -251,7 +262,7 @@ impl Error {
         // Variants displayed as `{key}: {reason}` get their text here, in one place;
         // each needs its own arm (the fallback displays the whole error).
         match self {
-            Error::Corrupt { reason, .. } => reason.clone(),
+            Error::Corrupt { kind, .. } => kind.to_string(),
             Error::TooLarge { size, limit, .. } => {
                 format!("{size} bytes exceeds the limit of {limit} bytes")
             }
@@ -287,10 +298,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(key: impl Into<String>, kind: impl Into<CorruptKind>) -> Self {
         Error::Corrupt {
             key: key.into(),
-            reason: reason.into(),
+            kind: kind.into(),
         }
     }
 
@@ -309,6 +320,66 @@ impl Error {
     }
 }
 
+/// What is wrong with an object in the bucket: the source of [`Error::Corrupt`]. Its
+/// message is the part of the error's message after the key.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// The first bytes are not the magic of the object expected (named).
+    #[error("not a crzarr {0} (bad magic)")]
+    BadMagic(&'static str),
+    /// The body does not decode as the object expected.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What was expected ("change", "snapshot", "manifest piece"...).
+        what: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The body decodes, but is not the one canonical encoding of what it holds
+    /// (or bytes follow it).
+    #[error("non-canonical encoding or trailing bytes")]
+    NonCanonical,
+    /// The version byte is one this build reads, but not the version the content is
+    /// written in (each object has one encoding, version byte included).
+    #[error("format version {found} for a {what} that is written as version {written}")]
+    VersionMismatch {
+        /// What the object is ("change", "snapshot", "piece").
+        what: &'static str,
+        /// The version byte found.
+        found: u8,
+        /// The version its content is written in.
+        written: u8,
+    },
+    /// The bytes do not hash to the name or reference they are read under (truncated
+    /// or altered), or another object sits at a content-addressed key. Says which.
+    #[error("{0}")]
+    HashMismatch(String),
+    /// A change breaks a rule that depends on it alone.
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    /// A snapshot object is not well formed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Anything else, described (markers, settings, export records, file names).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for CorruptKind {
+    /// A description of damage of no other kind: [`CorruptKind::Other`].
+    fn from(reason: String) -> Self {
+        CorruptKind::Other(reason)
+    }
+}
+
+impl From<&str> for CorruptKind {
+    /// A description of damage of no other kind: [`CorruptKind::Other`].
+    fn from(reason: &str) -> Self {
+        CorruptKind::Other(reason.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +387,7 @@ mod tests {
     #[test]
     fn keyed_messages_are_the_key_then_the_reason() {
         let keyed = [
-            Error::corrupt("k", "r"),
+            Error::corrupt("k", CorruptKind::NonCanonical),
             Error::TooLarge {
                 key: "k".into(),
                 size: 2,
@@ -352,5 +423,20 @@ mod tests {
         }
         let e = Error::Usage("bad input".into());
         assert_eq!((e.key(), e.reason()), (None, "bad input".to_string()));
+    }
+
+    #[test]
+    fn corrupt_has_a_typed_source() {
+        let e = Error::corrupt("k", ChangeError::SeqZero);
+        assert!(matches!(
+            &e,
+            Error::Corrupt {
+                kind: CorruptKind::Change(ChangeError::SeqZero),
+                ..
+            }
+        ));
+        assert_eq!(e.to_string(), "k: seq must start at 1");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("seq must start at 1"));
     }
 }

@@ -710,8 +710,8 @@ impl Repo {
                 }
                 // A damaged shard is reported; what it would have covered stays
                 // pending (and shows in `missing_history`) instead of failing open.
-                Err(Error::Corrupt { key, reason }) => {
-                    self.problems.insert(key, reason);
+                Err(Error::Corrupt { key, kind }) => {
+                    self.problems.insert(key, kind.to_string());
                 }
                 Err(e) => return Err(e),
             }

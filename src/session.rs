@@ -716,7 +716,7 @@ impl<'r> WriteSession<'r> {
         key::check_chunk_key(chunk)?;
         reference
             .check()
-            .map_err(|r| Error::invalid_key(key::chunk_store_key(array, chunk), r))?;
+            .map_err(|r| Error::invalid_key(key::chunk_store_key(array, chunk), r.to_string()))?;
         let h = self.array_handle(array)?;
         self.write_chunk(&h, chunk, Some(ChunkData::Reference(reference)));
         Ok(())

@@ -8,7 +8,7 @@
 //! pending changes, the history horizon, rejected changes and forks come from a
 //! [`Repo`] opened on the bucket.
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::fold::Fold;
 use crate::fold::view::{ChunkRef, Entry};
 use crate::format::change::{ChunkReference, MAX_CHANGE_BYTES, Op};
@@ -781,7 +781,7 @@ async fn check_blob(
             len,
             Err(Error::corrupt(
                 key.as_ref(),
-                "blob content does not match its hash",
+                CorruptKind::HashMismatch("blob content does not match its hash".into()),
             )),
         );
     }
