@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | [`ChangeError`], [`OpError`](crate::format::change::OpError) | a change's own rules | [`Error::Corrupt`] ([`CorruptKind::Change`]) |
 //! | [`SnapshotError`] | a snapshot object's structure | [`Error::Corrupt`] ([`CorruptKind::Snapshot`]) |
+//! | [`Rejection`](crate::fold::Rejection) | a change against its causal past | a rejected change; [`Error::CommitRefused`] |
 //! | [`KeyError`](crate::zarr::key::KeyError) | Zarr keys and node paths | [`Error::InvalidKey`] |
 //! | [`MetaError`](crate::zarr::meta::MetaError) | Zarr v3 node metadata | [`Error::InvalidMetadata`] |
 
