@@ -695,8 +695,8 @@ impl Repo {
                 }
                 // A damaged shard is reported; what it would have covered stays
                 // pending (and shows in `missing_history`) instead of failing open.
-                Err(Error::Corrupt { key, reason }) => {
-                    self.problems.insert(key, reason);
+                Err(Error::Corrupt { key, kind }) => {
+                    self.problems.insert(key, kind.to_string());
                 }
                 Err(e) => return Err(e),
             }
@@ -754,7 +754,7 @@ impl Repo {
     pub(crate) async fn live_blobs(&self) -> Result<HashSet<BlobHash>> {
         self.load_all().await?;
         self.fold.live_blobs().map_err(|h| {
-            Error::Usage(format!(
+            Error::Internal(format!(
                 "manifest piece {h} not loaded after reading them all"
             ))
         })
@@ -950,9 +950,9 @@ impl Repo {
         let max = self
             .fold
             .max_ref(deps, ops)
-            .map_err(|reason| Error::CommitRefused {
+            .map_err(|rule| Error::CommitRefused {
                 key: self.bucket.layout.ops_dir().to_string(),
-                reason,
+                reason: rule.to_string(),
             })?;
         match (max, Hlc::next(now_ms, max.map(|c| c.hlc))) {
             (_, Some(hlc)) => Ok(hlc),
@@ -972,7 +972,7 @@ impl Repo {
         }
     }
 
-    fn change_key(&self, hash: ChangeHash, actor: ActorId, seq: u64) -> String {
+    pub(crate) fn change_key(&self, hash: ChangeHash, actor: ActorId, seq: u64) -> String {
         self.bucket
             .layout
             .change(&ChangeName { hash, actor, seq })
@@ -998,8 +998,9 @@ impl Repo {
         let key = self.change_key(hash, change.actor, change.seq);
         // A retry after the change was fetched by a refresh: already applied, valid.
         if !self.fold.contains(&hash)
-            && let Err(reason) = self.fold.check(&change)
+            && let Err(rule) = self.fold.check(&change)
         {
+            let reason = rule.to_string();
             return Err((Error::CommitRefused { key, reason }, Some(change)));
         }
         if let Err(e) = self.upload(&change, bytes, blobs).await {

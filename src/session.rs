@@ -739,7 +739,7 @@ impl WriteSession {
         key::check_chunk_key(chunk)?;
         reference
             .check()
-            .map_err(|r| Error::invalid_key(key::chunk_store_key(array, chunk), r))?;
+            .map_err(|r| Error::invalid_key(key::chunk_store_key(array, chunk), r.to_string()))?;
         let h = self.array_handle(array)?;
         self.write_chunk(&h, chunk, Some(ChunkData::Reference(reference)));
         Ok(())
@@ -1055,13 +1055,14 @@ impl WriteSession {
                 message: message.map(str::to_string),
                 ops: self.ops.clone(),
             };
-            // Never publish what readers would refuse: check it as they will.
-            change.validate().map_err(|reason| {
-                Error::Limit(format!(
-                    "refusing to commit an invalid change (a crzarr bug or a limit): {reason}"
-                ))
-            })?;
             let bytes = Bytes::from(change.encode());
+            // Never publish what readers would refuse: check it as they will.
+            if let Err(rule) = change.validate() {
+                return Err(Error::CommitRefused {
+                    key: repo.change_key(ChangeHash::of(&bytes), actor, seq),
+                    reason: rule.to_string(),
+                });
+            }
             self.prepared = Some((change, bytes));
         }
         let Some((change, bytes)) = self.prepared.take() else {

@@ -104,7 +104,7 @@ async fn open_at(b: &RepoStore) -> Result<Repo> {
 }
 
 fn bug(what: &str) -> Error {
-    Error::Usage(format!("{what} (this is a bug)"))
+    Error::Internal(what.to_string())
 }
 
 /// Runs the demo in `dir` (a fresh temporary directory by default).
@@ -112,10 +112,10 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
     let dir = match dir {
         Some(d) => {
             if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
-                return Err(Error::Usage(format!(
-                    "{}: directory is not empty; give an empty or new directory",
-                    d.display()
-                )));
+                return Err(Error::Refused {
+                    what: d.display().to_string(),
+                    reason: "directory is not empty; give an empty or new directory".into(),
+                });
             }
             d
         }

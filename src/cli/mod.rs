@@ -431,10 +431,10 @@ async fn run_command(cmd: Command, concurrency: usize) -> Result<()> {
         } => {
             let name = key.rsplit('/').next().unwrap_or(&key);
             if [".zarray", ".zgroup", ".zattrs", ".zmetadata"].contains(&name) {
-                return Err(Error::Usage(format!(
-                    "{key}: {}",
-                    crzarr::zarr::meta::V2_ADVICE
-                )));
+                return Err(Error::Refused {
+                    what: key,
+                    reason: crzarr::zarr::meta::V2_ADVICE.into(),
+                });
             }
             let bytes = if file == "-" {
                 let mut b = Vec::new();

@@ -472,7 +472,7 @@ impl Fold {
         keep_theirs: &dyn Fn(&RegKey, &EntryId) -> bool,
     ) -> Result<(Vec<(Box<str>, EntryId)>, Vec<(Box<str>, ChunkEntry)>)> {
         let unloaded =
-            |h: ObjectHash| Error::Usage(format!("manifest piece {h} not loaded for a join"));
+            |h: ObjectHash| Error::Internal(format!("manifest piece {h} not loaded for a join"));
         let (Some(mn), Some(tn)) = (self.nodes.get(s), other.nodes.get(ts)) else {
             return Ok((Vec::new(), Vec::new()));
         };

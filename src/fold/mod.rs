@@ -27,7 +27,7 @@ pub use crate::format::limits::{MAX_PENDING_BYTES, MAX_PENDING_CHANGES};
 use crate::format::snapshot::{
     CoveredChange, ManifestPiece, PieceRef, RegKey, SnapChunk, SnapKind, SnapshotMeta,
 };
-use crate::zarr::meta::ArrayMeta;
+use crate::zarr::meta::{ArrayMeta, MetaError};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -417,6 +417,88 @@ pub struct RejectedChange {
     pub reason: String,
 }
 
+/// Why the fold refuses a change against its causal past: the causal validity rule
+/// it breaks (spec/format.md §3.9). It depends only on the change and the changes it
+/// references, so every reader refuses it alike.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// A dependency is not applied.
+    #[error("dependency not applied")]
+    DependencyMissing,
+    /// The change's clock stamp is not greater than this dependency's.
+    #[error("clock {} not greater than dependency {}'s", .clock.0, .dependency.short())]
+    ClockBehind {
+        /// The change's stamp.
+        clock: Hlc,
+        /// The dependency.
+        dependency: ChangeHash,
+    },
+    /// The change's clock stamp is past the bound set by the changes it references.
+    #[error(
+        "clock {} too far ahead of the changes it references (at most {} allowed)",
+        .clock.0,
+        .bound.0
+    )]
+    ClockAhead {
+        /// The change's stamp.
+        clock: Hlc,
+        /// The greatest stamp allowed.
+        bound: Hlc,
+    },
+    /// A reference to a change that is not applied.
+    #[error("reference to a change that is not applied")]
+    UnknownChange,
+    /// A reference to an op number its change does not have.
+    #[error("reference to op {op} of {} which has fewer ops", .change.short())]
+    NoSuchOp {
+        /// The change referenced.
+        change: ChangeHash,
+        /// The op number.
+        op: u32,
+    },
+    /// A local node reference to an op of the same change that creates no node.
+    #[error("local node reference to an op that creates no node")]
+    LocalNotANode,
+    /// A node reference to an op that creates no node.
+    #[error("reference to an op that creates no node")]
+    NotANode,
+    /// A chunk op on a group.
+    #[error("chunk op on a group")]
+    ChunkOpOnGroup,
+    /// A resize of a group.
+    #[error("resize of a group")]
+    ResizeOfGroup,
+    /// A resize of a dimension the array does not have.
+    #[error("resize of a dimension the array lacks")]
+    ResizeDimension,
+    /// Array metadata created by the change is not JSON (the parser's message).
+    #[error("{0}")]
+    ArrayJson(String),
+    /// Array metadata created by the change is not valid stored Zarr v3 metadata.
+    #[error(transparent)]
+    ArrayMetadata(#[from] MetaError),
+    /// One op breaks a rule.
+    #[error("op {index}: {rule}")]
+    Op {
+        /// Its position in the change.
+        index: usize,
+        /// The rule.
+        #[source]
+        rule: Box<Rejection>,
+    },
+}
+
+impl Rejection {
+    /// The rule, as op `index` breaks it.
+    fn at_op(self, index: usize) -> Rejection {
+        Rejection::Op {
+            index,
+            rule: Box::new(self),
+        }
+    }
+}
+
 /// What happened to a change handed to [`Fold::insert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -430,7 +512,7 @@ pub enum InsertOutcome {
     /// Already known (applied, pending or rejected).
     Duplicate,
     /// Invalid against its causal past.
-    Rejected(String),
+    Rejected(Rejection),
     /// The pending queue is full.
     QueueFull,
 }
@@ -457,7 +539,7 @@ pub struct Fold {
     pending: HashMap<ChangeHash, Waiting>,
     pending_bytes: u64,
     waiters: HashMap<ChangeHash, Vec<ChangeHash>>,
-    rejected: HashMap<ChangeHash, String>,
+    rejected: HashMap<ChangeHash, Rejection>,
     claims: HashMap<(ActorId, u64), Vec<ChangeHash>>,
     /// Object registers by store key (keys outside nodes' metadata and chunks).
     pub(crate) objects: BTreeMap<Box<str>, Register<ChunkVal>>,
@@ -611,7 +693,7 @@ impl Fold {
             .iter()
             .map(|(h, r)| RejectedChange {
                 hash: *h,
-                reason: r.clone(),
+                reason: r.to_string(),
             })
             .collect();
         v.sort_by_key(|r| r.hash);
@@ -708,22 +790,16 @@ impl Fold {
         count
     }
 
-    fn stamp_of(&self, r: &OpRef, own: u32) -> Result<Stamp, String> {
+    fn stamp_of(&self, r: &OpRef, own: u32) -> Result<Stamp, Rejection> {
         match r {
             OpRef::Local(n) => Ok(Stamp {
                 change: own,
                 op: *n,
             }),
             OpRef::Change(h, n) => {
-                let idx = *self
-                    .index
-                    .get(h)
-                    .ok_or("reference to a change that is not applied")?;
+                let idx = *self.index.get(h).ok_or(Rejection::UnknownChange)?;
                 if *n >= self.infos[idx as usize].ops {
-                    return Err(format!(
-                        "reference to op {n} of {} which has fewer ops",
-                        h.short()
-                    ));
+                    return Err(Rejection::NoSuchOp { change: *h, op: *n });
                 }
                 Ok(Stamp {
                     change: idx,
@@ -737,7 +813,11 @@ impl Fold {
     /// and ops references: its deps and the changes its node references name (what
     /// the fold waits for, [`required`]); `None` when it references none. The clock
     /// bound of spec/format.md §3.6 is measured from it, by readers and writers alike.
-    pub fn max_ref(&self, deps: &[ChangeHash], ops: &[Op]) -> Result<Option<&ChangeInfo>, String> {
+    pub fn max_ref(
+        &self,
+        deps: &[ChangeHash],
+        ops: &[Op],
+    ) -> Result<Option<&ChangeInfo>, Rejection> {
         let mut max: Option<&ChangeInfo> = None;
         let mut missing = false;
         let mut consider = |h: &ChangeHash| match self.index.get(h) {
@@ -763,7 +843,7 @@ impl Fold {
             });
         }
         if missing {
-            return Err("reference to a change that is not applied".into());
+            return Err(Rejection::UnknownChange);
         }
         Ok(max)
     }
@@ -773,25 +853,24 @@ impl Fold {
     /// passes, and a writer runs it on its own change before uploading it, so a
     /// commit never writes what readers reject. Depends only on the change and the
     /// changes it references, never on the order of arrival or the local clock.
-    pub fn check(&self, change: &Change) -> Result<(), String> {
+    pub fn check(&self, change: &Change) -> Result<(), Rejection> {
         let own = self.infos.len() as u32;
         for d in &change.deps {
-            let dep_hlc = self.hlc_of(d).ok_or("dependency not applied")?;
+            let dep_hlc = self.hlc_of(d).ok_or(Rejection::DependencyMissing)?;
             if change.hlc <= dep_hlc {
-                return Err(format!(
-                    "clock {} not greater than dependency {}'s",
-                    change.hlc.0,
-                    d.short()
-                ));
+                return Err(Rejection::ClockBehind {
+                    clock: change.hlc,
+                    dependency: *d,
+                });
             }
         }
         let max_ref = self.max_ref(&change.deps, &change.ops)?.map(|c| c.hlc);
         let bound = Hlc::bound(max_ref);
         if change.hlc > bound {
-            return Err(format!(
-                "clock {} too far ahead of the changes it references (at most {} allowed)",
-                change.hlc.0, bound.0
-            ));
+            return Err(Rejection::ClockAhead {
+                clock: change.hlc,
+                bound,
+            });
         }
         let mut local_kinds: Vec<Option<Option<usize>>> = Vec::with_capacity(change.ops.len());
         let mut memo: Option<(OpRef, Option<usize>)> = None;
@@ -813,39 +892,36 @@ impl Fold {
             if let Some(e) = bad {
                 return Err(e);
             }
-            let kind_of =
-                |r: &OpRef| -> Result<Option<usize>, String> {
-                    match r {
-                        OpRef::Local(n) => local_kinds
-                            .get(*n as usize)
-                            .copied()
-                            .flatten()
-                            .ok_or_else(|| {
-                                "local node reference to an op that creates no node".to_string()
-                            }),
-                        OpRef::Change(..) => {
-                            let s = self.stamp_of(r, own)?;
-                            self.nodes
-                                .get(&s)
-                                .map(Node::ndim)
-                                .ok_or_else(|| "reference to an op that creates no node".into())
-                        }
+            let kind_of = |r: &OpRef| -> Result<Option<usize>, Rejection> {
+                match r {
+                    OpRef::Local(n) => local_kinds
+                        .get(*n as usize)
+                        .copied()
+                        .flatten()
+                        .ok_or(Rejection::LocalNotANode),
+                    OpRef::Change(..) => {
+                        let s = self.stamp_of(r, own)?;
+                        self.nodes
+                            .get(&s)
+                            .map(Node::ndim)
+                            .ok_or(Rejection::NotANode)
                     }
-                };
+                }
+            };
             if let Some(t) = target {
                 let ndim = match memo {
                     Some((m, ndim)) if m == t => ndim,
-                    _ => kind_of(&t).map_err(|e| format!("op {i}: {e}"))?,
+                    _ => kind_of(&t).map_err(|e| e.at_op(i))?,
                 };
                 memo = Some((t, ndim));
                 match op {
                     Op::SetChunk { .. } | Op::DeleteChunk { .. } if ndim.is_none() => {
-                        return Err(format!("op {i}: chunk op on a group"));
+                        return Err(Rejection::ChunkOpOnGroup.at_op(i));
                     }
                     Op::Resize { dims, .. } => {
-                        let n = ndim.ok_or_else(|| format!("op {i}: resize of a group"))?;
+                        let n = ndim.ok_or_else(|| Rejection::ResizeOfGroup.at_op(i))?;
                         if dims.iter().any(|d| d.dim as usize >= n) {
-                            return Err(format!("op {i}: resize of a dimension the array lacks"));
+                            return Err(Rejection::ResizeDimension.at_op(i));
                         }
                     }
                     _ => {}
@@ -853,14 +929,14 @@ impl Fold {
             }
             if let Op::DeleteNode { incarnations, .. } = op {
                 for r in incarnations {
-                    kind_of(r).map_err(|e| format!("op {i}: {e}"))?;
+                    kind_of(r).map_err(|e| e.at_op(i))?;
                 }
             }
             local_kinds.push(match op {
                 Op::CreateGroup { .. } => Some(None),
                 Op::CreateArray { metadata, .. } => {
-                    let doc: serde_json::Value =
-                        serde_json::from_str(metadata).map_err(|e| e.to_string())?;
+                    let doc: serde_json::Value = serde_json::from_str(metadata)
+                        .map_err(|e| Rejection::ArrayJson(e.to_string()))?;
                     Some(Some(ArrayMeta::from_stored(&doc)?.ndim()))
                 }
                 _ => None,
@@ -872,7 +948,7 @@ impl Fold {
 
     /// Validates against the causal past ([`Fold::check`]), then applies all ops; all
     /// or nothing.
-    fn apply(&mut self, hash: ChangeHash, change: Change) -> Result<(), String> {
+    fn apply(&mut self, hash: ChangeHash, change: Change) -> Result<(), Rejection> {
         self.check(&change)?;
         let own = self.infos.len() as u32;
         for d in &change.deps {

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::format::snapshot::{
-    MAX_PIECE_BYTES, PIECE_ENTRIES, PIECE_TARGET_BYTES, SnapFork, SnapNode, Superseded,
-    check_write_size,
+    MAX_PIECE_BYTES, PIECE_ENTRIES, PIECE_TARGET_BYTES, SnapFork, SnapNode, SnapshotError,
+    Superseded, check_write_size,
 };
 use std::collections::{BTreeSet, HashSet};
 
@@ -19,7 +19,7 @@ pub(crate) struct Exported {
     pub(crate) to_archive: Vec<CoveredChange>,
 }
 
-fn corrupt(key: &str, what: impl Into<String>) -> Error {
+fn corrupt(key: &str, what: SnapshotError) -> Error {
     Error::corrupt(key, what)
 }
 
@@ -65,14 +65,14 @@ impl Fold {
         };
         for n in meta.nodes {
             crate::zarr::key::check_node_path(&n.path)
-                .map_err(|e| corrupt(key, format!("node path: {e}")))?;
+                .map_err(|e| corrupt(key, SnapshotError::NodePath(e)))?;
             let kind = match &n.kind {
                 SnapKind::Group => NodeKind::Group,
                 SnapKind::Array(json) => {
                     let doc: serde_json::Value = serde_json::from_str(json)
-                        .map_err(|e| corrupt(key, format!("array metadata: {e}")))?;
+                        .map_err(|e| corrupt(key, SnapshotError::ArrayJson(e.to_string())))?;
                     let m = ArrayMeta::from_stored(&doc)
-                        .map_err(|e| corrupt(key, format!("array metadata: {e}")))?;
+                        .map_err(|e| corrupt(key, SnapshotError::ArrayMetadata(e)))?;
                     NodeKind::Array(Arc::new(m))
                 }
             };
@@ -81,10 +81,7 @@ impl Fold {
                 NodeKind::Group => 0,
             };
             if !n.deleted && n.dims.len() != ndim {
-                return Err(corrupt(
-                    key,
-                    format!("node {:?}: wrong number of dimensions", n.path),
-                ));
+                return Err(corrupt(key, SnapshotError::NodeDimensions(n.path)));
             }
             let attrs = n
                 .attrs
@@ -123,7 +120,7 @@ impl Fold {
                 base: Arc::from(n.pieces),
             };
             if f.nodes.insert(s, node).is_some() {
-                return Err(corrupt(key, "two nodes with one stamp"));
+                return Err(corrupt(key, SnapshotError::DuplicateStamp));
             }
         }
         for (k, es) in meta.objects {
@@ -680,7 +677,7 @@ impl Fold {
             // Keys of the old piece nothing touched keep their entries as they are.
             if let Some(p) = old.get(i) {
                 let piece = self.loaded_piece(&p.hash).ok_or_else(|| {
-                    Error::Usage(format!("manifest piece {} not loaded for export", p.hash))
+                    Error::Internal(format!("manifest piece {} not loaded for export", p.hash))
                 })?;
                 for (k, es) in &piece.keys {
                     if dirty_set.contains(&**k) {
@@ -699,7 +696,7 @@ impl Fold {
             for (c, k) in changed {
                 let mut es = Vec::new();
                 self.chunk_entries(s, k, &mut es).map_err(|h| {
-                    Error::Usage(format!("manifest piece {h} not loaded for export"))
+                    Error::Internal(format!("manifest piece {h} not loaded for export"))
                 })?;
                 if !es.is_empty() {
                     es.sort_by_key(|e| e.order);

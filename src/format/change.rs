@@ -5,6 +5,7 @@
 //! input (so there is one encoding per change and no trailing bytes), and every
 //! structural rule that does not depend on other changes is checked here.
 
+use crate::error::CorruptKind;
 use crate::error::{Error, Result};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
 use crate::format::layout::ChangeName;
@@ -12,8 +13,9 @@ pub use crate::format::limits::{
     INLINE_MAX, MAX_CHANGE_BYTES, MAX_DEPS, MAX_JSON_BYTES, MAX_MESSAGE_BYTES, MAX_OBSERVED,
     MAX_OPS, MAX_REFERENCE_TEXT,
 };
-use crate::zarr::key;
+use crate::zarr::key::{self, KeyError};
 pub use crate::zarr::meta::MAX_NDIM;
+use crate::zarr::meta::MetaError;
 use serde::{Deserialize, Serialize};
 
 /// The framing every crzarr object shares: `magic (4) | version (1) | MessagePack`,
@@ -70,10 +72,7 @@ impl Frame {
         S: for<'de> serde::de::DeserializeSeed<'de, Value = T>,
     {
         if bytes.len() < 5 || &bytes[..4] != self.magic {
-            return Err(Error::corrupt(
-                key,
-                format!("not a crzarr {} (bad magic)", self.file),
-            ));
+            return Err(Error::corrupt(key, CorruptKind::BadMagic(self.file)));
         }
         if !(self.oldest..=self.version).contains(&bytes[4]) {
             return Err(Error::UnsupportedVersion {
@@ -84,16 +83,19 @@ impl Frame {
         }
         let body = &bytes[5..];
         let mut de = rmp_serde::Deserializer::from_read_ref(body);
-        let value: T = seed(body.len())
-            .deserialize(&mut de)
-            .map_err(|e| Error::corrupt(key, format!("malformed {}: {e}", self.body)))?;
+        let value: T = seed(body.len()).deserialize(&mut de).map_err(|e| {
+            Error::corrupt(
+                key,
+                CorruptKind::Malformed {
+                    what: self.body,
+                    detail: e.to_string(),
+                },
+            )
+        })?;
         let mut again = Vec::with_capacity(body.len());
         let _ = rmp_serde::encode::write(&mut again, &value);
         if again != body {
-            return Err(Error::corrupt(
-                key,
-                "non-canonical encoding or trailing bytes",
-            ));
+            return Err(Error::corrupt(key, CorruptKind::NonCanonical));
         }
         Ok(value)
     }
@@ -173,24 +175,37 @@ pub struct ChunkReference {
     pub modified_ms: u64,
 }
 
+/// A rule of [`ChunkReference`] that one breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReferenceError {
+    /// `source` or `key` is empty.
+    #[error("reference with an empty source or key")]
+    Empty,
+    /// `source`, `key` or `etag` is longer than [`MAX_REFERENCE_TEXT`].
+    #[error("reference text longer than {MAX_REFERENCE_TEXT} bytes")]
+    TooLong,
+    /// `key` has an empty, `.` or `..` segment.
+    #[error("reference key {0:?} is not a plain key")]
+    NotPlainKey(String),
+}
+
 impl ChunkReference {
     /// Checks its fields' limits (a URL and a key, both non-empty and bounded).
-    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), ReferenceError> {
         if self.source.is_empty() || self.key.is_empty() {
-            return Err("reference with an empty source or key".into());
+            return Err(ReferenceError::Empty);
         }
         let etag = self.etag.as_deref().map_or(0, str::len);
         if self.source.len().max(self.key.len()).max(etag) > MAX_REFERENCE_TEXT {
-            return Err(format!(
-                "reference text longer than {MAX_REFERENCE_TEXT} bytes"
-            ));
+            return Err(ReferenceError::TooLong);
         }
         if self
             .key
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
         {
-            return Err(format!("reference key {:?} is not a plain key", self.key));
+            return Err(ReferenceError::NotPlainKey(self.key.clone()));
         }
         Ok(())
     }
@@ -669,7 +684,9 @@ impl Change {
         if ChangeHash::of(bytes) != *hash {
             return Err(Error::corrupt(
                 key,
-                "content does not match the hash in its name (truncated or altered)",
+                CorruptKind::HashMismatch(
+                    "content does not match the hash in its name (truncated or altered)".into(),
+                ),
             ));
         }
         Self::decode_unverified(key, bytes)
@@ -706,16 +723,16 @@ impl Change {
             CHANGE_FRAME.decode_seed(key, bytes, |body_len| ChangeSeed { body_len })?;
         change
             .validate()
-            .map_err(|reason| Error::corrupt(key, reason))?;
+            .map_err(|rule| Error::corrupt(key, rule))?;
         // One encoding per change: the version byte is part of it.
         if bytes[4] != change.format_version() {
             return Err(Error::corrupt(
                 key,
-                format!(
-                    "format version {} for a change that is written as version {}",
-                    bytes[4],
-                    change.format_version()
-                ),
+                CorruptKind::VersionMismatch {
+                    what: "change",
+                    found: bytes[4],
+                    written: change.format_version(),
+                },
             ));
         }
         Ok(change)
@@ -736,44 +753,38 @@ impl Change {
     }
 
     /// Checks the rules that depend on this change alone.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ChangeError> {
         if self.seq == 0 {
-            return Err("seq must start at 1".into());
+            return Err(ChangeError::SeqZero);
         }
         if self.deps.len() > MAX_DEPS {
-            return Err(format!(
-                "{} deps exceeds the limit of {MAX_DEPS}",
-                self.deps.len()
-            ));
+            return Err(ChangeError::TooManyDeps(self.deps.len()));
         }
         if !self.deps.windows(2).all(|w| w[0] < w[1]) {
-            return Err("deps must be ascending and unique".into());
+            return Err(ChangeError::DepsOrder);
         }
         if self.ops.len() > MAX_OPS {
-            return Err(format!(
-                "{} ops exceeds the limit of {MAX_OPS}",
-                self.ops.len()
-            ));
+            return Err(ChangeError::TooManyOps(self.ops.len()));
         }
         if self
             .message
             .as_ref()
             .is_some_and(|m| m.len() > MAX_MESSAGE_BYTES)
         {
-            return Err("message too long".into());
+            return Err(ChangeError::MessageTooLong);
         }
         let observed: usize = self.ops.iter().map(Op::observed_len).sum();
         let bound = max_observed_refs(self.ops.len());
         if observed > bound {
-            return Err(format!(
-                "{observed} observed entries in {} ops exceeds the limit of {bound} \
-                 ({MAX_OBSERVED} + {OBSERVED_PER_OP} per op)",
-                self.ops.len()
-            ));
+            return Err(ChangeError::TooManyObserved {
+                observed,
+                ops: self.ops.len(),
+                bound,
+            });
         }
         let mut is_create = Vec::with_capacity(self.ops.len());
         for (i, op) in self.ops.iter().enumerate() {
-            validate_op(op, i, &is_create).map_err(|e| format!("op {i}: {e}"))?;
+            validate_op(op, i, &is_create).map_err(|rule| ChangeError::Op { index: i, rule })?;
             is_create.push(matches!(
                 op,
                 Op::CreateGroup { .. } | Op::CreateArray { .. }
@@ -783,23 +794,122 @@ impl Change {
     }
 }
 
+/// A rule that depends on one change alone and that a change breaks
+/// ([`Change::validate`], spec/format.md §3). Readers refuse such a change as corrupt;
+/// a writer refuses to commit it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeError {
+    /// `seq` is 0.
+    #[error("seq must start at 1")]
+    SeqZero,
+    /// More than [`MAX_DEPS`] dependencies (how many).
+    #[error("{0} deps exceeds the limit of {MAX_DEPS}")]
+    TooManyDeps(usize),
+    /// Dependencies not strictly ascending.
+    #[error("deps must be ascending and unique")]
+    DepsOrder,
+    /// More than [`MAX_OPS`] ops (how many).
+    #[error("{0} ops exceeds the limit of {MAX_OPS}")]
+    TooManyOps(usize),
+    /// A message longer than [`MAX_MESSAGE_BYTES`].
+    #[error("message too long")]
+    MessageTooLong,
+    /// More observed entries in all than [`max_observed_refs`] allows.
+    #[error(
+        "{observed} observed entries in {ops} ops exceeds the limit of {bound} \
+         ({MAX_OBSERVED} + {OBSERVED_PER_OP} per op)"
+    )]
+    TooManyObserved {
+        /// Observed entries named.
+        observed: usize,
+        /// Ops in the change.
+        ops: usize,
+        /// The limit for that many ops.
+        bound: usize,
+    },
+    /// One op breaks a rule.
+    #[error("op {index}: {rule}")]
+    Op {
+        /// Its position in the change.
+        index: usize,
+        /// The rule.
+        #[source]
+        rule: OpError,
+    },
+}
+
+/// A rule that one op breaks on its own or given the ops before it in its change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// A node path, chunk key or object key that is not acceptable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// JSON text longer than [`MAX_JSON_BYTES`].
+    #[error("JSON text too large")]
+    JsonTooLarge,
+    /// Text that is not JSON (the parser's message).
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// Array metadata that is not valid stored Zarr v3 metadata.
+    #[error(transparent)]
+    Metadata(#[from] MetaError),
+    /// An attribute named twice.
+    #[error("duplicate attribute")]
+    DuplicateAttribute,
+    /// An attribute name longer than [`key::MAX_KEY_LEN`].
+    #[error("attribute name too long")]
+    AttributeNameTooLong,
+    /// A local reference to this op or a later one.
+    #[error("local reference to a later op")]
+    LaterOp,
+    /// A local node reference to an op that creates no node.
+    #[error("local node reference to an op that creates no node")]
+    NotANode,
+    /// One `observed` list longer than [`MAX_OBSERVED`].
+    #[error("too many observed entries")]
+    TooManyObserved,
+    /// A resize of no dimension or of more than [`MAX_NDIM`].
+    #[error("resize must change 1 to 64 dimensions")]
+    ResizeDimensions,
+    /// Resize dimensions not strictly ascending.
+    #[error("resize dimensions must be ascending and unique")]
+    ResizeOrder,
+    /// An inline chunk larger than [`INLINE_MAX`].
+    #[error("inline chunk larger than the inline limit")]
+    InlineChunk,
+    /// An inline object larger than [`INLINE_MAX`].
+    #[error("inline object larger than the inline limit")]
+    InlineObject,
+    /// An object whose value is a [`ChunkData::Reference`].
+    #[error("an object cannot be a reference")]
+    ObjectReference,
+    /// A chunk reference that breaks its own rules.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A node delete naming more incarnations than it may.
+    #[error("too many incarnations")]
+    TooManyIncarnations,
+}
+
 /// Most `observed` entries a change with `ops` ops may name in all.
 pub fn max_observed_refs(ops: usize) -> usize {
     MAX_OBSERVED.saturating_add(OBSERVED_PER_OP.saturating_mul(ops))
 }
 
-fn check_json(text: &str) -> std::result::Result<serde_json::Value, String> {
+fn check_json(text: &str) -> std::result::Result<serde_json::Value, OpError> {
     if text.len() > MAX_JSON_BYTES {
-        return Err("JSON text too large".into());
+        return Err(OpError::JsonTooLarge);
     }
-    serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
+    serde_json::from_str(text).map_err(|e| OpError::Json(e.to_string()))
 }
 
-fn check_attrs(attrs: &[(String, String)]) -> std::result::Result<(), String> {
+fn check_attrs(attrs: &[(String, String)]) -> std::result::Result<(), OpError> {
     let mut names: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
-        return Err("duplicate attribute".into());
+        return Err(OpError::DuplicateAttribute);
     }
     for (k, v) in attrs {
         check_attr_name(k)?;
@@ -808,9 +918,9 @@ fn check_attrs(attrs: &[(String, String)]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_attr_name(k: &str) -> std::result::Result<(), String> {
+fn check_attr_name(k: &str) -> std::result::Result<(), OpError> {
     if k.len() > key::MAX_KEY_LEN {
-        return Err("attribute name too long".into());
+        return Err(OpError::AttributeNameTooLong);
     }
     Ok(())
 }
@@ -820,14 +930,14 @@ fn check_ref(
     index: usize,
     is_create: &[bool],
     must_be_node: bool,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), OpError> {
     if let OpRef::Local(n) = r {
         let n = *n as usize;
         if n >= index {
-            return Err("local reference to a later op".into());
+            return Err(OpError::LaterOp);
         }
         if must_be_node && !is_create[n] {
-            return Err("local node reference to an op that creates no node".into());
+            return Err(OpError::NotANode);
         }
     }
     Ok(())
@@ -837,19 +947,18 @@ fn check_observed(
     obs: &[OpRef],
     index: usize,
     is_create: &[bool],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), OpError> {
     if obs.len() > MAX_OBSERVED {
-        return Err("too many observed entries".into());
+        return Err(OpError::TooManyObserved);
     }
     obs.iter()
         .try_for_each(|r| check_ref(r, index, is_create, false))
 }
 
-fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(), String> {
-    let e = |e: Error| e.to_string();
+fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(), OpError> {
     match op {
         Op::CreateGroup { path, attributes } => {
-            key::check_node_path(path).map_err(e)?;
+            key::check_node_path(path)?;
             check_attrs(attributes)
         }
         Op::CreateArray {
@@ -857,7 +966,7 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             metadata,
             attributes,
         } => {
-            key::check_node_path(path).map_err(e)?;
+            key::check_node_path(path)?;
             let doc = check_json(metadata)?;
             crate::zarr::meta::ArrayMeta::from_stored(&doc)?;
             check_attrs(attributes)
@@ -885,10 +994,10 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
         Op::Resize { node, dims } => {
             check_ref(node, i, is_create, true)?;
             if dims.is_empty() || dims.len() > MAX_NDIM {
-                return Err("resize must change 1 to 64 dimensions".into());
+                return Err(OpError::ResizeDimensions);
             }
             if !dims.windows(2).all(|w| w[0].dim < w[1].dim) {
-                return Err("resize dimensions must be ascending and unique".into());
+                return Err(OpError::ResizeOrder);
             }
             dims.iter()
                 .try_for_each(|d| check_observed(&d.observed, i, is_create))
@@ -900,10 +1009,10 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             observed,
         } => {
             check_ref(node, i, is_create, true)?;
-            key::check_chunk_key(key).map_err(e)?;
+            key::check_chunk_key(key)?;
             match data {
                 ChunkData::Inline(b) if b.len() > INLINE_MAX => {
-                    return Err("inline chunk larger than the inline limit".into());
+                    return Err(OpError::InlineChunk);
                 }
                 ChunkData::Reference(r) => r.check()?,
                 _ => {}
@@ -916,7 +1025,7 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             observed,
         } => {
             check_ref(node, i, is_create, true)?;
-            key::check_chunk_key(key).map_err(e)?;
+            key::check_chunk_key(key)?;
             check_observed(observed, i, is_create)
         }
         Op::SetObject {
@@ -924,26 +1033,26 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
             data,
             observed,
         } => {
-            key::check_object_key(key).map_err(e)?;
+            key::check_object_key(key)?;
             match data {
                 ChunkData::Inline(b) if b.len() > INLINE_MAX => {
-                    return Err("inline object larger than the inline limit".into());
+                    return Err(OpError::InlineObject);
                 }
                 ChunkData::Reference(_) => {
-                    return Err("an object cannot be a reference".into());
+                    return Err(OpError::ObjectReference);
                 }
                 _ => {}
             }
             check_observed(observed, i, is_create)
         }
         Op::DeleteObject { key, observed } => {
-            key::check_object_key(key).map_err(e)?;
+            key::check_object_key(key)?;
             check_observed(observed, i, is_create)
         }
         Op::DeleteNode { path, incarnations } => {
-            key::check_node_path(path).map_err(e)?;
+            key::check_node_path(path)?;
             if incarnations.len() > MAX_OBSERVED * 64 {
-                return Err("too many incarnations".into());
+                return Err(OpError::TooManyIncarnations);
             }
             incarnations
                 .iter()

@@ -9,14 +9,16 @@
 //! Every object is `magic (4) | version (1) | msgpack body`, content-addressed by
 //! blake3 of those bytes, and decoded strictly: a bad object is refused with its key.
 
-use crate::error::{Error, Result};
-use crate::format::change::{ChunkReference, Frame};
+use crate::error::{CorruptKind, Error, Result};
+use crate::format::change::{ChunkReference, Frame, ReferenceError};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use crate::format::layout::SnapshotName;
 pub use crate::format::limits::{
     ARCHIVE_SHARDS, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, PIECE_ENTRIES,
     PIECE_TARGET_BYTES,
 };
+use crate::zarr::key::KeyError;
+use crate::zarr::meta::MetaError;
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot object format of objects that hold no object register.
@@ -312,10 +314,10 @@ fn decode<T: for<'de> Deserialize<'de> + Serialize>(
     if ObjectHash::of(bytes) != *hash {
         return Err(Error::corrupt(
             key,
-            format!(
+            CorruptKind::HashMismatch(format!(
                 "{} content does not match its hash (truncated or altered)",
                 frame.file
-            ),
+            )),
         ));
     }
     frame.decode(key, bytes)
@@ -409,11 +411,11 @@ impl SnapshotMeta {
         if bytes[4] != m.format_version() {
             return Err(Error::corrupt(
                 key,
-                format!(
-                    "format version {} for a snapshot that is written as version {}",
-                    bytes[4],
-                    m.format_version()
-                ),
+                CorruptKind::VersionMismatch {
+                    what: "snapshot",
+                    found: bytes[4],
+                    written: m.format_version(),
+                },
             ));
         }
         m.check().map_err(|r| Error::corrupt(key, r))?;
@@ -421,14 +423,12 @@ impl SnapshotMeta {
     }
 
     /// Structural checks (indices in range, sizes consistent).
-    fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> std::result::Result<(), SnapshotError> {
+        use SnapshotError as E;
         let n = self.changes.len() as u32;
         let stamp_ok = |s: &SnapStamp| s.0 < n;
         if self.archive.len() != ARCHIVE_SHARDS {
-            return Err(format!(
-                "archive has {} shards, not {ARCHIVE_SHARDS}",
-                self.archive.len()
-            ));
+            return Err(E::ArchiveShards(self.archive.len()));
         }
         for node in &self.nodes {
             if !stamp_ok(&node.stamp)
@@ -444,58 +444,56 @@ impl SnapshotMeta {
                     .flatten()
                     .any(|e| !stamp_ok(&e.0))
             {
-                return Err(format!("node {:?}: stamp out of range", node.path));
+                return Err(E::NodeStamp(node.path.clone()));
             }
             if node.attrs.iter().any(|a| a.1.is_empty())
                 || node.dims.iter().flatten().any(|d| d.is_empty())
             {
-                return Err(format!("node {:?}: empty register", node.path));
+                return Err(E::EmptyRegister(node.path.clone()));
             }
             if !node.pieces.windows(2).all(|w| w[0].start() < w[1].start()) {
-                return Err(format!("node {:?}: pieces out of order", node.path));
+                return Err(E::PiecesOrder(node.path.clone()));
             }
             if !node.attrs.windows(2).all(|w| w[0].0 < w[1].0) {
-                return Err(format!("node {:?}: attributes out of order", node.path));
+                return Err(E::AttributesOrder(node.path.clone()));
             }
         }
         if !self.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
-            return Err("change table not sorted by hash".into());
+            return Err(E::ChangesOrder);
         }
         // The order a writer produces is part of the canonical form (one state, one
         // encoding); anything else is damage or a foreign writer.
         if !self.heads.windows(2).all(|w| w[0] < w[1]) {
-            return Err("heads not sorted".into());
+            return Err(E::HeadsOrder);
         }
         if !self
             .nodes
             .windows(2)
             .all(|w| (&w[0].path, w[0].stamp) < (&w[1].path, w[1].stamp))
         {
-            return Err("nodes not sorted by path and stamp".into());
+            return Err(E::NodesOrder);
         }
         if !self
             .superseded
             .windows(2)
             .all(|w| (&w[0].path, &w[0].reg, w[0].entry) < (&w[1].path, &w[1].reg, w[1].entry))
         {
-            return Err("superseded records not sorted".into());
+            return Err(E::SupersededOrder);
         }
         if !self.objects.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err("objects not sorted by key".into());
+            return Err(E::ObjectsOrder);
         }
         for (k, es) in &self.objects {
-            crate::zarr::key::check_object_key(k).map_err(|e| e.to_string())?;
+            crate::zarr::key::check_object_key(k)?;
             if es.is_empty() || es.iter().any(|e| !stamp_ok(&e.0)) {
-                return Err(format!("object {k:?}: empty register or bad stamp"));
+                return Err(E::ObjectRegister(k.clone()));
             }
             if es.iter().any(|e| match &e.1 {
                 SnapChunk::Reference(_) => true,
                 SnapChunk::Inline(b) => b.len() > crate::format::change::INLINE_MAX,
                 _ => false,
             }) {
-                return Err(format!(
-                    "object {k:?}: a reference or oversized inline value"
-                ));
+                return Err(E::ObjectValue(k.clone()));
             }
         }
         if self
@@ -503,20 +501,107 @@ impl SnapshotMeta {
             .iter()
             .any(|r| matches!(r.reg, RegKey::Object(_)) && !r.path.is_empty())
         {
-            return Err("an object record with a node path".into());
+            return Err(E::ObjectRecordPath);
         }
         if !self.supersedes.windows(2).all(|w| w[0] < w[1]) {
-            return Err("superseded snapshot names not sorted".into());
+            return Err(E::SupersedesOrder);
         }
         if self
             .heads
             .iter()
             .any(|h| self.changes.binary_search_by(|c| c.hash.cmp(h)).is_err())
         {
-            return Err("a head is missing from the change table".into());
+            return Err(E::HeadMissing);
         }
         Ok(())
     }
+}
+
+/// What makes a snapshot object (metadata, manifest piece or archive shard) not well
+/// formed, beyond its encoding: the structural rules of spec/format.md §10, checked on
+/// decoding and when a fold starts from the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The archive list does not have [`ARCHIVE_SHARDS`] entries (it has this many).
+    #[error("archive has {0} shards, not {ARCHIVE_SHARDS}")]
+    ArchiveShards(usize),
+    /// A stamp of the node at this path indexes past the change table.
+    #[error("node {0:?}: stamp out of range")]
+    NodeStamp(String),
+    /// A register of the node at this path holds no entry.
+    #[error("node {0:?}: empty register")]
+    EmptyRegister(String),
+    /// Manifest pieces of the node at this path are not in key order.
+    #[error("node {0:?}: pieces out of order")]
+    PiecesOrder(String),
+    /// Attributes of the node at this path are not sorted by name.
+    #[error("node {0:?}: attributes out of order")]
+    AttributesOrder(String),
+    /// The change table is not strictly ascending by hash.
+    #[error("change table not sorted by hash")]
+    ChangesOrder,
+    /// Heads not strictly ascending.
+    #[error("heads not sorted")]
+    HeadsOrder,
+    /// Nodes not strictly ascending by path and stamp.
+    #[error("nodes not sorted by path and stamp")]
+    NodesOrder,
+    /// Superseded-entry records not strictly ascending.
+    #[error("superseded records not sorted")]
+    SupersededOrder,
+    /// Object registers not strictly ascending by key.
+    #[error("objects not sorted by key")]
+    ObjectsOrder,
+    /// An object register under a key no object may have.
+    #[error(transparent)]
+    ObjectKey(#[from] KeyError),
+    /// The object register at this key is empty or has a stamp out of range.
+    #[error("object {0:?}: empty register or bad stamp")]
+    ObjectRegister(String),
+    /// The object register at this key holds a reference or an oversized inline value.
+    #[error("object {0:?}: a reference or oversized inline value")]
+    ObjectValue(String),
+    /// A superseded-entry record about an object carries a node path.
+    #[error("an object record with a node path")]
+    ObjectRecordPath,
+    /// Superseded snapshot names not strictly ascending.
+    #[error("superseded snapshot names not sorted")]
+    SupersedesOrder,
+    /// A head that the change table does not hold.
+    #[error("a head is missing from the change table")]
+    HeadMissing,
+    /// A node path that is not acceptable.
+    #[error("node path: {0}")]
+    NodePath(#[source] KeyError),
+    /// A node's array metadata is not JSON (the parser's message).
+    #[error("array metadata: {0}")]
+    ArrayJson(String),
+    /// A node's array metadata is not valid stored Zarr v3 metadata.
+    #[error("array metadata: {0}")]
+    ArrayMetadata(#[source] MetaError),
+    /// The live node at this path has a dimension register count other than its
+    /// array's dimensions.
+    #[error("node {0:?}: wrong number of dimensions")]
+    NodeDimensions(String),
+    /// Two nodes with one stamp.
+    #[error("two nodes with one stamp")]
+    DuplicateStamp,
+    /// A chunk reference in a manifest piece that breaks its rules.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A manifest piece's change table is not strictly ascending by hash.
+    #[error("manifest piece change table not sorted by hash")]
+    PieceChangesOrder,
+    /// A manifest piece holds this chunk key twice.
+    #[error("manifest piece holds chunk key {0:?} twice")]
+    PieceDuplicateKey(String),
+    /// A manifest entry with a stamp out of range or no value.
+    #[error("manifest entry with a bad stamp or no value")]
+    PieceEntry,
+    /// An archive shard's changes are not strictly ascending by hash.
+    #[error("archive shard not sorted by hash")]
+    ShardOrder,
 }
 
 impl ManifestPiece {
@@ -545,13 +630,14 @@ impl ManifestPiece {
         if bytes[4] != p.format_version() {
             return Err(Error::corrupt(
                 key,
-                format!(
-                    "format version {} for a piece that is written as version {}",
-                    bytes[4],
-                    p.format_version()
-                ),
+                CorruptKind::VersionMismatch {
+                    what: "piece",
+                    found: bytes[4],
+                    written: p.format_version(),
+                },
             ));
         }
+        let bad = |e: SnapshotError| Error::corrupt(key, e);
         if let Some(r) = p
             .entries
             .iter()
@@ -561,33 +647,24 @@ impl ManifestPiece {
                 _ => None,
             })
         {
-            return Err(Error::corrupt(key, r));
+            return Err(bad(r.into()));
         }
         if !p.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
-            return Err(Error::corrupt(
-                key,
-                "manifest piece change table not sorted by hash",
-            ));
+            return Err(bad(SnapshotError::PieceChangesOrder));
         }
         // Entries are ordered by grid coordinates, which need the array's metadata;
         // here only uniqueness is checked, so no key has two registers to choose from.
         let mut keys: Vec<&str> = p.entries.iter().map(|(k, _)| k.as_str()).collect();
         keys.sort_unstable();
         if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::corrupt(
-                key,
-                format!("manifest piece holds chunk key {:?} twice", w[0]),
-            ));
+            return Err(bad(SnapshotError::PieceDuplicateKey(w[0].to_string())));
         }
         let n = p.changes.len() as u32;
         if p.entries
             .iter()
             .any(|(_, es)| es.is_empty() || es.iter().any(|(s, _)| s.0 >= n))
         {
-            return Err(Error::corrupt(
-                key,
-                "manifest entry with a bad stamp or no value",
-            ));
+            return Err(bad(SnapshotError::PieceEntry));
         }
         Ok(p)
     }
@@ -603,7 +680,7 @@ impl ArchiveShard {
     pub fn decode(key: &str, bytes: &[u8], hash: &ObjectHash) -> Result<ArchiveShard> {
         let s: ArchiveShard = decode(&SHARD_FRAME, key, bytes, hash)?;
         if !s.changes.windows(2).all(|w| w[0].hash < w[1].hash) {
-            return Err(Error::corrupt(key, "archive shard not sorted by hash"));
+            return Err(Error::corrupt(key, SnapshotError::ShardOrder));
         }
         Ok(s)
     }

@@ -1,7 +1,7 @@
 //! I/O against the object store: reads with size limits, create-once writes of
 //! content-addressed objects, and listing of change files. Keys come from [`Layout`].
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::format::ids::{BlobHash, RepoId};
 use crate::format::layout::{ChangeName, Layout, SnapshotName};
 pub use crate::format::limits::{DEFAULT_CONCURRENCY, MAX_MARKER_BYTES};
@@ -213,7 +213,11 @@ impl RepoStore {
                     Some(e) if blake3::hash(&e) == blake3::hash(&bytes) => Ok(Created::Existing),
                     _ => Err(Error::corrupt(
                         key.as_ref(),
-                        "an object with different content already exists at this content-addressed key",
+                        CorruptKind::HashMismatch(
+                            "an object with different content already exists at this \
+                             content-addressed key"
+                                .into(),
+                        ),
                     )),
                 }
             }
@@ -240,7 +244,9 @@ impl RepoStore {
             Err(Error::TooLarge { .. }) => {
                 return Err(Error::corrupt(
                     key.as_ref(),
-                    "blob content does not match its hash (longer than its reference)",
+                    CorruptKind::HashMismatch(
+                        "blob content does not match its hash (longer than its reference)".into(),
+                    ),
                 ));
             }
             other => other?,
@@ -248,7 +254,7 @@ impl RepoStore {
         match bytes {
             Some(b) if b.len() as u64 != len || BlobHash::of(&b) != *hash => Err(Error::corrupt(
                 key.as_ref(),
-                "blob content does not match its hash",
+                CorruptKind::HashMismatch("blob content does not match its hash".into()),
             )),
             other => Ok(other),
         }

@@ -19,7 +19,7 @@
 //! export never finds a `zarr.json` whose chunks are not there yet. A destination holding
 //! a crzarr repository (`.crdt/`) is refused: an export must never touch a repository.
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::fold::view::{ChunkRef, Entry};
 use crate::io::progress::Progress;
 use crate::io::store::DEFAULT_CONCURRENCY;
@@ -123,8 +123,15 @@ impl Record {
 
     /// Parses a record read from `key`, checking its version and key coding.
     fn decode(key: &str, bytes: &[u8]) -> Result<(String, BTreeSet<String>)> {
-        let r: Record = serde_json::from_slice(bytes)
-            .map_err(|e| Error::corrupt(key, format!("malformed export record: {e}")))?;
+        let r: Record = serde_json::from_slice(bytes).map_err(|e| {
+            Error::corrupt(
+                key,
+                CorruptKind::Malformed {
+                    what: "export record",
+                    detail: e.to_string(),
+                },
+            )
+        })?;
         if r.crzarr_export != RECORD_VERSION {
             return Err(Error::UnsupportedVersion {
                 key: key.into(),

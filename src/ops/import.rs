@@ -169,10 +169,8 @@ impl Repo {
                 p.done(bytes.len() as u64);
             }
             let meta_key = full(&key::meta_key(&path));
-            key::check_node_path(&path).map_err(|e| match e {
-                Error::InvalidKey { reason, .. } => Error::invalid_metadata(&meta_key, reason),
-                e => e,
-            })?;
+            key::check_node_path(&path)
+                .map_err(|e| Error::invalid_metadata(&meta_key, e.rule.to_string()))?;
             let doc = parse_node_doc(&meta_key, &bytes)?;
             nodes.insert(path, (bytes, doc));
         }

@@ -587,18 +587,8 @@ impl<'a> SideState<'a> {
 
 /// An error about one object, as a reported problem.
 fn problem(e: &Error) -> Problem {
-    let key = match e {
-        Error::Corrupt { key, .. }
-        | Error::TooLarge { key, .. }
-        | Error::UnsupportedVersion { key, .. }
-        | Error::ForeignRepo { key, .. }
-        | Error::Vanished { key }
-        | Error::HistoryHorizon { key, .. }
-        | Error::Store { key, .. } => key.clone(),
-        _ => String::new(),
-    };
     Problem {
-        key,
+        key: e.key().unwrap_or_default().to_string(),
         error: e.to_string(),
     }
 }

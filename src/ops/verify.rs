@@ -8,7 +8,7 @@
 //! pending changes, the history horizon, rejected changes and forks come from a
 //! [`Repo`] opened on the bucket.
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::fold::Fold;
 use crate::fold::view::{ChunkRef, Entry};
 use crate::format::change::{ChunkReference, MAX_CHANGE_BYTES, Op};
@@ -293,7 +293,7 @@ pub async fn verify(bucket: &RepoStore, opts: &VerifyOptions) -> Result<VerifyRe
                 format!(
                     "{}: every other check needs the repository id; copy .crdt/repo.json \
                      from a replica of this repository",
-                    reason(&e)
+                    e.reason()
                 ),
             ));
             return Ok(report.finish(started));
@@ -313,7 +313,9 @@ pub async fn verify(bucket: &RepoStore, opts: &VerifyOptions) -> Result<VerifyRe
         Ok(r) => Some(r),
         Err(e @ Error::Store { .. }) => return Err(e),
         Err(e) => {
-            let key = error_key(&e).unwrap_or_else(|| lay.marker().to_string());
+            let key = e
+                .key()
+                .map_or_else(|| lay.marker().to_string(), str::to_string);
             report.findings.push(Finding::new(
                 FindingKind::OpenFailed,
                 key,
@@ -437,7 +439,7 @@ pub async fn verify(bucket: &RepoStore, opts: &VerifyOptions) -> Result<VerifyRe
             format!(
                 "{}: readers ignore it and fetch the newest snapshot; the next `crzarr compact` \
                  rewrites it",
-                reason(&e)
+                e.reason()
             ),
         )),
     }
@@ -786,7 +788,7 @@ async fn check_blob(
             len,
             Err(Error::corrupt(
                 key.as_ref(),
-                "blob content does not match its hash",
+                CorruptKind::HashMismatch("blob content does not match its hash".into()),
             )),
         );
     }
@@ -796,7 +798,7 @@ async fn check_blob(
 /// The finding for an object that failed its checks.
 fn failure(job: &Job, e: &Error) -> Finding {
     let key = job.key().to_string();
-    let why = reason(e);
+    let why = e.reason();
     match e {
         Error::ForeignRepo { .. } => Finding::new(
             FindingKind::ForeignObject,
@@ -854,40 +856,6 @@ fn failure(job: &Job, e: &Error) -> Finding {
 /// from change and snapshot names, and never lists or HEADs blobs.
 const COPY: &str = "copy the object at this key from a replica that has it (its name is the \
                     hash of its bytes, so any copy that verifies is the right one)";
-
-/// An error's message without the key it names (findings carry the key).
-fn reason(e: &Error) -> String {
-    match e {
-        Error::Corrupt { reason, .. } => reason.clone(),
-        Error::TooLarge { size, limit, .. } => {
-            format!("{size} bytes exceeds the limit of {limit} bytes")
-        }
-        Error::ForeignRepo {
-            found, expected, ..
-        } => format!("belongs to repository {found}, not {expected}"),
-        Error::UnsupportedVersion {
-            found, supported, ..
-        } => format!(
-            "format version {found} is not supported (this build reads version {supported}); \
-             upgrade crzarr"
-        ),
-        e => e.to_string(),
-    }
-}
-
-/// The key an error names, if it names one.
-fn error_key(e: &Error) -> Option<String> {
-    match e {
-        Error::Corrupt { key, .. }
-        | Error::TooLarge { key, .. }
-        | Error::UnsupportedVersion { key, .. }
-        | Error::ForeignRepo { key, .. }
-        | Error::Vanished { key }
-        | Error::HistoryHorizon { key, .. }
-        | Error::Store { key, .. } => Some(key.clone()),
-        _ => None,
-    }
-}
 
 /// An object holding references.
 #[derive(Clone, Copy, Debug)]

@@ -15,73 +15,124 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Name reserved for crzarr's own files at the repository root.
 pub const RESERVED_DIR: &str = ".crdt";
 
+/// A key or node path refused by the checks of this module: the key and the rule it
+/// breaks. As an [`Error`] it is [`Error::InvalidKey`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid key {key:?}: {rule}")]
+pub struct KeyError {
+    /// The key as given.
+    pub key: String,
+    /// The rule it breaks.
+    pub rule: KeyRule,
+}
+
+/// A rule of Zarr keys and node paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyRule {
+    /// A segment is empty (`a//b`, a trailing `/`).
+    #[error("empty path segment")]
+    EmptySegment,
+    /// A segment is `.` or `..`.
+    #[error("`.` and `..` segments are not allowed")]
+    DotSegment,
+    /// A segment is `.crdt`, in any case.
+    #[error("`.crdt` is reserved for crzarr")]
+    Reserved,
+    /// A segment holds a control character or `\`.
+    #[error("control characters and `\\` are not allowed")]
+    Control,
+    /// Longer than [`MAX_KEY_LEN`].
+    #[error("longer than 1024 bytes")]
+    TooLong,
+    /// Starts with `/`.
+    #[error("absolute keys are not allowed")]
+    Absolute,
+    /// The empty key.
+    #[error("empty key")]
+    Empty,
+    /// A node name starts with `__`.
+    #[error("node names starting with `__` are reserved by Zarr")]
+    ZarrReserved,
+    /// A node name is `zarr.json`.
+    #[error("`zarr.json` is not a node name")]
+    MetaNode,
+    /// A chunk key segment is `zarr.json`.
+    #[error("`zarr.json` is not a chunk key segment")]
+    MetaChunk,
+    /// An object key segment is `zarr.json`.
+    #[error("`zarr.json` is node metadata, not an object key segment")]
+    MetaObject,
+}
+
+impl From<KeyError> for Error {
+    fn from(e: KeyError) -> Self {
+        Error::invalid_key(e.key, e.rule.to_string())
+    }
+}
+
+fn refuse(key: &str, rule: KeyRule) -> Result<(), KeyError> {
+    Err(KeyError {
+        key: key.into(),
+        rule,
+    })
+}
+
 /// Checks one segment shared by node names and chunk keys.
-fn check_segment(full: &str, seg: &str) -> Result<()> {
+fn check_segment(full: &str, seg: &str) -> Result<(), KeyError> {
     if seg.is_empty() {
-        return Err(Error::invalid_key(full, "empty path segment"));
+        return refuse(full, KeyRule::EmptySegment);
     }
     if seg == "." || seg == ".." {
-        return Err(Error::invalid_key(
-            full,
-            "`.` and `..` segments are not allowed",
-        ));
+        return refuse(full, KeyRule::DotSegment);
     }
     if seg.eq_ignore_ascii_case(RESERVED_DIR) {
-        return Err(Error::invalid_key(full, "`.crdt` is reserved for crzarr"));
+        return refuse(full, KeyRule::Reserved);
     }
     if seg.chars().any(|c| c.is_control() || c == '\\') {
-        return Err(Error::invalid_key(
-            full,
-            "control characters and `\\` are not allowed",
-        ));
+        return refuse(full, KeyRule::Control);
     }
     Ok(())
 }
 
 /// Validates a store key (no leading or trailing `/`) without allocating: it runs
 /// for every op decoded.
-pub fn check_key(key: &str) -> Result<()> {
+pub fn check_key(key: &str) -> Result<(), KeyError> {
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::invalid_key(key, "longer than 1024 bytes"));
+        return refuse(key, KeyRule::TooLong);
     }
     if key.starts_with('/') {
-        return Err(Error::invalid_key(key, "absolute keys are not allowed"));
+        return refuse(key, KeyRule::Absolute);
     }
     if key.is_empty() {
-        return Err(Error::invalid_key(key, "empty key"));
+        return refuse(key, KeyRule::Empty);
     }
     key.split('/').try_for_each(|s| check_segment(key, s))
 }
 
 /// Validates a node path (`""` is the root). Node names also may not start with `__`
 /// (reserved by Zarr v3) nor be `zarr.json`.
-pub fn check_node_path(path: &str) -> Result<()> {
+pub fn check_node_path(path: &str) -> Result<(), KeyError> {
     if path.is_empty() {
         return Ok(());
     }
     check_key(path)?;
     for s in path.split('/') {
         if s.starts_with("__") {
-            return Err(Error::invalid_key(
-                path,
-                "node names starting with `__` are reserved by Zarr",
-            ));
+            return refuse(path, KeyRule::ZarrReserved);
         }
         if s == META_FILE {
-            return Err(Error::invalid_key(path, "`zarr.json` is not a node name"));
+            return refuse(path, KeyRule::MetaNode);
         }
     }
     Ok(())
 }
 
 /// Validates a chunk key relative to its array.
-pub fn check_chunk_key(key: &str) -> Result<()> {
+pub fn check_chunk_key(key: &str) -> Result<(), KeyError> {
     check_key(key)?;
     if key.split('/').any(|s| s == META_FILE) {
-        return Err(Error::invalid_key(
-            key,
-            "`zarr.json` is not a chunk key segment",
-        ));
+        return refuse(key, KeyRule::MetaChunk);
     }
     Ok(())
 }
@@ -89,13 +140,10 @@ pub fn check_chunk_key(key: &str) -> Result<()> {
 /// Validates the key of an object: a store key that is neither a node's `zarr.json`
 /// nor a chunk (zarrs' and other tools' own files). No segment may be `zarr.json`, so
 /// objects never stand in for node metadata.
-pub fn check_object_key(key: &str) -> Result<()> {
+pub fn check_object_key(key: &str) -> Result<(), KeyError> {
     check_key(key)?;
     if key.split('/').any(|s| s == META_FILE) {
-        return Err(Error::invalid_key(
-            key,
-            "`zarr.json` is node metadata, not an object key segment",
-        ));
+        return refuse(key, KeyRule::MetaObject);
     }
     Ok(())
 }

@@ -33,6 +33,47 @@ const GROUP_FIELDS: &[&str] = &["zarr_format", "node_type", "attributes"];
 /// zarr-python trusts it over the real hierarchy.
 const CONSOLIDATED: &str = "consolidated_metadata";
 
+/// A rule of Zarr v3 node metadata that a document breaks. As an [`Error`] it is the
+/// reason of an [`Error::InvalidMetadata`]; in a change or snapshot it makes the object
+/// corrupt.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// Array metadata that is not a JSON object.
+    #[error("array metadata is not a JSON object")]
+    NotAnObject,
+    /// Stored array metadata holding `attributes` (they are registers of their own).
+    #[error("stored array metadata must not hold attributes")]
+    HoldsAttributes,
+    /// `zarr_format` is not 3.
+    #[error("`zarr_format` must be 3")]
+    ZarrFormat,
+    /// `node_type` is not the one expected (`"array"` or `"group"`).
+    #[error("`node_type` must be \"{0}\"")]
+    NodeType(&'static str),
+    /// A field Zarr v3 does not define, without `"must_understand": false`.
+    #[error("unknown field `{0}` without `\"must_understand\": false`")]
+    UnknownField(String),
+    /// A required array field is absent.
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+    /// `shape` is not an array.
+    #[error("`shape` must be an array")]
+    ShapeNotArray,
+    /// More than [`MAX_NDIM`](crate::format::change::MAX_NDIM) dimensions.
+    #[error("too many dimensions")]
+    TooManyDims,
+    /// A `shape` entry that is not a non-negative integer.
+    #[error("`shape` entries must be non-negative integers")]
+    ShapeEntry,
+    /// `dimension_names` does not list one entry per dimension.
+    #[error("`dimension_names` must list one entry per dimension")]
+    DimensionNames,
+    /// `codecs` is not an array.
+    #[error("`codecs` must be an array")]
+    Codecs,
+}
+
 /// A node's metadata as written by a client, split the way crzarr stores it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeDoc {
@@ -60,17 +101,15 @@ pub struct ArrayMeta {
 
 impl ArrayMeta {
     /// Validates stored (canonical, attribute-free) array metadata.
-    pub fn from_stored(doc: &Value) -> std::result::Result<ArrayMeta, String> {
-        let obj = doc
-            .as_object()
-            .ok_or("array metadata is not a JSON object")?;
+    pub fn from_stored(doc: &Value) -> Result<ArrayMeta, MetaError> {
+        let obj = doc.as_object().ok_or(MetaError::NotAnObject)?;
         if obj.contains_key("attributes") {
-            return Err("stored array metadata must not hold attributes".into());
+            return Err(MetaError::HoldsAttributes);
         }
         check_common(obj, "array", ARRAY_FIELDS)?;
         for f in ARRAY_REQUIRED {
             if !obj.contains_key(*f) {
-                return Err(format!("missing required field `{f}`"));
+                return Err(MetaError::MissingField(f));
             }
         }
         let shape = parse_shape(&obj["shape"])?;
@@ -78,10 +117,10 @@ impl ArrayMeta {
             && !names.is_null()
             && names.as_array().is_none_or(|a| a.len() != shape.len())
         {
-            return Err("`dimension_names` must list one entry per dimension".into());
+            return Err(MetaError::DimensionNames);
         }
         if !obj["codecs"].is_array() {
-            return Err("`codecs` must be an array".into());
+            return Err(MetaError::Codecs);
         }
         Ok(ArrayMeta {
             doc: obj.clone(),
@@ -201,29 +240,26 @@ fn render_doc(doc: Map<String, Value>) -> Vec<u8> {
     out
 }
 
-fn parse_shape(v: &Value) -> std::result::Result<Vec<u64>, String> {
-    let arr = v.as_array().ok_or("`shape` must be an array")?;
+fn parse_shape(v: &Value) -> Result<Vec<u64>, MetaError> {
+    let arr = v.as_array().ok_or(MetaError::ShapeNotArray)?;
     if arr.len() > MAX_NDIM {
-        return Err("too many dimensions".into());
+        return Err(MetaError::TooManyDims);
     }
     arr.iter()
-        .map(|d| {
-            d.as_u64()
-                .ok_or_else(|| "`shape` entries must be non-negative integers".to_string())
-        })
+        .map(|d| d.as_u64().ok_or(MetaError::ShapeEntry))
         .collect()
 }
 
 fn check_common(
     obj: &Map<String, Value>,
-    node_type: &str,
+    node_type: &'static str,
     known: &[&str],
-) -> std::result::Result<(), String> {
+) -> Result<(), MetaError> {
     if obj.get("zarr_format") != Some(&Value::from(3)) {
-        return Err("`zarr_format` must be 3".into());
+        return Err(MetaError::ZarrFormat);
     }
     if obj.get("node_type").and_then(Value::as_str) != Some(node_type) {
-        return Err(format!("`node_type` must be \"{node_type}\""));
+        return Err(MetaError::NodeType(node_type));
     }
     for (k, v) in obj {
         if known.contains(&k.as_str()) {
@@ -232,9 +268,7 @@ fn check_common(
         // Zarr v3: an unknown field is allowed only if it says it may be ignored.
         let ignorable = v.get("must_understand") == Some(&Value::Bool(false));
         if !ignorable {
-            return Err(format!(
-                "unknown field `{k}` without `\"must_understand\": false`"
-            ));
+            return Err(MetaError::UnknownField(k.clone()));
         }
     }
     Ok(())
@@ -269,12 +303,12 @@ pub fn parse_node_doc(key: &str, bytes: &[u8]) -> Result<NodeDoc> {
         Some("group") => {
             obj.remove(CONSOLIDATED);
             check_common(&obj, "group", GROUP_FIELDS)
-                .map_err(|r| Error::invalid_metadata(key, r))?;
+                .map_err(|r| Error::invalid_metadata(key, r.to_string()))?;
             Ok(NodeDoc::Group { attributes })
         }
         Some("array") => {
             let meta = ArrayMeta::from_stored(&Value::Object(obj))
-                .map_err(|r| Error::invalid_metadata(key, r))?;
+                .map_err(|r| Error::invalid_metadata(key, r.to_string()))?;
             Ok(NodeDoc::Array { meta, attributes })
         }
         _ => Err(Error::invalid_metadata(

@@ -290,8 +290,8 @@ async fn bogus_observed_ids_cost_near_linear_time() {
     let mut s = repo.session();
     s.set_attr("", "m", json!(3)).unwrap();
     match s.commit(&mut repo, None).await {
-        Err(Error::Limit(m)) => assert!(m.contains("observed"), "{m}"),
-        other => panic!("expected Limit, got {other:?}"),
+        Err(Error::CommitRefused { reason: m, .. }) => assert!(m.contains("observed"), "{m}"),
+        other => panic!("expected CommitRefused, got {other:?}"),
     }
 }
 
