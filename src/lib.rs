@@ -13,12 +13,12 @@
 //!
 //! | layer | modules | concern |
 //! |---|---|---|
-//! | [`zarr`] | [`key`](zarr::key), [`meta`](zarr::meta), plain stores | Zarr v3 keys and node metadata: validation and rendering. A leaf |
-//! | [`format`] | [`ids`](format::ids), [`layout`](format::layout), [`change`](format::change), [`snapshot`](format::snapshot), [`limits`](format::limits) | the bytes in the bucket, the mirror of `spec/format.md`: every key and kind of object, each encoding and its checks, every bound |
-//! | [`io`] | [`store`](io::store), `read`, [`reference`](io::reference), [`connect`](io::connect), [`counting`](io::counting), [`progress`](io::progress) | I/O over `object_store`: the repository's prefixed store (create-once writes, listings), typed reads checked against their names, chunks adopted in place, repository URLs, a request-counting store |
-//! | [`fold`] | [`Fold`](fold::Fold), snapshot state, joins, [`view`](fold::view) | the causal fold: a pure function from a set of changes (and snapshots) to state, and the Zarr view of it |
+//! | [`zarr`] | [`zarr::key`], [`zarr::meta`], plain stores | Zarr v3 keys and node metadata: validation and rendering. A leaf |
+//! | [`format`](mod@format) | [`format::ids`], [`format::layout`], [`format::change`], [`format::snapshot`], [`format::limits`] | the bytes in the bucket, the mirror of `spec/format.md`: every key and kind of object, each encoding and its checks, every bound |
+//! | [`io`] | [`io::store`], `read`, [`io::reference`], [`io::connect`], [`io::counting`], [`io::progress`] | I/O over `object_store`: the repository's prefixed store (create-once writes, listings), typed reads checked against their names, chunks adopted in place, repository URLs, a request-counting store |
+//! | [`fold`] | [`fold::Fold`], snapshot state, joins, [`fold::view`] | the causal fold: a pure function from a set of changes (and snapshots) to state, and the Zarr view of it |
 //! | [`repo`], [`session`] | [`Repo`], [`WriteSession`] | a repository handle (open, refresh, read, publish) and staged writes committed as one change |
-//! | [`ops`] | [`compact`](ops::compact), [`gc`](ops::gc), [`sync`](ops::sync), [`verify`](ops::verify), [`import`](ops::import), [`export`](ops::export), [`status`](ops::status) | operations over a repository and `io`; none uses another |
+//! | [`ops`] | [`ops::compact`], [`ops::gc`], [`ops::sync`], [`ops::verify`], [`ops::import`], [`ops::export`], [`ops::status`] | operations over a repository and `io`; none uses another |
 //! | [`adapters`] | `zarrs` (feature `zarrs`) | crzarr as a store for other Zarr libraries |
 //!
 //! [`error`] holds the one error type. The command-line tool (`src/main.rs`, `src/cli/`)

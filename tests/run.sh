@@ -36,6 +36,8 @@ echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --all-targets --features zarrs --quiet -- -D warnings
+echo "== docs: the public API documented, every intra-doc link resolved"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features zarrs --quiet
 
 echo "== tests (benchmarks are built by clippy above and run by 'cargo bench')"
 cargo test --lib --bins --tests --quiet

@@ -559,7 +559,7 @@ impl ZarrsStore {
         self.inner.write().await.repo.refresh().await
     }
 
-    /// Shared access to the repository (for reads, [`Repo::bucket`], pushing with [`crate::sync`]).
+    /// Shared access to the repository (for reads, [`Repo::bucket`], pushing with [`crate::sync`](fn@crate::sync)).
     pub async fn repo(&self) -> RwLockReadGuard<'_, Repo> {
         RwLockReadGuard::map(self.inner.read().await, |i| &i.repo)
     }

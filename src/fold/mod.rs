@@ -811,7 +811,7 @@ impl Fold {
 
     /// The change with the greatest clock stamp among those a change with these deps
     /// and ops references: its deps and the changes its node references name (what
-    /// the fold waits for, [`required`]); `None` when it references none. The clock
+    /// the fold waits for, `required`); `None` when it references none. The clock
     /// bound of spec/format.md §3.6 is measured from it, by readers and writers alike.
     pub fn max_ref(
         &self,

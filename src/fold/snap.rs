@@ -37,7 +37,7 @@ impl Fold {
     }
 
     /// A fold holding the state of snapshot `meta` (read from `key`). Chunk
-    /// registers stay in their manifest pieces until [`Fold::insert_piece`].
+    /// registers stay in their manifest pieces until they are read.
     pub fn from_snapshot(
         key: &str,
         name: SnapshotName,

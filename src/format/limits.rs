@@ -58,7 +58,7 @@ pub const ARCHIVE_SHARDS: usize = 16;
 pub const MAX_PENDING_CHANGES: usize = 100_000;
 
 /// Most memory held by pending changes at once, in bytes of decoded changes as
-/// [`Change::decoded_size`] estimates it (not file bytes: decoding takes up to about
+/// [`Change::decoded_size`](crate::format::change::Change::decoded_size) estimates it (not file bytes: decoding takes up to about
 /// 20 times the file size).
 pub const MAX_PENDING_BYTES: u64 = 1 << 30;
 

@@ -8,4 +8,5 @@ pub mod change;
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod marker;
 pub mod snapshot;

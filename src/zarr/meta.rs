@@ -60,7 +60,7 @@ pub enum MetaError {
     /// `shape` is not an array.
     #[error("`shape` must be an array")]
     ShapeNotArray,
-    /// More than [`MAX_NDIM`](crate::format::change::MAX_NDIM) dimensions.
+    /// More than [`MAX_NDIM`] dimensions.
     #[error("too many dimensions")]
     TooManyDims,
     /// A `shape` entry that is not a non-negative integer.
