@@ -6,16 +6,16 @@
 //! structural rule that does not depend on other changes is checked here.
 
 use crate::error::CorruptKind;
+pub use crate::error::format::{ChangeError, OpError, ReferenceError};
 use crate::error::{Error, Result};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, RepoId};
 use crate::format::layout::ChangeName;
 pub use crate::format::limits::{
     INLINE_MAX, MAX_CHANGE_BYTES, MAX_DEPS, MAX_JSON_BYTES, MAX_MESSAGE_BYTES, MAX_OBSERVED,
-    MAX_OPS, MAX_REFERENCE_TEXT,
+    MAX_OPS, MAX_REFERENCE_TEXT, OBSERVED_PER_OP,
 };
-use crate::zarr::key::{self, KeyError};
+use crate::zarr::key::{self};
 pub use crate::zarr::meta::MAX_NDIM;
-use crate::zarr::meta::MetaError;
 use serde::{Deserialize, Serialize};
 
 /// The framing every crzarr object shares: `magic (4) | version (1) | MessagePack`,
@@ -120,12 +120,6 @@ pub const CHANGE_VERSION: u8 = 3;
 pub const CHANGE_VERSION_REFERENCES: u8 = 2;
 /// The change format version of changes that hold no reference and no object op.
 pub const CHANGE_VERSION_PLAIN: u8 = 1;
-/// Observed entries a change may name per op, beyond [`MAX_OBSERVED`]: a change with
-/// `n` ops names at most `MAX_OBSERVED + OBSERVED_PER_OP * n` in all (spec/format.md
-/// §5). Observed names cost the fold a record each when their change is unknown, and
-/// such records can outlive the change; this keeps them proportional to real edits.
-/// An honest write observes the live entries of its register, almost always one.
-pub const OBSERVED_PER_OP: usize = 16;
 
 /// A reference to an op: in this change (`Local`) or in an earlier one (`Change`).
 /// Nodes are named by the op that created them (their *incarnation*).
@@ -173,21 +167,6 @@ pub struct ChunkReference {
     pub etag: Option<String>,
     /// Its last-modified time (ms since the Unix epoch) as the store reported it.
     pub modified_ms: u64,
-}
-
-/// A rule of [`ChunkReference`] that one breaks.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReferenceError {
-    /// `source` or `key` is empty.
-    #[error("reference with an empty source or key")]
-    Empty,
-    /// `source`, `key` or `etag` is longer than [`MAX_REFERENCE_TEXT`].
-    #[error("reference text longer than {MAX_REFERENCE_TEXT} bytes")]
-    TooLong,
-    /// `key` has an empty, `.` or `..` segment.
-    #[error("reference key {0:?} is not a plain key")]
-    NotPlainKey(String),
 }
 
 impl ChunkReference {
@@ -792,105 +771,6 @@ impl Change {
         }
         Ok(())
     }
-}
-
-/// A rule that depends on one change alone and that a change breaks
-/// ([`Change::validate`], spec/format.md §3). Readers refuse such a change as corrupt;
-/// a writer refuses to commit it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChangeError {
-    /// `seq` is 0.
-    #[error("seq must start at 1")]
-    SeqZero,
-    /// More than [`MAX_DEPS`] dependencies (how many).
-    #[error("{0} deps exceeds the limit of {MAX_DEPS}")]
-    TooManyDeps(usize),
-    /// Dependencies not strictly ascending.
-    #[error("deps must be ascending and unique")]
-    DepsOrder,
-    /// More than [`MAX_OPS`] ops (how many).
-    #[error("{0} ops exceeds the limit of {MAX_OPS}")]
-    TooManyOps(usize),
-    /// A message longer than [`MAX_MESSAGE_BYTES`].
-    #[error("message too long")]
-    MessageTooLong,
-    /// More observed entries in all than [`max_observed_refs`] allows.
-    #[error(
-        "{observed} observed entries in {ops} ops exceeds the limit of {bound} \
-         ({MAX_OBSERVED} + {OBSERVED_PER_OP} per op)"
-    )]
-    TooManyObserved {
-        /// Observed entries named.
-        observed: usize,
-        /// Ops in the change.
-        ops: usize,
-        /// The limit for that many ops.
-        bound: usize,
-    },
-    /// One op breaks a rule.
-    #[error("op {index}: {rule}")]
-    Op {
-        /// Its position in the change.
-        index: usize,
-        /// The rule.
-        #[source]
-        rule: OpError,
-    },
-}
-
-/// A rule that one op breaks on its own or given the ops before it in its change.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpError {
-    /// A node path, chunk key or object key that is not acceptable.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// JSON text longer than [`MAX_JSON_BYTES`].
-    #[error("JSON text too large")]
-    JsonTooLarge,
-    /// Text that is not JSON (the parser's message).
-    #[error("invalid JSON: {0}")]
-    Json(String),
-    /// Array metadata that is not valid stored Zarr v3 metadata.
-    #[error(transparent)]
-    Metadata(#[from] MetaError),
-    /// An attribute named twice.
-    #[error("duplicate attribute")]
-    DuplicateAttribute,
-    /// An attribute name longer than [`key::MAX_KEY_LEN`].
-    #[error("attribute name too long")]
-    AttributeNameTooLong,
-    /// A local reference to this op or a later one.
-    #[error("local reference to a later op")]
-    LaterOp,
-    /// A local node reference to an op that creates no node.
-    #[error("local node reference to an op that creates no node")]
-    NotANode,
-    /// One `observed` list longer than [`MAX_OBSERVED`].
-    #[error("too many observed entries")]
-    TooManyObserved,
-    /// A resize of no dimension or of more than [`MAX_NDIM`].
-    #[error("resize must change 1 to 64 dimensions")]
-    ResizeDimensions,
-    /// Resize dimensions not strictly ascending.
-    #[error("resize dimensions must be ascending and unique")]
-    ResizeOrder,
-    /// An inline chunk larger than [`INLINE_MAX`].
-    #[error("inline chunk larger than the inline limit")]
-    InlineChunk,
-    /// An inline object larger than [`INLINE_MAX`].
-    #[error("inline object larger than the inline limit")]
-    InlineObject,
-    /// An object whose value is a [`ChunkData::Reference`].
-    #[error("an object cannot be a reference")]
-    ObjectReference,
-    /// A chunk reference that breaks its own rules.
-    #[error(transparent)]
-    Reference(#[from] ReferenceError),
-    /// A node delete naming more incarnations than it may.
-    #[error("too many incarnations")]
-    TooManyIncarnations,
 }
 
 /// Most `observed` entries a change with `ops` ops may name in all.

@@ -2,8 +2,13 @@
 //! never writes (spec/format.md §5 and §8.5). A writer checks each bound before it
 //! uploads anything, so no writer writes an object a reader would refuse.
 
-pub use crate::zarr::key::MAX_KEY_LEN;
-pub use crate::zarr::meta::MAX_NDIM;
+// Zarr keys and metadata (spec/format.md §5, §7).
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Most array dimensions.
+pub const MAX_NDIM: usize = 64;
 
 // Change files (spec/format.md §5).
 
@@ -18,6 +23,13 @@ pub const MAX_DEPS: usize = 4096;
 
 /// Most observed entries one op may supersede.
 pub const MAX_OBSERVED: usize = 1024;
+
+/// Observed entries a change may name per op, beyond [`MAX_OBSERVED`]: a change with
+/// `n` ops names at most `MAX_OBSERVED + OBSERVED_PER_OP * n` in all (spec/format.md
+/// §5). Observed names cost the fold a record each when their change is unknown, and
+/// such records can outlive the change; this keeps them proportional to real edits.
+/// An honest write observes the live entries of its register, almost always one.
+pub const OBSERVED_PER_OP: usize = 16;
 
 /// Largest chunk stored inline in a change file; larger chunks go to blobs.
 pub const INLINE_MAX: usize = 4096;

@@ -9,16 +9,15 @@
 //! Every object is `magic (4) | version (1) | msgpack body`, content-addressed by
 //! blake3 of those bytes, and decoded strictly: a bad object is refused with its key.
 
+pub use crate::error::format::SnapshotError;
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::change::{ChunkReference, Frame, ReferenceError};
+use crate::format::change::{ChunkReference, Frame};
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc, ObjectHash, RepoId};
 use crate::format::layout::SnapshotName;
 pub use crate::format::limits::{
     ARCHIVE_SHARDS, MAX_META_BYTES, MAX_PIECE_BYTES, MAX_SHARD_BYTES, PIECE_ENTRIES,
     PIECE_TARGET_BYTES,
 };
-use crate::zarr::key::KeyError;
-use crate::zarr::meta::MetaError;
 use serde::{Deserialize, Serialize};
 
 /// Version of the snapshot object format of objects that hold no object register.
@@ -515,93 +514,6 @@ impl SnapshotMeta {
         }
         Ok(())
     }
-}
-
-/// What makes a snapshot object (metadata, manifest piece or archive shard) not well
-/// formed, beyond its encoding: the structural rules of spec/format.md §10, checked on
-/// decoding and when a fold starts from the snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SnapshotError {
-    /// The archive list does not have [`ARCHIVE_SHARDS`] entries (it has this many).
-    #[error("archive has {0} shards, not {ARCHIVE_SHARDS}")]
-    ArchiveShards(usize),
-    /// A stamp of the node at this path indexes past the change table.
-    #[error("node {0:?}: stamp out of range")]
-    NodeStamp(String),
-    /// A register of the node at this path holds no entry.
-    #[error("node {0:?}: empty register")]
-    EmptyRegister(String),
-    /// Manifest pieces of the node at this path are not in key order.
-    #[error("node {0:?}: pieces out of order")]
-    PiecesOrder(String),
-    /// Attributes of the node at this path are not sorted by name.
-    #[error("node {0:?}: attributes out of order")]
-    AttributesOrder(String),
-    /// The change table is not strictly ascending by hash.
-    #[error("change table not sorted by hash")]
-    ChangesOrder,
-    /// Heads not strictly ascending.
-    #[error("heads not sorted")]
-    HeadsOrder,
-    /// Nodes not strictly ascending by path and stamp.
-    #[error("nodes not sorted by path and stamp")]
-    NodesOrder,
-    /// Superseded-entry records not strictly ascending.
-    #[error("superseded records not sorted")]
-    SupersededOrder,
-    /// Object registers not strictly ascending by key.
-    #[error("objects not sorted by key")]
-    ObjectsOrder,
-    /// An object register under a key no object may have.
-    #[error(transparent)]
-    ObjectKey(#[from] KeyError),
-    /// The object register at this key is empty or has a stamp out of range.
-    #[error("object {0:?}: empty register or bad stamp")]
-    ObjectRegister(String),
-    /// The object register at this key holds a reference or an oversized inline value.
-    #[error("object {0:?}: a reference or oversized inline value")]
-    ObjectValue(String),
-    /// A superseded-entry record about an object carries a node path.
-    #[error("an object record with a node path")]
-    ObjectRecordPath,
-    /// Superseded snapshot names not strictly ascending.
-    #[error("superseded snapshot names not sorted")]
-    SupersedesOrder,
-    /// A head that the change table does not hold.
-    #[error("a head is missing from the change table")]
-    HeadMissing,
-    /// A node path that is not acceptable.
-    #[error("node path: {0}")]
-    NodePath(#[source] KeyError),
-    /// A node's array metadata is not JSON (the parser's message).
-    #[error("array metadata: {0}")]
-    ArrayJson(String),
-    /// A node's array metadata is not valid stored Zarr v3 metadata.
-    #[error("array metadata: {0}")]
-    ArrayMetadata(#[source] MetaError),
-    /// The live node at this path has a dimension register count other than its
-    /// array's dimensions.
-    #[error("node {0:?}: wrong number of dimensions")]
-    NodeDimensions(String),
-    /// Two nodes with one stamp.
-    #[error("two nodes with one stamp")]
-    DuplicateStamp,
-    /// A chunk reference in a manifest piece that breaks its rules.
-    #[error(transparent)]
-    Reference(#[from] ReferenceError),
-    /// A manifest piece's change table is not strictly ascending by hash.
-    #[error("manifest piece change table not sorted by hash")]
-    PieceChangesOrder,
-    /// A manifest piece holds this chunk key twice.
-    #[error("manifest piece holds chunk key {0:?} twice")]
-    PieceDuplicateKey(String),
-    /// A manifest entry with a stamp out of range or no value.
-    #[error("manifest entry with a bad stamp or no value")]
-    PieceEntry,
-    /// An archive shard's changes are not strictly ascending by hash.
-    #[error("archive shard not sorted by hash")]
-    ShardOrder,
 }
 
 impl ManifestPiece {

@@ -4,66 +4,15 @@
 //! `a/b/zarr.json` (root: `zarr.json`). Chunk keys are relative to their array
 //! (`c/0/1`); the store key is `a/b/c/0/1`.
 
+pub use crate::error::zarr::{KeyError, KeyRule};
 use crate::error::{Error, Result};
+pub use crate::format::limits::MAX_KEY_LEN;
 
 /// File name of a node's metadata document.
 pub const META_FILE: &str = "zarr.json";
 
-/// Longest key accepted, in bytes.
-pub const MAX_KEY_LEN: usize = 1024;
-
 /// Name reserved for crzarr's own files at the repository root.
 pub const RESERVED_DIR: &str = ".crdt";
-
-/// A key or node path refused by the checks of this module: the key and the rule it
-/// breaks. As an [`Error`] it is [`Error::InvalidKey`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid key {key:?}: {rule}")]
-pub struct KeyError {
-    /// The key as given.
-    pub key: String,
-    /// The rule it breaks.
-    pub rule: KeyRule,
-}
-
-/// A rule of Zarr keys and node paths.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyRule {
-    /// A segment is empty (`a//b`, a trailing `/`).
-    #[error("empty path segment")]
-    EmptySegment,
-    /// A segment is `.` or `..`.
-    #[error("`.` and `..` segments are not allowed")]
-    DotSegment,
-    /// A segment is `.crdt`, in any case.
-    #[error("`.crdt` is reserved for crzarr")]
-    Reserved,
-    /// A segment holds a control character or `\`.
-    #[error("control characters and `\\` are not allowed")]
-    Control,
-    /// Longer than [`MAX_KEY_LEN`].
-    #[error("longer than 1024 bytes")]
-    TooLong,
-    /// Starts with `/`.
-    #[error("absolute keys are not allowed")]
-    Absolute,
-    /// The empty key.
-    #[error("empty key")]
-    Empty,
-    /// A node name starts with `__`.
-    #[error("node names starting with `__` are reserved by Zarr")]
-    ZarrReserved,
-    /// A node name is `zarr.json`.
-    #[error("`zarr.json` is not a node name")]
-    MetaNode,
-    /// A chunk key segment is `zarr.json`.
-    #[error("`zarr.json` is not a chunk key segment")]
-    MetaChunk,
-    /// An object key segment is `zarr.json`.
-    #[error("`zarr.json` is node metadata, not an object key segment")]
-    MetaObject,
-}
 
 impl From<KeyError> for Error {
     fn from(e: KeyError) -> Self {

@@ -1,11 +1,10 @@
 //! Zarr v3 node metadata: parsing what writers give us, and rendering `zarr.json`
 //! deterministically (sorted keys, fixed formatting).
 
+pub use crate::error::zarr::MetaError;
 use crate::error::{Error, Result};
+pub use crate::format::limits::MAX_NDIM;
 use serde_json::{Map, Value};
-
-/// Most array dimensions.
-pub const MAX_NDIM: usize = 64;
 
 const ARRAY_FIELDS: &[&str] = &[
     "zarr_format",
@@ -32,47 +31,6 @@ const GROUP_FIELDS: &[&str] = &["zarr_format", "node_type", "attributes"];
 /// Written by zarr-python into groups; crzarr never stores or emits it because
 /// zarr-python trusts it over the real hierarchy.
 const CONSOLIDATED: &str = "consolidated_metadata";
-
-/// A rule of Zarr v3 node metadata that a document breaks. As an [`Error`] it is the
-/// reason of an [`Error::InvalidMetadata`]; in a change or snapshot it makes the object
-/// corrupt.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MetaError {
-    /// Array metadata that is not a JSON object.
-    #[error("array metadata is not a JSON object")]
-    NotAnObject,
-    /// Stored array metadata holding `attributes` (they are registers of their own).
-    #[error("stored array metadata must not hold attributes")]
-    HoldsAttributes,
-    /// `zarr_format` is not 3.
-    #[error("`zarr_format` must be 3")]
-    ZarrFormat,
-    /// `node_type` is not the one expected (`"array"` or `"group"`).
-    #[error("`node_type` must be \"{0}\"")]
-    NodeType(&'static str),
-    /// A field Zarr v3 does not define, without `"must_understand": false`.
-    #[error("unknown field `{0}` without `\"must_understand\": false`")]
-    UnknownField(String),
-    /// A required array field is absent.
-    #[error("missing required field `{0}`")]
-    MissingField(&'static str),
-    /// `shape` is not an array.
-    #[error("`shape` must be an array")]
-    ShapeNotArray,
-    /// More than [`MAX_NDIM`] dimensions.
-    #[error("too many dimensions")]
-    TooManyDims,
-    /// A `shape` entry that is not a non-negative integer.
-    #[error("`shape` entries must be non-negative integers")]
-    ShapeEntry,
-    /// `dimension_names` does not list one entry per dimension.
-    #[error("`dimension_names` must list one entry per dimension")]
-    DimensionNames,
-    /// `codecs` is not an array.
-    #[error("`codecs` must be an array")]
-    Codecs,
-}
 
 /// A node's metadata as written by a client, split the way crzarr stores it.
 #[derive(Clone, Debug, PartialEq)]

@@ -13,8 +13,10 @@
 //! | [`KeyError`](crate::zarr::key::KeyError) | Zarr keys and node paths | [`Error::InvalidKey`] |
 //! | [`MetaError`](crate::zarr::meta::MetaError) | Zarr v3 node metadata | [`Error::InvalidMetadata`] |
 
-use crate::format::change::ChangeError;
-use crate::format::snapshot::SnapshotError;
+pub mod format;
+pub mod zarr;
+
+use format::{ChangeError, SnapshotError};
 use thiserror::Error;
 
 /// Result alias used throughout crzarr.
