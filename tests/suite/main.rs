@@ -21,6 +21,7 @@ mod gc_safety;
 mod join;
 mod join_edges;
 mod objects;
+mod session_review;
 mod request_counts;
 mod snapshots;
 mod sync;
