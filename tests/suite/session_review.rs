@@ -478,3 +478,56 @@ async fn a_committed_session_holding_nothing_does_not_make_refreshes_copy() {
     assert_eq!(copies, 0, "refreshes that copied the whole state");
     converges(&a, true).await;
 }
+
+/// A commit whose change lands but whose reply is lost, retried after the handle
+/// reloaded from a snapshot that covers that change and no longer lists it in its
+/// table (another writer overwrote its entry, compacted, collected and compacted
+/// again): the retry must not apply the change a second time on top of a state that
+/// already holds its effect. Readers (a fresh open) know it is covered; the handle
+/// must show what they show.
+#[tokio::test]
+async fn a_lost_reply_retried_after_a_reload_does_not_apply_the_change_twice() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let faulty = FaultyStore::new(
+        mem.clone(),
+        FaultConfig {
+            seed: 7,
+            p_put_lands_but_fails: 1.0,
+            ..Default::default()
+        },
+    );
+    faulty.set_enabled(false);
+    let mut a = Repo::init(Arc::new(faulty.clone()), P).await.unwrap();
+    let mut s = a.session();
+    s.create_group("", Map::new()).unwrap();
+    s.commit(&mut a, None).await.unwrap().unwrap();
+
+    let mut s = a.session();
+    s.set_attr("", "k", json!(1)).unwrap();
+    faulty.set_enabled(true);
+    assert!(s.commit(&mut a, None).await.is_err());
+    faulty.set_enabled(false);
+
+    // Another writer reads the landed change, overwrites its value, and compacts
+    // twice with collections between: the landed change ends in the archive only.
+    let mut b = Repo::open(mem.clone(), P).await.unwrap();
+    assert_eq!(b.view().attributes("").unwrap()["k"], json!(1));
+    for v in [2, 3] {
+        let mut t = b.session();
+        t.set_attr("", "k", json!(v)).unwrap();
+        t.commit(&mut b, None).await.unwrap().unwrap();
+        b.compact().await.unwrap();
+        b.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+    }
+
+    a.refresh().await.unwrap();
+    assert_eq!(a.view().attributes("").unwrap()["k"], json!(3));
+    let retried = s.commit(&mut a, None).await;
+    let reader = Repo::open(mem.clone(), P).await.unwrap();
+    assert_eq!(reader.view().attributes("").unwrap()["k"], json!(3));
+    assert_eq!(
+        state(&a).await,
+        state(&reader).await,
+        "the retry ({retried:?}) left the handle unlike a fresh reader"
+    );
+}
