@@ -651,6 +651,28 @@ impl Repo {
         Ok(())
     }
 
+    /// Adds to the fold the changes among `hashes` that it does not hold but its
+    /// snapshots' coverage archive records (a handle that reloaded from a newer
+    /// snapshot knows older history only there); returns those found.
+    pub(crate) async fn learn_archived(
+        &mut self,
+        hashes: impl IntoIterator<Item = ChangeHash>,
+    ) -> Result<HashSet<ChangeHash>> {
+        let wanted: HashSet<ChangeHash> = hashes
+            .into_iter()
+            .filter(|h| !self.fold.contains(h))
+            .collect();
+        if wanted.is_empty() || self.fold.snapshot_base().is_none() {
+            return Ok(HashSet::new());
+        }
+        let mut found = HashSet::new();
+        for c in self.lookup_archive(&wanted).await? {
+            found.insert(c.hash);
+            Arc::make_mut(&mut self.fold).add_covered(&c);
+        }
+        Ok(found)
+    }
+
     /// Covered changes among `hashes`, read from the archive shards of the snapshots
     /// the fold was read from.
     async fn lookup_archive(&mut self, hashes: &HashSet<ChangeHash>) -> Result<Vec<CoveredChange>> {
@@ -742,6 +764,11 @@ impl Repo {
     /// Reads manifest pieces not yet in memory, in parallel.
     pub(crate) async fn load_pieces(&self, pieces: Vec<PieceRef>) -> Result<()> {
         load_pieces(&self.bucket, &self.fold, pieces, self.concurrency).await
+    }
+
+    /// Whether `fold` is this handle's state (not a copy it moved on from).
+    pub(crate) fn holds_state(&self, fold: &Arc<Fold>) -> bool {
+        Arc::ptr_eq(&self.fold, fold)
     }
 
     /// The state and its view, shared with a write session.
@@ -996,6 +1023,14 @@ impl Repo {
     ) -> std::result::Result<ChangeHash, (Error, Option<Change>)> {
         let hash = ChangeHash::of(bytes);
         let key = self.change_key(hash, change.actor, change.seq);
+        // A retry after an earlier attempt landed and was compacted and collected while
+        // the reply was lost: the change is in the state already, covered. Uploading
+        // it again would apply it twice here.
+        match self.learn_archived([hash]).await {
+            Ok(found) if found.contains(&hash) => return Ok(hash),
+            Ok(_) => {}
+            Err(e) => return Err((e, Some(change))),
+        }
         // A retry after the change was fetched by a refresh: already applied, valid.
         if !self.fold.contains(&hash)
             && let Err(rule) = self.fold.check(&change)

@@ -1035,12 +1035,37 @@ impl WriteSession {
             });
         }
         if self.prepared.is_none() {
-            self.finish_deferred().await?;
+            self.finish_deferred().await.map_err(|e| match e {
+                // The state staged against was compacted and collected since: nothing
+                // can finish this session's deferred work, and refreshing the handle
+                // does not move a session.
+                Error::Vanished { key } => Error::CommitRefused {
+                    key,
+                    reason: "removed by garbage collection after the session started: the \
+                             state it staged against is gone; stage the writes again in a \
+                             new session"
+                        .into(),
+                },
+                e => e,
+            })?;
             if self.ops.is_empty() {
                 return Ok(None);
             }
             // The state the ops were staged against, whatever the handle read since.
             let deps = self.base.heads();
+            // A handle that reloaded from a newer snapshot may know the session's deps,
+            // and the changes its ops name, only through the coverage archive.
+            let mut named: Vec<ChangeHash> = deps.clone();
+            for op in &self.ops {
+                op.for_each_node_ref(|r| {
+                    if let OpRef::Change(h, _) = r {
+                        named.push(*h);
+                    }
+                });
+            }
+            named.sort();
+            named.dedup();
+            repo.learn_archived(named).await?;
             // Stamped before a sequence number is taken: a refusal leaves no gap.
             let hlc = repo.stamp(&deps, &self.ops, now_millis())?;
             let repo_id = repo.id();
@@ -1068,17 +1093,36 @@ impl WriteSession {
         let Some((change, bytes)) = self.prepared.take() else {
             return Ok(None);
         };
-        // The handle applies the change to its state: hold no share of that state
-        // meanwhile, or applying it would copy it.
-        self.base = Arc::new(Fold::new(repo.id()));
-        self.index = Arc::default();
+        // The handle applies the change to its state: while that state is the one
+        // staged against, hold no share of it, or applying it would copy it; a weak
+        // handle keeps it for a failed attempt (which applies nothing). A handle that
+        // moved on holds a state of its own, and the session keeps its own.
+        let base = std::mem::replace(&mut self.base, Arc::new(Fold::new(repo.id())));
+        let weak = Arc::downgrade(&base);
+        let kept = (!repo.holds_state(&base)).then_some(base);
+        let index = std::mem::take(&mut self.index);
         let published = repo.publish(change, &bytes, &self.blobs).await;
-        (self.base, self.index) = repo.shared_state();
+        let mut restore = || match kept.clone().or_else(|| weak.upgrade()) {
+            Some(b) => {
+                self.base = b;
+                self.index = index.clone();
+                Ok(())
+            }
+            // Never expected: nothing applied a failed attempt. Refuse rather than stage
+            // further ops against another state than the first ones.
+            None => Err(Error::Internal(
+                "the state a failed commit was staged against is gone".into(),
+            )),
+        };
         let result = match published {
             Ok(hash) => Ok(Some(hash)),
             // Nothing was written: the ops stay staged and the next commit stamps anew.
-            Err((e @ Error::CommitRefused { .. }, _)) => return Err(e),
+            Err((e @ Error::CommitRefused { .. }, _)) => {
+                restore()?;
+                return Err(e);
+            }
             Err((e, Some(change))) => {
+                restore()?;
                 // Keep the exact bytes: a retry must not mint a second change.
                 self.prepared = Some((change, bytes));
                 return Err(e);
@@ -1087,6 +1131,8 @@ impl WriteSession {
             // session is cleared as after a commit and the error says which key.
             Err((e, None)) => Err(e),
         };
+        // Cleared, the session stages against the handle's state, its change in.
+        (self.base, self.index) = repo.shared_state();
         self.ops.clear();
         self.blobs.clear();
         self.created.clear();

