@@ -1025,11 +1025,19 @@ impl Repo {
         let key = self.change_key(hash, change.actor, change.seq);
         // A retry after an earlier attempt landed and was compacted and collected while
         // the reply was lost: the change is in the state already, covered. Uploading
-        // it again would apply it twice here.
-        match self.learn_archived([hash]).await {
-            Ok(found) if found.contains(&hash) => return Ok(hash),
-            Ok(_) => {}
-            Err(e) => return Err((e, Some(change))),
+        // it again would apply it twice here. Only a change within the snapshot's
+        // clock range can be covered by it (the rule refresh uses): a fresh change
+        // stamped above it costs no archive read.
+        let coverable = self
+            .fold
+            .snapshot_base()
+            .is_some_and(|b| change.hlc <= b.max_hlc);
+        if coverable && !self.fold.contains(&hash) {
+            match self.learn_archived([hash]).await {
+                Ok(found) if found.contains(&hash) => return Ok(hash),
+                Ok(_) => {}
+                Err(e) => return Err((e, Some(change))),
+            }
         }
         // A retry after the change was fetched by a refresh: already applied, valid.
         if !self.fold.contains(&hash)

@@ -1053,19 +1053,22 @@ impl WriteSession {
             }
             // The state the ops were staged against, whatever the handle read since.
             let deps = self.base.heads();
-            // A handle that reloaded from a newer snapshot may know the session's deps,
-            // and the changes its ops name, only through the coverage archive.
-            let mut named: Vec<ChangeHash> = deps.clone();
-            for op in &self.ops {
-                op.for_each_node_ref(|r| {
-                    if let OpRef::Change(h, _) = r {
-                        named.push(*h);
-                    }
-                });
+            // A handle that moved on since the session started (reloaded from a newer
+            // snapshot) may know the session's deps, and the changes its ops name, only
+            // through the coverage archive. A handle still at that state knows them.
+            if !repo.holds_state(&self.base) {
+                let mut named: Vec<ChangeHash> = deps.clone();
+                for op in &self.ops {
+                    op.for_each_node_ref(|r| {
+                        if let OpRef::Change(h, _) = r {
+                            named.push(*h);
+                        }
+                    });
+                }
+                named.sort();
+                named.dedup();
+                repo.learn_archived(named).await?;
             }
-            named.sort();
-            named.dedup();
-            repo.learn_archived(named).await?;
             // Stamped before a sequence number is taken: a refusal leaves no gap.
             let hlc = repo.stamp(&deps, &self.ops, now_millis())?;
             let repo_id = repo.id();

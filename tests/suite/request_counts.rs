@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | commit, every chunk inline | 1 PUT | 1 |
 //! | commit with k blob chunks (k <= 32) | k + 1 PUTs | 2 |
+//! | commit on a handle read from a snapshot with an archive | 1 PUT | 1 |
 //! | open of N changes (N <= 32), no snapshot | 2 LISTs + 2 GETs (marker, hint) + N GETs | 2 |
 //! | refresh, nothing new | 2 LISTs (changes, snapshots) | 1 |
 //! | refresh, m new changes (m <= 32) | 2 LISTs + m GETs | 2 |
@@ -19,6 +20,7 @@ use crate::common::{Backend, array_meta, local, memory};
 use crzarr::io::counting::{CountingStore, RequestCounts};
 use crzarr::repo::Repo;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A counting store over `b`'s store, and a writer that has created array `x`
 /// (shape [64], chunks of 1) in one inline-only commit.
@@ -78,6 +80,56 @@ async fn commit_with_only_inline_chunks_is_one_put_in_one_round_trip() {
         s.create_array("y", &array_meta(&[4], &[2])).unwrap();
         s.commit(&mut repo, None).await.unwrap().unwrap();
         assert_eq!(summary(&counting.take()), counts(1, 0, 0, 1), "{}", b.name);
+    }
+}
+
+/// A handle read from a snapshot with a coverage archive commits as cheaply: its new
+/// change is never looked up in the archive (no shard GET), first commit or later.
+#[tokio::test]
+async fn commit_on_a_handle_read_from_a_snapshot_is_one_put_in_one_round_trip() {
+    for b in [memory(), local()] {
+        let (counting, mut writer) = setup(&b).await;
+        // Two rounds of commits, compaction and collection: the second snapshot keeps
+        // the first round's changes only in its coverage archive.
+        for round in 0..2 {
+            for i in 0..3 {
+                let mut s = writer.session();
+                s.set(&format!("x/c/{i}"), vec![round * 10 + i as u8; 100])
+                    .unwrap();
+                s.commit(&mut writer, None).await.unwrap().unwrap();
+            }
+            writer.compact().await.unwrap();
+            writer
+                .gc(&crate::common::witness::gc_opts(Duration::ZERO, true))
+                .await
+                .unwrap();
+        }
+        let mut repo = Repo::open(Arc::new(counting.clone()), &b.prefix)
+            .await
+            .unwrap();
+        assert!(repo.fold().snapshot_base().is_some(), "{}", b.name);
+        let held = repo.status().await.unwrap().objects;
+        assert!(
+            held.get(&crzarr::format::layout::ObjectKind::Archive)
+                .is_some_and(|t| t.count > 0),
+            "{}: no coverage archive to tempt a lookup: {held:?}",
+            b.name
+        );
+        counting.reset();
+        for k in 0..3u8 {
+            // An attribute: a chunk write reads its manifest piece first (counted in
+            // tests/suite/snapshots.rs), which is not what this test is about.
+            let mut s = repo.session();
+            s.set_attr("x", "k", k.into()).unwrap();
+            s.commit(&mut repo, None).await.unwrap().unwrap();
+            let c = counting.take();
+            assert_eq!(
+                summary(&c),
+                counts(1, 0, 0, 1),
+                "{} commit {k}: {c:?}",
+                b.name
+            );
+        }
     }
 }
 
