@@ -16,7 +16,7 @@ use crate::zarr::key::{self, meta_path};
 use crate::zarr::meta::{self, ArrayMeta, NodeDoc};
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -51,6 +51,15 @@ struct Deferred {
 struct NodeState {
     attrs: Map<String, Value>,
     shape: Option<Vec<u64>>,
+    /// An array's metadata fields that are registers, as shown.
+    fields: Map<String, Value>,
+}
+
+/// An array's metadata fields that are registers, by name.
+fn field_map(meta: &ArrayMeta) -> Map<String, Value> {
+    meta.register_fields()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 impl Repo {
@@ -86,6 +95,10 @@ pub struct WriteSession {
     chunk_ops: HashMap<(OpRef, String), usize>,
     object_ops: HashMap<String, usize>,
     attr_ops: HashMap<(OpRef, String), usize>,
+    /// Staged metadata field ops, by target and field name.
+    field_ops: HashMap<(OpRef, String), usize>,
+    /// Paths whose node a staged `zarr.json` replaced by a new incarnation.
+    replaced: BTreeSet<String>,
     resize_op: HashMap<OpRef, usize>,
     deferred: Deferred,
     prepared: Option<(Change, Bytes)>,
@@ -108,6 +121,8 @@ impl WriteSession {
             chunk_ops: HashMap::new(),
             object_ops: HashMap::new(),
             attr_ops: HashMap::new(),
+            field_ops: HashMap::new(),
+            replaced: BTreeSet::new(),
             resize_op: HashMap::new(),
             deferred: Deferred::default(),
             prepared: None,
@@ -178,6 +193,10 @@ impl WriteSession {
         let s = NodeState {
             attrs: view.attributes(fold, path).unwrap_or_default(),
             shape: view.shape(fold, path),
+            fields: view
+                .shown_array_meta(fold, path)
+                .map(|m| field_map(&m))
+                .unwrap_or_default(),
         };
         self.state.insert(h.target, s.clone());
         s
@@ -437,6 +456,10 @@ impl WriteSession {
     fn put_node(&mut self, path: &str, doc: NodeDoc) -> Result<()> {
         self.check_ancestors(path)?;
         let existing = self.node_at(path);
+        let fields = match &doc {
+            NodeDoc::Array { meta, .. } => field_map(meta),
+            NodeDoc::Group { .. } => Map::new(),
+        };
         let (new_array, attrs, shape) = match &doc {
             NodeDoc::Group { attributes } => (None, attributes.clone(), None),
             NodeDoc::Array { meta, attributes } => (
@@ -448,12 +471,13 @@ impl WriteSession {
         if let Some(h) = existing {
             let same = match (&h.array, &new_array) {
                 (None, None) => true,
-                (Some(a), Some(b)) => a.same_layout(b),
+                (Some(a), Some(b)) => a.same_chunk_layout(b),
                 _ => false,
             };
             if same {
-                return self.update_node(&h, path, attrs, shape);
+                return self.update_node(&h, path, attrs, shape, fields);
             }
+            self.replaced.insert(path.to_string());
             // A different node replaces this one: a new incarnation. An array has
             // no children, so replacing anything with an array clears the subtree.
             if new_array.is_some() {
@@ -481,9 +505,23 @@ impl WriteSession {
         let idx = u32::try_from(self.push(op))
             .map_err(|_| Error::Limit("too many ops staged in one session".into()))?;
         self.created.insert(path.to_string(), (idx, new_array));
-        self.state
-            .insert(OpRef::Local(idx), NodeState { attrs, shape });
+        self.state.insert(
+            OpRef::Local(idx),
+            NodeState {
+                attrs,
+                shape,
+                fields,
+            },
+        );
         Ok(())
+    }
+
+    /// Paths whose node a staged `zarr.json` replaced with a new incarnation, because
+    /// the new metadata changes the chunk layout (data type, grid, key encoding or
+    /// codecs; spec/merge.md §3): the old node's chunks are gone from the view. An edit
+    /// that keeps the layout updates the node instead and is not listed.
+    pub fn replaced(&self) -> impl Iterator<Item = &str> {
+        self.replaced.iter().map(String::as_str)
     }
 
     fn update_node(
@@ -492,8 +530,23 @@ impl WriteSession {
         path: &str,
         attrs: Map<String, Value>,
         shape: Option<Vec<u64>>,
+        fields: Map<String, Value>,
     ) -> Result<()> {
         let cur = self.node_state(h, path);
+        // Equal as canonical JSON text: what a register stores and compares.
+        let differs = |a: Option<&Value>, b: &Value| {
+            a.is_none_or(|a| meta::canonical_json(a) != meta::canonical_json(b))
+        };
+        for (k, v) in &fields {
+            if differs(cur.fields.get(k), v) {
+                self.write_field(h, path, k, Some(v.clone()));
+            }
+        }
+        for k in cur.fields.keys() {
+            if !fields.contains_key(k) {
+                self.write_field(h, path, k, None);
+            }
+        }
         for (k, v) in &attrs {
             if cur.attrs.get(k) != Some(v) {
                 self.write_attr(h, path, k, Some(v.clone()));
@@ -507,9 +560,76 @@ impl WriteSession {
         if let (Some(new), Some(old)) = (shape, cur.shape)
             && new != old
         {
-            self.write_shape(h, path, &new)?;
+            // As `resize`: a shrink deletes the chunks outside, whatever the write path.
+            self.resize_node(h, path, &new)?;
         }
         Ok(())
+    }
+
+    /// Stages a metadata field edit of an array (`None` removes the field).
+    fn write_field(&mut self, h: &Handle, path: &str, name: &str, value: Option<Value>) {
+        let mut st = self.node_state(h, path);
+        match &value {
+            Some(v) => st.fields.insert(name.to_string(), v.clone()),
+            None => st.fields.remove(name),
+        };
+        self.state.insert(h.target, st);
+        // A node this session creates takes the value in its create op: no register
+        // entry, and no later reader sees the intermediate value.
+        if let OpRef::Local(i) = h.target
+            && let Some(Op::CreateArray { metadata, .. }) = self.ops.get(i as usize)
+            && let Ok(doc) = serde_json::from_str::<Value>(metadata)
+            && let Ok(created) = ArrayMeta::from_stored(&doc)
+        {
+            let updated = created.with_fields([(name, value)]);
+            if let Some(Op::CreateArray { metadata, .. }) = self.ops.get_mut(i as usize) {
+                *metadata = updated.to_canonical();
+            }
+            self.prepared = None;
+            return;
+        }
+        let slot = (h.target, name.to_string());
+        let observed = match self.field_ops.get(&slot) {
+            Some(&i) => match &self.ops[i] {
+                Op::SetMetaField { observed, .. } | Op::DeleteMetaField { observed, .. } => {
+                    observed.clone()
+                }
+                _ => Vec::new(),
+            },
+            None => {
+                let fold = &*self.base;
+                let stamps: Vec<Stamp> = h
+                    .members
+                    .iter()
+                    .filter_map(|m| fold.nodes.get(m)?.fields.get(name))
+                    .flat_map(|r| r.entries().iter().map(|e| e.0))
+                    .collect();
+                self.refs(stamps)
+            }
+        };
+        let op = match value {
+            Some(v) => Op::SetMetaField {
+                node: h.target,
+                field: name.to_string(),
+                value: meta::canonical_json(&v),
+                observed,
+            },
+            None => Op::DeleteMetaField {
+                node: h.target,
+                field: name.to_string(),
+                observed,
+            },
+        };
+        match self.field_ops.get(&slot) {
+            Some(&i) => {
+                self.prepared = None;
+                self.ops[i] = op;
+            }
+            None => {
+                let i = self.push(op);
+                self.field_ops.insert(slot, i);
+            }
+        }
     }
 
     fn write_attr(&mut self, h: &Handle, path: &str, name: &str, value: Option<Value>) {
@@ -688,6 +808,11 @@ impl WriteSession {
     /// array again later shows the fill value there, not stale data.
     pub fn resize(&mut self, path: &str, shape: &[u64]) -> Result<()> {
         let h = self.array_handle(path)?;
+        self.resize_node(&h, path, shape)
+    }
+
+    fn resize_node(&mut self, h: &Handle, path: &str, shape: &[u64]) -> Result<()> {
+        let h = h.clone();
         self.write_shape(&h, path, shape)?;
         let Some(meta) = h.array.as_ref() else {
             return Ok(());
@@ -934,6 +1059,8 @@ impl WriteSession {
             match &mut op {
                 Op::SetAttr { node, observed, .. }
                 | Op::DeleteAttr { node, observed, .. }
+                | Op::SetMetaField { node, observed, .. }
+                | Op::DeleteMetaField { node, observed, .. }
                 | Op::SetChunk { node, observed, .. }
                 | Op::DeleteChunk { node, observed, .. } => {
                     fix(node);
@@ -957,6 +1084,7 @@ impl WriteSession {
         self.chunk_ops.clear();
         self.object_ops.clear();
         self.attr_ops.clear();
+        self.field_ops.clear();
         self.resize_op.clear();
         self.created.clear();
     }
@@ -1144,6 +1272,7 @@ impl WriteSession {
         self.chunk_ops.clear();
         self.object_ops.clear();
         self.attr_ops.clear();
+        self.field_ops.clear();
         self.resize_op.clear();
         self.prepared = None;
         result

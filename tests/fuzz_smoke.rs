@@ -1042,6 +1042,7 @@ fn valid_snapshot() -> SnapshotMeta {
                 attrs: vec![("title".into(), vec![((0, 0), Some("\"t\"".into()))])],
                 dims: vec![],
                 pieces: vec![],
+                fields: vec![],
             },
             SnapNode {
                 stamp: (0, 1),
@@ -1053,6 +1054,7 @@ fn valid_snapshot() -> SnapshotMeta {
                     vec![((1, 0), None), ((1, 1), Some("1".into()))],
                 )],
                 dims: vec![Some(vec![((1, 2), 8)]), None],
+                fields: vec![],
                 pieces: vec![PieceRef {
                     first: vec![],
                     hash: ObjectHash([0x44; 32]),
@@ -1170,9 +1172,18 @@ fn corpus() -> Vec<CorpusFile> {
         ),
         file(
             "change-unknown-version.bin",
+            [&valid[..4], &[5], &valid[5..]].concat(),
+            Via::Change,
+            Err("UnsupportedVersion", "format version 5 is not supported"),
+        ),
+        file(
+            "change-version-4-without-field-op.bin",
             [&valid[..4], &[4], &valid[5..]].concat(),
             Via::Change,
-            Err("UnsupportedVersion", "format version 4 is not supported"),
+            Err(
+                "Corrupt",
+                "format version 4 for a change that is written as version 1",
+            ),
         ),
         file(
             "change-version-2-without-reference.bin",

@@ -363,7 +363,7 @@ fn bad_files(case: &str, fx: &Fixture) -> BadFiles {
             b[4] = CHANGE_VERSION + 1;
             one(
                 fx.named(b, &valid),
-                "format version 4 is not supported (this build reads version 3); upgrade crzarr",
+                "format version 5 is not supported (this build reads version 4); upgrade crzarr",
             )
         }
         "wrong_magic" => {

@@ -288,7 +288,7 @@ impl Inner {
             // layout, replaces the node there and what lay under it.
             let replaces = match (self.existing(path), &array) {
                 (None, _) | (Some(None), None) => false,
-                (Some(Some(old)), Some(new)) => !old.same_layout(new),
+                (Some(Some(old)), Some(new)) => !old.same_chunk_layout(new),
                 (Some(_), _) => true,
             };
             if replaces {

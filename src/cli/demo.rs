@@ -37,6 +37,7 @@ pub(crate) fn describe_conflict(c: &Conflict) -> String {
         ConflictTarget::Attribute(a) => format!("attribute {a:?}"),
         ConflictTarget::Chunk => "chunk".to_string(),
         ConflictTarget::Object => "object".to_string(),
+        ConflictTarget::Field(f) => format!("metadata field {f:?}"),
     };
     // The tail of a ULID is random; its head is a timestamp shared by close writers.
     let actor = |a: &crzarr::format::ids::ActorId| a.to_string()[18..].to_string();

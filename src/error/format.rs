@@ -139,6 +139,13 @@ pub enum SnapshotError {
     /// Attributes of the node at this path are not sorted by name.
     #[error("node {0:?}: attributes out of order")]
     AttributesOrder(String),
+    /// Metadata field registers of the node at this path are not sorted by name.
+    #[error("node {0:?}: metadata fields out of order")]
+    FieldsOrder(String),
+    /// A metadata field register of the node at this path that no array may hold, or
+    /// with a value no writer emits.
+    #[error("node {0:?}: invalid metadata field register {1:?}")]
+    Field(String, String),
     /// The change table is not strictly ascending by hash.
     #[error("change table not sorted by hash")]
     ChangesOrder,

@@ -89,4 +89,15 @@ pub enum MetaError {
     /// `codecs` is not an array.
     #[error("`codecs` must be an array")]
     Codecs,
+    /// A metadata field edit names a field that is not a register: `shape` (a
+    /// dimension register of its own), `attributes`, or a field that fixes the
+    /// chunk layout (changing one replaces the array).
+    #[error("`{0}` is not an editable array metadata field")]
+    NotAFieldRegister(String),
+    /// A metadata field edit removes a field Zarr v3 requires (`fill_value`).
+    #[error("`{0}` is required and cannot be removed")]
+    RequiredField(String),
+    /// A metadata field's value is not JSON text (the parser's message).
+    #[error("field value is not JSON: {0}")]
+    FieldJson(String),
 }

@@ -211,20 +211,23 @@ impl Fold {
                         continue;
                     }
                     let s = map(self, &ts);
-                    let attrs = tn
-                        .attrs
-                        .iter()
-                        .filter_map(|(k, reg)| {
-                            let rk = RegKey::Attr(k.clone());
-                            let es: Vec<_> = reg
-                                .entries()
-                                .iter()
-                                .filter(|(x, _)| !my_recorded(&path, &rk, &other.own_id(*x)))
-                                .map(|(x, v)| (map(self, x), v.clone()))
-                                .collect();
-                            (!es.is_empty()).then(|| (k.clone(), Register::from_entries(es)))
-                        })
-                        .collect();
+                    let named = |this: &mut Fold, which: Named| {
+                        tn.named(which)
+                            .iter()
+                            .filter_map(|(k, reg)| {
+                                let rk = which.reg_key(k);
+                                let es: Vec<_> = reg
+                                    .entries()
+                                    .iter()
+                                    .filter(|(x, _)| !my_recorded(&path, &rk, &other.own_id(*x)))
+                                    .map(|(x, v)| (map(this, x), v.clone()))
+                                    .collect();
+                                (!es.is_empty()).then(|| (k.clone(), Register::from_entries(es)))
+                            })
+                            .collect()
+                    };
+                    let attrs = named(self, Named::Attr);
+                    let fields = named(self, Named::Field);
                     let dims = tn
                         .dims
                         .iter()
@@ -252,6 +255,7 @@ impl Fold {
                             kind: tn.kind,
                             deleted: tn.deleted,
                             attrs,
+                            fields,
                             dims,
                             chunks: ChunkMap::default(),
                             base: tn.base,
@@ -268,26 +272,31 @@ impl Fold {
                     let Some(mn) = self.nodes.get(&s) else {
                         continue;
                     };
-                    let mut keys: Vec<Box<str>> =
-                        mn.attrs.keys().chain(tn.attrs.keys()).cloned().collect();
-                    keys.sort();
-                    keys.dedup();
-                    let mut attrs = HashMap::new();
-                    for k in keys {
-                        let rk = RegKey::Attr(k.clone());
-                        let es = join_reg(
-                            mn.attrs.get(&k).map_or(&[][..], |r| r.entries()),
-                            tn.attrs.get(&k).map_or(&[][..], |r| r.entries()),
-                            &my_id,
-                            &their_id,
-                            &|id| keep_mine(&rk, id),
-                            &|id| keep_theirs(&rk, id),
-                            &mapped,
-                        );
-                        if !es.is_empty() {
-                            attrs.insert(k, Register::from_entries(es));
+                    let named = |which: Named| {
+                        let (mine, theirs) = (mn.named(which), tn.named(which));
+                        let mut keys: Vec<&Box<str>> = mine.keys().chain(theirs.keys()).collect();
+                        keys.sort();
+                        keys.dedup();
+                        let mut regs = HashMap::new();
+                        for k in keys {
+                            let rk = which.reg_key(k);
+                            let es = join_reg(
+                                mine.get(k).map_or(&[][..], |r| r.entries()),
+                                theirs.get(k).map_or(&[][..], |r| r.entries()),
+                                &my_id,
+                                &their_id,
+                                &|id| keep_mine(&rk, id),
+                                &|id| keep_theirs(&rk, id),
+                                &mapped,
+                            );
+                            if !es.is_empty() {
+                                regs.insert(k.clone(), Register::from_entries(es));
+                            }
                         }
-                    }
+                        regs
+                    };
+                    let attrs = named(Named::Attr);
+                    let fields = named(Named::Field);
                     let n = mn.dims.len().max(tn.dims.len());
                     let mut dims = Vec::with_capacity(n);
                     for i in 0..n {
@@ -352,6 +361,7 @@ impl Fold {
                         continue;
                     };
                     mn.attrs = attrs;
+                    mn.fields = fields;
                     mn.dims = dims;
                     for (key, st, val) in added {
                         mn.chunks.upsert(

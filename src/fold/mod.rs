@@ -346,13 +346,49 @@ pub(crate) struct Node {
     pub(crate) kind: NodeKind,
     pub(crate) deleted: bool,
     pub(crate) attrs: HashMap<Box<str>, Register<Option<Box<str>>>>,
+    /// Registers of array metadata fields such as `fill_value` (JSON text; `None` =
+    /// removed). Empty until a field is edited: the create op's value shows until then.
+    pub(crate) fields: HashMap<Box<str>, Register<Option<Box<str>>>>,
     pub(crate) dims: Vec<Option<Register<u64>>>,
     pub(crate) chunks: ChunkMap<Register<ChunkVal>>,
     /// Chunk registers still in manifest pieces (from a snapshot), by first coords.
     pub(crate) base: Arc<[PieceRef]>,
 }
 
+/// The two kinds of named JSON registers of an incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Named {
+    /// Attributes.
+    Attr,
+    /// Array metadata fields that are registers (`fill_value`, `dimension_names`, ...).
+    Field,
+}
+
+impl Named {
+    pub(crate) fn reg_key(self, name: &str) -> RegKey {
+        match self {
+            Named::Attr => RegKey::Attr(name.into()),
+            Named::Field => RegKey::Field(name.into()),
+        }
+    }
+}
+
 impl Node {
+    /// The registers of one kind.
+    pub(crate) fn named(&self, which: Named) -> &HashMap<Box<str>, Register<Option<Box<str>>>> {
+        match which {
+            Named::Attr => &self.attrs,
+            Named::Field => &self.fields,
+        }
+    }
+
+    fn named_mut(&mut self, which: Named) -> &mut HashMap<Box<str>, Register<Option<Box<str>>>> {
+        match which {
+            Named::Attr => &mut self.attrs,
+            Named::Field => &mut self.fields,
+        }
+    }
+
     fn ndim(&self) -> Option<usize> {
         match &self.kind {
             NodeKind::Array(m) => Some(m.ndim()),
@@ -472,6 +508,9 @@ pub enum Rejection {
     /// A resize of a dimension the array does not have.
     #[error("resize of a dimension the array lacks")]
     ResizeDimension,
+    /// An array metadata field edit on a group.
+    #[error("metadata field edit on a group")]
+    FieldOfGroup,
     /// Array metadata created by the change is not JSON (the parser's message).
     #[error("{0}")]
     ArrayJson(String),
@@ -924,6 +963,18 @@ impl Fold {
                             return Err(Rejection::ResizeDimension.at_op(i));
                         }
                     }
+                    Op::SetMetaField { field, value, .. } => {
+                        let n = ndim.ok_or_else(|| Rejection::FieldOfGroup.at_op(i))?;
+                        // Decoding checked the value; its length against the array's
+                        // dimensions needs the array.
+                        let v: serde_json::Value = serde_json::from_str(value)
+                            .map_err(|e| Rejection::ArrayJson(e.to_string()).at_op(i))?;
+                        crate::zarr::meta::check_field(field, Some(&v), Some(n))
+                            .map_err(|e| Rejection::ArrayMetadata(e).at_op(i))?;
+                    }
+                    Op::DeleteMetaField { .. } if ndim.is_none() => {
+                        return Err(Rejection::FieldOfGroup.at_op(i));
+                    }
                     _ => {}
                 }
             }
@@ -1108,13 +1159,28 @@ impl Fold {
                 value,
                 observed,
             } => {
-                self.write_attr(s, node, key, Some(value.into_boxed_str()), &observed);
+                let val = Some(value.into_boxed_str());
+                self.write_named(s, Named::Attr, node, key, val, &observed);
             }
             Op::DeleteAttr {
                 node,
                 key,
                 observed,
-            } => self.write_attr(s, node, key, None, &observed),
+            } => self.write_named(s, Named::Attr, node, key, None, &observed),
+            Op::SetMetaField {
+                node,
+                field,
+                value,
+                observed,
+            } => {
+                let val = Some(value.into_boxed_str());
+                self.write_named(s, Named::Field, node, field, val, &observed);
+            }
+            Op::DeleteMetaField {
+                node,
+                field,
+                observed,
+            } => self.write_named(s, Named::Field, node, field, None, &observed),
             Op::Resize { node, dims } => {
                 let target = self.resolve(&node, own);
                 let sibs = self.siblings(target);
@@ -1239,6 +1305,7 @@ impl Fold {
                 kind,
                 deleted: false,
                 attrs,
+                fields: HashMap::new(),
                 dims,
                 chunks: ChunkMap::default(),
                 base: Arc::from(Vec::new()),
@@ -1255,6 +1322,7 @@ impl Fold {
         }
         n.deleted = true;
         n.attrs = HashMap::new();
+        n.fields = HashMap::new();
         n.chunks = ChunkMap::default();
         n.dims = Vec::new();
         n.base = Arc::from(Vec::new());
@@ -1267,9 +1335,11 @@ impl Fold {
         }
     }
 
-    fn write_attr(
+    /// Writes an attribute or metadata field register (the same rules for both).
+    fn write_named(
         &mut self,
         s: Stamp,
+        which: Named,
         node: OpRef,
         key: String,
         val: Option<Box<str>>,
@@ -1280,20 +1350,21 @@ impl Fold {
             return;
         };
         let (observed, ids) = self.observe(observed, s.change);
-        let reg = RegKey::Attr(key.as_str().into());
+        let reg = which.reg_key(&key);
         self.remember_superseded(&path, reg.clone(), &ids, false);
         for sib in self.siblings(target).into_iter().filter(|x| *x != target) {
             if let Some(n) = self.nodes.get_mut(&sib) {
-                register_remove(&mut n.attrs, key.as_str(), &observed);
+                register_remove(n.named_mut(which), key.as_str(), &observed);
             }
         }
         let dead = self.is_superseded(&path, &reg, &self.own_id(s));
         // An edit to a deleted incarnation is dropped.
         if let Some(n) = self.nodes.get_mut(&target).filter(|n| !n.deleted) {
+            let regs = n.named_mut(which);
             if dead {
-                register_remove(&mut n.attrs, key.as_str(), &observed);
+                register_remove(regs, key.as_str(), &observed);
             } else {
-                register_write(&mut n.attrs, key.into_boxed_str(), s, val, &observed);
+                register_write(regs, key.into_boxed_str(), s, val, &observed);
             }
         }
     }

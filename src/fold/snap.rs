@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::format::snapshot::{
-    MAX_PIECE_BYTES, PIECE_ENTRIES, PIECE_TARGET_BYTES, SnapFork, SnapNode, SnapshotError,
-    Superseded, check_write_size,
+    AttrRegister, MAX_PIECE_BYTES, PIECE_ENTRIES, PIECE_TARGET_BYTES, SnapFork, SnapNode,
+    SnapshotError, Superseded, check_write_size,
 };
 use std::collections::{BTreeSet, HashSet};
 
@@ -83,17 +83,19 @@ impl Fold {
             if !n.deleted && n.dims.len() != ndim {
                 return Err(corrupt(key, SnapshotError::NodeDimensions(n.path)));
             }
-            let attrs = n
-                .attrs
-                .into_iter()
-                .map(|(k, es)| {
-                    let es: Vec<(Stamp, Option<Box<str>>)> = es
-                        .into_iter()
-                        .map(|(s, v)| (stamp(&s), v.map(String::into_boxed_str)))
-                        .collect();
-                    (k.into_boxed_str(), Register::from_entries(es))
-                })
-                .collect();
+            let named = |regs: Vec<(String, AttrRegister)>| {
+                regs.into_iter()
+                    .map(|(k, es)| {
+                        let es: Vec<(Stamp, Option<Box<str>>)> = es
+                            .into_iter()
+                            .map(|(s, v)| (stamp(&s), v.map(String::into_boxed_str)))
+                            .collect();
+                        (k.into_boxed_str(), Register::from_entries(es))
+                    })
+                    .collect()
+            };
+            let attrs = named(n.attrs);
+            let fields = named(n.fields);
             let dims = n
                 .dims
                 .into_iter()
@@ -115,6 +117,7 @@ impl Fold {
                 kind,
                 deleted: n.deleted,
                 attrs,
+                fields,
                 dims,
                 chunks: ChunkMap::default(),
                 base: Arc::from(n.pieces),
@@ -453,7 +456,7 @@ impl Fold {
         let mut used: BTreeSet<u32> = BTreeSet::new();
         for (s, n) in &self.nodes {
             used.insert(s.change);
-            for reg in n.attrs.values() {
+            for reg in n.attrs.values().chain(n.fields.values()) {
                 used.extend(reg.entries().iter().map(|e| e.0.change));
             }
             for reg in n.dims.iter().flatten() {
@@ -501,23 +504,28 @@ impl Fold {
         let mut reused_pieces = 0;
         let mut nodes: Vec<SnapNode> = Vec::with_capacity(self.nodes.len());
         for (s, n) in &self.nodes {
-            let mut attrs: Vec<(String, crate::format::snapshot::AttrRegister)> = n
-                .attrs
-                .iter()
-                .map(|(k, reg)| {
-                    let mut es: Vec<(Stamp, Option<String>)> = reg
-                        .entries()
-                        .iter()
-                        .map(|(s, v)| (*s, v.as_deref().map(str::to_string)))
-                        .collect();
-                    es.sort_by(|a, b| self.cmp_stamp(&a.0, &b.0));
-                    (
-                        k.to_string(),
-                        es.into_iter().map(|(s, v)| (map(&s), v)).collect(),
-                    )
-                })
-                .collect();
-            attrs.sort_by(|a, b| a.0.cmp(&b.0));
+            let named = |which: Named| {
+                let mut regs: Vec<(String, AttrRegister)> = n
+                    .named(which)
+                    .iter()
+                    .map(|(k, reg)| {
+                        let mut es: Vec<(Stamp, Option<String>)> = reg
+                            .entries()
+                            .iter()
+                            .map(|(s, v)| (*s, v.as_deref().map(str::to_string)))
+                            .collect();
+                        es.sort_by(|a, b| self.cmp_stamp(&a.0, &b.0));
+                        (
+                            k.to_string(),
+                            es.into_iter().map(|(s, v)| (map(&s), v)).collect(),
+                        )
+                    })
+                    .collect();
+                regs.sort_by(|a, b| a.0.cmp(&b.0));
+                regs
+            };
+            let attrs = named(Named::Attr);
+            let fields = named(Named::Field);
             let dims = n
                 .dims
                 .iter()
@@ -554,6 +562,7 @@ impl Fold {
                 attrs,
                 dims,
                 pieces,
+                fields,
             });
         }
         nodes.sort_by(|a, b| (&a.path, a.stamp).cmp(&(&b.path, b.stamp)));

@@ -1,7 +1,7 @@
 //! The Zarr v3 view of a fold: which node each path shows, its rendered `zarr.json`,
 //! chunk lookup, key listings and the conflicts the merge rules resolved.
 
-use crate::fold::{ChunkEntry, ChunkVal, Fold, NodeKind, Stamp};
+use crate::fold::{ChunkEntry, ChunkVal, Fold, Named, NodeKind, Stamp};
 use crate::format::change::ChunkReference;
 use crate::format::ids::{ActorId, BlobHash, ChangeHash, Hlc};
 use crate::zarr::key;
@@ -70,6 +70,9 @@ pub enum ConflictTarget {
     Chunk,
     /// One object.
     Object,
+    /// One array metadata field that is a register (`fill_value`, `dimension_names`,
+    /// an extension field).
+    Field(String),
 }
 
 /// One side of a resolved conflict.
@@ -263,9 +266,9 @@ impl ViewIndex {
                 None => incs
                     .iter()
                     .partition(|s| matches!(kind_of(fold, s), Some(NodeKind::Group))),
-                Some(wm) => incs
-                    .iter()
-                    .partition(|s| array_meta(fold, s).is_some_and(|m| m.same_layout(wm))),
+                Some(wm) => incs.iter().partition(|s| {
+                    array_meta(fold, s).is_some_and(|m| m.same_apart_from_shape(wm))
+                }),
             };
             let (mut members, mut losers) = (members, losers);
             members.sort_by(|a, b| fold.cmp_stamp(b, a));
@@ -341,28 +344,53 @@ impl ViewIndex {
 
     /// Merged attributes of a shown node.
     pub(crate) fn attributes(&self, fold: &Fold, path: &str) -> Option<Map<String, Value>> {
+        let resolved = self.named(fold, path, Named::Attr)?;
+        Some(
+            resolved
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                .collect(),
+        )
+    }
+
+    /// The winning value of every named register of one kind over a shown node's
+    /// members (`None`: the winner is a tombstone), by name.
+    fn named<'f>(
+        &self,
+        fold: &'f Fold,
+        path: &str,
+        which: Named,
+    ) -> Option<BTreeMap<&'f str, Option<Value>>> {
         let node = self.nodes.get(path)?;
         let mut keys = BTreeSet::new();
         for m in &node.members {
             if let Some(n) = fold.nodes.get(m) {
-                keys.extend(n.attrs.keys().map(|k| &**k));
+                keys.extend(n.named(which).keys().map(|k| &**k));
             }
         }
-        let mut out = Map::new();
+        let mut out = BTreeMap::new();
         for k in keys {
             let entries = node
                 .members
                 .iter()
-                .filter_map(|m| fold.nodes.get(m)?.attrs.get(k))
+                .filter_map(|m| fold.nodes.get(m)?.named(which).get(k))
                 .flat_map(|r| r.entries());
-            if let Some((_, Some(v))) = max_entry(fold, entries) {
-                out.insert(
-                    k.to_string(),
-                    serde_json::from_str(v).unwrap_or(Value::Null),
-                );
+            if let Some((_, v)) = max_entry(fold, entries) {
+                let v = v
+                    .as_deref()
+                    .map(|v| serde_json::from_str(v).unwrap_or(Value::Null));
+                out.insert(k, v);
             }
         }
         Some(out)
+    }
+
+    /// The metadata a shown array shows: its winner's, with the edited metadata field
+    /// registers applied (spec/merge.md §5).
+    pub(crate) fn shown_array_meta(&self, fold: &Fold, path: &str) -> Option<ArrayMeta> {
+        let created = self.array_meta(fold, path)?;
+        let fields = self.named(fold, path, Named::Field)?;
+        Some(created.with_fields(fields))
     }
 
     /// Current shape of a shown array: per dimension, the largest live size.
@@ -415,7 +443,7 @@ impl ViewIndex {
         let attrs = self.attributes(fold, path)?;
         match node.node_type {
             NodeType::Array => {
-                let meta = self.array_meta(fold, path)?;
+                let meta = self.shown_array_meta(fold, path)?;
                 Some(meta.render(&self.shape(fold, path)?, attrs))
             }
             NodeType::Group | NodeType::ImplicitGroup => Some(meta::render_group(attrs)),
@@ -610,34 +638,40 @@ impl ViewIndex {
             });
         }
         for (path, node) in &self.nodes {
-            let mut attr_keys = BTreeSet::new();
-            for m in &node.members {
-                if let Some(n) = fold.nodes.get(m) {
-                    attr_keys.extend(n.attrs.keys().map(|k| &**k));
+            for which in [Named::Attr, Named::Field] {
+                let mut names = BTreeSet::new();
+                for m in &node.members {
+                    if let Some(n) = fold.nodes.get(m) {
+                        names.extend(n.named(which).keys().map(|k| &**k));
+                    }
+                }
+                for k in names {
+                    let mut entries: Vec<&(Stamp, Option<Box<str>>)> = node
+                        .members
+                        .iter()
+                        .filter_map(|m| fold.nodes.get(m)?.named(which).get(k))
+                        .flat_map(|r| r.entries())
+                        .collect();
+                    if entries.len() > 1 {
+                        entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
+                        let d = |v: &Option<Box<str>>| {
+                            v.as_deref()
+                                .map_or("(deleted)".to_string(), |s| truncate(s, 80))
+                        };
+                        let target = match which {
+                            Named::Attr => ConflictTarget::Attribute(k.to_string()),
+                            Named::Field => ConflictTarget::Field(k.to_string()),
+                        };
+                        out.push(Conflict {
+                            key: key::meta_key(path),
+                            target,
+                            winner: side(&entries[0].0, d(&entries[0].1)),
+                            losers: entries[1..].iter().map(|e| side(&e.0, d(&e.1))).collect(),
+                        });
+                    }
                 }
             }
             let chunk_keys = member_chunk_keys(fold, &node.members);
-            for k in attr_keys {
-                let mut entries: Vec<&(Stamp, Option<Box<str>>)> = node
-                    .members
-                    .iter()
-                    .filter_map(|m| fold.nodes.get(m)?.attrs.get(k))
-                    .flat_map(|r| r.entries())
-                    .collect();
-                if entries.len() > 1 {
-                    entries.sort_by(|a, b| fold.cmp_stamp(&b.0, &a.0));
-                    let d = |v: &Option<Box<str>>| {
-                        v.as_deref()
-                            .map_or("(deleted)".to_string(), |s| truncate(s, 80))
-                    };
-                    out.push(Conflict {
-                        key: key::meta_key(path),
-                        target: ConflictTarget::Attribute(k.to_string()),
-                        winner: side(&entries[0].0, d(&entries[0].1)),
-                        losers: entries[1..].iter().map(|e| side(&e.0, d(&e.1))).collect(),
-                    });
-                }
-            }
             for k in &chunk_keys {
                 let mut entries = chunk_entries(fold, &node.members, k);
                 if entries.len() > 1 {

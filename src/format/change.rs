@@ -113,9 +113,12 @@ const CHANGE_FRAME: Frame = Frame {
 pub const CHANGE_MAGIC: &[u8; 4] = b"CRZC";
 /// Newest change format version written and read by this build. Version 2 is
 /// version 1 plus [`ChunkData::Reference`]; version 3 is version 2 plus
-/// [`Op::SetObject`] and [`Op::DeleteObject`]. A change is written in the oldest
+/// [`Op::SetObject`] and [`Op::DeleteObject`]; version 4 is version 3 plus
+/// [`Op::SetMetaField`] and [`Op::DeleteMetaField`]. A change is written in the oldest
 /// version that holds it, so builds that read only older versions still read it.
-pub const CHANGE_VERSION: u8 = 3;
+pub const CHANGE_VERSION: u8 = 4;
+/// The change format version of changes that hold object ops but no metadata field op.
+pub const CHANGE_VERSION_OBJECTS: u8 = 3;
 /// The change format version of changes that hold references but no object op.
 pub const CHANGE_VERSION_REFERENCES: u8 = 2;
 /// The change format version of changes that hold no reference and no object op.
@@ -302,6 +305,30 @@ pub enum Op {
         /// Incarnations removed.
         incarnations: Vec<OpRef>,
     },
+    /// Set one array metadata field that is a register, such as `fill_value` or
+    /// `dimension_names` (change format 4; spec/merge.md §4).
+    #[serde(rename = "sf")]
+    SetMetaField {
+        /// Target array incarnation.
+        node: OpRef,
+        /// Field name.
+        field: String,
+        /// JSON text.
+        value: String,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
+    /// Remove one array metadata field that is a register and not required, such as
+    /// `dimension_names` (change format 4).
+    #[serde(rename = "df")]
+    DeleteMetaField {
+        /// Target array incarnation.
+        node: OpRef,
+        /// Field name.
+        field: String,
+        /// Entries superseded.
+        observed: Vec<OpRef>,
+    },
 }
 
 impl Op {
@@ -312,6 +339,8 @@ impl Op {
             Op::CreateGroup { .. } | Op::CreateArray { .. } => {}
             Op::SetAttr { node, observed, .. }
             | Op::DeleteAttr { node, observed, .. }
+            | Op::SetMetaField { node, observed, .. }
+            | Op::DeleteMetaField { node, observed, .. }
             | Op::SetChunk { node, observed, .. }
             | Op::DeleteChunk { node, observed, .. } => {
                 f(node);
@@ -354,6 +383,8 @@ impl Op {
             | Op::DeleteObject { .. } => {}
             Op::SetAttr { node, .. }
             | Op::DeleteAttr { node, .. }
+            | Op::SetMetaField { node, .. }
+            | Op::DeleteMetaField { node, .. }
             | Op::SetChunk { node, .. }
             | Op::DeleteChunk { node, .. }
             | Op::Resize { node, .. } => f(node),
@@ -366,6 +397,8 @@ impl Op {
         match self {
             Op::SetAttr { observed, .. }
             | Op::DeleteAttr { observed, .. }
+            | Op::SetMetaField { observed, .. }
+            | Op::DeleteMetaField { observed, .. }
             | Op::SetChunk { observed, .. }
             | Op::DeleteChunk { observed, .. }
             | Op::SetObject { observed, .. }
@@ -406,10 +439,20 @@ impl Op {
                 value,
                 observed,
                 ..
-            } => (key.len() + value.len()) as u64 + refs(observed),
-            Op::DeleteAttr { key, observed, .. } | Op::DeleteChunk { key, observed, .. } => {
-                key.len() as u64 + refs(observed)
             }
+            | Op::SetMetaField {
+                field: key,
+                value,
+                observed,
+                ..
+            } => (key.len() + value.len()) as u64 + refs(observed),
+            Op::DeleteAttr { key, observed, .. }
+            | Op::DeleteChunk { key, observed, .. }
+            | Op::DeleteMetaField {
+                field: key,
+                observed,
+                ..
+            } => key.len() as u64 + refs(observed),
             Op::SetChunk {
                 key,
                 data: d,
@@ -435,6 +478,8 @@ impl Op {
         match self {
             Op::SetAttr { node, .. }
             | Op::DeleteAttr { node, .. }
+            | Op::SetMetaField { node, .. }
+            | Op::DeleteMetaField { node, .. }
             | Op::SetChunk { node, .. }
             | Op::DeleteChunk { node, .. }
             | Op::Resize { node, .. } => Some(*node),
@@ -633,19 +678,22 @@ impl Change {
         CHANGE_FRAME.encode_as(self, self.format_version())
     }
 
-    /// The one format version this change is written in: 3 when it holds an object
-    /// op, else 2 when it holds a reference, else 1.
+    /// The one format version this change is written in: 4 when it holds a metadata
+    /// field op, else 3 when it holds an object op, else 2 when it holds a reference,
+    /// else 1.
     pub fn format_version(&self) -> u8 {
         let mut version = CHANGE_VERSION_PLAIN;
         for op in &self.ops {
-            match op {
-                Op::SetObject { .. } | Op::DeleteObject { .. } => return CHANGE_VERSION,
+            let needs = match op {
+                Op::SetMetaField { .. } | Op::DeleteMetaField { .. } => CHANGE_VERSION,
+                Op::SetObject { .. } | Op::DeleteObject { .. } => CHANGE_VERSION_OBJECTS,
                 Op::SetChunk {
                     data: ChunkData::Reference(_),
                     ..
-                } => version = CHANGE_VERSION_REFERENCES,
-                _ => {}
-            }
+                } => CHANGE_VERSION_REFERENCES,
+                _ => CHANGE_VERSION_PLAIN,
+            };
+            version = version.max(needs);
         }
         version
     }
@@ -927,6 +975,28 @@ fn validate_op(op: &Op, i: usize, is_create: &[bool]) -> std::result::Result<(),
         }
         Op::DeleteObject { key, observed } => {
             key::check_object_key(key)?;
+            check_observed(observed, i, is_create)
+        }
+        Op::SetMetaField {
+            node,
+            field,
+            value,
+            observed,
+        } => {
+            check_ref(node, i, is_create, true)?;
+            check_attr_name(field)?;
+            let v = check_json(value)?;
+            crate::zarr::meta::check_field(field, Some(&v), None)?;
+            check_observed(observed, i, is_create)
+        }
+        Op::DeleteMetaField {
+            node,
+            field,
+            observed,
+        } => {
+            check_ref(node, i, is_create, true)?;
+            check_attr_name(field)?;
+            crate::zarr::meta::check_field(field, None, None)?;
             check_observed(observed, i, is_create)
         }
         Op::DeleteNode { path, incarnations } => {

@@ -25,10 +25,13 @@ pub const SNAPSHOT_VERSION: u8 = 1;
 /// Snapshot metadata version of metadata holding objects: 2 is 1 plus
 /// [`SnapshotMeta::objects`] and [`RegKey::Object`].
 pub const SNAPSHOT_META_OBJECTS_VERSION: u8 = 2;
-/// Newest snapshot metadata version: 3 is 2 plus [`PieceRef::first_key`] (pieces that
-/// start between two keys of equal coordinates). Metadata is written in the oldest
-/// version that holds it ([`SnapshotMeta::format_version`]).
-pub const SNAPSHOT_META_VERSION: u8 = 3;
+/// Snapshot metadata version 3 is 2 plus [`PieceRef::first_key`] (pieces that start
+/// between two keys of equal coordinates).
+pub const SNAPSHOT_META_FIRST_KEY_VERSION: u8 = 3;
+/// Newest snapshot metadata version: 4 is 3 plus [`SnapNode::fields`] and
+/// [`RegKey::Field`] (array metadata field registers). Metadata is written in the
+/// oldest version that holds it ([`SnapshotMeta::format_version`]).
+pub const SNAPSHOT_META_VERSION: u8 = 4;
 /// Newest manifest piece version: 2 is 1 plus [`SnapChunk::Reference`]. A piece without
 /// references is written as version 1 ([`SNAPSHOT_VERSION`]).
 pub const PIECE_VERSION: u8 = 2;
@@ -132,6 +135,10 @@ pub struct SnapNode {
     pub dims: Vec<Option<Vec<(SnapStamp, u64)>>>,
     /// Chunk manifest pieces (arrays), ascending by `first`.
     pub pieces: Vec<PieceRef>,
+    /// Array metadata field registers: name and live entries (value `None` =
+    /// removed), ascending by name (metadata version 4; absent when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, AttrRegister)>,
 }
 
 /// Which register a superseded-entry record is about.
@@ -149,6 +156,9 @@ pub enum RegKey {
     /// An object, by store key (its records have path `""`; metadata version 2 only).
     #[serde(rename = "o")]
     Object(Box<str>),
+    /// An array metadata field register (metadata version 4 only).
+    #[serde(rename = "f")]
+    Field(Box<str>),
 }
 
 /// Entries named in an `observed` list whose change was not applied yet: if the
@@ -339,10 +349,16 @@ impl SnapshotMeta {
             })
     }
 
-    /// The one version this metadata is written in: 3 when a piece starts inside a run
-    /// of equal coordinates (older readers would route lookups by `first` alone), else
-    /// 2 when it holds object registers or records about them, else 1.
+    /// The one version this metadata is written in: 4 when it holds metadata field
+    /// registers or records about them, else 3 when a piece starts inside a run of
+    /// equal coordinates (older readers would route lookups by `first` alone), else 2
+    /// when it holds object registers or records about them, else 1.
     pub fn format_version(&self) -> u8 {
+        let fields = self.nodes.iter().any(|n| !n.fields.is_empty())
+            || self
+                .superseded
+                .iter()
+                .any(|r| matches!(r.reg, RegKey::Field(_)));
         let first_keys = self
             .nodes
             .iter()
@@ -353,8 +369,10 @@ impl SnapshotMeta {
                 .superseded
                 .iter()
                 .any(|r| matches!(r.reg, RegKey::Object(_)));
-        if first_keys {
+        if fields {
             SNAPSHOT_META_VERSION
+        } else if first_keys {
+            SNAPSHOT_META_FIRST_KEY_VERSION
         } else if objects {
             SNAPSHOT_META_OBJECTS_VERSION
         } else {
@@ -434,6 +452,7 @@ impl SnapshotMeta {
                 || node
                     .attrs
                     .iter()
+                    .chain(&node.fields)
                     .flat_map(|a| &a.1)
                     .any(|e| !stamp_ok(&e.0))
                 || node
@@ -445,7 +464,11 @@ impl SnapshotMeta {
             {
                 return Err(E::NodeStamp(node.path.clone()));
             }
-            if node.attrs.iter().any(|a| a.1.is_empty())
+            if node
+                .attrs
+                .iter()
+                .chain(&node.fields)
+                .any(|a| a.1.is_empty())
                 || node.dims.iter().flatten().any(|d| d.is_empty())
             {
                 return Err(E::EmptyRegister(node.path.clone()));
@@ -455,6 +478,27 @@ impl SnapshotMeta {
             }
             if !node.attrs.windows(2).all(|w| w[0].0 < w[1].0) {
                 return Err(E::AttributesOrder(node.path.clone()));
+            }
+            if !node.fields.windows(2).all(|w| w[0].0 < w[1].0) {
+                return Err(E::FieldsOrder(node.path.clone()));
+            }
+            // Only arrays have metadata fields, and only register fields are kept.
+            let array = matches!(node.kind, SnapKind::Array(_));
+            for (name, reg) in &node.fields {
+                if !array || !crate::zarr::meta::is_field_register(name) {
+                    return Err(E::Field(node.path.clone(), name.clone()));
+                }
+                for (_, v) in reg {
+                    let value = match v {
+                        Some(text) => Some(
+                            serde_json::from_str::<serde_json::Value>(text)
+                                .map_err(|_| E::Field(node.path.clone(), name.clone()))?,
+                        ),
+                        None => None,
+                    };
+                    crate::zarr::meta::check_field(name, value.as_ref(), None)
+                        .map_err(|_| E::Field(node.path.clone(), name.clone()))?;
+                }
             }
         }
         if !self.changes.windows(2).all(|w| w[0].hash < w[1].hash) {

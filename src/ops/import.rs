@@ -210,7 +210,7 @@ impl Repo {
                 (Some(_), _) => updated.push((path.clone(), bytes.clone())),
             }
             if let NodeDoc::Array { meta, .. } = doc {
-                let same = matches!(&shown, Some(NodeDoc::Array { meta: old, .. }) if old.same_layout(meta));
+                let same = matches!(&shown, Some(NodeDoc::Array { meta: old, .. }) if old.same_chunk_layout(meta));
                 if !same {
                     fresh.insert(path.as_str());
                 }

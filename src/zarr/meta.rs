@@ -27,6 +27,59 @@ const ARRAY_REQUIRED: &[&str] = &[
     "fill_value",
     "codecs",
 ];
+/// Array fields that fix what the chunk bytes mean and how they are named (with the
+/// number of dimensions): an array whose `zarr.json` changes one of them is replaced by
+/// a new incarnation, and its chunks go with the old one (spec/merge.md §3).
+pub const LAYOUT_FIELDS: &[&str] = &[
+    "zarr_format",
+    "node_type",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "codecs",
+    "storage_transformers",
+];
+/// Array fields that are registers but may not be removed.
+const REQUIRED_REGISTER_FIELDS: &[&str] = &["fill_value"];
+
+/// Whether `name` is an array metadata field kept as a register of the incarnation
+/// (spec/merge.md §4): every field but `shape`, `attributes` and [`LAYOUT_FIELDS`],
+/// that is `fill_value`, `dimension_names` and extension fields.
+pub fn is_field_register(name: &str) -> bool {
+    name != "shape" && name != "attributes" && !LAYOUT_FIELDS.contains(&name)
+}
+
+/// Checks one value of a metadata field register: `value` is `None` for a removal.
+/// `ndim` is the array's number of dimensions when known (a change names its array by
+/// reference, so decoding alone cannot know it).
+pub fn check_field(
+    name: &str,
+    value: Option<&Value>,
+    ndim: Option<usize>,
+) -> Result<(), MetaError> {
+    if !is_field_register(name) {
+        return Err(MetaError::NotAFieldRegister(name.to_string()));
+    }
+    let Some(value) = value else {
+        if REQUIRED_REGISTER_FIELDS.contains(&name) {
+            return Err(MetaError::RequiredField(name.to_string()));
+        }
+        return Ok(());
+    };
+    match name {
+        "fill_value" => Ok(()),
+        "dimension_names" => match value {
+            Value::Null => Ok(()),
+            Value::Array(a) if ndim.is_none_or(|n| n == a.len()) => Ok(()),
+            _ => Err(MetaError::DimensionNames),
+        },
+        // Zarr v3: an extension field is allowed only if it says it may be ignored.
+        _ if ARRAY_FIELDS.contains(&name) => Ok(()),
+        _ if value.get("must_understand") == Some(&Value::Bool(false)) => Ok(()),
+        _ => Err(MetaError::UnknownField(name.to_string())),
+    }
+}
+
 const GROUP_FIELDS: &[&str] = &["zarr_format", "node_type", "attributes"];
 /// Written by zarr-python into groups; crzarr never stores or emits it because
 /// zarr-python trusts it over the real hierarchy.
@@ -162,8 +215,46 @@ impl ArrayMeta {
         v.to_string()
     }
 
-    /// Whether two metadata documents describe the same array apart from shape.
-    pub fn same_layout(&self, other: &ArrayMeta) -> bool {
+    /// Whether two documents give chunks the same meaning: the same number of
+    /// dimensions and equal [`LAYOUT_FIELDS`]. A `zarr.json` write that keeps the
+    /// layout updates the array's registers; one that changes it replaces the array.
+    pub fn same_chunk_layout(&self, other: &ArrayMeta) -> bool {
+        self.ndim() == other.ndim()
+            && LAYOUT_FIELDS
+                .iter()
+                .all(|f| self.doc.get(*f) == other.doc.get(*f))
+    }
+
+    /// The fields kept as registers ([`is_field_register`]), by name.
+    pub fn register_fields(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.doc
+            .iter()
+            .filter(|(k, _)| is_field_register(k))
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// This metadata with register fields replaced (`Some`) or removed (`None`); the
+    /// values were checked with [`check_field`] against this array's dimensions.
+    pub fn with_fields<'a>(
+        &self,
+        fields: impl IntoIterator<Item = (&'a str, Option<Value>)>,
+    ) -> ArrayMeta {
+        let mut doc = self.doc.clone();
+        for (name, value) in fields {
+            match value {
+                Some(v) => doc.insert(name.to_string(), v),
+                None => doc.remove(name),
+            };
+        }
+        ArrayMeta {
+            doc,
+            shape: self.shape.clone(),
+        }
+    }
+
+    /// Whether two metadata documents describe the same array apart from shape: the
+    /// rule that makes concurrently created incarnations members of one node.
+    pub fn same_apart_from_shape(&self, other: &ArrayMeta) -> bool {
         let strip = |m: &Map<String, Value>| {
             let mut m = m.clone();
             m.remove("shape");

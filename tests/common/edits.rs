@@ -91,7 +91,7 @@ pub fn array_path() -> impl Strategy<Value = usize> {
 /// Mostly the path's usual layout (so creates merge or update), sometimes any.
 pub fn layout(path: usize) -> impl Strategy<Value = u8> {
     let usual = [0u8, 0, 3, 2][path];
-    prop_oneof![3 => Just(usual), 1 => 0..4u8]
+    prop_oneof![3 => Just(usual), 1 => 0..8u8]
 }
 
 pub fn edit() -> impl Strategy<Value = Edit> {
@@ -119,8 +119,10 @@ pub fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-/// Array metadata for a layout. Layouts 0 and 1 differ only in fill value, so they
-/// do not merge; 2 is two-dimensional; 3 has another chunk shape.
+/// Array metadata for a layout. Layouts 0 and 1 differ only in fill value, so
+/// concurrent creates of them do not merge, and rewriting one as the other edits the
+/// `fill_value` register; 2 is two-dimensional; 3 has another chunk shape (a rewrite
+/// replaces the array). Layouts 4 to 7 are 0 to 3 with `dimension_names`.
 pub fn array_doc(layout: u8, shape: [u64; 2], attrs: &Map<String, Value>) -> Value {
     let (ndim, chunk, fill): (usize, &[u64], u8) = match layout % 4 {
         0 => (1, &[2], 0),
@@ -128,7 +130,7 @@ pub fn array_doc(layout: u8, shape: [u64; 2], attrs: &Map<String, Value>) -> Val
         2 => (2, &[2, 2], 0),
         _ => (1, &[3], 0),
     };
-    json!({
+    let mut doc = json!({
         "zarr_format": 3,
         "node_type": "array",
         "shape": &shape[..ndim],
@@ -138,7 +140,11 @@ pub fn array_doc(layout: u8, shape: [u64; 2], attrs: &Map<String, Value>) -> Val
         "fill_value": fill,
         "codecs": [{"name": "bytes"}],
         "attributes": attrs,
-    })
+    });
+    if layout & 4 != 0 {
+        doc["dimension_names"] = json!(["y", "x"][..ndim]);
+    }
+    doc
 }
 
 /// The shared starting point: root and `g` groups, arrays `g/a` and `b` with chunks.

@@ -1174,6 +1174,278 @@ async fn matrix_attr_delete_vs_delete() {
 }
 
 // =====================================================================================
+// Array metadata fields (registers: fill_value, dimension_names, extension fields)
+// =====================================================================================
+
+/// `u8x8()` with the attributes of [`lab_with_array`] and some fields replaced, as a
+/// `zarr.json` write.
+fn u8x8_with(fields: serde_json::Value) -> Vec<u8> {
+    let mut doc = u8x8();
+    doc["attributes"] = json!({"u": "m"});
+    for (k, v) in fields.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    doc.to_string().into_bytes()
+}
+
+fn field(k: &str) -> ConflictTarget {
+    ConflictTarget::Field(k.to_string())
+}
+
+#[tokio::test]
+async fn matrix_field_edit_keeps_chunks() {
+    for kind in kinds() {
+        let lab = lab_with_array(kind).await;
+        let mut w = lab.writers(1).await;
+        commit!(w[0].repo, |s| {
+            s.set(
+                "a/zarr.json",
+                u8x8_with(json!({"fill_value": 7, "dimension_names": ["x"]})),
+            )
+            .unwrap();
+            assert_eq!(s.replaced().count(), 0);
+        });
+        let r = lab.converge(&mut w).await;
+        let doc = r.json("a/zarr.json").await;
+        assert_eq!(doc["fill_value"], json!(7));
+        assert_eq!(doc["dimension_names"], json!(["x"]));
+        // The chunk and the attribute written before the edit are still there.
+        assert_eq!(r.bytes("a/c/0").await.unwrap(), [5, 5]);
+        assert_eq!(r.attrs("a").await, json!({"u": "m"}));
+        assert_eq!(r.conflicts().await, []);
+    }
+}
+
+#[tokio::test]
+async fn matrix_field_same_field_winner_reported() {
+    for kind in kinds() {
+        let lab = lab_with_array(kind).await;
+        let mut w = lab.writers(2).await;
+        let ha = commit!(w[0].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({"fill_value": 1})))
+                .unwrap()
+        });
+        later().await;
+        let hb = commit!(w[1].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({"fill_value": 2})))
+                .unwrap()
+        });
+        let r = lab.converge(&mut w).await;
+        assert_eq!(r.json("a/zarr.json").await["fill_value"], json!(2));
+        assert_eq!(r.bytes("a/c/0").await.unwrap(), [5, 5]);
+        let cs = r.repo.conflicts().await.unwrap();
+        assert_eq!(
+            summary(&cs),
+            [conflict(
+                "a/zarr.json",
+                field("fill_value"),
+                at(hb, 0),
+                &[at(ha, 0)]
+            )]
+        );
+        assert_eq!(cs[0].winner.value, "2");
+        assert_eq!(cs[0].losers[0].value, "1");
+    }
+}
+
+#[tokio::test]
+async fn matrix_field_different_fields_both_apply() {
+    for kind in kinds() {
+        let lab = lab_with_array(kind).await;
+        let mut w = lab.writers(2).await;
+        commit!(w[0].repo, |s| {
+            s.set(
+                "a/zarr.json",
+                u8x8_with(json!({"fill_value": 3, "attributes": {"u": "m"}})),
+            )
+            .unwrap()
+        });
+        commit!(w[1].repo, |s| {
+            s.set(
+                "a/zarr.json",
+                u8x8_with(json!({"dimension_names": ["t"], "attributes": {"u": "m", "v": 1}})),
+            )
+            .unwrap()
+        });
+        let r = lab.converge(&mut w).await;
+        let doc = r.json("a/zarr.json").await;
+        assert_eq!(doc["fill_value"], json!(3));
+        assert_eq!(doc["dimension_names"], json!(["t"]));
+        assert_eq!(doc["attributes"], json!({"u": "m", "v": 1}));
+        assert_eq!(r.conflicts().await, []);
+    }
+}
+
+#[tokio::test]
+async fn matrix_field_remove_vs_set() {
+    for kind in kinds() {
+        let lab = lab_with(kind, |s| {
+            let mut doc = u8x8();
+            doc["dimension_names"] = json!(["x"]);
+            doc["attributes"] = json!({"u": "m"});
+            s.create_array("a", &doc).unwrap();
+        })
+        .await;
+        let mut w = lab.writers(2).await;
+        // Removing a field the array was created with, then a later concurrent set.
+        let ha = commit!(w[0].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({}))).unwrap()
+        });
+        later().await;
+        let hb = commit!(w[1].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({"dimension_names": ["y"]})))
+                .unwrap()
+        });
+        let r = lab.converge(&mut w).await;
+        assert_eq!(r.json("a/zarr.json").await["dimension_names"], json!(["y"]));
+        let cs = r.repo.conflicts().await.unwrap();
+        assert_eq!(
+            summary(&cs),
+            [conflict(
+                "a/zarr.json",
+                field("dimension_names"),
+                at(hb, 0),
+                &[at(ha, 0)]
+            )]
+        );
+        assert_eq!(cs[0].losers[0].value, "(deleted)");
+
+        // The removal is later: the field is gone, the create's value does not return.
+        let lab = lab_with(kind, |s| {
+            let mut doc = u8x8();
+            doc["dimension_names"] = json!(["x"]);
+            doc["attributes"] = json!({"u": "m"});
+            s.create_array("a", &doc).unwrap();
+        })
+        .await;
+        let mut w = lab.writers(2).await;
+        commit!(w[0].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({"dimension_names": ["y"]})))
+                .unwrap()
+        });
+        later().await;
+        commit!(w[1].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({}))).unwrap()
+        });
+        let r = lab.converge(&mut w).await;
+        let doc = r.json("a/zarr.json").await;
+        assert!(doc.get("dimension_names").is_none(), "{doc}");
+    }
+}
+
+#[tokio::test]
+async fn matrix_field_edit_vs_concurrent_layout_change() {
+    for kind in kinds() {
+        let lab = lab_with_array(kind).await;
+        let mut w = lab.writers(2).await;
+        // One writer edits a field; the other changes the codecs, which replaces the
+        // array: the edit targeted the old incarnation and is dropped with it.
+        commit!(w[0].repo, |s| {
+            s.set("a/zarr.json", u8x8_with(json!({"fill_value": 9})))
+                .unwrap()
+        });
+        commit!(w[1].repo, |s| {
+            s.set(
+                "a/zarr.json",
+                u8x8_with(json!({"codecs": [{"name": "bytes"}, {"name": "crc32c"}]})),
+            )
+            .unwrap();
+            assert_eq!(s.replaced().collect::<Vec<_>>(), ["a"]);
+        });
+        let r = lab.converge(&mut w).await;
+        let doc = r.json("a/zarr.json").await;
+        assert_eq!(doc["fill_value"], json!(0));
+        assert_eq!(
+            doc["codecs"],
+            json!([{"name": "bytes"}, {"name": "crc32c"}])
+        );
+        assert_eq!(r.bytes("a/c/0").await, None);
+        assert_eq!(r.repo.rejected(), []);
+    }
+}
+
+#[tokio::test]
+async fn matrix_field_edit_of_a_group_or_a_layout_field_is_rejected() {
+    let lab = lab_with_array(Kind::Memory).await;
+    let (head, hlc) = base_head(&lab);
+    // The base change: op 0 creates the root group, op 1 array `a`.
+    let (root, array) = (OpRef::Change(head, 0), OpRef::Change(head, 1));
+    let op = |node: OpRef, field: &str, value: &str| Op::SetMetaField {
+        node,
+        field: field.into(),
+        value: value.into(),
+        observed: vec![],
+    };
+    let actor = ActorId::generate();
+    let mk = |seq, ops| Change {
+        repo: lab.base.id(),
+        actor,
+        seq,
+        deps: vec![head],
+        hlc: Hlc(hlc.0 + 1),
+        wall_ms: 1,
+        message: None,
+        ops,
+    };
+    let decode = |c: &Change| {
+        let bytes = c.encode();
+        let hash = ChangeHash::of(&bytes);
+        Change::decode("k", &bytes, &hash).map(|c| (hash, c))
+    };
+    // The fold refuses a field edit of a group, and dimension names that do not match
+    // the array's dimensions.
+    let base = changes_in(&lab.origin.objects().await);
+    for (seq, ops, why) in [
+        (
+            1,
+            vec![op(root, "fill_value", "0")],
+            "op 0: metadata field edit on a group",
+        ),
+        (
+            2,
+            vec![op(array, "dimension_names", r#"["x","y"]"#)],
+            "dimension",
+        ),
+    ] {
+        let (hash, change) = decode(&mk(seq, ops)).unwrap();
+        let fold = Fold::from_changes(lab.base.id(), base.iter().cloned().chain([(hash, change)]));
+        let rejected = fold.rejected();
+        assert_eq!(rejected.len(), 1, "{why}");
+        assert!(rejected[0].reason.contains(why), "{}", rejected[0].reason);
+    }
+    // Decoding refuses fields that are not registers, and removing `fill_value`.
+    for field in [
+        "codecs",
+        "data_type",
+        "shape",
+        "attributes",
+        "chunk_grid",
+        "node_type",
+    ] {
+        let err = decode(&mk(3, vec![op(array, field, "1")])).unwrap_err();
+        assert!(
+            err.to_string().contains("not an editable"),
+            "{field}: {err}"
+        );
+    }
+    let remove_fill = Op::DeleteMetaField {
+        node: array,
+        field: "fill_value".into(),
+        observed: vec![],
+    };
+    let err = decode(&mk(4, vec![remove_fill])).unwrap_err();
+    assert!(err.to_string().contains("required"), "{err}");
+    // An extension field must say it may be ignored.
+    let err = decode(&mk(5, vec![op(array, "ext", "1")])).unwrap_err();
+    assert!(err.to_string().contains("must_understand"), "{err}");
+    decode(&mk(
+        6,
+        vec![op(array, "ext", r#"{"must_understand":false}"#)],
+    ))
+    .unwrap();
+}
+
+// =====================================================================================
 // Array shape
 // =====================================================================================
 

@@ -616,6 +616,8 @@ enum Reg {
     Attr(String),
     Dim(u32),
     Chunk(String),
+    /// An array metadata field register (values are `Val::Attr`: JSON text or removal).
+    Field(String),
 }
 
 #[derive(Clone, Debug)]
@@ -805,6 +807,27 @@ impl Model {
                         observe(&mut m, t, &reg, observed);
                         write(&mut m, t, reg, Val::Attr(None));
                     }
+                    Op::SetMetaField {
+                        node,
+                        field,
+                        value,
+                        observed,
+                    } => {
+                        let t = res(h, node);
+                        let reg = Reg::Field(field.clone());
+                        observe(&mut m, t, &reg, observed);
+                        write(&mut m, t, reg, Val::Attr(Some(value.clone())));
+                    }
+                    Op::DeleteMetaField {
+                        node,
+                        field,
+                        observed,
+                    } => {
+                        let t = res(h, node);
+                        let reg = Reg::Field(field.clone());
+                        observe(&mut m, t, &reg, observed);
+                        write(&mut m, t, reg, Val::Attr(None));
+                    }
                     Op::Resize { node, dims } => {
                         let t = res(h, node);
                         for d in dims {
@@ -978,6 +1001,7 @@ impl Model {
                 if entries.len() > 1 {
                     let (key, target) = match reg {
                         Reg::Attr(k) => (meta_key(path), ConflictTarget::Attribute(k.clone())),
+                        Reg::Field(k) => (meta_key(path), ConflictTarget::Field(k.clone())),
                         Reg::Chunk(k) => (format!("{path}/{k}"), ConflictTarget::Chunk),
                         Reg::Dim(_) => continue,
                     };
@@ -1028,7 +1052,19 @@ impl Model {
                         Some(json!(shape)),
                         "{ctx}: shape of {path:?}"
                     );
-                    assert_eq!(&doc, wdoc, "{ctx}: metadata of {path:?}");
+                    // The winner's metadata, with each edited field register's winner.
+                    let mut want = wdoc.clone();
+                    for (reg, entries) in &regs {
+                        if let (Reg::Field(k), Val::Attr(v)) = (reg, &entries[0].val) {
+                            match v {
+                                Some(v) => want[k] = serde_json::from_str(v).unwrap(),
+                                None => {
+                                    want.as_object_mut().unwrap().remove(k);
+                                }
+                            }
+                        }
+                    }
+                    assert_eq!(doc, want, "{ctx}: metadata of {path:?}");
                     // Chunks: the greatest live entry of each register, unless a delete.
                     for (reg, entries) in &regs {
                         let Reg::Chunk(k) = reg else { continue };

@@ -20,6 +20,7 @@ mod faults;
 mod gc_safety;
 mod join;
 mod join_edges;
+mod metadata_edits;
 mod objects;
 mod request_counts;
 mod session_review;
